@@ -1,0 +1,208 @@
+"""Wire protocol v1: the envelope and its bodies, as msgspec Structs.
+
+One message is one `Envelope`, self-contained in the message body. The body is a tagged union
+keyed by its `type` field, so a decoder picks the right Struct without an `if type == ...` chain.
+`AgentRequest` accepts the request JSON of AgentScope Runtime (`input` messages with typed
+content blocks, `session_id`, `user_id`, sampling options); unknown extra fields are ignored.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import msgspec
+
+PROTOCOL_VERSION = 1
+
+# --- content blocks (AgentScope Runtime's message content) ---------------------------------------
+
+
+class TextContent(msgspec.Struct, tag="text", tag_field="type", omit_defaults=True):
+    text: str = ""
+    delta: bool | None = None
+    index: int | None = None
+
+
+class ImageContent(msgspec.Struct, tag="image", tag_field="type", omit_defaults=True):
+    image_url: str | None = None
+    delta: bool | None = None
+    index: int | None = None
+
+
+class AudioContent(msgspec.Struct, tag="audio", tag_field="type", omit_defaults=True):
+    data: str | None = None
+    format: str | None = None
+    delta: bool | None = None
+    index: int | None = None
+
+
+class FileContent(msgspec.Struct, tag="file", tag_field="type", omit_defaults=True):
+    file_url: str | None = None
+    file_id: str | None = None
+    filename: str | None = None
+    file_data: str | None = None
+    delta: bool | None = None
+    index: int | None = None
+
+
+class DataContent(msgspec.Struct, tag="data", tag_field="type", omit_defaults=True):
+    data: dict[str, Any] = {}
+    delta: bool | None = None
+    index: int | None = None
+
+
+class RefusalContent(msgspec.Struct, tag="refusal", tag_field="type", omit_defaults=True):
+    refusal: str = ""
+    delta: bool | None = None
+    index: int | None = None
+
+
+Content = TextContent | ImageContent | AudioContent | FileContent | DataContent | RefusalContent
+
+
+class Message(msgspec.Struct, omit_defaults=True):
+    """One message of a conversation, as AgentScope Runtime shapes it."""
+
+    role: Literal["user", "assistant", "system", "tool"] = "user"
+    content: list[Content] | str | None = None
+    type: str = "message"
+    id: str | None = None
+    object: str | None = None
+    status: str | None = None
+    sequence_number: int | None = None
+    error: dict[str, Any] | None = None
+    code: str | None = None
+    message: str | None = None
+    usage: dict[str, Any] | None = None
+    metadata: dict[str, Any] | None = None
+
+    def text(self) -> str:
+        """The message's text blocks joined, or the plain string content."""
+        if isinstance(self.content, str):
+            return self.content
+        return "".join(b.text for b in self.content or () if isinstance(b, TextContent))
+
+
+def user_message(text: str) -> Message:
+    """A user message with one text block."""
+    return Message(role="user", content=[TextContent(text=text)])
+
+
+# --- bodies -------------------------------------------------------------------------------------
+
+
+class AgentRequest(msgspec.Struct, tag="agent_request", tag_field="type", omit_defaults=True):
+    """Run an agent on `input`; the shape of AgentScope Runtime's `AgentRequest` plus `agent`."""
+
+    input: list[Message]
+    agent: str | None = None  # registered agent name; None means the app's default agent
+    stream: bool = True
+    id: str | None = None
+    model: str | None = None
+    top_p: float | None = None
+    temperature: float | None = None
+    frequency_penalty: float | None = None
+    presence_penalty: float | None = None
+    max_tokens: int | None = None
+    stop: str | list[str] | None = None
+    n: int = 1
+    seed: int | None = None
+    tools: list[dict[str, Any]] | None = None
+    session_id: str | None = None
+    user_id: str | None = None
+
+
+class ToolCall(msgspec.Struct, tag="tool_call", tag_field="type", omit_defaults=True):
+    """Run the registered tool `name` with `arguments` on a tool worker."""
+
+    name: str
+    arguments: dict[str, Any] = {}
+    call_id: str | None = None
+    timeout: float | None = None
+
+
+class ToolResult(msgspec.Struct, tag="tool_result", tag_field="type", omit_defaults=True):
+    """The outcome of one `ToolCall`; `ok=False` carries the error text in `output`."""
+
+    call_id: str
+    name: str
+    ok: bool
+    output: str
+    worker: str | None = None
+
+
+ResultKind = Literal["delta", "final", "failed", "cancelled", "timed_out"]
+TERMINAL_KINDS: frozenset[str] = frozenset({"final", "failed", "cancelled", "timed_out"})
+
+
+class ResultEvent(msgspec.Struct, tag="result", tag_field="type", omit_defaults=True):
+    """One step of a request's outcome: stream deltas, then exactly one terminal event."""
+
+    request_id: str
+    kind: ResultKind
+    seq: int = 0
+    text: str = ""
+    error: str | None = None
+    output: list[Message] | None = None
+    worker: str | None = None
+    usage: dict[str, Any] | None = None
+
+    @property
+    def terminal(self) -> bool:
+        """True for the one event that ends the request (not a `delta`)."""
+        return self.kind in TERMINAL_KINDS
+
+
+class Cancel(msgspec.Struct, tag="cancel", tag_field="type", omit_defaults=True):
+    """Interrupt the running request `request_id` of the same session."""
+
+    request_id: str
+    reason: str | None = None
+
+
+Body = AgentRequest | ToolCall | ToolResult | ResultEvent | Cancel
+
+
+class TraceContext(msgspec.Struct, omit_defaults=True):
+    """W3C trace context carried in the body, since MNS messages have no headers."""
+
+    traceparent: str
+    tracestate: str | None = None
+
+
+class Envelope(msgspec.Struct, omit_defaults=True):
+    """One message on any queue: routing, delivery and trace metadata around one body."""
+
+    id: str
+    session_id: str
+    body: Body
+    v: int = PROTOCOL_VERSION
+    key: str | None = None  # partition key; None means the session id
+    correlation_id: str | None = None
+    reply_to: str | None = None
+    attempt: int = 1
+    created_at: float = 0.0  # unix seconds
+    deadline: float | None = None  # unix seconds
+    trace: TraceContext | None = None
+
+    @property
+    def type(self) -> str:
+        """The body's tag: agent_request, tool_call, tool_result, result or cancel."""
+        return self.body.__struct_config__.tag  # type: ignore[return-value]
+
+    @property
+    def partition_key(self) -> str:
+        """The key that picks this envelope's partition."""
+        return self.key if self.key is not None else self.session_id
+
+
+class DeadLetter(msgspec.Struct, omit_defaults=True):
+    """What the dead-letter queue holds: the original bytes, untouched, and why they are there."""
+
+    reason: str
+    queue: str
+    payload: bytes
+    failed_at: float
+    attempts: int = 1
+    envelope_id: str | None = None
+    session_id: str | None = None
