@@ -1,0 +1,165 @@
+"""The broker interface: declare queues, publish bytes with confirms, consume with manual ack.
+
+A broker knows bytes, queue names and dead-letter records; it never looks inside an agent's
+request. Every implementation has the same delivery semantics: at-least-once, one active
+consumer per queue (the first subscriber; the next takes over when it leaves), un-acked
+deliveries redelivered in order when their consumer goes away.
+"""
+
+from __future__ import annotations
+
+import abc
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from types import TracebackType
+
+from agentqueue.broker.topology import Topology
+from agentqueue.protocol.codec import decode_dead_letter, encode_dead_letter
+from agentqueue.protocol.errors import ProtocolError
+from agentqueue.protocol.messages import DeadLetter
+
+
+class Delivery(abc.ABC):
+    """One message handed to a consumer; settle it exactly once with ack, nack or dead-letter."""
+
+    __slots__ = ("body", "delivery_count", "queue")
+
+    def __init__(self, body: bytes, queue: str, delivery_count: int) -> None:
+        self.body = body
+        self.queue = queue
+        self.delivery_count = delivery_count  # 1 on the first delivery, +1 per redelivery
+
+    @property
+    def redelivered(self) -> bool:
+        """True when this message was delivered before and not acked."""
+        return self.delivery_count > 1
+
+    @abc.abstractmethod
+    async def ack(self) -> None:
+        """Done with it: the broker forgets the message."""
+
+    @abc.abstractmethod
+    async def nack(self, *, requeue: bool = True) -> None:
+        """Give it back for redelivery (requeue) or drop it to the broker's dead letters."""
+
+
+class Subscription(abc.ABC):
+    """An open consumer on one queue: iterate for deliveries, close to stop and hand back."""
+
+    def __aiter__(self) -> AsyncIterator[Delivery]:
+        return self
+
+    @abc.abstractmethod
+    async def __anext__(self) -> Delivery: ...
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Stop consuming; un-acked deliveries go back to the queue for the next consumer."""
+
+    async def __aenter__(self) -> Subscription:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+
+@dataclass(frozen=True, slots=True)
+class QueueStats:
+    """What `agentqueue status` shows for a queue."""
+
+    name: str
+    ready: int
+    unacked: int | None
+    consumers: int
+    active_consumer: str | None = None
+
+
+class Broker(abc.ABC):
+    """A connection to one message broker."""
+
+    url: str
+    max_message_size: int | None = None  # bytes; None when the broker has no practical limit
+
+    async def __aenter__(self) -> Broker:
+        await self.connect()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    @abc.abstractmethod
+    async def connect(self) -> None:
+        """Open the connection; raises `BrokerConnectionError` naming the URL when it cannot."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Close consumers and the connection; idempotent."""
+
+    @abc.abstractmethod
+    async def declare(self, topology: Topology) -> None:
+        """Create the partition queues and the dead-letter queue if missing (idempotent)."""
+
+    @abc.abstractmethod
+    async def declare_reply_queue(self, name: str, *, durable: bool = False) -> None:
+        """A reply queue: exclusive to this connection, or durable so a batch can resume."""
+
+    @abc.abstractmethod
+    async def delete_queue(self, name: str) -> None:
+        """Remove a queue and its messages."""
+
+    @abc.abstractmethod
+    async def publish(self, queue: str, body: bytes) -> None:
+        """Publish persistently; returns once the broker has confirmed the message."""
+
+    @abc.abstractmethod
+    async def consume(self, queue: str, *, prefetch: int = 32) -> Subscription:
+        """Subscribe (in line for the queue, first comes active) with `prefetch` un-acked at most."""
+
+    @abc.abstractmethod
+    async def stats(self, queue: str) -> QueueStats:
+        """Depth and consumers of one queue."""
+
+    async def dead_letter(
+        self,
+        delivery: Delivery,
+        reason: str,
+        topology: Topology,
+        *,
+        envelope_id: str | None = None,
+        session_id: str | None = None,
+    ) -> None:
+        """Move a delivery to the dead-letter queue with its reason, then ack it."""
+        record = DeadLetter(
+            reason=reason,
+            queue=delivery.queue,
+            payload=bytes(delivery.body),
+            failed_at=time.time(),
+            attempts=delivery.delivery_count,
+            envelope_id=envelope_id,
+            session_id=session_id,
+        )
+        await self.publish(topology.dead_letter_queue, encode_dead_letter(record))
+        await delivery.ack()
+
+    async def get(self, queue: str) -> Delivery | None:
+        """One message without subscribing, or None when the queue is empty."""
+        raise NotImplementedError(f"{type(self).__name__} cannot fetch single messages")
+
+
+def read_dead_letter(body: bytes, queue: str) -> DeadLetter:
+    """A dead-letter record, also for raw bytes a broker dead-lettered on its own."""
+    try:
+        return decode_dead_letter(body)
+    except ProtocolError:
+        return DeadLetter(
+            reason="dead-lettered by the broker (delivery limit reached or rejected)",
+            queue=queue,
+            payload=body,
+            failed_at=0.0,
+        )

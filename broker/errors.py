@@ -1,0 +1,25 @@
+"""Errors a broker raises; all are `BrokerError`s, itself an `AgentQueueError`."""
+
+from __future__ import annotations
+
+from agentqueue.protocol.errors import AgentQueueError
+
+
+class BrokerError(AgentQueueError):
+    """A broker operation failed."""
+
+
+class BrokerConnectionError(BrokerError, ConnectionError):
+    """The broker cannot be reached or the connection dropped; the message says which URL."""
+
+
+class MessageTooLarge(BrokerError, ValueError):
+    """A message is over the broker's size limit; it was not published."""
+
+
+class QueueFull(BrokerError):
+    """The queue refused the message because it is at its length limit; retry later."""
+
+
+class UnknownBroker(BrokerError, ValueError):
+    """A broker URL whose scheme no broker handles."""

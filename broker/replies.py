@@ -1,0 +1,89 @@
+"""Route replies on one reply queue to whoever waits for them, by correlation id."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+
+import anyio
+
+from agentqueue.broker.base import Broker
+from agentqueue.protocol.codec import decode
+from agentqueue.protocol.errors import ProtocolError
+from agentqueue.protocol.messages import Envelope, ResultEvent
+
+log = logging.getLogger("agentqueue.replies")
+
+
+class ReplyRouter:
+    """Consumes a reply queue and hands each envelope to the inbox of its correlation id.
+
+    Replies are delivered at least once: a terminal `ResultEvent` is passed on once per
+    correlation id and stream deltas once per sequence number, so a redelivered reply never
+    reaches a caller twice. Replies nobody waits for go to `on_unmatched`, or are dropped.
+    """
+
+    def __init__(
+        self,
+        broker: Broker,
+        queue: str,
+        *,
+        prefetch: int = 256,
+        on_unmatched: Callable[[Envelope], Awaitable[None]] | None = None,
+    ) -> None:
+        self.broker = broker
+        self.queue = queue
+        self.prefetch = prefetch
+        self.on_unmatched = on_unmatched
+        self._inboxes: dict[str, asyncio.Queue[Envelope]] = {}
+        self._seen_seq: dict[str, set[int]] = {}
+
+    def expect(self, correlation_id: str) -> asyncio.Queue[Envelope]:
+        """Open the inbox for one correlation id (before publishing the request)."""
+        inbox: asyncio.Queue[Envelope] = asyncio.Queue()
+        self._inboxes[correlation_id] = inbox
+        self._seen_seq[correlation_id] = set()
+        return inbox
+
+    def forget(self, correlation_id: str) -> None:
+        """Close the inbox; later replies for it are treated as unmatched."""
+        self._inboxes.pop(correlation_id, None)
+        self._seen_seq.pop(correlation_id, None)
+
+    @property
+    def waiting(self) -> int:
+        """How many correlation ids have an open inbox."""
+        return len(self._inboxes)
+
+    async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Consume until cancelled; signals `task_status` once subscribed."""
+        async with await self.broker.consume(self.queue, prefetch=self.prefetch) as subscription:
+            task_status.started()
+            async for delivery in subscription:
+                try:
+                    envelope = decode(delivery.body)
+                except ProtocolError as exc:
+                    log.warning("dropping undecodable reply on %s: %s", self.queue, exc)
+                    await delivery.ack()
+                    continue
+                await self._route(envelope)
+                await delivery.ack()
+
+    async def _route(self, envelope: Envelope) -> None:
+        key = envelope.correlation_id or ""
+        inbox = self._inboxes.get(key)
+        if inbox is None:
+            if self.on_unmatched is not None:
+                await self.on_unmatched(envelope)
+            return
+        body = envelope.body
+        if isinstance(body, ResultEvent) and not body.terminal:
+            seen = self._seen_seq[key]
+            if body.seq in seen:
+                return
+            seen.add(body.seq)
+        inbox.put_nowait(envelope)
+        if not isinstance(body, ResultEvent) or body.terminal:
+            # One terminal answer per id: a redelivered duplicate finds no inbox and is dropped.
+            self.forget(key)
