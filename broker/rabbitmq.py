@@ -1,0 +1,284 @@
+"""`amqp://` and `amqps://`: RabbitMQ through aio-pika.
+
+Topology, declared idempotently under the namespace:
+
+- exchanges `<ns>-requests` and `<ns>-tools` (direct), routing on the partition index;
+- per partition a durable quorum queue `<ns>-<family>-<p>` with `x-single-active-consumer`
+  (one owner at a time, automatic fail-over), `x-delivery-limit` and a dead-letter exchange;
+- `<ns>-dlx` (fanout) into `<ns>-dead-letters`, which holds our own dead-letter records (with
+  reasons) and whatever RabbitMQ dead-letters by itself (delivery limit reached);
+- reply queues: exclusive and auto-deleted per client, or durable per batch.
+
+Every publish waits for the publisher confirm. Each consumer has its own channel, so its
+prefetch is its own and closing it hands exactly its un-acked deliveries back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import aio_pika
+import aio_pika.abc
+import aiormq.exceptions
+import anyio
+
+from agentqueue.broker.base import Broker, Delivery, QueueStats, Subscription
+from agentqueue.broker.errors import BrokerConnectionError, BrokerError, QueueFull
+from agentqueue.broker.topology import REQUESTS, TOOLS, Topology
+from agentqueue.broker.urls import redact_url
+
+log = logging.getLogger("agentqueue.broker.rabbitmq")
+
+PUBLISH_TIMEOUT = 30.0  # a publish not confirmed by then fails instead of hanging
+
+
+def _connection_errors() -> tuple[type[BaseException], ...]:
+    return (
+        aiormq.exceptions.AMQPConnectionError,
+        aiormq.exceptions.ChannelInvalidStateError,
+        ConnectionError,
+        OSError,
+    )
+
+
+class _RabbitDelivery(Delivery):
+    __slots__ = ("_message",)
+
+    def __init__(self, message: aio_pika.abc.AbstractIncomingMessage, queue: str) -> None:
+        count = (message.headers or {}).get("x-delivery-count")
+        if isinstance(count, int):
+            delivery_count = count + 1
+        else:
+            delivery_count = 2 if message.redelivered else 1
+        super().__init__(message.body, queue, delivery_count)
+        self._message = message
+
+    async def ack(self) -> None:
+        try:
+            await self._message.ack()
+        except _connection_errors() as exc:
+            # The channel it came on is gone: RabbitMQ redelivers it, our dedup answers it.
+            raise BrokerConnectionError(f"cannot ack a delivery from {self.queue!r}: {exc}") from exc
+
+    async def nack(self, *, requeue: bool = True) -> None:
+        try:
+            await self._message.nack(requeue=requeue)
+        except _connection_errors() as exc:
+            raise BrokerConnectionError(f"cannot nack a delivery from {self.queue!r}: {exc}") from exc
+
+
+class _RabbitSubscription(Subscription):
+    def __init__(self, broker: RabbitMQBroker, queue: str, prefetch: int) -> None:
+        self.broker = broker
+        self.queue_name = queue
+        self.prefetch = prefetch
+        self._inbox: asyncio.Queue[aio_pika.abc.AbstractIncomingMessage | None] = asyncio.Queue()
+        self._channel: aio_pika.abc.AbstractChannel | None = None
+        self._queue: aio_pika.abc.AbstractQueue | None = None
+        self._tag: str | None = None
+        self.closed = False
+
+    async def start(self) -> None:
+        connection = self.broker.connection
+        self._channel = await connection.channel(publisher_confirms=False)
+        await self._channel.set_qos(prefetch_count=self.prefetch)
+        self._queue = await self._channel.get_queue(self.queue_name, ensure=False)
+        self._tag = await self._queue.consume(self._inbox.put, no_ack=False)
+
+    async def __anext__(self) -> Delivery:
+        if self.closed:
+            raise StopAsyncIteration
+        message = await self._inbox.get()
+        if message is None:
+            raise StopAsyncIteration
+        return _RabbitDelivery(message, self.queue_name)
+
+    async def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self._inbox.put_nowait(None)
+        self.broker._subscriptions.discard(self)
+        channel = self._channel
+        if channel is None or channel.is_closed:
+            return
+        try:
+            # Closing the channel hands back exactly this consumer's un-acked deliveries.
+            await channel.close()
+        except _connection_errors() as exc:
+            log.debug("channel of %s closed with %s", self.queue_name, exc)
+
+
+class RabbitMQBroker(Broker):
+    """RabbitMQ over one robust connection: confirmed publishes, a channel per consumer."""
+
+    def __init__(self, url: str, *, publish_timeout: float = PUBLISH_TIMEOUT) -> None:
+        self.url = url
+        self.publish_timeout = publish_timeout
+        self._connection: aio_pika.abc.AbstractRobustConnection | None = None
+        self._publisher: aio_pika.abc.AbstractChannel | None = None
+        self._exchanges: dict[str, aio_pika.abc.AbstractExchange] = {}
+        self._topology: Topology | None = None
+        self._subscriptions: set[_RabbitSubscription] = set()
+
+    @property
+    def connection(self) -> aio_pika.abc.AbstractRobustConnection:
+        if self._connection is None:
+            raise BrokerConnectionError(f"broker {redact_url(self.url)} is not connected; call connect() first")
+        return self._connection
+
+    async def connect(self) -> None:
+        if self._connection is not None:
+            return
+        url, ssl_context = _split_tls(self.url)
+        try:
+            with anyio.fail_after(30):
+                self._connection = await aio_pika.connect_robust(url, ssl_context=ssl_context)
+            self._publisher = await self._connection.channel(publisher_confirms=True, on_return_raises=True)
+        except (TimeoutError, *_connection_errors()) as exc:
+            self._connection = None
+            raise BrokerConnectionError(f"cannot connect to RabbitMQ at {redact_url(self.url)}: {exc}") from exc
+
+    async def close(self) -> None:
+        for subscription in list(self._subscriptions):
+            await subscription.close()
+        if self._connection is not None:
+            connection, self._connection = self._connection, None
+            await connection.close()
+
+    async def declare(self, topology: Topology) -> None:
+        channel = await self.connection.channel()
+        try:
+            dlx = await channel.declare_exchange(f"{topology.namespace}-dlx", aio_pika.ExchangeType.FANOUT, durable=True)
+            dead = await channel.declare_queue(
+                topology.dead_letter_queue, durable=True, arguments={"x-queue-type": "quorum"}
+            )
+            await dead.bind(dlx)
+            for family in (REQUESTS, TOOLS):
+                exchange = await channel.declare_exchange(
+                    f"{topology.namespace}-{family}", aio_pika.ExchangeType.DIRECT, durable=True
+                )
+                for p in range(topology.family_size(family)):
+                    queue = await channel.declare_queue(
+                        topology.queue(family, p), durable=True, arguments=_partition_arguments(topology)
+                    )
+                    await queue.bind(exchange, routing_key=str(p))
+        except aiormq.exceptions.ChannelPreconditionFailed as exc:
+            raise BrokerError(
+                f"queues of namespace {topology.namespace!r} exist with other settings: {exc};"
+                " use a new namespace or delete the old queues"
+            ) from exc
+        finally:
+            if not channel.is_closed:
+                await channel.close()
+        self._topology = topology
+        assert self._publisher is not None
+        for family in (REQUESTS, TOOLS):
+            self._exchanges[family] = await self._publisher.get_exchange(f"{topology.namespace}-{family}", ensure=False)
+
+    async def declare_reply_queue(self, name: str, *, durable: bool = False) -> None:
+        channel = await self.connection.channel()
+        try:
+            await channel.declare_queue(name, durable=durable, exclusive=not durable, auto_delete=not durable)
+        finally:
+            await channel.close()
+
+    async def delete_queue(self, name: str) -> None:
+        channel = await self.connection.channel()
+        try:
+            await channel.queue_delete(name)
+        finally:
+            await channel.close()
+
+    async def publish(self, queue: str, body: bytes) -> None:
+        assert self._publisher is not None, "connect() first"
+        message = aio_pika.Message(body, delivery_mode=aio_pika.DeliveryMode.PERSISTENT)
+        route = self._topology.partition_of(queue) if self._topology else None
+        try:
+            with anyio.fail_after(self.publish_timeout):
+                if route is not None:
+                    family, p = route
+                    await self._exchanges[family].publish(message, routing_key=str(p), mandatory=True)
+                else:
+                    await self._publisher.default_exchange.publish(message, routing_key=queue, mandatory=False)
+        except TimeoutError:
+            raise BrokerConnectionError(
+                f"publish to {queue!r} was not confirmed within {self.publish_timeout:.0f} s"
+                f" (RabbitMQ at {redact_url(self.url)} unreachable?)"
+            ) from None
+        except aio_pika.exceptions.DeliveryError as exc:
+            raise QueueFull(f"RabbitMQ refused the message for {queue!r} (queue full?): {exc}") from exc
+        except aio_pika.exceptions.PublishError as exc:
+            raise BrokerError(f"queue {queue!r} does not exist; declare the topology first") from exc
+        except _connection_errors() as exc:
+            raise BrokerConnectionError(f"cannot publish to {queue!r}: {exc}") from exc
+
+    async def consume(self, queue: str, *, prefetch: int = 32) -> Subscription:
+        subscription = _RabbitSubscription(self, queue, prefetch)
+        try:
+            await subscription.start()
+        except aiormq.exceptions.ChannelNotFoundEntity as exc:
+            raise BrokerError(f"queue {queue!r} does not exist; declare the topology first") from exc
+        self._subscriptions.add(subscription)
+        return subscription
+
+    async def stats(self, queue: str) -> QueueStats:
+        channel = await self.connection.channel()
+        try:
+            declared = await channel.declare_queue(queue, passive=True)
+            result = declared.declaration_result
+            return QueueStats(queue, result.message_count or 0, None, result.consumer_count or 0)
+        finally:
+            if not channel.is_closed:
+                await channel.close()
+
+    async def get(self, queue: str) -> Delivery | None:
+        # A channel of its own that lives until the message is settled.
+        channel = await self.connection.channel()
+        q = await channel.get_queue(queue, ensure=False)
+        message = await q.get(no_ack=False, fail=False)
+        if message is None:
+            await channel.close()
+            return None
+        return _OwnedChannelDelivery(message, queue, channel)
+
+
+class _OwnedChannelDelivery(_RabbitDelivery):
+    __slots__ = ("_channel",)
+
+    def __init__(self, message: aio_pika.abc.AbstractIncomingMessage, queue: str, channel: aio_pika.abc.AbstractChannel) -> None:
+        super().__init__(message, queue)
+        self._channel = channel
+
+    async def ack(self) -> None:
+        await super().ack()
+        await self._channel.close()
+
+    async def nack(self, *, requeue: bool = True) -> None:
+        await super().nack(requeue=requeue)
+        await self._channel.close()
+
+
+def _partition_arguments(topology: Topology) -> dict[str, Any]:
+    return {
+        "x-queue-type": "quorum",
+        "x-single-active-consumer": True,
+        "x-delivery-limit": topology.delivery_limit,
+        "x-dead-letter-exchange": f"{topology.namespace}-dlx",
+    }
+
+
+def _split_tls(url: str) -> tuple[str, ssl.SSLContext | None]:
+    """amqps:// URLs may carry `?cafile=...`: build the TLS context from it."""
+    parts = urlsplit(url)
+    if parts.scheme != "amqps":
+        return url, None
+    query = parse_qs(parts.query)
+    cafile = query.get("cafile", [None])[0]
+    context = ssl.create_default_context(cafile=cafile)
+    rest = "&".join(f"{k}={v}" for k, values in query.items() if k != "cafile" for v in values)
+    return parts._replace(query=rest).geturl(), context
