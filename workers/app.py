@@ -1,0 +1,122 @@
+"""`App`: the registry of agents and tools a worker serves."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from agentqueue.workers.errors import UnknownHandler
+from agentqueue.workers.toolkit import ToolSpec
+
+AgentFactory = Callable[..., Any]  # (AgentContext) -> agentscope.agent.Agent
+
+
+@dataclass(frozen=True, slots=True)
+class AgentSpec:
+    """A registered agent: its name and the factory that builds it for one session."""
+
+    name: str
+    factory: AgentFactory
+    description: str = ""
+
+
+class App:
+    """Agents and tools, registered with decorators:
+
+    ```python
+    app = App("weather")
+
+    @app.tool("get_weather")
+    async def get_weather(city: str) -> str: ...
+
+    @app.agent("weather")
+    def weather(ctx: AgentContext) -> Agent:
+        return ctx.build_agent("You answer questions about the weather.")
+    ```
+    """
+
+    def __init__(self, name: str = "app") -> None:
+        self.name = name
+        self.agents: dict[str, AgentSpec] = {}
+        self.tools: dict[str, ToolSpec] = {}
+
+    def agent(self, name: str | None = None, *, description: str = "") -> Callable[[AgentFactory], AgentFactory]:
+        """Register an agent factory `(ctx: AgentContext) -> Agent` under `name`."""
+
+        def register(factory: AgentFactory) -> AgentFactory:
+            agent_name = name or factory.__name__
+            if agent_name in self.agents:
+                raise ValueError(f"agent {agent_name!r} is already registered on app {self.name!r}")
+            self.agents[agent_name] = AgentSpec(agent_name, factory, description)
+            return factory
+
+        return register
+
+    def tool(
+        self,
+        name: str | None = None,
+        *,
+        description: str | None = None,
+        remote: bool = True,
+        timeout: float | None = 60.0,
+        idempotent: bool = False,
+    ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+        """Expose a typed function as a tool; `remote=True` runs it on tool workers as events."""
+
+        def register(func: Callable[..., Any]) -> Callable[..., Any]:
+            tool_name = name or func.__name__
+            if tool_name in self.tools:
+                raise ValueError(f"tool {tool_name!r} is already registered on app {self.name!r}")
+            self.tools[tool_name] = ToolSpec(
+                name=tool_name,
+                func=func,
+                description=description or inspect.getdoc(func) or "",
+                remote=remote,
+                timeout=timeout,
+                idempotent=idempotent,
+            )
+            return func
+
+        return register
+
+    def agent_spec(self, name: str | None) -> AgentSpec:
+        """The agent called `name`, or the only/first one when `name` is None."""
+        if name is None:
+            if not self.agents:
+                raise UnknownHandler(f"app {self.name!r} has no agents registered")
+            return next(iter(self.agents.values()))
+        try:
+            return self.agents[name]
+        except KeyError:
+            known = ", ".join(sorted(self.agents)) or "none"
+            raise UnknownHandler(
+                f"agent {name!r} is not registered on app {self.name!r} (registered: {known})"
+            ) from None
+
+    def tool_spec(self, name: str) -> ToolSpec:
+        """The tool called `name`; unknown names are refused (the allowlist is the registry)."""
+        try:
+            return self.tools[name]
+        except KeyError:
+            known = ", ".join(sorted(self.tools)) or "none"
+            raise UnknownHandler(
+                f"tool {name!r} is not registered on app {self.name!r} (registered: {known})"
+            ) from None
+
+
+def load_app(spec: str) -> App:
+    """Import `module:attribute` (e.g. `examples.weather:app`) and check it is an `App`."""
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        raise ValueError(f"app spec {spec!r} must look like 'package.module:app'")
+    module = importlib.import_module(module_name)
+    try:
+        app = getattr(module, attr)
+    except AttributeError:
+        raise ValueError(f"module {module_name!r} has no attribute {attr!r}") from None
+    if not isinstance(app, App):
+        raise TypeError(f"{spec!r} is a {type(app).__name__}, not an agentqueue App")
+    return app

@@ -1,0 +1,66 @@
+"""The agent side of a remote tool: publish a `ToolCall`, await its `ToolResult` on our replies."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import anyio
+
+from agentqueue.broker.base import Broker
+from agentqueue.broker.replies import ReplyRouter
+from agentqueue.broker.topology import Topology
+from agentqueue.protocol.codec import encode
+from agentqueue.protocol.messages import Envelope, ToolCall, ToolResult
+from agentqueue.workers.toolkit import ToolError
+
+
+class RemoteTools:
+    """Sends tool calls of agents running on this worker to the `tools` partitions."""
+
+    def __init__(self, broker: Broker, topology: Topology, router: ReplyRouter) -> None:
+        self.broker = broker
+        self.topology = topology
+        self.router = router
+
+    def for_request(self, request: Envelope):  # type: ignore[no-untyped-def]
+        """An `invoke_remote(name, arguments, timeout)` callback bound to one agent request.
+
+        Tool call ids are `<request id>:<n>`, so a request re-run after a crash sends the same
+        ids and the tool worker answers repeated calls from its store instead of running again.
+        """
+        counter = 0
+
+        async def invoke_remote(name: str, arguments: dict[str, Any], timeout: float | None) -> str:
+            nonlocal counter
+            counter += 1
+            call_id = f"{request.id}:{counter}"
+            envelope = Envelope(
+                id=call_id,
+                session_id=request.session_id,
+                key=request.partition_key,
+                correlation_id=call_id,
+                reply_to=self.router.queue,
+                body=ToolCall(name=name, arguments=arguments, call_id=call_id, timeout=timeout),
+                created_at=time.time(),
+                deadline=request.deadline,
+                trace=request.trace,
+            )
+            inbox = self.router.expect(call_id)
+            try:
+                await self.broker.publish(self.topology.route(envelope), encode(envelope))
+                wait = None if timeout is None else timeout + 5.0  # the tool worker's own timeout answers first
+                with anyio.fail_after(wait):
+                    reply = await inbox.get()
+            except TimeoutError:
+                raise ToolError(f"tool {name} timed out after {timeout} s (no tool worker answered)") from None
+            finally:
+                self.router.forget(call_id)
+            result = reply.body
+            if not isinstance(result, ToolResult):
+                raise ToolError(f"tool {name} got an unexpected {reply.type} reply")
+            if not result.ok:
+                raise ToolError(result.output)
+            return result.output
+
+        return invoke_remote

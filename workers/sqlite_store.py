@@ -1,0 +1,181 @@
+"""`sqlite:///path`: sessions in one SQLite file, shared by the workers of one machine."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import anyio
+
+from agentqueue.workers.errors import LeaseLost
+from agentqueue.workers.session_store import HANDLED_KEPT, Lease, SessionStore
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS sessions (
+    session_id TEXT PRIMARY KEY,
+    state TEXT,
+    token INTEGER NOT NULL DEFAULT 0,
+    owner TEXT,
+    expires_at REAL NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS handled (
+    session_id TEXT NOT NULL,
+    event_id TEXT NOT NULL,
+    result BLOB NOT NULL,
+    seq INTEGER NOT NULL,
+    PRIMARY KEY (session_id, event_id)
+);
+CREATE TABLE IF NOT EXISTS attempts (
+    session_id TEXT NOT NULL,
+    event_id TEXT NOT NULL,
+    count INTEGER NOT NULL,
+    PRIMARY KEY (session_id, event_id)
+);
+"""
+
+
+class SQLiteSessionStore(SessionStore):
+    """One SQLite file (WAL mode) used from worker threads; safe across processes."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        path = urlsplit(url).path
+        # sqlite:///rel/path -> "rel/path"; sqlite:////abs/path -> "/abs/path"
+        self.path = Path(path[1:] if path.startswith("/") else path)
+        if not str(self.path):
+            raise ValueError(f"sqlite store URL {url!r} names no file; use sqlite:///sessions.db")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute("PRAGMA busy_timeout=10000")
+        self._db.executescript(_SCHEMA)
+
+    async def _run(self, fn, *args):  # type: ignore[no-untyped-def]
+        return await anyio.to_thread.run_sync(self._locked, fn, *args)
+
+    def _locked(self, fn, *args):  # type: ignore[no-untyped-def]
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                result = fn(self._db, *args)
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+            return result
+
+    async def acquire(self, session_id: str, owner: str, ttl: float) -> Lease | None:
+        def op(db: sqlite3.Connection) -> Lease | None:
+            now = time.time()
+            db.execute("INSERT OR IGNORE INTO sessions(session_id) VALUES (?)", (session_id,))
+            token, holder, expires = db.execute(
+                "SELECT token, owner, expires_at FROM sessions WHERE session_id=?", (session_id,)
+            ).fetchone()
+            if holder not in (None, owner) and expires > now:
+                return None
+            db.execute(
+                "UPDATE sessions SET token=?, owner=?, expires_at=? WHERE session_id=?",
+                (token + 1, owner, now + ttl, session_id),
+            )
+            return Lease(session_id, owner, token + 1, now + ttl)
+
+        return await self._run(op)
+
+    @staticmethod
+    def _check(db: sqlite3.Connection, lease: Lease) -> None:
+        row = db.execute(
+            "SELECT token, expires_at FROM sessions WHERE session_id=?", (lease.session_id,)
+        ).fetchone()
+        if row is None or row[0] != lease.token or row[1] <= time.time():
+            newest = row[0] if row else 0
+            raise LeaseLost(
+                f"lease {lease.token} on session {lease.session_id!r} is no longer held"
+                f" by {lease.owner!r} (newest token {newest}); the write was refused"
+            )
+
+    async def renew(self, lease: Lease, ttl: float) -> Lease:
+        def op(db: sqlite3.Connection) -> Lease:
+            self._check(db, lease)
+            expires = time.time() + ttl
+            db.execute(
+                "UPDATE sessions SET expires_at=? WHERE session_id=?", (expires, lease.session_id)
+            )
+            return Lease(lease.session_id, lease.owner, lease.token, expires)
+
+        return await self._run(op)
+
+    async def release(self, lease: Lease) -> None:
+        def op(db: sqlite3.Connection) -> None:
+            db.execute(
+                "UPDATE sessions SET owner=NULL, expires_at=0 WHERE session_id=? AND token=?",
+                (lease.session_id, lease.token),
+            )
+
+        await self._run(op)
+
+    async def load_state(self, session_id: str) -> str | None:
+        def op(db: sqlite3.Connection) -> str | None:
+            row = db.execute("SELECT state FROM sessions WHERE session_id=?", (session_id,)).fetchone()
+            return row[0] if row else None
+
+        return await self._run(op)
+
+    async def handled(self, session_id: str, event_id: str) -> bytes | None:
+        def op(db: sqlite3.Connection) -> bytes | None:
+            row = db.execute(
+                "SELECT result FROM handled WHERE session_id=? AND event_id=?",
+                (session_id, event_id),
+            ).fetchone()
+            return bytes(row[0]) if row else None
+
+        return await self._run(op)
+
+    async def commit(self, lease: Lease, state: str | None, event_id: str, result: bytes) -> None:
+        def op(db: sqlite3.Connection) -> None:
+            self._check(db, lease)
+            if state is not None:
+                db.execute(
+                    "UPDATE sessions SET state=? WHERE session_id=?", (state, lease.session_id)
+                )
+            seq = db.execute(
+                "SELECT COALESCE(MAX(seq), 0) + 1 FROM handled WHERE session_id=?",
+                (lease.session_id,),
+            ).fetchone()[0]
+            db.execute(
+                "INSERT OR REPLACE INTO handled(session_id, event_id, result, seq)"
+                " VALUES (?, ?, ?, ?)",
+                (lease.session_id, event_id, result, seq),
+            )
+            db.execute(
+                "DELETE FROM handled WHERE session_id=? AND seq <= ?",
+                (lease.session_id, seq - HANDLED_KEPT),
+            )
+            db.execute(
+                "DELETE FROM attempts WHERE session_id=? AND event_id=?",
+                (lease.session_id, event_id),
+            )
+
+        await self._run(op)
+
+    async def count_attempt(self, session_id: str, event_id: str) -> int:
+        def op(db: sqlite3.Connection) -> int:
+            db.execute(
+                "INSERT INTO attempts(session_id, event_id, count) VALUES (?, ?, 1)"
+                " ON CONFLICT(session_id, event_id) DO UPDATE SET count = count + 1",
+                (session_id, event_id),
+            )
+            return db.execute(
+                "SELECT count FROM attempts WHERE session_id=? AND event_id=?",
+                (session_id, event_id),
+            ).fetchone()[0]
+
+        return await self._run(op)
+
+    async def close(self) -> None:
+        with self._lock:
+            self._db.close()

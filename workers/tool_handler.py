@@ -1,0 +1,88 @@
+"""Runs `ToolCall` events on a tool worker: registered tools only, errors become tool results."""
+
+from __future__ import annotations
+
+import inspect
+import os
+from typing import Any
+
+import anyio
+import msgspec
+
+from agentqueue.protocol.messages import Envelope, ToolCall, ToolResult
+from agentqueue.workers.app import App
+from agentqueue.workers.errors import PermanentError
+from agentqueue.workers.processing import Emit, HandlerResult, RunControl
+
+
+class ToolHandler:
+    """Runs a registered tool with its timeout; unknown names are refused (dead-lettered)."""
+
+    uses_state = False
+
+    def __init__(self, app: App, worker_name: str | None = None) -> None:
+        self.app = app
+        self.worker_name = worker_name or f"pid-{os.getpid()}"
+
+    def store_key(self, envelope: Envelope) -> str:
+        # Apart from the agent's record: the agent holds the session lease while it awaits us.
+        return f"{envelope.session_id}#tools"
+
+    def deduplicates(self, envelope: Envelope) -> bool:
+        body = envelope.body
+        assert isinstance(body, ToolCall)
+        spec = self.app.tools.get(body.name)
+        return spec is not None and not spec.idempotent
+
+    async def handle(
+        self, envelope: Envelope, state: str | None, emit: Emit, control: RunControl
+    ) -> HandlerResult:
+        call = envelope.body
+        assert isinstance(call, ToolCall)
+        spec = self.app.tools.get(call.name)
+        if spec is None:
+            known = ", ".join(sorted(self.app.tools)) or "none"
+            raise PermanentError(
+                f"tool {call.name!r} is not registered on this worker (registered: {known});"
+                " refusing to run it"
+            )
+        call_id = call.call_id or envelope.id
+        timeout = call.timeout if call.timeout is not None else spec.timeout
+        try:
+            arguments = validate_arguments(spec.func, call.arguments)
+        except (TypeError, msgspec.ValidationError) as exc:
+            return HandlerResult(self._result(call, call_id, False, f"bad arguments for tool {call.name!r}: {exc}"))
+        try:
+            with anyio.fail_after(timeout):
+                output = await _call(spec.func, arguments)
+        except TimeoutError:
+            return HandlerResult(
+                self._result(call, call_id, False, f"tool {call.name} timed out after {timeout} s")
+            )
+        except Exception as exc:
+            return HandlerResult(
+                self._result(call, call_id, False, f"tool {call.name} failed: {type(exc).__name__}: {exc}")
+            )
+        text = output if isinstance(output, str) else msgspec.json.encode(output).decode()
+        return HandlerResult(self._result(call, call_id, True, text))
+
+    def _result(self, call: ToolCall, call_id: str, ok: bool, output: str) -> ToolResult:
+        return ToolResult(call_id=call_id, name=call.name, ok=ok, output=output, worker=self.worker_name)
+
+
+def validate_arguments(func: Any, arguments: dict[str, Any]) -> dict[str, Any]:
+    """Arguments checked and converted against the function's annotated signature."""
+    signature = inspect.signature(func)
+    bound = signature.bind(**arguments)  # TypeError names a missing or unexpected argument
+    hints = inspect.get_annotations(func, eval_str=True)
+    checked: dict[str, Any] = {}
+    for name, value in bound.arguments.items():
+        hint = hints.get(name)
+        checked[name] = value if hint is None else msgspec.convert(value, hint)
+    return checked
+
+
+async def _call(func: Any, arguments: dict[str, Any]) -> Any:
+    if inspect.iscoroutinefunction(func):
+        return await func(**arguments)
+    return await anyio.to_thread.run_sync(lambda: func(**arguments))
