@@ -1,0 +1,154 @@
+"""Turn the worker's tool specs into an AgentScope Toolkit.
+
+A local tool runs in this process; a remote tool is a proxy with the real
+function's signature and docstring, so the model sees the same JSON schema,
+whose body hands the call to the worker (which publishes a ToolCall event and
+awaits the ToolResult). Either way a failure or a timeout comes back to the
+agent as an error tool result, never as an exception out of the reply.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import inspect
+import re
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from agentscope.tool import FunctionTool, ToolChunk, Toolkit
+
+InvokeRemote = Callable[[str, dict[str, Any], float | None], Awaitable[str]]
+"""`await invoke_remote(name, arguments, timeout)` runs a tool elsewhere and returns its text."""
+
+# Providers reject other tool names (OpenAI and DashScope enforce this pattern).
+_TOOL_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+class ToolError(Exception):
+    """A tool failure whose message is the whole error text the model sees (no prefix added).
+
+    `invoke_remote` raises it (or a subclass) with the tool worker's error text,
+    which already names the tool, e.g. "tool get_weather timed out after 2.0 s".
+    """
+
+
+@dataclass(frozen=True)
+class ToolSpec:
+    """A tool offered to agents: run here (`remote=False`) or by a tool worker."""
+
+    name: str
+    func: Callable[..., Any]
+    description: str | None = None
+    """What the model is told the tool does; None or "" takes it from the docstring."""
+    remote: bool = False
+    timeout: float | None = None
+    """Seconds; a local tool is stopped after it, a remote one gets it passed to invoke_remote."""
+    idempotent: bool = False
+    """A pure tool: a repeated call may simply run again, so no result is stored for it."""
+
+    def __post_init__(self) -> None:
+        """Reject names providers refuse and non-positive timeouts."""
+        if not _TOOL_NAME.match(self.name):
+            raise ValueError(
+                f"tool name {self.name!r} is invalid: use 1-64 letters, digits, '_' or '-'"
+            )
+        if self.timeout is not None and self.timeout <= 0:
+            raise ValueError(
+                f"tool {self.name} timeout must be > 0 seconds or None, got {self.timeout!r}"
+            )
+
+
+def build_toolkit(specs: Iterable[ToolSpec], invoke_remote: InvokeRemote | None = None) -> Toolkit:
+    """An AgentScope Toolkit with one allowed FunctionTool per spec."""
+    # Imported here so defining ToolSpecs does not pay AgentScope's import time.
+    from agentscope.tool import Toolkit
+
+    tools: list[FunctionTool] = []
+    seen: set[str] = set()
+    for spec in specs:
+        if spec.name in seen:
+            raise ValueError(f"tool {spec.name} is listed twice: give each tool one spec")
+        seen.add(spec.name)
+        if spec.remote and invoke_remote is None:
+            raise ValueError(
+                f"tool {spec.name} is remote but no invoke_remote callback was given: "
+                "pass one, or mark the spec remote=False"
+            )
+        tools.append(_function_tool(spec, invoke_remote))
+    return Toolkit(tools=tools)
+
+
+def _function_tool(spec: ToolSpec, invoke_remote: InvokeRemote | None) -> FunctionTool:
+    """Wrap one spec: same name, description and schema as the real function."""
+    from agentscope.permission import PermissionBehavior, PermissionDecision
+    from agentscope.tool import FunctionTool
+
+    # Built from the real function only to read its schema the way AgentScope does.
+    reference = FunctionTool(spec.func, name=spec.name, description=spec.description)
+
+    async def run(**kwargs: Any) -> Any:
+        if spec.remote:
+            assert invoke_remote is not None  # checked by build_toolkit
+            # The tool worker enforces the timeout and its answer travels back
+            # after it; a local deadline here would cut off that answer.
+            call = invoke_remote(spec.name, dict(kwargs), spec.timeout)
+            return await _guarded(spec, call, deadline=None)
+        return await _guarded(spec, _call_local(spec.func, kwargs), deadline=spec.timeout)
+
+    functools.update_wrapper(run, spec.func)
+    run.__signature__ = inspect.signature(spec.func)  # type: ignore[attr-defined]
+    return FunctionTool(
+        run,
+        name=reference.name,
+        description=reference.description,
+        input_schema=reference.input_schema,
+        # The default ASK parks the reply waiting for a user confirmation
+        # that never comes in a worker; registered tools are pre-approved.
+        permission=PermissionDecision(
+            behavior=PermissionBehavior.ALLOW,
+            message="Tools registered with the agentqueue worker are allowed.",
+        ),
+    )
+
+
+async def _call_local(func: Callable[..., Any], kwargs: dict[str, Any]) -> Any:
+    """Run a local tool; a sync one runs in a thread so it cannot block the loop or its timeout."""
+    if inspect.iscoroutinefunction(func):
+        return await func(**kwargs)
+    result = await asyncio.to_thread(func, **kwargs)
+    if inspect.isawaitable(result):
+        result = await result
+    return result
+
+
+async def _guarded(spec: ToolSpec, call: Awaitable[Any], deadline: float | None) -> Any:
+    """Await a tool call (stopping it after `deadline` s), turning failures into error results."""
+    try:
+        async with asyncio.timeout(deadline):
+            return await call
+    except TimeoutError as e:
+        if spec.timeout is not None:
+            return _error(f"tool {spec.name} timed out after {spec.timeout} s")
+        return _error(f"tool {spec.name} failed: {_describe(e)}")
+    except ToolError as e:
+        return _error(str(e) or f"tool {spec.name} failed")
+    except Exception as e:
+        # AgentScope would report only str(e), which is empty for many errors.
+        return _error(f"tool {spec.name} failed: {_describe(e)}")
+
+
+def _describe(error: BaseException) -> str:
+    """`Type: message`, or just the type when the message is empty."""
+    text = str(error)
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
+def _error(text: str) -> ToolChunk:
+    """A tool result the agent records as failed."""
+    from agentscope.message import TextBlock, ToolResultState
+    from agentscope.tool import ToolChunk
+
+    return ToolChunk(content=[TextBlock(text=text)], state=ToolResultState.ERROR)
