@@ -1,0 +1,37 @@
+"""agentqueue: agent requests and tool calls as events on message queues.
+
+Backends publish with a `Client`; workers serve the agents and tools of an `App`; every event
+of one session goes to the same partition, and results come back over a reply queue.
+"""
+
+from agentqueue.client import Client, RequestHandle
+from agentqueue.errors import (
+    AgentQueueError,
+    ProtocolError,
+    RequestCancelled,
+    RequestError,
+    RequestFailed,
+    RequestTimedOut,
+)
+from agentqueue.protocol import AgentRequest, Envelope, Message, ResultEvent, ToolCall, ToolResult
+from agentqueue.settings import Settings
+from agentqueue.workers.app import App
+
+__all__ = [
+    "AgentQueueError",
+    "AgentRequest",
+    "App",
+    "Client",
+    "Envelope",
+    "Message",
+    "ProtocolError",
+    "RequestCancelled",
+    "RequestError",
+    "RequestFailed",
+    "RequestHandle",
+    "RequestTimedOut",
+    "ResultEvent",
+    "Settings",
+    "ToolCall",
+    "ToolResult",
+]

@@ -1,0 +1,284 @@
+"""`Client`: publish agent requests and tool calls, get results back over a reply queue."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import anyio
+import anyio.abc
+import msgspec
+
+from agentqueue.broker.base import Broker
+from agentqueue.broker.replies import ReplyRouter
+from agentqueue.broker.topology import Topology
+from agentqueue.broker.urls import open_broker
+from agentqueue.errors import RequestCancelled, RequestFailed, RequestTimedOut
+from agentqueue.protocol.codec import encode
+from agentqueue.protocol.ids import new_id
+from agentqueue.protocol.messages import (
+    AgentRequest,
+    Cancel,
+    Envelope,
+    ResultEvent,
+    ToolCall,
+    ToolResult,
+    user_message,
+)
+
+ANSWER_GRACE = 5.0  # seconds past a deadline the client still waits for the worker's timed_out
+
+
+class RequestHandle:
+    """A submitted request: iterate its events, await its final result, or cancel it."""
+
+    def __init__(self, client: Client, envelope: Envelope, inbox: anyio.abc.ObjectReceiveStream | Any) -> None:
+        self.client = client
+        self.envelope = envelope
+        self._inbox = inbox
+        self._final: ResultEvent | None = None
+
+    @property
+    def id(self) -> str:
+        """The request id (the envelope id), which `agentqueue cancel` takes."""
+        return self.envelope.id
+
+    @property
+    def session_id(self) -> str:
+        """The session the request belongs to."""
+        return self.envelope.session_id
+
+    async def events(self) -> AsyncIterator[ResultEvent]:
+        """Each `ResultEvent` as it arrives: deltas, then the one terminal event."""
+        if self._final is not None:
+            yield self._final
+            return
+        deadline = self.envelope.deadline
+        while True:
+            wait = None if deadline is None else max(0.0, deadline + ANSWER_GRACE - time.time())
+            with anyio.move_on_after(wait) as scope:
+                reply = await self._inbox.get()
+            if scope.cancelled_caught:
+                self.client.router.forget(self.id)
+                self._final = ResultEvent(
+                    request_id=self.id,
+                    kind="timed_out",
+                    error=f"no answer within {ANSWER_GRACE:.0f} s after the request's deadline",
+                )
+                yield self._final
+                return
+            event = reply.body
+            if not isinstance(event, ResultEvent):
+                continue
+            if event.terminal:
+                self._final = event
+            yield event
+            if event.terminal:
+                return
+
+    async def result(self) -> ResultEvent:
+        """The terminal event (whatever its kind), waiting for it."""
+        async for event in self.events():
+            if event.terminal:
+                return event
+        raise AssertionError("unreachable: events() always ends with a terminal event")
+
+    async def final(self) -> ResultEvent:
+        """The `final` event, or the matching `RequestError` for failed/timed_out/cancelled."""
+        return raise_for_kind(await self.result())
+
+    async def cancel(self) -> None:
+        """Ask the worker running this request to stop it; the result becomes `cancelled`."""
+        await self.client.cancel(self.id, session_id=self.session_id)
+
+
+def raise_for_kind(event: ResultEvent) -> ResultEvent:
+    """Return a `final` event; raise the `RequestError` that matches any other terminal kind."""
+    if event.kind == "final":
+        return event
+    error = event.error or event.kind
+    if event.kind == "timed_out":
+        raise RequestTimedOut(error, request_id=event.request_id)
+    if event.kind == "cancelled":
+        raise RequestCancelled(error, request_id=event.request_id)
+    raise RequestFailed(error, request_id=event.request_id)
+
+
+class Client:
+    """Publishes requests to partition `partition_for(session_id)` and collects their replies.
+
+    ```python
+    async with Client("amqp://guest:guest@127.0.0.1/") as client:
+        result = await client.call("What's the weather in Paris?", session_id="s1")
+        print(result.text)
+    ```
+    """
+
+    def __init__(
+        self,
+        broker: str | Broker = "memory://",
+        *,
+        topology: Topology | None = None,
+        client_id: str | None = None,
+        reply_queue: str | None = None,
+        durable_replies: bool = False,
+        default_timeout: float | None = 300.0,
+    ) -> None:
+        self.broker = open_broker(broker) if isinstance(broker, str) else broker
+        self._owns_broker = isinstance(broker, str)
+        self.topology = topology or Topology()
+        self.client_id = client_id or new_id()[:12]
+        self.reply_queue = reply_queue or self.topology.reply_queue(f"client-{self.client_id}")
+        self.durable_replies = durable_replies
+        self.default_timeout = default_timeout
+        self.router = ReplyRouter(self.broker, self.reply_queue)
+        self._stack: contextlib.AsyncExitStack | None = None
+
+    async def __aenter__(self) -> Client:
+        stack = contextlib.AsyncExitStack()
+        try:
+            if self._owns_broker:
+                await stack.enter_async_context(self.broker)
+            await self.broker.declare(self.topology)
+            await self.broker.declare_reply_queue(self.reply_queue, durable=self.durable_replies)
+            tg = await stack.enter_async_context(anyio.create_task_group())
+            stack.callback(tg.cancel_scope.cancel)
+            await tg.start(self.router.run)
+        except BaseException:
+            await stack.aclose()
+            raise
+        self._stack = stack
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._stack is not None:
+            stack, self._stack = self._stack, None
+            await stack.aclose()
+
+    def _request(
+        self,
+        request: AgentRequest | str,
+        session_id: str | None,
+        agent: str | None,
+        timeout: float | None,
+        user_id: str | None,
+    ) -> Envelope:
+        if isinstance(request, str):
+            request = AgentRequest(input=[user_message(request)])
+        session = session_id or request.session_id or new_id()
+        request = msgspec.structs.replace(
+            request,
+            session_id=session,
+            agent=request.agent if agent is None else agent,
+            user_id=request.user_id if user_id is None else user_id,
+        )
+        now = time.time()
+        timeout = self.default_timeout if timeout is None else timeout
+        request_id = request.id or new_id()
+        return Envelope(
+            id=request_id,
+            session_id=session,
+            correlation_id=request_id,
+            reply_to=self.reply_queue,
+            body=request,
+            created_at=now,
+            deadline=None if timeout is None else now + timeout,
+        )
+
+    async def submit(
+        self,
+        request: AgentRequest | str,
+        *,
+        session_id: str | None = None,
+        agent: str | None = None,
+        timeout: float | None = None,
+        user_id: str | None = None,
+    ) -> RequestHandle:
+        """Publish a request (confirmed by the broker) and return a handle to its events."""
+        envelope = self._request(request, session_id, agent, timeout, user_id)
+        inbox = self.router.expect(envelope.id)
+        try:
+            await self.broker.publish(self.topology.route(envelope), encode(envelope))
+        except BaseException:
+            self.router.forget(envelope.id)
+            raise
+        return RequestHandle(self, envelope, inbox)
+
+    async def call(
+        self,
+        request: AgentRequest | str,
+        *,
+        session_id: str | None = None,
+        agent: str | None = None,
+        timeout: float | None = None,
+        user_id: str | None = None,
+    ) -> ResultEvent:
+        """Run a request and return its `final` event; raises `RequestError` otherwise."""
+        handle = await self.submit(request, session_id=session_id, agent=agent, timeout=timeout, user_id=user_id)
+        return await handle.final()
+
+    async def stream(
+        self,
+        request: AgentRequest | str,
+        *,
+        session_id: str | None = None,
+        agent: str | None = None,
+        timeout: float | None = None,
+        user_id: str | None = None,
+    ) -> AsyncIterator[ResultEvent]:
+        """Run a request and yield its events as they come: deltas, then the terminal one."""
+        handle = await self.submit(request, session_id=session_id, agent=agent, timeout=timeout, user_id=user_id)
+        async for event in handle.events():
+            yield event
+
+    async def cancel(self, request_id: str, *, session_id: str) -> None:
+        """Publish a `Cancel` on the session's partition, where the request runs."""
+        envelope = Envelope(
+            id=new_id(),
+            session_id=session_id,
+            body=Cancel(request_id=request_id),
+            created_at=time.time(),
+        )
+        await self.broker.publish(self.topology.route(envelope), encode(envelope))
+
+    async def call_tool(
+        self,
+        name: str,
+        arguments: dict[str, Any] | None = None,
+        *,
+        session_id: str | None = None,
+        timeout: float | None = None,
+    ) -> str:
+        """Run a registered tool on a tool worker and return its output text."""
+        call_id = new_id()
+        now = time.time()
+        timeout = self.default_timeout if timeout is None else timeout
+        envelope = Envelope(
+            id=call_id,
+            session_id=session_id or call_id,
+            correlation_id=call_id,
+            reply_to=self.reply_queue,
+            body=ToolCall(name=name, arguments=arguments or {}, call_id=call_id, timeout=timeout),
+            created_at=now,
+            deadline=None if timeout is None else now + timeout,
+        )
+        inbox = self.router.expect(call_id)
+        try:
+            await self.broker.publish(self.topology.route(envelope), encode(envelope))
+            wait = None if timeout is None else timeout + ANSWER_GRACE
+            with anyio.fail_after(wait):
+                reply = await inbox.get()
+        except TimeoutError:
+            raise RequestTimedOut(f"tool {name} gave no answer within {wait} s", request_id=call_id) from None
+        finally:
+            self.router.forget(call_id)
+        result = reply.body
+        if isinstance(result, ToolResult):
+            if result.ok:
+                return result.output
+            raise RequestFailed(result.output, request_id=call_id)
+        if isinstance(result, ResultEvent):
+            raise_for_kind(result)
+        raise RequestFailed(f"unexpected {reply.type} reply to tool call {name}", request_id=call_id)

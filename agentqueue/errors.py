@@ -1,0 +1,63 @@
+"""Every error agentqueue raises on purpose, in one place to import and catch.
+
+    AgentQueueError
+    ├── ProtocolError          bytes that are not a valid envelope (names the field)
+    ├── BrokerError            a broker operation failed
+    │   ├── BrokerConnectionError, MessageTooLarge, QueueFull, UnknownBroker
+    ├── WorkerError            LeaseLost, PermanentError, UnknownHandler
+    └── RequestError           a request did not end with a final answer
+        ├── RequestFailed      the worker gave up (the dead-letter reason is the message)
+        ├── RequestTimedOut    its deadline passed
+        └── RequestCancelled   it was cancelled
+"""
+
+from __future__ import annotations
+
+from agentqueue.broker.errors import (
+    BrokerConnectionError,
+    BrokerError,
+    MessageTooLarge,
+    QueueFull,
+    UnknownBroker,
+)
+from agentqueue.protocol.errors import AgentQueueError, ProtocolError
+from agentqueue.workers.errors import LeaseLost, PermanentError, UnknownHandler, WorkerError
+
+
+class RequestError(AgentQueueError):
+    """A request ended without a final answer."""
+
+    def __init__(self, message: str, *, request_id: str) -> None:
+        super().__init__(message)
+        self.request_id = request_id
+
+
+class RequestFailed(RequestError):
+    """The worker gave up on the request; the message is the reason it was dead-lettered."""
+
+
+class RequestTimedOut(RequestError, TimeoutError):
+    """The request's deadline passed before it finished."""
+
+
+class RequestCancelled(RequestError):
+    """The request was cancelled."""
+
+
+__all__ = [
+    "AgentQueueError",
+    "BrokerConnectionError",
+    "BrokerError",
+    "LeaseLost",
+    "MessageTooLarge",
+    "PermanentError",
+    "ProtocolError",
+    "QueueFull",
+    "RequestCancelled",
+    "RequestError",
+    "RequestFailed",
+    "RequestTimedOut",
+    "UnknownBroker",
+    "UnknownHandler",
+    "WorkerError",
+]

@@ -1,0 +1,60 @@
+"""Run a worker process until SIGTERM or SIGINT, then shut it down gracefully."""
+
+from __future__ import annotations
+
+import logging
+import signal
+
+import anyio
+
+from agentqueue.broker.urls import open_broker, redact_url
+from agentqueue.settings import Settings
+from agentqueue.workers.app import App
+from agentqueue.workers.retry import RetryPolicy
+from agentqueue.workers.session_store import open_store
+from agentqueue.workers.worker import Role, Worker
+
+log = logging.getLogger("agentqueue.worker")
+
+
+async def serve_worker(
+    app: App,
+    settings: Settings,
+    *,
+    role: Role = "all",
+    partitions: list[int] | None = None,
+    tool_partitions: list[int] | None = None,
+    tracing: bool = False,
+) -> None:
+    """Connect, serve until a signal, drain, disconnect."""
+    store = open_store(settings.store)
+    try:
+        async with open_broker(settings.broker) as broker:
+            worker = Worker(
+                app,
+                broker,
+                store,
+                topology=settings.topology,
+                role=role,
+                partitions=partitions,
+                tool_partitions=tool_partitions,
+                concurrency=settings.concurrency,
+                retry=RetryPolicy(max_attempts=settings.max_attempts),
+                lease_ttl=settings.lease_ttl,
+                shutdown_grace=settings.shutdown_grace,
+                tracing=tracing,
+            )
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(_stop_on_signal, worker)
+                await worker.run()
+                tg.cancel_scope.cancel()
+            log.info("worker %s on %s stopped after %d events", worker.worker_id, redact_url(settings.broker), worker.handled)
+    finally:
+        await store.close()
+
+
+async def _stop_on_signal(worker: Worker) -> None:
+    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async for signum in signals:
+            log.info("received %s: finishing in-flight events, then exiting", signal.Signals(signum).name)
+            worker.stop()

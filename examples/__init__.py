@@ -1,0 +1,1 @@
+"""Runnable example apps: `agentqueue worker --app examples.weather:app`."""
