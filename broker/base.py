@@ -151,6 +151,14 @@ class Broker(abc.ABC):
         """One message without subscribing, or None when the queue is empty."""
         raise NotImplementedError(f"{type(self).__name__} cannot fetch single messages")
 
+    async def broadcast(self, topic: str, body: bytes) -> None:
+        """Send a transient message to every current listener of `topic` (no confirm)."""
+        raise NotImplementedError(f"{type(self).__name__} has no broadcast topics")
+
+    async def listen(self, topic: str) -> Subscription:
+        """Receive what is broadcast on `topic` from now on."""
+        raise NotImplementedError(f"{type(self).__name__} has no broadcast topics")
+
 
 def read_dead_letter(body: bytes, queue: str) -> DeadLetter:
     """A dead-letter record, also for raw bytes a broker dead-lettered on its own."""

@@ -61,6 +61,7 @@ class _Queue:
 class _Hub:
     def __init__(self) -> None:
         self.queues: dict[str, _Queue] = {}
+        self.topics: dict[str, list[_Queue]] = {}
         self.seq = itertools.count()
 
     def queue(self, name: str) -> _Queue:
@@ -161,6 +162,8 @@ class MemoryBroker(Broker):
         for name, queue in list(self._hub.queues.items()):
             if queue.owner is self:
                 del self._hub.queues[name]
+        for listeners in self._hub.topics.values():
+            listeners[:] = [q for q in listeners if q.owner is not self]
         self._hub = None
 
     async def declare(self, topology: Topology) -> None:
@@ -207,12 +210,28 @@ class MemoryBroker(Broker):
         consumer.unacked[message.seq] = message
         return _OneShotDelivery(consumer, message)
 
+    async def broadcast(self, topic: str, body: bytes) -> None:
+        hub = self.hub
+        for queue in hub.topics.get(topic, ()):
+            queue.put(_Message(body, next(hub.seq)))
+
+    async def listen(self, topic: str) -> Subscription:
+        queue = _Queue(f"{topic}-listener-{id(self):x}-{next(self.hub.seq)}", self, None)
+        self.hub.topics.setdefault(topic, []).append(queue)
+        consumer = _Consumer(self.hub, queue, prefetch=1_000_000)
+        self._consumers.add(consumer)
+        return consumer
+
 
 class _OneShotDelivery(_MemoryDelivery):
     async def nack(self, *, requeue: bool = True) -> None:
         message = self._settle()
         if requeue:
             self._consumer.queue.give_back([message])
+
+
+async def _noop() -> None:
+    return None
 
 
 def reset_memory_brokers() -> None:

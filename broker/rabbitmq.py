@@ -124,6 +124,7 @@ class RabbitMQBroker(Broker):
         self._exchanges: dict[str, aio_pika.abc.AbstractExchange] = {}
         self._topology: Topology | None = None
         self._subscriptions: set[_RabbitSubscription] = set()
+        self._broadcast_exchanges: dict[str, aio_pika.abc.AbstractExchange] = {}
 
     @property
     def connection(self) -> aio_pika.abc.AbstractRobustConnection:
@@ -236,6 +237,21 @@ class RabbitMQBroker(Broker):
             if not channel.is_closed:
                 await channel.close()
 
+    async def broadcast(self, topic: str, body: bytes) -> None:
+        assert self._publisher is not None, "connect() first"
+        exchange = self._broadcast_exchanges.get(topic)
+        if exchange is None:
+            exchange = await self._publisher.declare_exchange(topic, aio_pika.ExchangeType.FANOUT, auto_delete=True)
+            self._broadcast_exchanges[topic] = exchange
+        with anyio.fail_after(self.publish_timeout):
+            await exchange.publish(aio_pika.Message(body), routing_key="", mandatory=False)
+
+    async def listen(self, topic: str) -> Subscription:
+        subscription = _ListenSubscription(self, topic)
+        await subscription.start()
+        self._subscriptions.add(subscription)
+        return subscription
+
     async def get(self, queue: str) -> Delivery | None:
         # A channel of its own that lives until the message is settled.
         channel = await self.connection.channel()
@@ -261,6 +277,38 @@ class _OwnedChannelDelivery(_RabbitDelivery):
     async def nack(self, *, requeue: bool = True) -> None:
         await super().nack(requeue=requeue)
         await self._channel.close()
+
+
+class _ListenSubscription(_RabbitSubscription):
+    """A transient, exclusive queue bound to a fanout exchange."""
+
+    def __init__(self, broker: RabbitMQBroker, topic: str) -> None:
+        super().__init__(broker, "", prefetch=1000)
+        self.topic = topic
+
+    async def start(self) -> None:
+        self._channel = await self.broker.connection.channel(publisher_confirms=False)
+        exchange = await self._channel.declare_exchange(self.topic, aio_pika.ExchangeType.FANOUT, auto_delete=True)
+        self._queue = await self._channel.declare_queue("", exclusive=True, auto_delete=True)
+        self.queue_name = self._queue.name
+        await self._queue.bind(exchange)
+        self._tag = await self._queue.consume(self._inbox.put, no_ack=True)
+
+    async def __anext__(self) -> Delivery:
+        if self.closed:
+            raise StopAsyncIteration
+        message = await self._inbox.get()
+        if message is None:
+            raise StopAsyncIteration
+        return _AutoAckedDelivery(message, self.topic)
+
+
+class _AutoAckedDelivery(_RabbitDelivery):
+    async def ack(self) -> None:
+        return None
+
+    async def nack(self, *, requeue: bool = True) -> None:
+        return None
 
 
 def _partition_arguments(topology: Topology) -> dict[str, Any]:

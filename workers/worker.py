@@ -34,6 +34,7 @@ from agentqueue.protocol.messages import (
 )
 from agentqueue.workers.agent_handler import AgentHandler
 from agentqueue.workers.app import App
+from agentqueue.workers.membership import Membership
 from agentqueue.workers.processing import EventProcessor, Handler
 from agentqueue.workers.remote_tools import RemoteTools
 from agentqueue.workers.retry import RetryPolicy
@@ -44,6 +45,20 @@ from agentqueue.workers.tool_handler import ToolHandler
 log = logging.getLogger("agentqueue.worker")
 
 Role = Literal["agents", "tools", "all"]
+
+
+class _Consumer:
+    """One subscribed partition queue and the events of it that are running."""
+
+    __slots__ = ("idle", "queue", "releasing", "running", "scope", "subscription")
+
+    def __init__(self, queue: str, subscription: Subscription) -> None:
+        self.queue = queue
+        self.subscription = subscription
+        self.scope = anyio.CancelScope()
+        self.running = 0
+        self.releasing = False
+        self.idle = anyio.Event()
 
 
 class _Addressing(msgspec.Struct):
@@ -101,6 +116,8 @@ class Worker:
         shutdown_grace: float = 30.0,
         max_message_size: int = DEFAULT_MAX_SIZE,
         tracing: bool = False,
+        balance: bool = False,
+        heartbeat_interval: float = 1.0,
         worker_id: str | None = None,
     ) -> None:
         self.app = app
@@ -121,10 +138,15 @@ class Worker:
         self.dead_lettered = 0
         self._retry = retry
         self._lease_ttl = lease_ttl
+        self.balance = balance
+        self.heartbeat_interval = heartbeat_interval
         self._stop = anyio.Event()
         self._started = anyio.Event()
-        self._subscriptions: list[Subscription] = []
+        self._consumers: dict[str, _Consumer] = {}
+        self._released: dict[str, anyio.Event] = {}
         self._lanes: SessionLanes | None = None
+        self._tg: anyio.abc.TaskGroup | None = None
+        self.membership: Membership | None = None
         self.processor: EventProcessor | None = None
 
     def queues(self) -> list[str]:
@@ -135,6 +157,11 @@ class Worker:
         if self.role in ("tools", "all"):
             queues += [self.topology.queue(TOOLS, p) for p in self.tool_partitions]
         return queues
+
+    @property
+    def owned(self) -> list[str]:
+        """The queues this worker is subscribed to right now."""
+        return sorted(self._consumers)
 
     def stop(self) -> None:
         """Ask the worker to shut down gracefully (safe to call from a signal handler)."""
@@ -166,39 +193,108 @@ class Worker:
             delivery_limit=self.topology.delivery_limit,
         )
         async with anyio.create_task_group() as tg:
+            self._tg = tg
             self._lanes = SessionLanes(tg, self.concurrency)
             await tg.start(router.run)
-            with anyio.CancelScope() as consuming:
-                async with anyio.create_task_group() as consumers:
-                    for queue in self.queues():
-                        await consumers.start(self._consume, queue)
-                    self._started.set()
-                    task_status.started()
-                    log.info("worker %s serving %d queues", self.worker_id, len(self._subscriptions))
-                    await self._stop.wait()
-                    consuming.cancel()
+            if self.balance:
+                self.membership = Membership(
+                    self.broker,
+                    f"{self.topology.namespace}-control",
+                    self.worker_id,
+                    self._eligible(),
+                    interval=self.heartbeat_interval,
+                    expiry=self.heartbeat_interval * 3.5,
+                )
+                await tg.start(self.membership.run)
+                # Hear the peers that are already up before claiming partitions.
+                await anyio.sleep(self.membership.interval * 1.5)
+                target = self.membership.mine()
+                tg.start_soon(self._rebalance, self.membership)
+            else:
+                target = set(self.queues())
+            for queue in sorted(target):
+                await self._subscribe(queue)
+            self._started.set()
+            task_status.started()
+            log.info("worker %s serving %d queues", self.worker_id, len(self._consumers))
+            await self._stop.wait()
+            if self.membership is not None:
+                with anyio.move_on_after(2):
+                    await self.membership.announce(leaving=True)
             await self._drain()
             tg.cancel_scope.cancel()
 
+    def _eligible(self) -> dict[str, list[str]]:
+        eligible: dict[str, list[str]] = {}
+        for queue in self.queues():
+            family, _ = self.topology.partition_of(queue) or ("other", 0)
+            eligible.setdefault(family, []).append(queue)
+        return eligible
+
+    async def _subscribe(self, queue: str) -> None:
+        assert self._tg is not None
+        released = self._released.get(queue)
+        if released is not None:
+            await released.wait()  # a hand-back of the same queue is still finishing
+        subscription = await self.broker.consume(queue, prefetch=self.concurrency)
+        consumer = self._consumers[queue] = _Consumer(queue, subscription)
+        if self.membership is not None:
+            self.membership.owned.add(queue)
+        self._tg.start_soon(self._consume, consumer, name=f"consume {queue}")
+
+    async def _consume(self, consumer: _Consumer) -> None:
+        with consumer.scope:
+            async for delivery in consumer.subscription:
+                await self._accept(delivery, consumer)
+
+    async def _release(self, queue: str, *, wait: bool = True) -> None:
+        """Stop serving a queue: finish its running events, hand the rest back in order."""
+        consumer = self._consumers.pop(queue, None)
+        if consumer is None:
+            return
+        done = self._released[queue] = anyio.Event()
+        consumer.releasing = True
+        consumer.scope.cancel()
+        if consumer.running and wait:
+            await consumer.idle.wait()
+        with anyio.CancelScope(shield=True):
+            await consumer.subscription.close()
+        if self.membership is not None:
+            self.membership.owned.discard(queue)
+        del self._released[queue]
+        done.set()
+        log.info("worker %s handed %s over", self.worker_id, queue)
+
+    async def _rebalance(self, membership: Membership) -> None:
+        assert self._tg is not None
+        while True:
+            with anyio.move_on_after(membership.interval):
+                await membership.changed.wait()
+            if self._stop.is_set():
+                return
+            target = membership.mine()
+            for queue in sorted(set(self._consumers) - target):
+                self._tg.start_soon(self._release, queue)
+            for queue in sorted(target - set(self._consumers)):
+                await self._subscribe(queue)
+
     async def _drain(self) -> None:
         assert self.processor is not None and self._lanes is not None
-        self.processor.accepting = False  # queued jobs now hand their events back
+        self.processor.accepting = False  # jobs not started yet are left for the next owner
+        for consumer in self._consumers.values():
+            consumer.scope.cancel()
         with anyio.move_on_after(self.shutdown_grace) as scope:
             await self._lanes.wait_idle()
         if scope.cancelled_caught:
-            log.warning("shutdown grace of %.0f s ran out; unfinished events go back to the broker", self.shutdown_grace)
+            log.warning(
+                "shutdown grace of %.0f s ran out; unfinished events go back to the broker",
+                self.shutdown_grace,
+            )
         with anyio.CancelScope(shield=True):
-            for subscription in self._subscriptions:
-                await subscription.close()
+            for queue in list(self._consumers):
+                await self._release(queue, wait=not scope.cancelled_caught)
 
-    async def _consume(self, queue: str, *, task_status: anyio.abc.TaskStatus[None]) -> None:
-        subscription = await self.broker.consume(queue, prefetch=self.concurrency)
-        self._subscriptions.append(subscription)
-        task_status.started()
-        async for delivery in subscription:
-            await self._accept(delivery)
-
-    async def _accept(self, delivery: Delivery) -> None:
+    async def _accept(self, delivery: Delivery, consumer: _Consumer) -> None:
         assert self._lanes is not None and self.processor is not None
         try:
             envelope = decode(delivery.body, max_size=self.max_message_size)
@@ -215,12 +311,18 @@ class Worker:
 
         async def job() -> None:
             assert self.processor is not None
-            settler = _DeliverySettler(self.broker, self.topology, delivery, envelope)
-            if not self.processor.accepting:
-                await settler.hand_back()
+            if consumer.releasing or not self.processor.accepting:
+                # Left un-acked on purpose: closing the subscription hands it back in order.
                 return
-            await self.processor.process(envelope, settler, delivery.delivery_count)
-            self.handled += 1
+            consumer.running += 1
+            try:
+                settler = _DeliverySettler(self.broker, self.topology, delivery, envelope)
+                await self.processor.process(envelope, settler, delivery.delivery_count)
+                self.handled += 1
+            finally:
+                consumer.running -= 1
+                if consumer.running == 0 and consumer.releasing:
+                    consumer.idle.set()
 
         self._lanes.submit(self.processor.lane_key(envelope), job)
 
