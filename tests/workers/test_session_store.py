@@ -1,0 +1,84 @@
+"""Every session store keeps state with handled ids atomically and fences stale owners."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import anyio
+import pytest
+
+from agentqueue.protocol import new_id
+from agentqueue.workers.errors import LeaseLost
+from agentqueue.workers.session_store import SessionStore, open_store
+
+
+@pytest.fixture(params=["memory", "sqlite", "redis"])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[SessionStore]:
+    if request.param == "memory":
+        url = f"memory://{new_id()[:8]}"
+    elif request.param == "sqlite":
+        url = f"sqlite:///{tmp_path}/sessions.db"
+    else:
+        url = request.getfixturevalue("redis_url")
+    s = open_store(url)
+    yield s
+    await s.close()
+
+
+async def test_state_and_the_handled_id_are_saved_together(store: SessionStore) -> None:
+    session = f"s-{new_id()[:6]}"
+    lease = await store.acquire(session, "worker-a", ttl=10)
+    assert lease is not None
+    await store.commit(lease, '{"turns": 1}', "evt-1", b"reply-1")
+    assert await store.load_state(session) == '{"turns": 1}'
+    assert await store.handled(session, "evt-1") == b"reply-1"
+    assert await store.handled(session, "evt-2") is None
+    await store.commit(lease, None, "evt-2", b"reply-2")  # None keeps the state
+    assert await store.load_state(session) == '{"turns": 1}'
+
+
+async def test_a_live_lease_keeps_other_workers_out(store: SessionStore) -> None:
+    session = f"s-{new_id()[:6]}"
+    lease = await store.acquire(session, "worker-a", ttl=10)
+    assert lease is not None
+    assert await store.acquire(session, "worker-b", ttl=10) is None
+    await store.release(lease)
+    taken = await store.acquire(session, "worker-b", ttl=10)
+    assert taken is not None and taken.token > lease.token
+
+
+async def test_a_worker_that_lost_its_lease_cannot_overwrite_the_session(store: SessionStore) -> None:
+    session = f"s-{new_id()[:6]}"
+    stale = await store.acquire(session, "worker-a", ttl=0.3)
+    assert stale is not None
+    await anyio.sleep(0.5)  # worker-a stalls past its lease...
+    fresh = await store.acquire(session, "worker-b", ttl=10)  # ...and worker-b takes the session
+    assert fresh is not None
+    await store.commit(fresh, '{"by": "b"}', "evt-b", b"b")
+    with pytest.raises(LeaseLost) as info:
+        await store.commit(stale, '{"by": "a"}', "evt-a", b"a")
+    assert str(info.value) == (
+        f"lease {stale.token} on session {session!r} is no longer held by 'worker-a'"
+        f" (newest token {fresh.token}); the write was refused"
+    )
+    assert await store.load_state(session) == '{"by": "b"}'
+    assert await store.handled(session, "evt-a") is None
+
+
+async def test_an_expired_lease_cannot_write_even_if_nobody_took_over(store: SessionStore) -> None:
+    session = f"s-{new_id()[:6]}"
+    lease = await store.acquire(session, "worker-a", ttl=0.2)
+    assert lease is not None
+    await anyio.sleep(0.4)
+    with pytest.raises(LeaseLost):
+        await store.commit(lease, "{}", "evt", b"x")
+
+
+async def test_attempts_are_counted_per_event_until_it_is_handled(store: SessionStore) -> None:
+    session = f"s-{new_id()[:6]}"
+    assert [await store.count_attempt(session, "evt") for _ in range(3)] == [1, 2, 3]
+    lease = await store.acquire(session, "w", ttl=10)
+    assert lease is not None
+    await store.commit(lease, None, "evt", b"done")
+    assert await store.count_attempt(session, "evt") == 1
