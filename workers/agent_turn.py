@@ -89,7 +89,8 @@ async def run_turn(
     instead of raising CancelledError. The cancellation request stays visible to
     the caller through `asyncio.current_task().cancelling()`. A second cancellation
     while the agent is closing the turn is not absorbed: it raises CancelledError.
-    Errors other than cancellation (e.g. the model API failing) propagate.
+    Errors other than cancellation (e.g. the model API failing) propagate; if
+    `on_delta` raises, the agent is interrupted first, then the error propagates.
     """
     msgs = to_agentscope_messages(input_messages)
     queue: asyncio.Queue[Any] = asyncio.Queue()
@@ -102,24 +103,32 @@ async def run_turn(
             if delta and on_delta is not None:
                 await on_delta(delta)
     except asyncio.CancelledError:
-        pump.cancel()
-        # Wait for AgentScope to close the turn so the state we return is consistent.
-        await asyncio.wait({pump})
-        if not pump.cancelled() and (error := pump.exception()) is not None:
-            logger.warning(
-                "agent %s failed while being interrupted: %s: %s",
-                agent.name,
-                type(error).__name__,
-                error,
-            )
+        await _stop(agent, pump)
         while not queue.empty():
             item = queue.get_nowait()
             if item is not _DONE:
                 collector.add(item)
         collector.interrupted = True
         return collector.outcome(agent)
+    except BaseException:
+        # on_delta failed: stop the agent too, or it would go on in the background.
+        await _stop(agent, pump)
+        raise
     await pump  # re-raises what the reply raised, if anything
     return collector.outcome(agent)
+
+
+async def _stop(agent: Agent, pump: asyncio.Task[None]) -> None:
+    """Interrupt the reply and wait until AgentScope has closed the turn in memory."""
+    pump.cancel()
+    await asyncio.wait({pump})
+    if not pump.cancelled() and (error := pump.exception()) is not None:
+        logger.warning(
+            "agent %s failed while being interrupted: %s: %s",
+            agent.name,
+            type(error).__name__,
+            error,
+        )
 
 
 async def _pump(agent: Agent, msgs: list[Msg], queue: asyncio.Queue[Any]) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib
-import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -73,7 +72,7 @@ class App:
             self.tools[tool_name] = ToolSpec(
                 name=tool_name,
                 func=func,
-                description=description or inspect.getdoc(func) or "",
+                description=description,  # None: AgentScope reads the docstring, Args and all
                 remote=remote,
                 timeout=timeout,
                 idempotent=idempotent,

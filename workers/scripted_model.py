@@ -29,7 +29,8 @@ from pydantic import BaseModel
 _TOOL_COMMAND = re.compile(r"^/tool\s+(?P<name>\S+)\s*(?P<args>.*)$", re.DOTALL)
 _WEATHER = re.compile(r"\bweather\b", re.IGNORECASE)
 _WEATHER_CITY = re.compile(
-    r"\bweather\b.*?\b(?:in|for|at)\s+(?P<city>[^\W\d_][\w' -]*?)\s*[?.!]*$",
+    r"\bweather\b.*?\b(?:in|for|at)\s+(?P<city>[^\W\d_][\w' -]*?)"
+    r"(?:\s+(?:today|now|right now|tonight|tomorrow))?\s*[?.!]*$",
     re.IGNORECASE,
 )
 _REMEMBER_PREFIX = re.compile(r"^(?:please\s+)?remember\s+(?:that\s+)?", re.IGNORECASE)
@@ -69,6 +70,8 @@ class ScriptedChatModel(ChatModelBase):
             retry_delay=0.0,
             context_size=context_size,
         )
+        # The agent reads the formatter's media types to decide which input data
+        # blocks it keeps; the script never formats (that could download audio URLs).
         self.formatter = OpenAIChatFormatter()
         self.delay = delay
 
@@ -81,9 +84,6 @@ class ScriptedChatModel(ChatModelBase):
         **kwargs: Any,
     ) -> ChatResponse | AsyncGenerator[ChatResponse, None]:
         """Answer by the script; stream mode yields partial chunks like the real models."""
-        # Formatting the context like a real provider would fails loudly on a context
-        # that no real API would accept (e.g. a tool call with no result).
-        await self.formatter.format(messages)
         tool_names = {t.get("function", {}).get("name") for t in tools or []}
         may_call = tool_choice is None or tool_choice.mode != "none"
         answer = _decide(messages, tool_names if may_call else None)
