@@ -75,6 +75,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("request_id")
     p.add_argument("--session", required=True)
 
+    p = sub.add_parser("status", help="queue depths per partition and which worker is active on each")
+    _settings_args(p)
+
+    p = sub.add_parser("dlq", help="list, show or replay dead letters")
+    _settings_args(p)
+    p.add_argument("action", choices=["list", "show", "replay"])
+    p.add_argument("id", nargs="?", help="envelope id or list index (show, replay); replay without it replays all")
+    p.add_argument("--limit", type=int, default=100)
+
     p = sub.add_parser("schema", help="print the JSON Schema of the v1 envelope")
 
     p = sub.add_parser("config", help="print the settings in force (secrets masked)")
@@ -170,6 +179,45 @@ def _cancel(args: argparse.Namespace, settings: Settings) -> int:
     anyio.run(go)
     print(f"cancel sent for {args.request_id}")
     return 0
+
+
+@command("status")
+def _status(args: argparse.Namespace, settings: Settings) -> int:
+    from agentqueue.admin import print_status
+    from agentqueue.broker.urls import open_broker
+
+    async def go() -> None:
+        async with open_broker(settings.broker) as broker:
+            await broker.declare(settings.topology)
+            await print_status(broker, settings.topology, sys.stdout)
+
+    anyio.run(go)
+    return 0
+
+
+@command("dlq")
+def _dlq(args: argparse.Namespace, settings: Settings) -> int:
+    from agentqueue import admin
+    from agentqueue.broker.urls import open_broker
+
+    async def go() -> int:
+        async with open_broker(settings.broker) as broker:
+            await broker.declare(settings.topology)
+            if args.action == "list":
+                await admin.dlq_list(broker, settings.topology, sys.stdout, args.limit)
+                return 0
+            if args.action == "show":
+                if args.id is None:
+                    raise ValueError("dlq show needs an envelope id or a list index")
+                found = await admin.dlq_show(broker, settings.topology, args.id, sys.stdout)
+                if not found:
+                    print(f"no dead letter {args.id!r} in {settings.topology.dead_letter_queue}", file=sys.stderr)
+                return 0 if found else 1
+            count = await admin.dlq_replay(broker, settings.topology, args.id, sys.stdout)
+            print(f"{count} replayed")
+            return 0
+
+    return anyio.run(go)
 
 
 @command("schema")

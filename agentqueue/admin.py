@@ -1,0 +1,127 @@
+"""`agentqueue status` and `agentqueue dlq list|show|replay`: look at queues, fix dead letters."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from typing import TextIO
+
+import anyio
+import msgspec
+
+from agentqueue.broker.base import Broker, Delivery, read_dead_letter
+from agentqueue.broker.topology import REQUESTS, TOOLS, Topology
+from agentqueue.protocol.codec import decode
+from agentqueue.protocol.errors import ProtocolError
+from agentqueue.protocol.messages import DeadLetter
+from agentqueue.workers.membership import Heartbeat
+
+
+async def owners(broker: Broker, topology: Topology, listen_for: float = 2.5) -> dict[str, str]:
+    """Queue -> worker id, from the workers' heartbeats heard within `listen_for` seconds."""
+    found: dict[str, str] = {}
+    decoder = msgspec.json.Decoder(Heartbeat)
+    subscription = await broker.listen(f"{topology.namespace}-control")
+    with anyio.move_on_after(listen_for):
+        async for delivery in subscription:
+            try:
+                heartbeat = decoder.decode(delivery.body)
+            except msgspec.MsgspecError:
+                continue
+            for queue in heartbeat.owned:
+                if not heartbeat.leaving:
+                    found[queue] = heartbeat.worker_id
+    await subscription.close()
+    return found
+
+
+async def print_status(broker: Broker, topology: Topology, out: TextIO) -> None:
+    """Per partition: depth, un-acked, consumers and the worker active on it; then dead letters."""
+    active = await owners(broker, topology)
+    print(f"{'queue':<28} {'ready':>7} {'unacked':>8} {'consumers':>10}  active worker", file=out)
+    for family in (REQUESTS, TOOLS):
+        for queue in topology.queues(family):
+            stats = await broker.stats(queue)
+            unacked = "-" if stats.unacked is None else str(stats.unacked)
+            owner = active.get(queue, "-" if stats.consumers == 0 else "(no heartbeat)")
+            print(f"{queue:<28} {stats.ready:>7} {unacked:>8} {stats.consumers:>10}  {owner}", file=out)
+    dead = await broker.stats(topology.dead_letter_queue)
+    print(f"\ndead letters in {topology.dead_letter_queue}: {dead.ready}", file=out)
+
+
+@dataclass
+class _Held:
+    delivery: Delivery
+    record: DeadLetter
+
+
+async def _hold_all(broker: Broker, topology: Topology, limit: int) -> list[_Held]:
+    held: list[_Held] = []
+    while len(held) < limit:
+        delivery = await broker.get(topology.dead_letter_queue)
+        if delivery is None:
+            break
+        held.append(_Held(delivery, read_dead_letter(delivery.body, topology.dead_letter_queue)))
+    return held
+
+
+async def _give_back(held: list[_Held]) -> None:
+    for item in held:
+        await item.delivery.nack(requeue=True)
+
+
+def _label(record: DeadLetter) -> str:
+    return record.envelope_id or "(no id)"
+
+
+async def dlq_list(broker: Broker, topology: Topology, out: TextIO, limit: int = 100) -> int:
+    """Print one line per dead letter; the queue is left as it was."""
+    held = await _hold_all(broker, topology, limit)
+    try:
+        for i, item in enumerate(held):
+            r = item.record
+            when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r.failed_at)) if r.failed_at else "-"
+            print(f"{i:>3}  {_label(r):<34} {when}  {r.queue:<22} {r.reason}", file=out)
+        if not held:
+            print(f"{topology.dead_letter_queue} is empty", file=out)
+    finally:
+        await _give_back(held)
+    return len(held)
+
+
+async def dlq_show(broker: Broker, topology: Topology, key: str, out: TextIO) -> bool:
+    """Print one dead letter (by envelope id or list index) with its reason and envelope."""
+    held = await _hold_all(broker, topology, 10_000)
+    try:
+        for i, item in enumerate(held):
+            if key in (str(i), item.record.envelope_id):
+                r = item.record
+                print(f"reason:   {r.reason}\nqueue:    {r.queue}\nattempts: {r.attempts}\nsession:  {r.session_id}", file=out)
+                try:
+                    envelope = json.loads(msgspec.json.encode(decode(r.payload)))
+                    print(json.dumps(envelope, indent=2, ensure_ascii=False), file=out)
+                except ProtocolError:
+                    print(f"payload ({len(r.payload)} bytes, not an envelope): {r.payload[:200]!r}", file=out)
+                return True
+        return False
+    finally:
+        await _give_back(held)
+
+
+async def dlq_replay(broker: Broker, topology: Topology, key: str | None, out: TextIO) -> int:
+    """Publish dead letters (one by id/index, or all when `key` is None) back to their queues."""
+    held = await _hold_all(broker, topology, 10_000)
+    replayed = 0
+    try:
+        for i, item in list(enumerate(held)):
+            if key is not None and key not in (str(i), item.record.envelope_id):
+                continue
+            await broker.publish(item.record.queue, item.record.payload)
+            await item.delivery.ack()
+            held.remove(item)
+            replayed += 1
+            print(f"replayed {_label(item.record)} to {item.record.queue}", file=out)
+    finally:
+        await _give_back(held)
+    return replayed
