@@ -11,7 +11,7 @@ from agentqueue.broker.topology import Topology
 from agentqueue.broker.urls import open_broker
 from agentqueue.protocol.ids import new_id
 
-BROKERS = ["memory"]
+BROKERS = ["memory", "amqp"]
 
 
 @pytest.fixture(params=BROKERS)
@@ -20,6 +20,11 @@ def broker_url(request: pytest.FixtureRequest) -> str:
     if kind == "memory":
         return f"memory://contract-{new_id()[:8]}"
     return request.getfixturevalue(f"{kind}_broker_url")
+
+
+@pytest.fixture
+def amqp_broker_url(rabbitmq_url: str) -> str:
+    return rabbitmq_url
 
 
 @pytest.fixture
