@@ -103,3 +103,8 @@ async def test_workers_share_partitions_and_hand_over_in_order_on_the_memory_bro
     url = f"memory://balance-{new_id()[:8]}"
     topology = Topology(namespace="bal", partitions=12, tool_partitions=12)
     await run_balance_scenario(url, f"memory://s-{new_id()[:8]}", topology)
+
+
+async def test_workers_share_partitions_and_hand_over_in_order_on_rabbitmq(rabbitmq_url: str) -> None:
+    topology = Topology(namespace=f"bal{new_id()[:6]}", partitions=12, tool_partitions=12)
+    await run_balance_scenario(rabbitmq_url, f"memory://s-{new_id()[:8]}", topology)
