@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import anyio
@@ -43,7 +44,26 @@ def _settings_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--namespace", help="prefix of every queue name (AGENTQUEUE_NAMESPACE, default aq)")
     p.add_argument("--partition-count", dest="partition_count", type=int,
                    help="partitions of the requests family (AGENTQUEUE_PARTITIONS, default 16)")
+    p.add_argument("--tool-partition-count", dest="tool_partition_count", type=int,
+                   help="partitions of the tools family (AGENTQUEUE_TOOL_PARTITIONS, default 16)")
     p.add_argument("--timeout", type=float, help="request deadline in seconds (default 300)")
+
+
+def _trace_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--trace-file", dest="trace_file", metavar="FILE",
+                   help="append spans as JSON lines to FILE (AGENTQUEUE_TRACE_FILE); OTEL_* variables add exporters")
+
+
+@contextlib.contextmanager
+def _telemetry(settings: Settings, service: str) -> Iterator[None]:
+    """OpenTelemetry from OTEL_* and --trace-file for one command, flushed when it ends."""
+    from agentqueue.trace_file import configure
+
+    telemetry = configure(service, settings.trace_file)
+    try:
+        yield
+    finally:
+        telemetry.shutdown()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -53,18 +73,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="run 3 conversations through an embedded broker and two workers")
     _settings_args(p)
+    _trace_args(p)
     p.add_argument("--app", default=DEFAULT_APP)
 
     p = sub.add_parser("worker", help="serve an app's agents and tools from a broker")
     _settings_args(p)
+    _trace_args(p)
     p.add_argument("--app", default=DEFAULT_APP, help="module:attribute of the App (default examples.weather:app)")
     p.add_argument("--role", choices=["agents", "tools", "all"], default="all")
     p.add_argument("--partitions", dest="serve", default="all",
                    help="which partitions to serve, e.g. 0-7,12 (default all)")
     p.add_argument("--concurrency", type=int)
+    p.add_argument("--no-balance", dest="balance", action="store_false",
+                   help="serve every given partition instead of sharing them with the other live workers")
 
     p = sub.add_parser("call", help="send one request and print the answer")
     _settings_args(p)
+    _trace_args(p)
     p.add_argument("text")
     p.add_argument("--session", help="session id (default: a new one)")
     p.add_argument("--agent")
@@ -84,6 +109,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("id", nargs="?", help="envelope id or list index (show, replay); replay without it replays all")
     p.add_argument("--limit", type=int, default=100)
 
+    p = sub.add_parser("trace", help="look at spans written with --trace-file")
+    trace_sub = p.add_subparsers(dest="trace_command", required=True, metavar="ACTION")
+    t = trace_sub.add_parser("show", help="a trace as a waterfall: service, span, start, duration, status")
+    t.add_argument("files", nargs="+", metavar="FILE", help="trace files (one per process merge into one view)")
+    t.add_argument("--trace-id", help="the trace to show, or a unique prefix of it (default: the latest)")
+    t.add_argument("--width", type=int, default=100, help="columns to fit in (default 100)")
+
     p = sub.add_parser("schema", help="print the JSON Schema of the v1 envelope")
 
     p = sub.add_parser("config", help="print the settings in force (secrets masked)")
@@ -101,8 +133,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "store": getattr(args, "store", None),
         "namespace": getattr(args, "namespace", None),
         "partitions": getattr(args, "partition_count", None),
+        "tool_partitions": getattr(args, "tool_partition_count", None),
         "timeout": getattr(args, "timeout", None),
         "concurrency": getattr(args, "concurrency", None),
+        "trace_file": getattr(args, "trace_file", None),
     }
     try:
         settings = Settings.load(**overrides)
@@ -123,7 +157,8 @@ def _demo(args: argparse.Namespace, settings: Settings) -> int:
     from agentqueue.demo import run_demo
 
     app = _load_app(args.app)
-    report = anyio.run(run_demo, app, settings)
+    with _telemetry(settings, "agentqueue-demo"):
+        report = anyio.run(run_demo, app, settings)
     print(report.summary())
     return 0 if report.lost == 0 else 1
 
@@ -138,7 +173,12 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
     app = _load_app(args.app)
     partitions = parse_partitions(args.serve, settings.partitions)
     tool_partitions = parse_partitions(args.serve, settings.tool_partitions)
-    anyio.run(lambda: serve_worker(app, settings, role=args.role, partitions=partitions, tool_partitions=tool_partitions))
+    with _telemetry(settings, "agentqueue-worker"):
+        anyio.run(
+        lambda: serve_worker(
+            app, settings, role=args.role, partitions=partitions, tool_partitions=tool_partitions, balance=args.balance
+        )
+    )
     return 0
 
 
@@ -165,7 +205,8 @@ def _call(args: argparse.Namespace, settings: Settings) -> int:
             print(result.text)
             return 0
 
-    return anyio.run(go)
+    with _telemetry(settings, "agentqueue-client"):
+        return anyio.run(go)
 
 
 @command("cancel")
@@ -218,6 +259,16 @@ def _dlq(args: argparse.Namespace, settings: Settings) -> int:
             return 0
 
     return anyio.run(go)
+
+
+@command("trace")
+def _trace(args: argparse.Namespace, settings: Settings) -> int:
+    from agentqueue.trace_file import read_spans
+    from agentqueue.trace_view import render_waterfall
+
+    for line in render_waterfall(read_spans(args.files), args.trace_id, width=args.width):
+        print(line)
+    return 0
 
 
 @command("schema")

@@ -24,7 +24,8 @@ async def serve_worker(
     role: Role = "all",
     partitions: list[int] | None = None,
     tool_partitions: list[int] | None = None,
-    tracing: bool = False,
+    tracing: bool | None = None,
+    balance: bool = True,
 ) -> None:
     """Connect, serve until a signal, drain, disconnect."""
     store = open_store(settings.store)
@@ -43,6 +44,7 @@ async def serve_worker(
                 lease_ttl=settings.lease_ttl,
                 shutdown_grace=settings.shutdown_grace,
                 tracing=tracing,
+                balance=balance,
             )
             async with anyio.create_task_group() as tg:
                 tg.start_soon(_stop_on_signal, worker)
