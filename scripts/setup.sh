@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# Install what the suite needs on a fresh Debian 12 machine: uv, RabbitMQ and Redis (the
+# suite starts private servers of its own, so the packaged services are left stopped),
+# and the locked Python environment. Safe to run again. Run it as root from anywhere.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+say() { printf 'setup: %s\n' "$*"; }
+
+# --- uv ----------------------------------------------------------------------------------
+if command -v uv >/dev/null 2>&1; then
+    UV=(uv)
+else
+    say "installing uv with pip"
+    if ! python3 -m pip --version >/dev/null 2>&1; then
+        say "python3 has no pip: installing python3-pip"
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-pip >/dev/null
+    fi
+    # Debian's own python3 is "externally managed"; uv is a standalone tool, so allow it.
+    python3 -m pip install --quiet uv 2>/dev/null \
+        || python3 -m pip install --quiet --break-system-packages uv
+    # A pyenv shim or ~/.local/bin may not be on PATH yet; the module always works.
+    if command -v uv >/dev/null 2>&1; then UV=(uv); else UV=(python3 -m uv); fi
+fi
+say "uv: $("${UV[@]}" --version)"
+
+# --- RabbitMQ and Redis ------------------------------------------------------------------
+have_servers() {
+    [ -x /usr/lib/rabbitmq/bin/rabbitmq-server ] && command -v redis-server >/dev/null 2>&1
+}
+
+if have_servers; then
+    say "rabbitmq-server and redis-server already installed"
+else
+    say "installing rabbitmq-server and redis-server with apt-get"
+    # Keep the packages from starting their system services: with no init system they
+    # would linger, and the suite wants nothing on the default ports. policy-rc.d exit
+    # code 101 means "action forbidden" to invoke-rc.d.
+    created_policy=""
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+        printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
+        chmod +x /usr/sbin/policy-rc.d
+        created_policy=yes
+    fi
+    trap 'if [ -n "$created_policy" ]; then rm -f /usr/sbin/policy-rc.d; fi' EXIT
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq rabbitmq-server redis-server >/dev/null
+    if [ -n "$created_policy" ]; then rm -f /usr/sbin/policy-rc.d; fi
+    trap - EXIT
+    have_servers || { say "error: the packages installed but the servers are missing"; exit 1; }
+
+    # Belt and braces, in case a service started anyway (e.g. under systemd).
+    say "making sure the packaged services are stopped"
+    invoke-rc.d rabbitmq-server stop >/dev/null 2>&1 || true
+    invoke-rc.d redis-server stop >/dev/null 2>&1 || true
+    # A system node leaves epmd running on the default port 4369; private nodes use their own.
+    env -u ERL_EPMD_PORT epmd -kill >/dev/null 2>&1 || true
+fi
+say "rabbitmq-server $(dpkg-query -W -f='${Version}' rabbitmq-server 2>/dev/null || echo '?')," \
+    "redis-server $(redis-server --version | sed -n 's/.* v=\([^ ]*\).*/\1/p')"
+
+# --- Python environment ------------------------------------------------------------------
+say "syncing the Python environment (uv sync --frozen --all-groups)"
+"${UV[@]}" sync --frozen --all-groups --quiet
+say "done"
