@@ -86,7 +86,15 @@ class _RabbitSubscription(Subscription):
         connection = self.broker.connection
         self._channel = await connection.channel(publisher_confirms=False)
         await self._channel.set_qos(prefetch_count=self.prefetch)
-        self._queue = await self._channel.get_queue(self.queue_name, ensure=False)
+        durable = self.broker._reply_queues.get(self.queue_name)
+        if durable is None:
+            self._queue = await self._channel.get_queue(self.queue_name, ensure=False)
+        else:
+            # Declared on the consuming (robust) channel, so a reconnect re-creates the reply
+            # queue before it restores the consumer: exclusive queues die with the connection.
+            self._queue = await self._channel.declare_queue(
+                self.queue_name, durable=durable, exclusive=not durable, auto_delete=not durable
+            )
         self._tag = await self._queue.consume(self._inbox.put, no_ack=False)
 
     async def __anext__(self) -> Delivery:
@@ -125,6 +133,7 @@ class RabbitMQBroker(Broker):
         self._topology: Topology | None = None
         self._subscriptions: set[_RabbitSubscription] = set()
         self._broadcast_exchanges: dict[str, aio_pika.abc.AbstractExchange] = {}
+        self._reply_queues: dict[str, bool] = {}  # name -> durable
 
     @property
     def connection(self) -> aio_pika.abc.AbstractRobustConnection:
@@ -182,6 +191,7 @@ class RabbitMQBroker(Broker):
             self._exchanges[family] = await self._publisher.get_exchange(f"{topology.namespace}-{family}", ensure=False)
 
     async def declare_reply_queue(self, name: str, *, durable: bool = False) -> None:
+        self._reply_queues[name] = durable
         channel = await self.connection.channel()
         try:
             await channel.declare_queue(name, durable=durable, exclusive=not durable, auto_delete=not durable)
