@@ -154,9 +154,12 @@ def _decide(messages: Sequence[Msg], tool_names: set[str | None] | None) -> str 
 
     if _WEATHER.search(text) and tool_names and "get_weather" in tool_names:
         city = _WEATHER_CITY.search(text)
-        if city is None:
+        if city is not None:
+            return _call("get_weather", {"city": city["city"].strip()})
+        home = _remembered_home(earlier)  # "what's the weather where I live?"
+        if home is None:
             return "Which city would you like the weather for?"
-        return _call("get_weather", {"city": city["city"].strip()})
+        return _call("get_weather", {"city": home})
 
     recall = _recall(text, earlier)
     if recall is not None:
@@ -172,6 +175,15 @@ def _decide(messages: Sequence[Msg], tool_names: set[str | None] | None) -> str 
         return f"Got it: your {key} is {value}. I'll remember that."
 
     return f"You said: {text}" if text else "You said nothing."
+
+
+def _remembered_home(earlier: Sequence[str]) -> str | None:
+    """The city the user said they live in, most recent first."""
+    for said in reversed(earlier):
+        fact = _parse_fact(_REMEMBER_PREFIX.sub("", said.strip()))
+        if fact is not None and fact[0] == _HOME:
+            return fact[1]
+    return None
 
 
 def _call(name: str, args: dict[str, Any]) -> ToolCallBlock:
