@@ -799,14 +799,17 @@ class LocalRabbitMQCluster:
             if not self._epmd.running:
                 kill_leftovers(self.data_dir)
                 self._epmd.start()
+            # A node with no database yet has never joined; asking the others costs a
+            # CLI run each, which is slow on a busy machine.
+            fresh = [not (n.data_dir / "mnesia" / n.node_name).exists() for n in self.nodes]
             # Launch all first: restarted members wait for each other's tables at boot.
             for node in self.nodes:
                 node._launch()
             for node in self.nodes:
                 node._await_ready(timeout)
             seed = self.nodes[0]
-            for node in self.nodes[1:]:
-                if seed.node_name not in self._members(node):
+            for node, new in zip(self.nodes[1:], fresh[1:], strict=True):
+                if new or seed.node_name not in self._members(node):
                     node.ctl("stop_app")
                     node.ctl("join_cluster", seed.node_name)
                     node.ctl("start_app")

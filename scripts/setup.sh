@@ -7,6 +7,12 @@ cd "$(dirname "$0")/.."
 
 say() { printf 'setup: %s\n' "$*"; }
 
+apt_updated=""
+apt_install() {
+    if [ -z "$apt_updated" ]; then apt-get update -qq; apt_updated=yes; fi
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+}
+
 # --- uv ----------------------------------------------------------------------------------
 if command -v uv >/dev/null 2>&1; then
     UV=(uv)
@@ -14,12 +20,11 @@ else
     say "installing uv with pip"
     if ! python3 -m pip --version >/dev/null 2>&1; then
         say "python3 has no pip: installing python3-pip"
-        apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-pip >/dev/null
+        apt_install python3-pip
     fi
     # Debian's own python3 is "externally managed"; uv is a standalone tool, so allow it.
-    python3 -m pip install --quiet uv 2>/dev/null \
-        || python3 -m pip install --quiet --break-system-packages uv
+    python3 -m pip install --quiet --root-user-action=ignore uv 2>/dev/null \
+        || python3 -m pip install --quiet --root-user-action=ignore --break-system-packages uv
     # A pyenv shim or ~/.local/bin may not be on PATH yet; the module always works.
     if command -v uv >/dev/null 2>&1; then UV=(uv); else UV=(python3 -m uv); fi
 fi
@@ -44,8 +49,7 @@ else
         created_policy=yes
     fi
     trap 'if [ -n "$created_policy" ]; then rm -f /usr/sbin/policy-rc.d; fi' EXIT
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq rabbitmq-server redis-server >/dev/null
+    apt_install rabbitmq-server redis-server
     if [ -n "$created_policy" ]; then rm -f /usr/sbin/policy-rc.d; fi
     trap - EXIT
     have_servers || { say "error: the packages installed but the servers are missing"; exit 1; }
