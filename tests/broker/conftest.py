@@ -11,7 +11,7 @@ from agentqueue.broker.topology import Topology
 from agentqueue.broker.urls import open_broker
 from agentqueue.protocol.ids import new_id
 
-BROKERS = ["memory", "amqp"]
+BROKERS = ["memory", "amqp", "mns"]
 
 
 @pytest.fixture(params=BROKERS)
@@ -25,6 +25,11 @@ def broker_url(request: pytest.FixtureRequest) -> str:
 @pytest.fixture
 def amqp_broker_url(rabbitmq_url: str) -> str:
     return rabbitmq_url
+
+
+@pytest.fixture
+def mns_broker_url(mns_url: str) -> str:
+    return mns_url
 
 
 @pytest.fixture

@@ -1,0 +1,162 @@
+"""The Function Compute handler, given the payloads an MNS trigger sends, on a local MNS server."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from mns.mns_exception import MNSServerException
+from mns.queue import QueueMeta
+
+from agentqueue.broker.base import read_dead_letter
+from agentqueue.broker.mns_body import from_wire
+from agentqueue.deploy.local_mns import LocalMNS
+from agentqueue.protocol import Envelope, ToolResult, decode
+from agentqueue.workers import fc
+
+pytestmark = pytest.mark.broker
+
+EVENTS = Path(__file__).parent / "fc_events"
+REPLIES = "fcx-reply-fixtures"  # the reply_to of every envelope in the recorded payloads
+QUEUES = [
+    "fcx-tools-0",
+    "fcx-tools-1",
+    "fcx-requests-0",
+    "fcx-requests-1",
+    "fcx-dead-letters",
+    REPLIES,
+]
+
+
+def fresh_queues(mns: LocalMNS) -> None:
+    account = mns.account()
+    for name in QUEUES:
+        queue = account.get_queue(name)
+        try:
+            queue.delete()
+        except MNSServerException:
+            pass
+        queue.create(QueueMeta())
+
+
+def drain(mns: LocalMNS, name: str) -> list[bytes]:
+    queue = mns.account().get_queue(name)
+    queue.set_encoding(False)
+    bodies = []
+    while True:
+        try:
+            messages = queue.batch_receive_message(16, 0)
+        except MNSServerException:
+            return bodies
+        bodies += [from_wire(m.message_body) for m in messages]
+        queue.batch_delete_message([m.receipt_handle for m in messages])
+
+
+def replies(mns: LocalMNS) -> dict[str, Envelope]:
+    return {(e := decode(b)).correlation_id or "": e for b in drain(mns, REPLIES)}
+
+
+@pytest.fixture
+def effects(
+    local_mns: LocalMNS, mns_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Path]:
+    """The function's environment (a fresh store and queues); yields the file tools log to."""
+    fresh_queues(local_mns)
+    log = tmp_path / "effects.log"
+    for name, value in {
+        "APP": "tests.apps.fc_tools:app",
+        "BROKER": mns_url,
+        "STORE": f"sqlite:///{tmp_path}/sessions.db",
+        "NAMESPACE": "fcx",
+        "PARTITIONS": "2",
+        "TOOL_PARTITIONS": "2",
+        "TEST_LOG": str(log),
+    }.items():
+        monkeypatch.setenv(f"AGENTQUEUE_{name}", value)
+    yield log
+    fc.shutdown()
+
+
+def lines(log: Path) -> list[str]:
+    return log.read_text().splitlines() if log.exists() else []
+
+
+@pytest.mark.parametrize("sample", ["streaming_plain", "streaming_base64"])
+def test_every_message_of_a_streaming_batch_is_handled_plain_or_base64(
+    sample: str, effects: Path, local_mns: LocalMNS
+) -> None:
+    payload = (EVENTS / f"{sample}.json").read_bytes()
+    sent = json.loads(payload)
+    result = json.loads(fc.handler(payload, None))
+    assert result["handled"] == len(sent) and result["failed"] == 0
+    got = replies(local_mns)
+    assert len(got) == len(sent)
+    assert all(isinstance(e.body, ToolResult) and e.body.ok for e in got.values())
+    steps = [line.split()[:2] for line in lines(effects)]
+    for session in ("alpha", "beta"):  # one session's events ran in batch order
+        seqs = [int(seq) for s, seq in steps if s == session]
+        assert seqs == sorted(seqs) and seqs
+
+
+def test_an_event_driven_single_cloud_event_is_handled(effects: Path, local_mns: LocalMNS) -> None:
+    result = json.loads(fc.handler((EVENTS / "event_driven.json").read_bytes(), None))
+    assert result["handled"] == 1
+    (reply,) = replies(local_mns).values()
+    assert reply.body.output == "delta:200"  # type: ignore[union-attr]
+
+
+def test_raw_data_events_without_the_cloud_event_wrapper_are_handled(
+    effects: Path, local_mns: LocalMNS
+) -> None:
+    result = json.loads(fc.handler((EVENTS / "rawdata_streaming.json").read_text(), None))
+    assert result["handled"] == 3
+    assert sorted(replies(local_mns)) == ["evt-0300", "evt-0301", "evt-0302"]
+
+
+def test_a_retried_batch_is_answered_from_the_store_not_run_again(
+    effects: Path, local_mns: LocalMNS
+) -> None:
+    payload = (EVENTS / "streaming_plain.json").read_bytes()
+    fc.handler(payload, None)
+    first = lines(effects)
+    fc.handler(payload, None)  # the trigger retries a batch whose invocation it thought failed
+    assert lines(effects) == first
+    assert len(replies(local_mns)) == len(json.loads(payload))
+
+
+def test_an_undecodable_message_is_dead_lettered_and_the_rest_of_the_batch_is_handled(
+    effects: Path, local_mns: LocalMNS
+) -> None:
+    events = json.loads((EVENTS / "streaming_plain.json").read_text())
+    events[1]["data"]["messageBody"] = (
+        '{"id": "broken", "session_id": "s", "body": {"type": "nope"}}'
+    )
+    result = json.loads(fc.handler(json.dumps(events).encode(), None))
+    assert result == {"handled": 5, "dead_lettered": 1, "handed_back": 0, "failed": 0}
+    (dead,) = drain(local_mns, "fcx-dead-letters")
+    record = read_dead_letter(dead, "fcx-dead-letters")
+    assert record.queue == "fcx-tools-1" and record.envelope_id == "broken"
+    assert "$.body" in record.reason
+
+
+def test_a_payload_that_is_not_a_trigger_batch_is_refused_naming_what_is_missing(
+    effects: Path,
+) -> None:
+    with pytest.raises(ValueError, match="messageBody"):
+        fc.handler(b'[{"specversion": "1.0", "data": {"body": "x"}}]', None)
+
+
+def test_a_tool_event_does_not_import_agentscope(effects: Path) -> None:
+    code = (
+        "import sys; from agentqueue.workers import fc; "
+        f"fc.handler(open({str(EVENTS / 'event_driven.json')!r}, 'rb').read(), None); "
+        "print('agentscope' in sys.modules); fc.shutdown()"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
+    )
+    assert out.stdout.strip() == "False", out.stderr
