@@ -1,0 +1,330 @@
+"""OpenTelemetry for every hop of a request: context in `Envelope.trace`, spans and metrics.
+
+Spans follow the messaging conventions: `publish <queue>` (PRODUCER) wherever an envelope is
+published, `process <queue>` (CONSUMER) wherever one is handled, continuing the context the
+publisher put into the envelope; it rides in the body because MNS messages have no headers.
+AgentScope's TracingMiddleware adds `invoke_agent`, `chat` and `execute_tool` under `process`,
+and a tool call published from inside `execute_tool` continues that span on the tool worker.
+
+With no provider installed (the API's default) every helper returns a shared no-op after reading
+the API's global, and builds no attribute dicts, so tracing off costs nothing per message.
+The metric instruments live next door, in `broker/metrics.py`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import AbstractContextManager
+from typing import Any
+from urllib.parse import urlsplit
+
+import msgspec
+from opentelemetry import trace
+from opentelemetry.context import Context
+from opentelemetry.trace import NoOpTracerProvider, ProxyTracerProvider, Span, SpanKind, StatusCode
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+from agentqueue.broker.metrics import Instruments, instruments
+from agentqueue.protocol.messages import Envelope, ResultEvent, TraceContext
+
+SCOPE = "agentqueue"
+_NULL: AbstractContextManager[None] = contextlib.nullcontext()
+_propagator = TraceContextTextMapPropagator()
+_SYSTEMS = {
+    "memory": "memory",
+    "amqp": "rabbitmq",
+    "amqps": "rabbitmq",
+    "mns": "aliyun_mns",
+    "mnss": "aliyun_mns",
+}
+
+
+class _MessageId(msgspec.Struct):
+    id: str = ""
+
+
+_message_id = msgspec.json.Decoder(_MessageId)
+_system_of_url: dict[str, str] = {}
+
+
+class _Cache:
+    provider: object = None
+    tracer: trace.Tracer | None = None
+
+
+_cache = _Cache()
+# get_tracer_provider() tests os.environ on every call until a provider is set, and a miss there
+# costs microseconds. So read the API's global (None until set) and call the getter only once
+# one is set, or when the variable naming a provider class is set.
+_read_global = getattr(trace, "_TRACER_PROVIDER", False) is not False
+_provider_from_env = "OTEL_PYTHON_TRACER_PROVIDER" in os.environ
+
+
+def tracer() -> trace.Tracer | None:
+    """Our tracer, or None while no tracer provider is installed (tracing off)."""
+    if _read_global and trace._TRACER_PROVIDER is None and not _provider_from_env:
+        return None
+    provider = trace.get_tracer_provider()
+    if provider is not _cache.provider:
+        _cache.provider = provider
+        off = isinstance(provider, ProxyTracerProvider | NoOpTracerProvider)
+        _cache.tracer = None if off else provider.get_tracer(SCOPE)
+    return _cache.tracer
+
+
+def enabled() -> bool:
+    """True when a tracer provider is installed, so spans are recorded."""
+    return tracer() is not None
+
+
+# --- context in the envelope -----------------------------------------------------------------
+
+
+def trace_context(span: Span) -> TraceContext | None:
+    """The W3C form of a span's context, for `Envelope.trace`."""
+    ctx = span.get_span_context()
+    if not ctx.is_valid:
+        return None
+    state = ctx.trace_state.to_header() if ctx.trace_state else ""
+    return TraceContext(
+        traceparent=f"00-{ctx.trace_id:032x}-{ctx.span_id:016x}-{ctx.trace_flags:02x}",
+        tracestate=state or None,
+    )
+
+
+def extract(carried: TraceContext | None) -> Context:
+    """The context an envelope carries, or an empty one (a new trace) when it carries none."""
+    if carried is None:
+        return Context()
+    carrier = {"traceparent": carried.traceparent}
+    if carried.tracestate:
+        carrier["tracestate"] = carried.tracestate
+    return _propagator.extract(carrier, context=Context())
+
+
+def _system(broker: Any) -> str:
+    url = getattr(broker, "url", "") or ""
+    system = _system_of_url.get(url)
+    if system is None:
+        scheme = urlsplit(url).scheme
+        system = _system_of_url[url] = _SYSTEMS.get(scheme, scheme or "unknown")
+    return system
+
+
+def _partition(queue: str) -> int | None:
+    family, _, index = queue.rpartition("-")
+    if index.isdigit() and (family.endswith("-requests") or family.endswith("-tools")):
+        return int(index)
+    return None
+
+
+def _message_attributes(
+    broker: Any, queue: str, operation: str, kind: str, message_id: str, envelope: Envelope
+) -> dict[str, Any]:
+    attributes: dict[str, Any] = {
+        "messaging.system": _system(broker),
+        "messaging.destination.name": queue,
+        "messaging.operation.name": operation,
+        "messaging.operation.type": kind,
+        "messaging.message.id": message_id,
+        "messaging.message.conversation_id": envelope.correlation_id or envelope.id,
+        "agentqueue.session_id": envelope.session_id,
+        "agentqueue.attempt": envelope.attempt,
+    }
+    partition = _partition(queue)
+    if partition is not None:
+        attributes["agentqueue.partition"] = partition
+    return attributes
+
+
+# --- publish -----------------------------------------------------------------------------------
+
+
+def publishing(broker: Any, queue: str, envelope: Envelope) -> AbstractContextManager[None]:
+    """A `publish <queue>` span whose context is written into `envelope.trace`; encode inside it.
+
+    Off, the envelope keeps the trace it was built with, so context from upstream passes through.
+    """
+    tr = tracer()
+    if tr is None:
+        return _NULL
+    return _publish(tr, broker, queue, envelope, envelope.id, envelope)
+
+
+def publishing_reply(
+    broker: Any, queue: str, reply: bytes, request: Envelope
+) -> AbstractContextManager[None]:
+    """A `publish <queue>` span for an already encoded reply to `request`."""
+    tr = tracer()
+    if tr is None:
+        return _NULL
+    return _publish(tr, broker, queue, request, _message_id.decode(reply).id, None)
+
+
+@contextlib.contextmanager
+def _publish(
+    tr: trace.Tracer,
+    broker: Any,
+    queue: str,
+    about: Envelope,
+    message_id: str,
+    target: Envelope | None,
+) -> Iterator[None]:
+    attributes = _message_attributes(broker, queue, "publish", "send", message_id, about)
+    if target is None:  # a reply: `about` is the request it answers
+        del attributes["agentqueue.attempt"]
+    with tr.start_as_current_span(
+        f"publish {queue}", kind=SpanKind.PRODUCER, attributes=attributes
+    ) as span:
+        if target is not None:
+            target.trace = trace_context(span) or target.trace
+        yield
+
+
+# --- process -----------------------------------------------------------------------------------
+
+
+def processing(
+    broker: Any, envelope: Envelope, queue: str | None, *, worker: str, delivery_count: int = 1
+) -> AbstractContextManager[None]:
+    """A `process <queue>` span continuing the envelope's trace, and the handling metrics."""
+    tr = tracer()
+    meters = instruments()
+    if tr is None and meters is None:
+        return _NULL
+    return _process(tr, meters, broker, envelope, queue, worker, delivery_count)
+
+
+@contextlib.contextmanager
+def _process(
+    tr: trace.Tracer | None,
+    meters: Instruments | None,
+    broker: Any,
+    envelope: Envelope,
+    queue: str | None,
+    worker: str,
+    delivery_count: int,
+) -> Iterator[None]:
+    queue = queue or ("tools" if envelope.type == "tool_call" else "requests")
+    # created_at is the publisher's clock; skew must not make the wait negative.
+    wait = max(0.0, time.time() - envelope.created_at) if envelope.created_at else None
+    labels = {"agentqueue.event.type": envelope.type, "agentqueue.worker": worker}
+    if meters is not None:
+        meters.in_flight.add(1, {"agentqueue.worker": worker})
+        if wait is not None:
+            meters.queue_wait.record(wait, labels)
+    started = time.perf_counter()
+    try:
+        if tr is None:
+            yield
+            return
+        attributes = _message_attributes(broker, queue, "process", "process", envelope.id, envelope)
+        attributes["agentqueue.attempt"] = max(envelope.attempt, delivery_count)
+        attributes["agentqueue.worker"] = worker
+        if wait is not None:
+            attributes["agentqueue.queue_wait_s"] = wait
+        if envelope.type == "tool_call":
+            attributes["gen_ai.tool.name"] = envelope.body.name  # type: ignore[union-attr]
+        with tr.start_as_current_span(
+            f"process {queue}",
+            context=extract(envelope.trace),
+            kind=SpanKind.CONSUMER,
+            attributes=attributes,
+        ):
+            yield
+    finally:
+        if meters is not None:
+            meters.in_flight.add(-1, {"agentqueue.worker": worker})
+            meters.handled.add(1, labels)
+            meters.duration.record(time.perf_counter() - started, labels)
+
+
+def record_retry(envelope: Envelope, error: BaseException, attempt: int, delay: float) -> None:
+    """A `retry` event on the current span: the failed attempt, its error, the next wait."""
+    meters = instruments()
+    if meters is not None:
+        meters.retries.add(1, {"agentqueue.event.type": envelope.type})
+    span = trace.get_current_span()
+    if span.is_recording():
+        span.record_exception(error, attributes={"agentqueue.attempt": attempt})
+        span.add_event(
+            "retry",
+            {
+                "agentqueue.attempt": attempt,
+                "agentqueue.retry_delay_s": delay,
+                "exception.type": type(error).__name__,
+                "exception.message": str(error),
+            },
+        )
+
+
+def record_dead_letter(envelope: Envelope, reason: str) -> None:
+    """Mark the current span ERROR with a `dead_letter` event (and the exception being handled)."""
+    meters = instruments()
+    if meters is not None:
+        meters.dead_letters.add(1, {"agentqueue.event.type": envelope.type})
+    span = trace.get_current_span()
+    if span.is_recording():
+        error = sys.exc_info()[1]
+        if isinstance(error, Exception):
+            span.record_exception(error)
+        span.add_event("dead_letter", {"agentqueue.reason": reason})
+        span.set_status(StatusCode.ERROR, reason)
+
+
+# --- the client's round trip -----------------------------------------------------------------
+
+
+class RoundTrip:
+    """A CLIENT span from publishing a request to its answer; never left current across a yield."""
+
+    __slots__ = ("span",)
+
+    def __init__(self, span: Span | None) -> None:
+        self.span = span
+
+    def __enter__(self) -> RoundTrip:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object
+    ) -> None:
+        span = self.span
+        if span is None:
+            return
+        if isinstance(exc, Exception):
+            span.record_exception(exc)
+            span.set_status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}")
+        span.end()
+
+    def current(self) -> AbstractContextManager[Any]:
+        """Make the span current (the parent of the publish span) for a block without yields."""
+        if self.span is None:
+            return _NULL
+        return trace.use_span(self.span, record_exception=False, set_status_on_exception=False)
+
+    def result(self, event: ResultEvent) -> None:
+        """Note a result event: a terminal one other than `final` makes the span ERROR."""
+        if self.span is not None and event.terminal and event.kind != "final":
+            self.span.set_status(
+                StatusCode.ERROR, f"{event.kind}: {event.error or ''}".rstrip(": ")
+            )
+
+
+_NO_TRIP = RoundTrip(None)
+
+
+def round_trip(operation: str, target: str | None, *, tool: bool = False) -> RoundTrip:
+    """A `<operation> <agent or tool>` client span (not yet current), or a shared no-op."""
+    tr = tracer()
+    if tr is None:
+        return _NO_TRIP
+    attributes = {"agentqueue.operation": operation}
+    if target:
+        attributes["gen_ai.tool.name" if tool else "gen_ai.agent.name"] = target
+    name = f"{operation} {target}" if target else operation
+    return RoundTrip(tr.start_span(name, kind=SpanKind.CLIENT, attributes=attributes))
