@@ -75,6 +75,23 @@ def build_parser() -> argparse.ArgumentParser:
     _settings_args(p)
     _trace_args(p)
     p.add_argument("--app", default=DEFAULT_APP)
+    p.add_argument("--cloud-local", dest="cloud_local", action="store_true",
+                   help="through a local MNS server and FC instances (the Alibaba Cloud path)")
+
+    p = sub.add_parser("local", help="local stand-ins for the cloud: an MNS server, an FC emulator")
+    local_sub = p.add_subparsers(dest="local_command", required=True, metavar="SERVICE")
+    m = local_sub.add_parser("mns", help="serve an MNS-compatible queue API (state in SQLite)")
+    m.add_argument("--host", default="127.0.0.1")
+    m.add_argument("--port", type=int, default=9911)
+    m.add_argument("--db", default=".agentqueue/mns.db", help="SQLite file for the queues")
+    f = local_sub.add_parser("fc", help="emulate FC: MNS triggers, instance processes")
+    _settings_args(f)
+    f.add_argument("--app", default=DEFAULT_APP)
+    f.add_argument("--instances", type=int, default=4, help="most instances at once (default 4)")
+    f.add_argument("--idle-timeout", dest="idle_timeout", type=float, default=30.0,
+                   help="seconds an idle instance lives before scale-to-zero (default 30)")
+    f.add_argument("--batch-size", dest="batch_size", type=int, default=10)
+    f.add_argument("--batch-window", dest="batch_window", type=float, default=0.5, help="seconds")
 
     p = sub.add_parser("worker", help="serve an app's agents and tools from a broker")
     _settings_args(p)
@@ -115,6 +132,42 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("files", nargs="+", metavar="FILE", help="trace files (one per process merge into one view)")
     t.add_argument("--trace-id", help="the trace to show, or a unique prefix of it (default: the latest)")
     t.add_argument("--width", type=int, default=100, help="columns to fit in (default 100)")
+
+    p = sub.add_parser("batch", help="run a JSONL file of requests, results to JSONL (resumable)")
+    batch_sub = p.add_subparsers(dest="batch_command", required=True, metavar="ACTION")
+    b = batch_sub.add_parser("run", help="send every line of INPUT, write one result line per item")
+    _settings_args(b)
+    _trace_args(b)
+    b.add_argument("input", metavar="INPUT.jsonl")
+    b.add_argument("-o", "--output", required=True, metavar="RESULTS.jsonl")
+    b.add_argument("--name", help="batch name (default: a hash of both paths); same name resumes")
+    b.add_argument("--max-in-flight", dest="max_in_flight", type=int, default=64)
+    b.add_argument("--retries", type=int, default=1,
+                   help="re-send a failed or timed out item up to N times (default 1)")
+    b.add_argument("--agent", help="agent for lines that do not name one")
+    b.add_argument("--score", metavar="MODULE:FUNCTION",
+                   help="score(item, result) -> float; the summary shows the mean")
+    b.add_argument("--summary-json", dest="summary_json", metavar="FILE",
+                   help="also write the summary as JSON")
+    b.add_argument("--progress", choices=["auto", "bar", "lines"], default="auto")
+    b.add_argument("--keep-queue", dest="keep_queue", action="store_true",
+                   help="keep the batch's reply queue when every item is done")
+
+    p = sub.add_parser("ingress", help="accept agent requests over HTTP (JSON, CloudEvents)")
+    ingress_sub = p.add_subparsers(dest="ingress_command", required=True, metavar="KIND")
+    i = ingress_sub.add_parser("http", help="POST /v1/requests, GET /v1/requests/{id}[/events]")
+    _settings_args(i)
+    _trace_args(i)
+    i.add_argument("--host", default="127.0.0.1")
+    i.add_argument("--port", type=int, default=8080)
+    i.add_argument("--signing-key", dest="signing_key", metavar="KEY",
+                   help="require X-Signature: sha256=HMAC(KEY, body) (AGENTQUEUE_INGRESS_KEY;"
+                   " @path reads it from a file)")
+    i.add_argument("--max-body", dest="max_body", type=int, default=256 * 1024,
+                   help="largest request body in bytes (default 256 KiB)")
+    i.add_argument("--retention", type=float, default=3600.0,
+                   help="seconds a result stays readable (default 3600)")
+    i.add_argument("--agent", help="agent for requests that do not name one")
 
     p = sub.add_parser("schema", help="print the JSON Schema of the v1 envelope")
 
@@ -157,6 +210,12 @@ def _demo(args: argparse.Namespace, settings: Settings) -> int:
     from agentqueue.demo import run_demo
 
     app = _load_app(args.app)
+    if args.cloud_local:
+        from agentqueue.demo_cloud import run_cloud_local_demo
+
+        report = anyio.run(run_cloud_local_demo, args.app, settings)
+        print(report.summary())
+        return 0 if report.lost == 0 else 1
     with _telemetry(settings, "agentqueue-demo"):
         report = anyio.run(run_demo, app, settings)
     print(report.summary())
@@ -268,6 +327,96 @@ def _trace(args: argparse.Namespace, settings: Settings) -> int:
 
     for line in render_waterfall(read_spans(args.files), args.trace_id, width=args.width):
         print(line)
+    return 0
+
+
+def _require_shared_broker(settings: Settings, what: str) -> None:
+    # memory:// lives inside one process: no worker of another process would ever answer.
+    if settings.broker.startswith("memory:"):
+        raise ValueError(
+            f"{what} needs a broker that workers share: pass --broker amqp://… or mns://…"
+            " (or set AGENTQUEUE_BROKER); memory:// exists only inside one process"
+        )
+
+
+@command("batch")
+def _batch(args: argparse.Namespace, settings: Settings) -> int:
+    from agentqueue.batch import run_batch
+    from agentqueue.batch_report import load_score
+
+    _require_shared_broker(settings, "batch run")
+    score = load_score(args.score) if args.score else None
+    progress = {"auto": None, "bar": True, "lines": False}[args.progress]
+
+    async def go():  # type: ignore[no-untyped-def]
+        return await run_batch(
+            settings.broker, args.input, args.output, topology=settings.topology,
+            name=args.name, max_in_flight=args.max_in_flight, timeout=settings.timeout,
+            retries=args.retries, agent=args.agent, score=score, progress=progress,
+            keep_queue=args.keep_queue,
+        )
+
+    try:
+        with _telemetry(settings, "agentqueue-batch"):
+            summary = anyio.run(go)
+    except KeyboardInterrupt:
+        print(f"interrupted: results so far are in {args.output}; run the same command to resume",
+              file=sys.stderr)
+        return 130
+    summary.render(sys.stdout)
+    if args.summary_json:
+        with open(args.summary_json, "w") as f:
+            json.dump(summary.to_dict(), f, indent=2)
+    return 0 if summary.complete else 1
+
+
+@command("ingress")
+def _ingress(args: argparse.Namespace, settings: Settings) -> int:
+    from agentqueue.ingress import serve_ingress
+
+    _require_shared_broker(settings, "ingress http")
+    key = args.signing_key or os.environ.get("AGENTQUEUE_INGRESS_KEY")
+    if key and key.startswith("@"):
+        with open(key[1:]) as f:
+            key = f.read().strip()
+    with _telemetry(settings, "agentqueue-ingress"):
+        anyio.run(lambda: serve_ingress(
+            settings, host=args.host, port=args.port, signing_key=key or None,
+            max_body=args.max_body, retention=args.retention, agent=args.agent,
+        ))
+    return 0
+
+
+@command("local")
+def _local(args: argparse.Namespace, settings: Settings) -> int:
+    if args.local_command == "mns":
+        from agentqueue.deploy.local_mns import DEFAULT_ACCESS_ID, DEFAULT_ACCESS_KEY, serve
+
+        os.makedirs(os.path.dirname(os.path.abspath(args.db)), exist_ok=True)
+        print(f"credentials: ALIBABA_CLOUD_ACCESS_KEY_ID={DEFAULT_ACCESS_ID}"
+              f" ALIBABA_CLOUD_ACCESS_KEY_SECRET={DEFAULT_ACCESS_KEY}; broker URL"
+              f" mns://{args.host}:{args.port}", file=sys.stderr)
+        serve(args.host, args.port, args.db)
+        return 0
+    from agentqueue.deploy.local_fc import TriggerConfig, serve_local_fc
+
+    _load_app(args.app)  # fail here, not in every instance, when the app does not import
+    env = {
+        "AGENTQUEUE_APP": args.app,
+        "AGENTQUEUE_BROKER": settings.broker,
+        "AGENTQUEUE_STORE": settings.store,
+        "AGENTQUEUE_NAMESPACE": settings.namespace,
+        "AGENTQUEUE_PARTITIONS": str(settings.partitions),
+        "AGENTQUEUE_TOOL_PARTITIONS": str(settings.tool_partitions),
+        "AGENTQUEUE_MAX_ATTEMPTS": str(settings.max_attempts),
+        "AGENTQUEUE_LEASE_TTL": str(settings.lease_ttl),
+    }
+    trigger = TriggerConfig(batch_size=args.batch_size, batch_window=args.batch_window)
+    stats = anyio.run(lambda: serve_local_fc(
+        settings.broker, settings.topology, env, max_instances=args.instances,
+        idle_timeout=args.idle_timeout, trigger=trigger,
+    ))
+    print(stats.report())
     return 0
 
 

@@ -5,12 +5,13 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.abc
 import msgspec
 
+from agentqueue.broker import tracing
 from agentqueue.broker.base import Broker
 from agentqueue.broker.replies import ReplyRouter
 from agentqueue.broker.topology import Topology
@@ -27,6 +28,9 @@ from agentqueue.protocol.messages import (
     ToolResult,
     user_message,
 )
+
+if TYPE_CHECKING:
+    from agentqueue.batch_report import BatchSummary
 
 ANSWER_GRACE = 5.0  # seconds past a deadline the client still waits for the worker's timed_out
 
@@ -199,8 +203,10 @@ class Client:
         """Publish a request (confirmed by the broker) and return a handle to its events."""
         envelope = self._request(request, session_id, agent, timeout, user_id)
         inbox = self.router.expect(envelope.id)
+        queue = self.topology.route(envelope)
         try:
-            await self.broker.publish(self.topology.route(envelope), encode(envelope))
+            with tracing.publishing(self.broker, queue, envelope):
+                await self.broker.publish(queue, encode(envelope))
         except BaseException:
             self.router.forget(envelope.id)
             raise
@@ -216,8 +222,11 @@ class Client:
         user_id: str | None = None,
     ) -> ResultEvent:
         """Run a request and return its `final` event; raises `RequestError` otherwise."""
-        handle = await self.submit(request, session_id=session_id, agent=agent, timeout=timeout, user_id=user_id)
-        return await handle.final()
+        with tracing.round_trip("call", agent) as trip, trip.current():
+            handle = await self.submit(
+                request, session_id=session_id, agent=agent, timeout=timeout, user_id=user_id
+            )
+            return await handle.final()
 
     async def stream(
         self,
@@ -229,9 +238,24 @@ class Client:
         user_id: str | None = None,
     ) -> AsyncIterator[ResultEvent]:
         """Run a request and yield its events as they come: deltas, then the terminal one."""
-        handle = await self.submit(request, session_id=session_id, agent=agent, timeout=timeout, user_id=user_id)
-        async for event in handle.events():
-            yield event
+        with tracing.round_trip("stream", agent) as trip:
+            with trip.current():  # never across a yield: the caller's code is not ours to trace
+                handle = await self.submit(
+                    request, session_id=session_id, agent=agent, timeout=timeout, user_id=user_id
+                )
+            async for event in handle.events():
+                trip.result(event)
+                yield event
+
+    async def batch(self, input_path: str, output_path: str, **options: Any) -> BatchSummary:
+        """Run or resume a JSONL batch on this client's broker; see `agentqueue.batch.run_batch`."""
+        from agentqueue.batch import run_batch
+
+        # The batch gets a durable reply queue of its own, so it resumes after a crash.
+        options.setdefault("timeout", self.default_timeout or 300.0)
+        return await run_batch(
+            self.broker, input_path, output_path, topology=self.topology, **options
+        )
 
     async def cancel(self, request_id: str, *, session_id: str) -> None:
         """Publish a `Cancel` on the session's partition, where the request runs."""
@@ -241,7 +265,9 @@ class Client:
             body=Cancel(request_id=request_id),
             created_at=time.time(),
         )
-        await self.broker.publish(self.topology.route(envelope), encode(envelope))
+        queue = self.topology.route(envelope)
+        with tracing.publishing(self.broker, queue, envelope):
+            await self.broker.publish(queue, encode(envelope))
 
     async def call_tool(
         self,
@@ -252,6 +278,16 @@ class Client:
         timeout: float | None = None,
     ) -> str:
         """Run a registered tool on a tool worker and return its output text."""
+        with tracing.round_trip("call_tool", name, tool=True) as trip, trip.current():
+            return await self._call_tool(name, arguments, session_id, timeout)
+
+    async def _call_tool(
+        self,
+        name: str,
+        arguments: dict[str, Any] | None,
+        session_id: str | None,
+        timeout: float | None,
+    ) -> str:
         call_id = new_id()
         now = time.time()
         timeout = self.default_timeout if timeout is None else timeout
@@ -265,8 +301,10 @@ class Client:
             deadline=None if timeout is None else now + timeout,
         )
         inbox = self.router.expect(call_id)
+        queue = self.topology.route(envelope)
         try:
-            await self.broker.publish(self.topology.route(envelope), encode(envelope))
+            with tracing.publishing(self.broker, queue, envelope):
+                await self.broker.publish(queue, encode(envelope))
             wait = None if timeout is None else timeout + ANSWER_GRACE
             with anyio.fail_after(wait):
                 reply = await inbox.get()

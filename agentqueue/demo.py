@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -13,6 +14,8 @@ from agentqueue.client import Client
 from agentqueue.errors import RequestError
 from agentqueue.protocol.ids import new_id
 from agentqueue.settings import Settings
+from agentqueue.trace_file import SpanCollector, collect_spans
+from agentqueue.trace_view import render_waterfall
 from agentqueue.workers.app import App
 from agentqueue.workers.session_store import open_store
 from agentqueue.workers.worker import Worker
@@ -20,7 +23,7 @@ from agentqueue.workers.worker import Worker
 CONVERSATIONS: list[tuple[str, list[str]]] = [
     ("ada", ["My name is Ada.", "What is my name?"]),
     ("bo", ["Remember that my favourite colour is green.", "What's my favourite colour?"]),
-    ("cy", ["What's the weather in Paris?", "What did I tell you?"]),
+    ("cy", ["I live in Lisbon.", "What's the weather where I live?"]),
 ]
 
 
@@ -45,8 +48,9 @@ async def run_demo(app: App, settings: Settings, *, out=sys.stdout) -> DemoRepor
     store_url = settings.store if settings.broker != "memory://" else f"sqlite:///{store_dir.name}/sessions.db"
     broker_url = settings.broker if settings.broker != "memory://" else f"memory://demo-{new_id()[:8]}"
     stores = [open_store(store_url), open_store(store_url)]
-    replies = 0
-    lost = 0
+    spans = collect_spans("agentqueue-demo")  # before the workers: they trace if a provider is set
+    # AgentScope takes seconds to import; done up front so the trace shows the request, not that.
+    await anyio.to_thread.run_sync(importlib.import_module, "agentscope.agent")
     async with open_broker(broker_url) as broker, anyio.create_task_group() as tg:
         # Two workers split the partitions; each serves agents and tools.
         workers = [
@@ -59,34 +63,54 @@ async def run_demo(app: App, settings: Settings, *, out=sys.stdout) -> DemoRepor
         for worker in workers:
             await tg.start(worker.run)
         async with Client(broker, topology=topology, default_timeout=settings.timeout) as client:
-            transcripts: dict[str, list[tuple[str, str, str]]] = {}
-
-            async def converse(name: str, turns: list[str]) -> None:
-                nonlocal replies, lost
-                session = f"{name}-{new_id()[:6]}"
-                lines = transcripts.setdefault(name, [])
-                for text in turns:
-                    try:
-                        result = await client.call(text, session_id=session)
-                    except RequestError as exc:
-                        lost += 1
-                        lines.append((text, f"[{type(exc).__name__}] {exc}", "-"))
-                        continue
-                    replies += 1
-                    lines.append((text, result.text, result.worker or "?"))
-
-            async with anyio.create_task_group() as conversations:
-                for name, turns in CONVERSATIONS:
-                    conversations.start_soon(converse, name, turns)
-            for name, _ in CONVERSATIONS:
-                print(f"── session {name} " + "─" * (60 - len(name)), file=out)
-                for said, answer, worker in transcripts[name]:
-                    print(f"  you    › {said}", file=out)
-                    print(f"  agent  › {answer}    ({worker})", file=out)
+            replies, lost = await converse_all(client, out)
         for worker in workers:
             worker.stop()
     for store in stores:
         await store.close()
     store_dir.cleanup()
+    print_tool_trace(spans, out)
     turns = sum(len(t) for _, t in CONVERSATIONS)
     return DemoReport(len(CONVERSATIONS), turns, replies, lost)
+
+
+async def converse_all(client: Client, out=sys.stdout) -> tuple[int, int]:  # type: ignore[no-untyped-def]
+    """Hold the CONVERSATIONS side by side, print each exchange; returns (replies, lost)."""
+    transcripts: dict[str, list[tuple[str, str, str]]] = {}
+    replies = lost = 0
+
+    async def converse(name: str, turns: list[str]) -> None:
+        nonlocal replies, lost
+        session = f"{name}-{new_id()[:6]}"
+        lines = transcripts.setdefault(name, [])
+        for text in turns:
+            try:
+                result = await client.call(text, session_id=session)
+            except RequestError as exc:
+                lost += 1
+                lines.append((text, f"[{type(exc).__name__}] {exc}", "-"))
+                continue
+            replies += 1
+            lines.append((text, result.text, result.worker or "?"))
+
+    async with anyio.create_task_group() as conversations:
+        for name, turns in CONVERSATIONS:
+            conversations.start_soon(converse, name, turns)
+    for name, _ in CONVERSATIONS:
+        print(f"── session {name} " + "─" * (60 - len(name)), file=out)
+        for said, answer, worker in transcripts[name]:
+            print(f"  you    › {said}", file=out)
+            print(f"  agent  › {answer}    ({worker})", file=out)
+    return replies, lost
+
+
+def print_tool_trace(spans: SpanCollector, out=sys.stdout) -> None:  # type: ignore[no-untyped-def]
+    """Print the waterfall of the first request whose agent called a tool, then stop collecting."""
+    records = spans.records()
+    spans.stop()
+    tool_traces = [r["trace_id"] for r in records if r["name"].startswith("execute_tool ")]
+    if not tool_traces:
+        return  # telemetry is disabled (OTEL_SDK_DISABLED) or no agent called a tool
+    print(f"── trace of a request that called a tool {'─' * 49}", file=out)
+    for line in render_waterfall(records, tool_traces[0]):
+        print(line, file=out)

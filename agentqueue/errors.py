@@ -5,10 +5,11 @@
     ├── BrokerError            a broker operation failed
     │   ├── BrokerConnectionError, MessageTooLarge, QueueFull, UnknownBroker
     ├── WorkerError            LeaseLost, PermanentError, UnknownHandler
-    └── RequestError           a request did not end with a final answer
-        ├── RequestFailed      the worker gave up (the dead-letter reason is the message)
-        ├── RequestTimedOut    its deadline passed
-        └── RequestCancelled   it was cancelled
+    ├── RequestError           a request did not end with a final answer
+    │   ├── RequestFailed      the worker gave up (the dead-letter reason is the message)
+    │   ├── RequestTimedOut    its deadline passed
+    │   └── RequestCancelled   it was cancelled
+    └── BatchInputError        a batch input or results file that cannot be used (names the line)
 """
 
 from __future__ import annotations
@@ -44,8 +45,13 @@ class RequestCancelled(RequestError):
     """The request was cancelled."""
 
 
+class BatchInputError(AgentQueueError, ValueError):
+    """A batch input line or results file that cannot be used; the message names file and line."""
+
+
 __all__ = [
     "AgentQueueError",
+    "BatchInputError",
     "BrokerConnectionError",
     "BrokerError",
     "LeaseLost",

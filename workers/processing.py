@@ -22,6 +22,7 @@ from typing import Protocol
 
 import anyio
 
+from agentqueue.broker import tracing
 from agentqueue.broker.base import Broker
 from agentqueue.protocol.codec import encode
 from agentqueue.protocol.ids import new_id
@@ -156,8 +157,17 @@ class EventProcessor:
         self._cancelled_early[request_id] = now
         return False
 
-    async def process(self, envelope: Envelope, settle: Settler, delivery_count: int = 1) -> None:
-        """Handle one decoded event and settle it."""
+    async def process(
+        self, envelope: Envelope, settle: Settler, delivery_count: int = 1, queue: str | None = None
+    ) -> None:
+        """Handle one decoded event (that came from `queue`) and settle it."""
+        span = tracing.processing(
+            self.broker, envelope, queue, worker=self.worker_id, delivery_count=delivery_count
+        )
+        with span:
+            await self._process(envelope, settle, delivery_count)
+
+    async def _process(self, envelope: Envelope, settle: Settler, delivery_count: int) -> None:
         handler = self.handlers.get(type(envelope.body))
         if handler is None:
             await self._give_up(
@@ -225,6 +235,7 @@ class EventProcessor:
                     await self._give_up(envelope, settle, f"failed after {attempt} attempts: {error}")
                     return
                 delay = self.retry.delay(attempt)
+                tracing.record_retry(envelope, exc, attempt, delay)
                 log.warning("event %s attempt %d failed (%s); retrying in %.2f s", envelope.id, attempt, error, delay)
                 await anyio.sleep(delay)
                 lease = await self.store.renew(lease, self.lease_ttl)
@@ -288,9 +299,11 @@ class EventProcessor:
 
     async def _reply(self, envelope: Envelope, reply: bytes) -> None:
         if envelope.reply_to:
-            await self.broker.publish(envelope.reply_to, reply)
+            with tracing.publishing_reply(self.broker, envelope.reply_to, reply, envelope):
+                await self.broker.publish(envelope.reply_to, reply)
 
     async def _give_up(self, envelope: Envelope, settle: Settler, reason: str) -> None:
         log.error("dead-lettering event %s of session %r: %s", envelope.id, envelope.session_id, reason)
+        tracing.record_dead_letter(envelope, reason)
         await settle.dead_letter(reason)
         await self._reply(envelope, self._encode_reply(envelope, failure_body(envelope, "failed", reason)))

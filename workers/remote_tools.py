@@ -7,6 +7,7 @@ from typing import Any
 
 import anyio
 
+from agentqueue.broker import tracing
 from agentqueue.broker.base import Broker
 from agentqueue.broker.replies import ReplyRouter
 from agentqueue.broker.topology import Topology
@@ -48,7 +49,11 @@ class RemoteTools:
             )
             inbox = self.router.expect(call_id)
             try:
-                await self.broker.publish(self.topology.route(envelope), encode(envelope))
+                queue = self.topology.route(envelope)
+                # Publishing from inside AgentScope's execute_tool span: the tool worker's
+                # process span continues it. Tracing off, request.trace passes through.
+                with tracing.publishing(self.broker, queue, envelope):
+                    await self.broker.publish(queue, encode(envelope))
                 wait = None if timeout is None else timeout + 5.0  # the tool worker's own timeout answers first
                 with anyio.fail_after(wait):
                     reply = await inbox.get()

@@ -19,6 +19,7 @@ import anyio
 import anyio.abc
 import msgspec
 
+from agentqueue.broker import tracing as otel
 from agentqueue.broker.base import Broker, Delivery, Subscription
 from agentqueue.broker.replies import ReplyRouter
 from agentqueue.broker.topology import REQUESTS, TOOLS, Topology
@@ -115,7 +116,7 @@ class Worker:
         lease_ttl: float = 30.0,
         shutdown_grace: float = 30.0,
         max_message_size: int = DEFAULT_MAX_SIZE,
-        tracing: bool = False,
+        tracing: bool | None = None,  # AgentScope's spans; None: on when a tracer provider is set
         balance: bool = False,
         heartbeat_interval: float = 1.0,
         worker_id: str | None = None,
@@ -180,7 +181,10 @@ class Worker:
         handlers: dict[type, Handler] = {}
         if self.role in ("agents", "all"):
             remote = RemoteTools(self.broker, self.topology, router)
-            handlers[AgentRequest] = AgentHandler(self.app, remote, tracing=self.tracing, worker_name=self.worker_id)
+            tracing = otel.enabled() if self.tracing is None else self.tracing
+            handlers[AgentRequest] = AgentHandler(
+                self.app, remote, tracing=tracing, worker_name=self.worker_id
+            )
         if self.role in ("tools", "all"):
             handlers[ToolCall] = ToolHandler(self.app, worker_name=self.worker_id)
         self.processor = EventProcessor(
@@ -317,7 +321,8 @@ class Worker:
             consumer.running += 1
             try:
                 settler = _DeliverySettler(self.broker, self.topology, delivery, envelope)
-                await self.processor.process(envelope, settler, delivery.delivery_count)
+                count, queue = delivery.delivery_count, delivery.queue
+                await self.processor.process(envelope, settler, count, queue=queue)
                 self.handled += 1
             finally:
                 consumer.running -= 1
