@@ -81,13 +81,25 @@ def build_toolkit(specs: Iterable[ToolSpec], invoke_remote: InvokeRemote | None 
     return Toolkit(tools=tools)
 
 
+@functools.lru_cache(maxsize=1024)
+def _schema(spec: ToolSpec) -> tuple[str, str, dict[str, Any]]:
+    """Name, description and JSON schema as AgentScope reads them from the real function.
+
+    Reading them builds pydantic models (milliseconds); an agent is built per event, so the
+    schema is read once per tool and reused.
+    """
+    from agentscope.tool import FunctionTool
+
+    reference = FunctionTool(spec.func, name=spec.name, description=spec.description)
+    return reference.name, reference.description, reference.input_schema
+
+
 def _function_tool(spec: ToolSpec, invoke_remote: InvokeRemote | None) -> FunctionTool:
     """Wrap one spec: same name, description and schema as the real function."""
     from agentscope.permission import PermissionBehavior, PermissionDecision
     from agentscope.tool import FunctionTool
 
-    # Built from the real function only to read its schema the way AgentScope does.
-    reference = FunctionTool(spec.func, name=spec.name, description=spec.description)
+    name, description, input_schema = _schema(spec)
 
     async def run(**kwargs: Any) -> Any:
         if spec.remote:
@@ -102,9 +114,9 @@ def _function_tool(spec: ToolSpec, invoke_remote: InvokeRemote | None) -> Functi
     run.__signature__ = inspect.signature(spec.func)  # type: ignore[attr-defined]
     return FunctionTool(
         run,
-        name=reference.name,
-        description=reference.description,
-        input_schema=reference.input_schema,
+        name=name,
+        description=description,
+        input_schema=input_schema,
         # The default ASK parks the reply waiting for a user confirmation
         # that never comes in a worker; registered tools are pre-approved.
         permission=PermissionDecision(
