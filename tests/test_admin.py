@@ -67,3 +67,28 @@ async def test_a_dead_letter_can_be_listed_shown_and_replayed_once_its_cause_is_
             assert reply.body.kind == "final" and reply.body.text.startswith("Nice to meet you, Ada")
             assert await dlq_list(broker, topology, io.StringIO()) == 0
         worker.stop()
+
+
+async def test_a_poison_request_on_rabbitmq_is_dead_lettered_with_its_error_and_the_caller_gets_the_text(rabbitmq_url: str) -> None:
+    app = App("poison")
+
+    @app.agent("broken")
+    def broken(ctx):  # type: ignore[no-untyped-def]
+        raise RuntimeError("model endpoint refused the key")
+
+    topology = Topology(namespace=f"poi{new_id()[:6]}", partitions=2, tool_partitions=2)
+    async with Client(rabbitmq_url, topology=topology) as client, anyio.create_task_group() as tg:
+        worker = Worker(app, client.broker, MemorySessionStore(f"memory://{new_id()[:8]}"), topology=topology,
+                        retry=RetryPolicy(max_attempts=3, base_delay=0.01))
+        await tg.start(worker.run)
+        handle = await client.submit("hello", session_id="s1", timeout=30)
+        try:
+            await handle.final()
+            raise AssertionError("the request should have failed")
+        except RequestFailed as exc:
+            assert str(exc) == "failed after 3 attempts: RuntimeError: model endpoint refused the key"
+        listing = io.StringIO()
+        assert await dlq_list(client.broker, topology, listing) == 1
+        assert f"{handle.id}" in listing.getvalue()
+        assert "failed after 3 attempts: RuntimeError: model endpoint refused the key" in listing.getvalue()
+        worker.stop()
