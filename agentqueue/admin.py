@@ -117,7 +117,8 @@ async def dlq_replay(broker: Broker, topology: Topology, key: str | None, out: T
         for i, item in list(enumerate(held)):
             if key is not None and key not in (str(i), item.record.envelope_id):
                 continue
-            await broker.publish(item.record.queue, item.record.payload)
+            # The payload goes back as it was, signature included.
+            await broker.publish(item.record.queue, item.record.payload, sign=False)
             await item.delivery.ack()
             held.remove(item)
             replayed += 1

@@ -18,6 +18,7 @@ from agentqueue.broker.topology import Topology
 from agentqueue.protocol.codec import decode_dead_letter, encode_dead_letter
 from agentqueue.protocol.errors import ProtocolError
 from agentqueue.protocol.messages import DeadLetter
+from agentqueue.protocol.signing import KeyRing
 
 
 class Delivery(abc.ABC):
@@ -113,9 +114,17 @@ class Broker(abc.ABC):
     async def delete_queue(self, name: str) -> None:
         """Remove a queue and its messages."""
 
+    signing: KeyRing | None = None  # when set, every envelope published is signed with it
+
+    async def publish(self, queue: str, body: bytes, *, sign: bool = True) -> None:
+        """Publish persistently (signed when the broker has keys); returns once confirmed."""
+        if sign and self.signing is not None:
+            body = self.signing.sign(body)
+        await self._publish(queue, body)
+
     @abc.abstractmethod
-    async def publish(self, queue: str, body: bytes) -> None:
-        """Publish persistently; returns once the broker has confirmed the message."""
+    async def _publish(self, queue: str, body: bytes) -> None:
+        """Publish bytes as they are; returns once the broker has confirmed the message."""
 
     @abc.abstractmethod
     async def consume(self, queue: str, *, prefetch: int = 32) -> Subscription:
@@ -144,7 +153,7 @@ class Broker(abc.ABC):
             envelope_id=envelope_id,
             session_id=session_id,
         )
-        await self.publish(topology.dead_letter_queue, encode_dead_letter(record))
+        await self.publish(topology.dead_letter_queue, encode_dead_letter(record), sign=False)
         await delivery.ack()
 
     async def get(self, queue: str) -> Delivery | None:

@@ -182,7 +182,7 @@ class MemoryBroker(Broker):
         for consumer in list(queue.consumers) if queue else ():
             consumer.detach()
 
-    async def publish(self, queue: str, body: bytes) -> None:
+    async def _publish(self, queue: str, body: bytes) -> None:
         hub = self.hub
         hub.queue(queue).put(_Message(body, next(hub.seq)))
 

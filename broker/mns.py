@@ -179,7 +179,7 @@ class MNSBroker(Broker):
             failed_at=time.time(),
             attempts=delivery.delivery_count,
         )
-        await self.publish(dlq, encode_dead_letter(record))
+        await self.publish(dlq, encode_dead_letter(record), sign=False)
 
     def _keep_alive_loop(self) -> None:
         # Extends what consumers hold once half its visibility has passed; a thread of its own
@@ -284,7 +284,7 @@ class MNSBroker(Broker):
         await self.call(delete)
         self._owned_replies.discard(name)
 
-    async def publish(self, queue: str, body: bytes) -> None:
+    async def _publish(self, queue: str, body: bytes) -> None:
         text = to_wire(body)
         size = len(text.encode("utf-8")) if text[:1] == "{" else len(text)
         if size > MAX_BODY_BYTES:

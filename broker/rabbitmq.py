@@ -205,7 +205,7 @@ class RabbitMQBroker(Broker):
         finally:
             await channel.close()
 
-    async def publish(self, queue: str, body: bytes) -> None:
+    async def _publish(self, queue: str, body: bytes) -> None:
         assert self._publisher is not None, "connect() first"
         message = aio_pika.Message(body, delivery_mode=aio_pika.DeliveryMode.PERSISTENT)
         route = self._topology.partition_of(queue) if self._topology else None

@@ -2,14 +2,39 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from urllib.parse import urlsplit
 
 from agentqueue.broker.base import Broker
 from agentqueue.broker.errors import UnknownBroker
+from agentqueue.protocol.signing import KeyRing
+
+SIGNING_KEYS_ENV = "AGENTQUEUE_SIGNING_KEYS"
 
 
-def open_broker(url: str) -> Broker:
-    """A (not yet connected) broker for `url`; the scheme picks the implementation."""
+def signing_keys_from_env() -> KeyRing | None:
+    """The key ring in AGENTQUEUE_SIGNING_KEYS (`id:secret,…`, or `@/path/to/file` holding it)."""
+    value = os.environ.get(SIGNING_KEYS_ENV, "").strip()
+    if not value:
+        return None
+    if value.startswith("@"):
+        value = Path(value[1:]).read_text().strip()
+    return KeyRing.parse(value)
+
+
+def open_broker(url: str, *, signing: KeyRing | None | bool = True) -> Broker:
+    """A (not yet connected) broker for `url`; the scheme picks the implementation.
+
+    `signing=True` takes the key ring from AGENTQUEUE_SIGNING_KEYS (none when unset): every
+    envelope published through the broker is then signed, and workers refuse unsigned ones.
+    """
+    broker = _open(url)
+    broker.signing = signing_keys_from_env() if signing is True else (signing or None)
+    return broker
+
+
+def _open(url: str) -> Broker:
     scheme = urlsplit(url).scheme
     if scheme == "memory":
         from agentqueue.broker.memory import MemoryBroker

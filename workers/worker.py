@@ -23,7 +23,7 @@ from agentqueue.broker import tracing as otel
 from agentqueue.broker.base import Broker, Delivery, Subscription
 from agentqueue.broker.replies import ReplyRouter
 from agentqueue.broker.topology import REQUESTS, TOOLS, Topology
-from agentqueue.protocol.codec import DEFAULT_MAX_SIZE, decode, encode
+from agentqueue.protocol.codec import DEFAULT_MAX_SIZE, encode
 from agentqueue.protocol.errors import ProtocolError
 from agentqueue.protocol.ids import new_id
 from agentqueue.protocol.messages import (
@@ -34,6 +34,7 @@ from agentqueue.protocol.messages import (
     ToolCall,
 )
 from agentqueue.workers.agent_handler import AgentHandler
+from agentqueue.workers.admission import Admission
 from agentqueue.workers.app import App
 from agentqueue.workers.membership import Membership
 from agentqueue.workers.processing import EventProcessor, Handler
@@ -116,6 +117,7 @@ class Worker:
         lease_ttl: float = 30.0,
         shutdown_grace: float = 30.0,
         max_message_size: int = DEFAULT_MAX_SIZE,
+        freshness_window: float = 300.0,
         tracing: bool | None = None,  # AgentScope's spans; None: on when a tracer provider is set
         balance: bool = False,
         heartbeat_interval: float = 1.0,
@@ -149,6 +151,7 @@ class Worker:
         self._tg: anyio.abc.TaskGroup | None = None
         self.membership: Membership | None = None
         self.processor: EventProcessor | None = None
+        self._admission = Admission(broker.signing, max_size=max_message_size, window=freshness_window)
 
     def queues(self) -> list[str]:
         """The partition queues this worker consumes, by its role."""
@@ -301,7 +304,7 @@ class Worker:
     async def _accept(self, delivery: Delivery, consumer: _Consumer) -> None:
         assert self._lanes is not None and self.processor is not None
         try:
-            envelope = decode(delivery.body, max_size=self.max_message_size)
+            envelope = self._admission.admit(delivery.body, delivery.delivery_count)
         except ProtocolError as exc:
             reason = str(exc)
             self._lanes.submit("\0undecodable", lambda: self._refuse(delivery, reason))
@@ -334,7 +337,7 @@ class Worker:
     async def _refuse(self, delivery: Delivery, reason: str) -> None:
         """Dead-letter bytes that are not a valid envelope and tell the caller if we can."""
         self.dead_lettered += 1
-        log.error("dead-lettering undecodable message on %s: %s", delivery.queue, reason)
+        log.error("refusing a message on %s: %s", delivery.queue, reason)
         try:
             address = _addressing.decode(delivery.body)
         except (msgspec.MsgspecError, RecursionError):
