@@ -43,6 +43,13 @@ class RequestHandle:
         self.envelope = envelope
         self._inbox = inbox
         self._final: ResultEvent | None = None
+        self._holds_slot = True
+
+    def _done(self) -> None:
+        """Give the client's in-flight slot back, once."""
+        if self._holds_slot:
+            self._holds_slot = False
+            self.client._slots.release()
 
     @property
     def id(self) -> str:
@@ -66,6 +73,7 @@ class RequestHandle:
                 reply = await self._inbox.get()
             if scope.cancelled_caught:
                 self.client.router.forget(self.id)
+                self._done()
                 self._final = ResultEvent(
                     request_id=self.id,
                     kind="timed_out",
@@ -78,6 +86,7 @@ class RequestHandle:
                 continue
             if event.terminal:
                 self._final = event
+                self._done()
             yield event
             if event.terminal:
                 return
@@ -129,6 +138,7 @@ class Client:
         reply_queue: str | None = None,
         durable_replies: bool = False,
         default_timeout: float | None = 300.0,
+        max_in_flight: int = 1024,
     ) -> None:
         self.broker = open_broker(broker) if isinstance(broker, str) else broker
         self._owns_broker = isinstance(broker, str)
@@ -138,6 +148,10 @@ class Client:
         self.durable_replies = durable_replies
         self.default_timeout = default_timeout
         self.router = ReplyRouter(self.broker, self.reply_queue)
+        # Back-pressure: past this many unanswered requests, submit waits for an answer, so a
+        # slow fleet of workers cannot make the client's memory grow without bound.
+        self.max_in_flight = max_in_flight
+        self._slots = anyio.Semaphore(max_in_flight)
         self._stack: contextlib.AsyncExitStack | None = None
 
     async def __aenter__(self) -> Client:
@@ -202,6 +216,7 @@ class Client:
     ) -> RequestHandle:
         """Publish a request (confirmed by the broker) and return a handle to its events."""
         envelope = self._request(request, session_id, agent, timeout, user_id)
+        await self._slots.acquire()  # released when the handle's terminal event is read
         inbox = self.router.expect(envelope.id)
         queue = self.topology.route(envelope)
         try:
@@ -209,6 +224,7 @@ class Client:
                 await self.broker.publish(queue, encode(envelope))
         except BaseException:
             self.router.forget(envelope.id)
+            self._slots.release()
             raise
         return RequestHandle(self, envelope, inbox)
 
@@ -278,8 +294,9 @@ class Client:
         timeout: float | None = None,
     ) -> str:
         """Run a registered tool on a tool worker and return its output text."""
-        with tracing.round_trip("call_tool", name, tool=True) as trip, trip.current():
-            return await self._call_tool(name, arguments, session_id, timeout)
+        async with self._slots:
+            with tracing.round_trip("call_tool", name, tool=True) as trip, trip.current():
+                return await self._call_tool(name, arguments, session_id, timeout)
 
     async def _call_tool(
         self,

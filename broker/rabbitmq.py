@@ -28,6 +28,7 @@ import anyio
 
 from agentqueue.broker.base import Broker, Delivery, QueueStats, Subscription
 from agentqueue.broker.errors import BrokerConnectionError, BrokerError, QueueFull
+from agentqueue.broker.rabbitmq_nodes import connect_nodes, split_node_urls
 from agentqueue.broker.topology import REQUESTS, TOOLS, Topology
 from agentqueue.broker.urls import redact_url
 
@@ -144,10 +145,12 @@ class RabbitMQBroker(Broker):
     async def connect(self) -> None:
         if self._connection is not None:
             return
-        url, ssl_context = _split_tls(self.url)
+        # A comma-separated list names the nodes of a cluster: connect to one, fail over to the rest.
+        nodes = [_split_tls(node) for node in split_node_urls(self.url)]
+        ssl_context = nodes[0][1]
         try:
             with anyio.fail_after(30):
-                self._connection = await aio_pika.connect_robust(url, ssl_context=ssl_context)
+                self._connection = await connect_nodes([url for url, _ in nodes], ssl_context=ssl_context)
             self._publisher = await self._connection.channel(publisher_confirms=True, on_return_raises=True)
         except (TimeoutError, *_connection_errors()) as exc:
             self._connection = None
@@ -222,7 +225,10 @@ class RabbitMQBroker(Broker):
                 f" (RabbitMQ at {redact_url(self.url)} unreachable?)"
             ) from None
         except aio_pika.exceptions.DeliveryError as exc:
-            raise QueueFull(f"RabbitMQ refused the message for {queue!r} (queue full?): {exc}") from exc
+            raise QueueFull(
+                f"queue {queue!r} is full: RabbitMQ refused the message (x-max-length reached);"
+                " retry later or add workers"
+            ) from exc
         except aio_pika.exceptions.PublishError as exc:
             raise BrokerError(f"queue {queue!r} does not exist; declare the topology first") from exc
         except _connection_errors() as exc:
@@ -322,12 +328,17 @@ class _AutoAckedDelivery(_RabbitDelivery):
 
 
 def _partition_arguments(topology: Topology) -> dict[str, Any]:
-    return {
+    arguments: dict[str, Any] = {
         "x-queue-type": "quorum",
         "x-single-active-consumer": True,
         "x-delivery-limit": topology.delivery_limit,
         "x-dead-letter-exchange": f"{topology.namespace}-dlx",
     }
+    if topology.max_length is not None:
+        # A full queue nacks the publish (the caller gets QueueFull) instead of dropping the head.
+        arguments["x-max-length"] = topology.max_length
+        arguments["x-overflow"] = "reject-publish"
+    return arguments
 
 
 def _split_tls(url: str) -> tuple[str, ssl.SSLContext | None]:

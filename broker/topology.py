@@ -21,6 +21,7 @@ class Topology:
     partitions: int = 16
     tool_partitions: int = 16
     delivery_limit: int = 20  # broker-side bound on redeliveries of one message (crash loops)
+    max_length: int | None = None  # partition queue length past which publishes are refused
 
     def __post_init__(self) -> None:
         if not _NAME.match(self.namespace):
