@@ -1,0 +1,1 @@
+"""One module per contender, each with the same small interface (see `common.Contender`)."""
