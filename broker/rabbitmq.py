@@ -135,6 +135,7 @@ class RabbitMQBroker(Broker):
         self._subscriptions: set[_RabbitSubscription] = set()
         self._broadcast_exchanges: dict[str, aio_pika.abc.AbstractExchange] = {}
         self._reply_queues: dict[str, bool] = {}  # name -> durable
+        self._routes: dict[str, tuple[aio_pika.abc.AbstractExchange, str, bool]] = {}
 
     @property
     def connection(self) -> aio_pika.abc.AbstractRobustConnection:
@@ -192,6 +193,7 @@ class RabbitMQBroker(Broker):
         assert self._publisher is not None
         for family in (REQUESTS, TOOLS):
             self._exchanges[family] = await self._publisher.get_exchange(f"{topology.namespace}-{family}", ensure=False)
+        self._routes.clear()
 
     async def declare_reply_queue(self, name: str, *, durable: bool = False) -> None:
         self._reply_queues[name] = durable
@@ -211,14 +213,14 @@ class RabbitMQBroker(Broker):
     async def _publish(self, queue: str, body: bytes) -> None:
         assert self._publisher is not None, "connect() first"
         message = aio_pika.Message(body, delivery_mode=aio_pika.DeliveryMode.PERSISTENT)
-        route = self._topology.partition_of(queue) if self._topology else None
+        route = self._routes.get(queue)
+        if route is None:
+            route = self._routes[queue] = self._route(queue)
+        exchange, routing_key, mandatory = route
         try:
-            with anyio.fail_after(self.publish_timeout):
-                if route is not None:
-                    family, p = route
-                    await self._exchanges[family].publish(message, routing_key=str(p), mandatory=True)
-                else:
-                    await self._publisher.default_exchange.publish(message, routing_key=queue, mandatory=False)
+            # asyncio's own timeout: a fraction of the cost of a cancel scope, on every publish.
+            async with asyncio.timeout(self.publish_timeout):
+                await exchange.publish(message, routing_key=routing_key, mandatory=mandatory)
         except TimeoutError:
             raise BrokerConnectionError(
                 f"publish to {queue!r} was not confirmed within {self.publish_timeout:.0f} s"
@@ -233,6 +235,15 @@ class RabbitMQBroker(Broker):
             raise BrokerError(f"queue {queue!r} does not exist; declare the topology first") from exc
         except _connection_errors() as exc:
             raise BrokerConnectionError(f"cannot publish to {queue!r}: {exc}") from exc
+
+    def _route(self, queue: str) -> tuple[aio_pika.abc.AbstractExchange, str, bool]:
+        """Partition queues through their family's exchange; other queues by name."""
+        assert self._publisher is not None
+        partition = self._topology.partition_of(queue) if self._topology else None
+        if partition is not None:
+            family, p = partition
+            return self._exchanges[family], str(p), True
+        return self._publisher.default_exchange, queue, False
 
     async def consume(self, queue: str, *, prefetch: int = 32) -> Subscription:
         subscription = _RabbitSubscription(self, queue, prefetch)

@@ -197,6 +197,10 @@ class EventProcessor:
                 " (a worker probably crashed while handling it)",
             )
             return
+        if not (dedup or handler.uses_state):
+            # Nothing to record and no state to guard (an idempotent tool): no lease needed.
+            await self._run(envelope, handler, dedup, None, settle)
+            return
         lease = await self._acquire(key)
         if lease is None:
             await settle.hand_back()
@@ -210,9 +214,9 @@ class EventProcessor:
             await self.store.release(lease)
 
     async def _run(
-        self, envelope: Envelope, handler: Handler, dedup: bool, lease: Lease, settle: Settler
+        self, envelope: Envelope, handler: Handler, dedup: bool, lease: Lease | None, settle: Settler
     ) -> None:
-        state = await self.store.load_state(lease.session_id) if handler.uses_state else None
+        state = await self.store.load_state(lease.session_id) if lease and handler.uses_state else None
         emit = self._emitter(envelope)
         attempt = 0
         while True:
@@ -238,7 +242,8 @@ class EventProcessor:
                 tracing.record_retry(envelope, exc, attempt, delay)
                 log.warning("event %s attempt %d failed (%s); retrying in %.2f s", envelope.id, attempt, error, delay)
                 await anyio.sleep(delay)
-                lease = await self.store.renew(lease, self.lease_ttl)
+                if lease is not None:
+                    lease = await self.store.renew(lease, self.lease_ttl)
             finally:
                 self.running.pop(envelope.id, None)
                 if timer is not None:
@@ -247,7 +252,7 @@ class EventProcessor:
             reason = control.reason or "cancelled"
             result = HandlerResult(failure_body(envelope, reason, f"request {reason.replace('_', ' ')}"))
         reply = self._encode_reply(envelope, result.body)
-        if dedup:
+        if lease is not None and dedup:
             await self.store.commit(lease, result.state, envelope.id, reply)
         await self._reply(envelope, reply)
         await settle.ack()

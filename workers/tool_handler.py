@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import inspect
 import os
 from typing import Any
@@ -70,11 +71,15 @@ class ToolHandler:
         return ToolResult(call_id=call_id, name=call.name, ok=ok, output=output, worker=self.worker_name)
 
 
+@functools.lru_cache(maxsize=1024)
+def _signature(func: Any) -> tuple[inspect.Signature, dict[str, Any]]:
+    return inspect.signature(func), inspect.get_annotations(func, eval_str=True)
+
+
 def validate_arguments(func: Any, arguments: dict[str, Any]) -> dict[str, Any]:
     """Arguments checked and converted against the function's annotated signature."""
-    signature = inspect.signature(func)
+    signature, hints = _signature(func)  # read once per tool, not per call
     bound = signature.bind(**arguments)  # TypeError names a missing or unexpected argument
-    hints = inspect.get_annotations(func, eval_str=True)
     checked: dict[str, Any] = {}
     for name, value in bound.arguments.items():
         hint = hints.get(name)
