@@ -169,6 +169,42 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds a result stays readable (default 3600)")
     i.add_argument("--agent", help="agent for requests that do not name one")
 
+    p = sub.add_parser("deploy", help="provision the cloud for an app's workers")
+    deploy_sub = p.add_subparsers(dest="deploy_target", required=True, metavar="TARGET")
+    d = deploy_sub.add_parser("fc", help="Alibaba Cloud Function Compute 3.0 behind MNS queues")
+    action = d.add_mutually_exclusive_group(required=True)
+    for flag, what in (("plan", "print every resource it would create (--json for machines)"),
+                       ("apply", "create what is missing, update what differs"),
+                       ("destroy", "remove the triggers, the function and the queues"),
+                       ("package", "build the code zip FC runs")):
+        action.add_argument(f"--{flag}", dest="action", action="store_const", const=flag, help=what)
+    d.add_argument("--app", default=DEFAULT_APP)
+    for flag, dest, kind in (("--broker", "broker", str), ("--store", "store", str),
+                             ("--namespace", "namespace", str),
+                             ("--partition-count", "partition_count", int),
+                             ("--tool-partition-count", "tool_partition_count", int)):
+        d.add_argument(flag, dest=dest, type=kind, help=f"as for `worker` ({dest})")
+    d.add_argument("--region", default=os.environ.get("ALIBABA_CLOUD_REGION_ID", "cn-hangzhou"))
+    d.add_argument("--account-id", dest="account_id", help="Alibaba Cloud account (uid)")
+    d.add_argument("--function-name", dest="function_name", help="default <namespace>-worker")
+    d.add_argument("--memory", type=int, default=1024, help="MB (default 1024)")
+    d.add_argument("--cpu", type=float, help="vCPU (default 1 per GB of memory)")
+    d.add_argument("--timeout", dest="function_timeout", type=int, default=900,
+                   help="seconds one invocation (a batch) may run (default 900)")
+    d.add_argument("--role-arn", dest="role_arn", help="RAM role the function runs as")
+    d.add_argument("--env", action="append", default=[], metavar="NAME[=VALUE]",
+                   help="extra function environment; NAME alone copies it from here")
+    d.add_argument("--preload", default="", help="modules the initializer imports")
+    d.add_argument("--batch-size", dest="batch_size", type=int, default=10)
+    d.add_argument("--batch-window", dest="batch_window", type=int, default=0, help="seconds")
+    d.add_argument("--code", default="dist/agentqueue-fc.zip", help="zip or oss://bucket/object")
+    d.add_argument("-o", "--output", default="dist/agentqueue-fc.zip", help="--package's zip")
+    d.add_argument("--no-deps", dest="no_deps", action="store_true",
+                   help="--package without dependencies (layout checks, offline)")
+    d.add_argument("--json", action="store_true", help="--plan as JSON")
+    d.add_argument("--fc-endpoint", dest="fc_endpoint", help="e.g. http://127.0.0.1:9000")
+    d.add_argument("--mns-endpoint", dest="mns_endpoint", help="MNS control plane (open API)")
+
     p = sub.add_parser("schema", help="print the JSON Schema of the v1 envelope")
 
     p = sub.add_parser("config", help="print the settings in force (secrets masked)")
@@ -417,6 +453,45 @@ def _local(args: argparse.Namespace, settings: Settings) -> int:
         idle_timeout=args.idle_timeout, trigger=trigger,
     ))
     print(stats.report())
+    return 0
+
+
+@command("deploy")
+def _deploy(args: argparse.Namespace, settings: Settings) -> int:
+    from agentqueue.deploy.fc_plan import FCOptions, build_plan, render_plan
+
+    if args.action != "destroy":
+        _load_app(args.app)  # fail here when the app does not import
+    if args.action == "package":
+        from agentqueue.deploy.fc_package import build_package
+
+        print(build_package(args.app, args.output, with_deps=not args.no_deps).summary())
+        return 0
+    env = {}
+    for item in args.env:
+        name, eq, value = item.partition("=")
+        if not eq and name not in os.environ:
+            raise ValueError(f"--env {name}: give NAME=VALUE, or set {name} here to copy it")
+        env[name] = value if eq else os.environ[name]
+    plan = build_plan(FCOptions(
+        app=args.app, store=settings.store, region=args.region, account_id=args.account_id,
+        function_name=args.function_name, namespace=settings.namespace,
+        partitions=settings.partitions, tool_partitions=settings.tool_partitions,
+        broker=settings.broker, max_attempts=settings.max_attempts, lease_ttl=settings.lease_ttl,
+        memory=args.memory, cpu=args.cpu, timeout=args.function_timeout, role_arn=args.role_arn,
+        env=env, code=args.code, batch_size=args.batch_size, batch_window=args.batch_window,
+        preload=args.preload,
+    ))
+    if args.action == "plan":
+        text = json.dumps(plan.to_dict(), indent=2, sort_keys=True) + "\n"
+        print(text if args.json else render_plan(plan), end="")
+        return 0
+    from agentqueue.deploy.fc_apply import FCDeployer
+
+    if args.action == "apply":
+        plan.check_ready()  # before asking for credentials
+    deployer = FCDeployer(args.region, fc_endpoint=args.fc_endpoint, mns_endpoint=args.mns_endpoint)
+    (deployer.apply if args.action == "apply" else deployer.destroy)(plan)
     return 0
 
 
