@@ -45,7 +45,10 @@ async def print_status(broker: Broker, topology: Topology, out: TextIO) -> None:
             stats = await broker.stats(queue)
             unacked = "-" if stats.unacked is None else str(stats.unacked)
             owner = active.get(queue, "-" if stats.consumers == 0 else "(no heartbeat)")
-            print(f"{queue:<28} {stats.ready:>7} {unacked:>8} {stats.consumers:>10}  {owner}", file=out)
+            print(
+                f"{queue:<28} {stats.ready:>7} {unacked:>8} {stats.consumers:>10}  {owner}",
+                file=out,
+            )
     dead = await broker.stats(topology.dead_letter_queue)
     print(f"\ndead letters in {topology.dead_letter_queue}: {dead.ready}", file=out)
 
@@ -81,7 +84,11 @@ async def dlq_list(broker: Broker, topology: Topology, out: TextIO, limit: int =
     try:
         for i, item in enumerate(held):
             r = item.record
-            when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r.failed_at)) if r.failed_at else "-"
+            when = (
+                time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r.failed_at))
+                if r.failed_at
+                else "-"
+            )
             print(f"{i:>3}  {_label(r):<34} {when}  {r.queue:<22} {r.reason}", file=out)
         if not held:
             print(f"{topology.dead_letter_queue} is empty", file=out)
@@ -97,12 +104,19 @@ async def dlq_show(broker: Broker, topology: Topology, key: str, out: TextIO) ->
         for i, item in enumerate(held):
             if key in (str(i), item.record.envelope_id):
                 r = item.record
-                print(f"reason:   {r.reason}\nqueue:    {r.queue}\nattempts: {r.attempts}\nsession:  {r.session_id}", file=out)
+                print(
+                    f"reason:   {r.reason}\nqueue:    {r.queue}\n"
+                    f"attempts: {r.attempts}\nsession:  {r.session_id}",
+                    file=out,
+                )
                 try:
                     envelope = json.loads(msgspec.json.encode(decode(r.payload)))
                     print(json.dumps(envelope, indent=2, ensure_ascii=False), file=out)
                 except ProtocolError:
-                    print(f"payload ({len(r.payload)} bytes, not an envelope): {r.payload[:200]!r}", file=out)
+                    print(
+                        f"payload ({len(r.payload)} bytes, not an envelope): {r.payload[:200]!r}",
+                        file=out,
+                    )
                 return True
         return False
     finally:

@@ -126,8 +126,13 @@ class BatchRun:
             return
         if event.kind in RETRYABLE and attempt < self.max_attempts:
             if attempt > pending.failed_attempt:
-                log.info("item %s attempt %d: %s (%s); sending it again", pending.item.id, attempt,
-                         event.kind, event.error)
+                log.info(
+                    "item %s attempt %d: %s (%s); sending it again",
+                    pending.item.id,
+                    attempt,
+                    event.kind,
+                    event.error,
+                )
                 pending.failed_attempt = attempt
                 self._wake(pending)
             return
@@ -278,16 +283,33 @@ async def run_batch(
         async with contextlib.AsyncExitStack() as stack:
             if isinstance(broker, str):
                 broker = await stack.enter_async_context(open_broker(broker))
-            run = await _run(broker, topology, name, items, results, written,
-                             max_in_flight=max_in_flight, timeout=timeout, retries=retries,
-                             agent=agent, progress=progress)
+            run = await _run(
+                broker,
+                topology,
+                name,
+                items,
+                results,
+                written,
+                max_in_flight=max_in_flight,
+                timeout=timeout,
+                retries=retries,
+                agent=agent,
+                progress=progress,
+            )
             if len(written) == len(items) and not keep_queue:
                 # Done: nothing will resume this batch, so its reply queue can go.
                 await broker.delete_queue(topology.reply_queue(f"batch-{name}"))
     finally:
         results.close()
-    return summarize(name, str(output_path), items, written, written_now=run.counts.written_now,
-                     elapsed_s=time.monotonic() - started, score=score)
+    return summarize(
+        name,
+        str(output_path),
+        items,
+        written,
+        written_now=run.counts.written_now,
+        elapsed_s=time.monotonic() - started,
+        score=score,
+    )
 
 
 async def _run(
@@ -312,8 +334,17 @@ async def _run(
         durable_replies=True,
         default_timeout=timeout,
     )
-    run = BatchRun(client, name, items, results, written, max_in_flight=max_in_flight,
-                   timeout=timeout, retries=retries, agent=agent)
+    run = BatchRun(
+        client,
+        name,
+        items,
+        results,
+        written,
+        max_in_flight=max_in_flight,
+        timeout=timeout,
+        retries=retries,
+        agent=agent,
+    )
     client.router.on_unmatched = run.on_reply  # no inboxes: every reply is settled by the run
     with Progress(name, run.counts, live=progress) as bar:
         run.on_change = bar.update

@@ -103,8 +103,13 @@ class Progress:
 
     def _fields(self) -> dict[str, Any]:
         c = self.counts
-        return {"name": self.name, "failed": c.failed, "in_flight": c.in_flight, "rate": c.rate,
-                "eta": _clock(c.eta)}
+        return {
+            "name": self.name,
+            "failed": c.failed,
+            "in_flight": c.in_flight,
+            "rate": c.rate,
+            "eta": _clock(c.eta),
+        }
 
     def update(self) -> None:
         """Show the current counts (cheap: the bar redraws on its own clock)."""
@@ -169,10 +174,17 @@ class BatchSummary:
     def to_dict(self) -> dict[str, Any]:
         """The summary as plain JSON-able data (for `--summary-json`)."""
         return {
-            "name": self.name, "output": self.output, "total": self.total, "counts": self.counts,
-            "missing": self.missing, "written_now": self.written_now,
-            "elapsed_s": round(self.elapsed_s, 3), "throughput_per_s": round(self.throughput, 2),
-            "latency_ms": self.latency_ms, "score_mean": self.score_mean, "scored": self.scored,
+            "name": self.name,
+            "output": self.output,
+            "total": self.total,
+            "counts": self.counts,
+            "missing": self.missing,
+            "written_now": self.written_now,
+            "elapsed_s": round(self.elapsed_s, 3),
+            "throughput_per_s": round(self.throughput, 2),
+            "latency_ms": self.latency_ms,
+            "score_mean": self.score_mean,
+            "scored": self.scored,
         }
 
     def render(self, out: TextIO | None = None) -> None:

@@ -39,19 +39,40 @@ def _load_app(spec: str):  # type: ignore[no-untyped-def]
 
 
 def _settings_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--broker", help="broker URL: memory://, amqp://user:pass@host/, mns://… (AGENTQUEUE_BROKER)")
-    p.add_argument("--store", help="session store URL: memory://, sqlite:///path, redis://host/0 (AGENTQUEUE_STORE)")
-    p.add_argument("--namespace", help="prefix of every queue name (AGENTQUEUE_NAMESPACE, default aq)")
-    p.add_argument("--partition-count", dest="partition_count", type=int,
-                   help="partitions of the requests family (AGENTQUEUE_PARTITIONS, default 16)")
-    p.add_argument("--tool-partition-count", dest="tool_partition_count", type=int,
-                   help="partitions of the tools family (AGENTQUEUE_TOOL_PARTITIONS, default 16)")
+    p.add_argument(
+        "--broker",
+        help="broker URL: memory://, amqp://user:pass@host/, mns://… (AGENTQUEUE_BROKER)",
+    )
+    p.add_argument(
+        "--store",
+        help="session store URL: memory://, sqlite:///path, redis://host/0 (AGENTQUEUE_STORE)",
+    )
+    p.add_argument(
+        "--namespace", help="prefix of every queue name (AGENTQUEUE_NAMESPACE, default aq)"
+    )
+    p.add_argument(
+        "--partition-count",
+        dest="partition_count",
+        type=int,
+        help="partitions of the requests family (AGENTQUEUE_PARTITIONS, default 16)",
+    )
+    p.add_argument(
+        "--tool-partition-count",
+        dest="tool_partition_count",
+        type=int,
+        help="partitions of the tools family (AGENTQUEUE_TOOL_PARTITIONS, default 16)",
+    )
     p.add_argument("--timeout", type=float, help="request deadline in seconds (default 300)")
 
 
 def _trace_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--trace-file", dest="trace_file", metavar="FILE",
-                   help="append spans as JSON lines to FILE (AGENTQUEUE_TRACE_FILE); OTEL_* variables add exporters")
+    p.add_argument(
+        "--trace-file",
+        dest="trace_file",
+        metavar="FILE",
+        help="append spans as JSON lines to FILE (AGENTQUEUE_TRACE_FILE);"
+        " OTEL_* variables add exporters",
+    )
 
 
 @contextlib.contextmanager
@@ -68,15 +89,23 @@ def _telemetry(settings: Settings, service: str) -> Iterator[None]:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="agentqueue", description=__doc__)
-    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
+    parser.add_argument(
+        "-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)"
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("demo", help="run 3 conversations through an embedded broker and two workers")
+    p = sub.add_parser(
+        "demo", help="run 3 conversations through an embedded broker and two workers"
+    )
     _settings_args(p)
     _trace_args(p)
     p.add_argument("--app", default=DEFAULT_APP)
-    p.add_argument("--cloud-local", dest="cloud_local", action="store_true",
-                   help="through a local MNS server and FC instances (the Alibaba Cloud path)")
+    p.add_argument(
+        "--cloud-local",
+        dest="cloud_local",
+        action="store_true",
+        help="through a local MNS server and FC instances (the Alibaba Cloud path)",
+    )
 
     p = sub.add_parser("local", help="local stand-ins for the cloud: an MNS server, an FC emulator")
     local_sub = p.add_subparsers(dest="local_command", required=True, metavar="SERVICE")
@@ -88,21 +117,38 @@ def build_parser() -> argparse.ArgumentParser:
     _settings_args(f)
     f.add_argument("--app", default=DEFAULT_APP)
     f.add_argument("--instances", type=int, default=4, help="most instances at once (default 4)")
-    f.add_argument("--idle-timeout", dest="idle_timeout", type=float, default=30.0,
-                   help="seconds an idle instance lives before scale-to-zero (default 30)")
+    f.add_argument(
+        "--idle-timeout",
+        dest="idle_timeout",
+        type=float,
+        default=30.0,
+        help="seconds an idle instance lives before scale-to-zero (default 30)",
+    )
     f.add_argument("--batch-size", dest="batch_size", type=int, default=10)
     f.add_argument("--batch-window", dest="batch_window", type=float, default=0.5, help="seconds")
 
     p = sub.add_parser("worker", help="serve an app's agents and tools from a broker")
     _settings_args(p)
     _trace_args(p)
-    p.add_argument("--app", default=DEFAULT_APP, help="module:attribute of the App (default examples.weather:app)")
+    p.add_argument(
+        "--app",
+        default=DEFAULT_APP,
+        help="module:attribute of the App (default examples.weather:app)",
+    )
     p.add_argument("--role", choices=["agents", "tools", "all"], default="all")
-    p.add_argument("--partitions", dest="serve", default="all",
-                   help="which partitions to serve, e.g. 0-7,12 (default all)")
+    p.add_argument(
+        "--partitions",
+        dest="serve",
+        default="all",
+        help="which partitions to serve, e.g. 0-7,12 (default all)",
+    )
     p.add_argument("--concurrency", type=int)
-    p.add_argument("--no-balance", dest="balance", action="store_false",
-                   help="serve every given partition instead of sharing them with the other live workers")
+    p.add_argument(
+        "--no-balance",
+        dest="balance",
+        action="store_false",
+        help="serve every given partition instead of sharing them with the other live workers",
+    )
 
     p = sub.add_parser("call", help="send one request and print the answer")
     _settings_args(p)
@@ -117,20 +163,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("request_id")
     p.add_argument("--session", required=True)
 
-    p = sub.add_parser("status", help="queue depths per partition and which worker is active on each")
+    p = sub.add_parser(
+        "status", help="queue depths per partition and which worker is active on each"
+    )
     _settings_args(p)
 
     p = sub.add_parser("dlq", help="list, show or replay dead letters")
     _settings_args(p)
     p.add_argument("action", choices=["list", "show", "replay"])
-    p.add_argument("id", nargs="?", help="envelope id or list index (show, replay); replay without it replays all")
+    p.add_argument(
+        "id",
+        nargs="?",
+        help="envelope id or list index (show, replay); replay without it replays all",
+    )
     p.add_argument("--limit", type=int, default=100)
 
     p = sub.add_parser("trace", help="look at spans written with --trace-file")
     trace_sub = p.add_subparsers(dest="trace_command", required=True, metavar="ACTION")
-    t = trace_sub.add_parser("show", help="a trace as a waterfall: service, span, start, duration, status")
-    t.add_argument("files", nargs="+", metavar="FILE", help="trace files (one per process merge into one view)")
-    t.add_argument("--trace-id", help="the trace to show, or a unique prefix of it (default: the latest)")
+    t = trace_sub.add_parser(
+        "show", help="a trace as a waterfall: service, span, start, duration, status"
+    )
+    t.add_argument(
+        "files", nargs="+", metavar="FILE", help="trace files (one per process merge into one view)"
+    )
+    t.add_argument(
+        "--trace-id", help="the trace to show, or a unique prefix of it (default: the latest)"
+    )
     t.add_argument("--width", type=int, default=100, help="columns to fit in (default 100)")
 
     p = sub.add_parser("batch", help="run a JSONL file of requests, results to JSONL (resumable)")
@@ -142,16 +200,28 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("-o", "--output", required=True, metavar="RESULTS.jsonl")
     b.add_argument("--name", help="batch name (default: a hash of both paths); same name resumes")
     b.add_argument("--max-in-flight", dest="max_in_flight", type=int, default=64)
-    b.add_argument("--retries", type=int, default=1,
-                   help="re-send a failed or timed out item up to N times (default 1)")
+    b.add_argument(
+        "--retries",
+        type=int,
+        default=1,
+        help="re-send a failed or timed out item up to N times (default 1)",
+    )
     b.add_argument("--agent", help="agent for lines that do not name one")
-    b.add_argument("--score", metavar="MODULE:FUNCTION",
-                   help="score(item, result) -> float; the summary shows the mean")
-    b.add_argument("--summary-json", dest="summary_json", metavar="FILE",
-                   help="also write the summary as JSON")
+    b.add_argument(
+        "--score",
+        metavar="MODULE:FUNCTION",
+        help="score(item, result) -> float; the summary shows the mean",
+    )
+    b.add_argument(
+        "--summary-json", dest="summary_json", metavar="FILE", help="also write the summary as JSON"
+    )
     b.add_argument("--progress", choices=["auto", "bar", "lines"], default="auto")
-    b.add_argument("--keep-queue", dest="keep_queue", action="store_true",
-                   help="keep the batch's reply queue when every item is done")
+    b.add_argument(
+        "--keep-queue",
+        dest="keep_queue",
+        action="store_true",
+        help="keep the batch's reply queue when every item is done",
+    )
 
     p = sub.add_parser("ingress", help="accept agent requests over HTTP (JSON, CloudEvents)")
     ingress_sub = p.add_subparsers(dest="ingress_command", required=True, metavar="KIND")
@@ -160,47 +230,79 @@ def build_parser() -> argparse.ArgumentParser:
     _trace_args(i)
     i.add_argument("--host", default="127.0.0.1")
     i.add_argument("--port", type=int, default=8080)
-    i.add_argument("--signing-key", dest="signing_key", metavar="KEY",
-                   help="require X-Signature: sha256=HMAC(KEY, body) (AGENTQUEUE_INGRESS_KEY;"
-                   " @path reads it from a file)")
-    i.add_argument("--max-body", dest="max_body", type=int, default=256 * 1024,
-                   help="largest request body in bytes (default 256 KiB)")
-    i.add_argument("--retention", type=float, default=3600.0,
-                   help="seconds a result stays readable (default 3600)")
+    i.add_argument(
+        "--signing-key",
+        dest="signing_key",
+        metavar="KEY",
+        help="require X-Signature: sha256=HMAC(KEY, body) (AGENTQUEUE_INGRESS_KEY;"
+        " @path reads it from a file)",
+    )
+    i.add_argument(
+        "--max-body",
+        dest="max_body",
+        type=int,
+        default=256 * 1024,
+        help="largest request body in bytes (default 256 KiB)",
+    )
+    i.add_argument(
+        "--retention",
+        type=float,
+        default=3600.0,
+        help="seconds a result stays readable (default 3600)",
+    )
     i.add_argument("--agent", help="agent for requests that do not name one")
 
     p = sub.add_parser("deploy", help="provision the cloud for an app's workers")
     deploy_sub = p.add_subparsers(dest="deploy_target", required=True, metavar="TARGET")
     d = deploy_sub.add_parser("fc", help="Alibaba Cloud Function Compute 3.0 behind MNS queues")
     action = d.add_mutually_exclusive_group(required=True)
-    for flag, what in (("plan", "print every resource it would create (--json for machines)"),
-                       ("apply", "create what is missing, update what differs"),
-                       ("destroy", "remove the triggers, the function and the queues"),
-                       ("package", "build the code zip FC runs")):
+    for flag, what in (
+        ("plan", "print every resource it would create (--json for machines)"),
+        ("apply", "create what is missing, update what differs"),
+        ("destroy", "remove the triggers, the function and the queues"),
+        ("package", "build the code zip FC runs"),
+    ):
         action.add_argument(f"--{flag}", dest="action", action="store_const", const=flag, help=what)
     d.add_argument("--app", default=DEFAULT_APP)
-    for flag, dest, kind in (("--broker", "broker", str), ("--store", "store", str),
-                             ("--namespace", "namespace", str),
-                             ("--partition-count", "partition_count", int),
-                             ("--tool-partition-count", "tool_partition_count", int)):
+    for flag, dest, kind in (
+        ("--broker", "broker", str),
+        ("--store", "store", str),
+        ("--namespace", "namespace", str),
+        ("--partition-count", "partition_count", int),
+        ("--tool-partition-count", "tool_partition_count", int),
+    ):
         d.add_argument(flag, dest=dest, type=kind, help=f"as for `worker` ({dest})")
     d.add_argument("--region", default=os.environ.get("ALIBABA_CLOUD_REGION_ID", "cn-hangzhou"))
     d.add_argument("--account-id", dest="account_id", help="Alibaba Cloud account (uid)")
     d.add_argument("--function-name", dest="function_name", help="default <namespace>-worker")
     d.add_argument("--memory", type=int, default=1024, help="MB (default 1024)")
     d.add_argument("--cpu", type=float, help="vCPU (default 1 per GB of memory)")
-    d.add_argument("--timeout", dest="function_timeout", type=int, default=900,
-                   help="seconds one invocation (a batch) may run (default 900)")
+    d.add_argument(
+        "--timeout",
+        dest="function_timeout",
+        type=int,
+        default=900,
+        help="seconds one invocation (a batch) may run (default 900)",
+    )
     d.add_argument("--role-arn", dest="role_arn", help="RAM role the function runs as")
-    d.add_argument("--env", action="append", default=[], metavar="NAME[=VALUE]",
-                   help="extra function environment; NAME alone copies it from here")
+    d.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="NAME[=VALUE]",
+        help="extra function environment; NAME alone copies it from here",
+    )
     d.add_argument("--preload", default="", help="modules the initializer imports")
     d.add_argument("--batch-size", dest="batch_size", type=int, default=10)
     d.add_argument("--batch-window", dest="batch_window", type=int, default=0, help="seconds")
     d.add_argument("--code", default="dist/agentqueue-fc.zip", help="zip or oss://bucket/object")
     d.add_argument("-o", "--output", default="dist/agentqueue-fc.zip", help="--package's zip")
-    d.add_argument("--no-deps", dest="no_deps", action="store_true",
-                   help="--package without dependencies (layout checks, offline)")
+    d.add_argument(
+        "--no-deps",
+        dest="no_deps",
+        action="store_true",
+        help="--package without dependencies (layout checks, offline)",
+    )
     d.add_argument("--json", action="store_true", help="--plan as JSON")
     d.add_argument("--fc-endpoint", dest="fc_endpoint", help="e.g. http://127.0.0.1:9000")
     d.add_argument("--mns-endpoint", dest="mns_endpoint", help="MNS control plane (open API)")
@@ -216,7 +318,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `agentqueue` console script."""
     args = build_parser().parse_args(argv)
     level = logging.WARNING - 10 * args.verbose
-    logging.basicConfig(level=max(level, logging.DEBUG), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=max(level, logging.DEBUG), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     overrides: dict[str, Any] = {
         "broker": getattr(args, "broker", None),
         "store": getattr(args, "store", None),
@@ -270,10 +374,15 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
     tool_partitions = parse_partitions(args.serve, settings.tool_partitions)
     with _telemetry(settings, "agentqueue-worker"):
         anyio.run(
-        lambda: serve_worker(
-            app, settings, role=args.role, partitions=partitions, tool_partitions=tool_partitions, balance=args.balance
+            lambda: serve_worker(
+                app,
+                settings,
+                role=args.role,
+                partitions=partitions,
+                tool_partitions=tool_partitions,
+                balance=args.balance,
+            )
         )
-    )
     return 0
 
 
@@ -282,10 +391,14 @@ def _call(args: argparse.Namespace, settings: Settings) -> int:
     from agentqueue.client import Client
 
     async def go() -> int:
-        async with Client(settings.broker, topology=settings.topology, default_timeout=settings.timeout) as client:
+        async with Client(
+            settings.broker, topology=settings.topology, default_timeout=settings.timeout
+        ) as client:
             if args.stream:
                 final = None
-                async for event in client.stream(args.text, session_id=args.session, agent=args.agent):
+                async for event in client.stream(
+                    args.text, session_id=args.session, agent=args.agent
+                ):
                     if event.kind == "delta":
                         print(event.text, end="", flush=True)
                     else:
@@ -347,7 +460,10 @@ def _dlq(args: argparse.Namespace, settings: Settings) -> int:
                     raise ValueError("dlq show needs an envelope id or a list index")
                 found = await admin.dlq_show(broker, settings.topology, args.id, sys.stdout)
                 if not found:
-                    print(f"no dead letter {args.id!r} in {settings.topology.dead_letter_queue}", file=sys.stderr)
+                    print(
+                        f"no dead letter {args.id!r} in {settings.topology.dead_letter_queue}",
+                        file=sys.stderr,
+                    )
                 return 0 if found else 1
             count = await admin.dlq_replay(broker, settings.topology, args.id, sys.stdout)
             print(f"{count} replayed")
@@ -386,9 +502,17 @@ def _batch(args: argparse.Namespace, settings: Settings) -> int:
 
     async def go():  # type: ignore[no-untyped-def]
         return await run_batch(
-            settings.broker, args.input, args.output, topology=settings.topology,
-            name=args.name, max_in_flight=args.max_in_flight, timeout=settings.timeout,
-            retries=args.retries, agent=args.agent, score=score, progress=progress,
+            settings.broker,
+            args.input,
+            args.output,
+            topology=settings.topology,
+            name=args.name,
+            max_in_flight=args.max_in_flight,
+            timeout=settings.timeout,
+            retries=args.retries,
+            agent=args.agent,
+            score=score,
+            progress=progress,
             keep_queue=args.keep_queue,
         )
 
@@ -396,8 +520,10 @@ def _batch(args: argparse.Namespace, settings: Settings) -> int:
         with _telemetry(settings, "agentqueue-batch"):
             summary = anyio.run(go)
     except KeyboardInterrupt:
-        print(f"interrupted: results so far are in {args.output}; run the same command to resume",
-              file=sys.stderr)
+        print(
+            f"interrupted: results so far are in {args.output}; run the same command to resume",
+            file=sys.stderr,
+        )
         return 130
     summary.render(sys.stdout)
     if args.summary_json:
@@ -416,10 +542,17 @@ def _ingress(args: argparse.Namespace, settings: Settings) -> int:
         with open(key[1:]) as f:
             key = f.read().strip()
     with _telemetry(settings, "agentqueue-ingress"):
-        anyio.run(lambda: serve_ingress(
-            settings, host=args.host, port=args.port, signing_key=key or None,
-            max_body=args.max_body, retention=args.retention, agent=args.agent,
-        ))
+        anyio.run(
+            lambda: serve_ingress(
+                settings,
+                host=args.host,
+                port=args.port,
+                signing_key=key or None,
+                max_body=args.max_body,
+                retention=args.retention,
+                agent=args.agent,
+            )
+        )
     return 0
 
 
@@ -429,9 +562,12 @@ def _local(args: argparse.Namespace, settings: Settings) -> int:
         from agentqueue.deploy.local_mns import DEFAULT_ACCESS_ID, DEFAULT_ACCESS_KEY, serve
 
         os.makedirs(os.path.dirname(os.path.abspath(args.db)), exist_ok=True)
-        print(f"credentials: ALIBABA_CLOUD_ACCESS_KEY_ID={DEFAULT_ACCESS_ID}"
-              f" ALIBABA_CLOUD_ACCESS_KEY_SECRET={DEFAULT_ACCESS_KEY}; broker URL"
-              f" mns://{args.host}:{args.port}", file=sys.stderr)
+        print(
+            f"credentials: ALIBABA_CLOUD_ACCESS_KEY_ID={DEFAULT_ACCESS_ID}"
+            f" ALIBABA_CLOUD_ACCESS_KEY_SECRET={DEFAULT_ACCESS_KEY}; broker URL"
+            f" mns://{args.host}:{args.port}",
+            file=sys.stderr,
+        )
         serve(args.host, args.port, args.db)
         return 0
     from agentqueue.deploy.local_fc import TriggerConfig, serve_local_fc
@@ -448,10 +584,16 @@ def _local(args: argparse.Namespace, settings: Settings) -> int:
         "AGENTQUEUE_LEASE_TTL": str(settings.lease_ttl),
     }
     trigger = TriggerConfig(batch_size=args.batch_size, batch_window=args.batch_window)
-    stats = anyio.run(lambda: serve_local_fc(
-        settings.broker, settings.topology, env, max_instances=args.instances,
-        idle_timeout=args.idle_timeout, trigger=trigger,
-    ))
+    stats = anyio.run(
+        lambda: serve_local_fc(
+            settings.broker,
+            settings.topology,
+            env,
+            max_instances=args.instances,
+            idle_timeout=args.idle_timeout,
+            trigger=trigger,
+        )
+    )
     print(stats.report())
     return 0
 
@@ -473,15 +615,30 @@ def _deploy(args: argparse.Namespace, settings: Settings) -> int:
         if not eq and name not in os.environ:
             raise ValueError(f"--env {name}: give NAME=VALUE, or set {name} here to copy it")
         env[name] = value if eq else os.environ[name]
-    plan = build_plan(FCOptions(
-        app=args.app, store=settings.store, region=args.region, account_id=args.account_id,
-        function_name=args.function_name, namespace=settings.namespace,
-        partitions=settings.partitions, tool_partitions=settings.tool_partitions,
-        broker=settings.broker, max_attempts=settings.max_attempts, lease_ttl=settings.lease_ttl,
-        memory=args.memory, cpu=args.cpu, timeout=args.function_timeout, role_arn=args.role_arn,
-        env=env, code=args.code, batch_size=args.batch_size, batch_window=args.batch_window,
-        preload=args.preload,
-    ))
+    plan = build_plan(
+        FCOptions(
+            app=args.app,
+            store=settings.store,
+            region=args.region,
+            account_id=args.account_id,
+            function_name=args.function_name,
+            namespace=settings.namespace,
+            partitions=settings.partitions,
+            tool_partitions=settings.tool_partitions,
+            broker=settings.broker,
+            max_attempts=settings.max_attempts,
+            lease_ttl=settings.lease_ttl,
+            memory=args.memory,
+            cpu=args.cpu,
+            timeout=args.function_timeout,
+            role_arn=args.role_arn,
+            env=env,
+            code=args.code,
+            batch_size=args.batch_size,
+            batch_window=args.batch_window,
+            preload=args.preload,
+        )
+    )
     if args.action == "plan":
         text = json.dumps(plan.to_dict(), indent=2, sort_keys=True) + "\n"
         print(text if args.json else render_plan(plan), end="")

@@ -38,7 +38,9 @@ ANSWER_GRACE = 5.0  # seconds past a deadline the client still waits for the wor
 class RequestHandle:
     """A submitted request: iterate its events, await its final result, or cancel it."""
 
-    def __init__(self, client: Client, envelope: Envelope, inbox: anyio.abc.ObjectReceiveStream | Any) -> None:
+    def __init__(
+        self, client: Client, envelope: Envelope, inbox: anyio.abc.ObjectReceiveStream | Any
+    ) -> None:
         self.client = client
         self.envelope = envelope
         self._inbox = inbox
@@ -326,7 +328,9 @@ class Client:
             with anyio.fail_after(wait):
                 reply = await inbox.get()
         except TimeoutError:
-            raise RequestTimedOut(f"tool {name} gave no answer within {wait} s", request_id=call_id) from None
+            raise RequestTimedOut(
+                f"tool {name} gave no answer within {wait} s", request_id=call_id
+            ) from None
         finally:
             self.router.forget(call_id)
         result = reply.body
@@ -336,4 +340,6 @@ class Client:
             raise RequestFailed(result.output, request_id=call_id)
         if isinstance(result, ResultEvent):
             raise_for_kind(result)
-        raise RequestFailed(f"unexpected {reply.type} reply to tool call {name}", request_id=call_id)
+        raise RequestFailed(
+            f"unexpected {reply.type} reply to tool call {name}", request_id=call_id
+        )

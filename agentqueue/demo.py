@@ -37,7 +37,10 @@ class DemoReport:
     lost: int
 
     def summary(self) -> str:
-        return f"demo: {self.sessions} sessions, {self.turns} turns, {self.replies} replies, {self.lost} lost"
+        return (
+            f"demo: {self.sessions} sessions, {self.turns} turns,"
+            f" {self.replies} replies, {self.lost} lost"
+        )
 
 
 async def run_demo(app: App, settings: Settings, *, out=sys.stdout) -> DemoReport:  # type: ignore[no-untyped-def]
@@ -45,8 +48,14 @@ async def run_demo(app: App, settings: Settings, *, out=sys.stdout) -> DemoRepor
     topology = settings.topology
     half = topology.partitions // 2
     store_dir = tempfile.TemporaryDirectory(prefix="agentqueue-demo-")
-    store_url = settings.store if settings.broker != "memory://" else f"sqlite:///{store_dir.name}/sessions.db"
-    broker_url = settings.broker if settings.broker != "memory://" else f"memory://demo-{new_id()[:8]}"
+    store_url = (
+        settings.store
+        if settings.broker != "memory://"
+        else f"sqlite:///{store_dir.name}/sessions.db"
+    )
+    broker_url = (
+        settings.broker if settings.broker != "memory://" else f"memory://demo-{new_id()[:8]}"
+    )
     stores = [open_store(store_url), open_store(store_url)]
     spans = collect_spans("agentqueue-demo")  # before the workers: they trace if a provider is set
     # AgentScope takes seconds to import; done up front so the trace shows the request, not that.
@@ -54,11 +63,24 @@ async def run_demo(app: App, settings: Settings, *, out=sys.stdout) -> DemoRepor
     async with open_broker(broker_url) as broker, anyio.create_task_group() as tg:
         # Two workers split the partitions; each serves agents and tools.
         workers = [
-            Worker(app, broker, stores[0], topology=topology, partitions=range(0, half),
-                   tool_partitions=range(0, topology.tool_partitions // 2), worker_id="worker-a"),
-            Worker(app, broker, stores[1], topology=topology, partitions=range(half, topology.partitions),
-                   tool_partitions=range(topology.tool_partitions // 2, topology.tool_partitions),
-                   worker_id="worker-b"),
+            Worker(
+                app,
+                broker,
+                stores[0],
+                topology=topology,
+                partitions=range(0, half),
+                tool_partitions=range(0, topology.tool_partitions // 2),
+                worker_id="worker-a",
+            ),
+            Worker(
+                app,
+                broker,
+                stores[1],
+                topology=topology,
+                partitions=range(half, topology.partitions),
+                tool_partitions=range(topology.tool_partitions // 2, topology.tool_partitions),
+                worker_id="worker-b",
+            ),
         ]
         for worker in workers:
             await tg.start(worker.run)

@@ -1,15 +1,15 @@
 """Every error agentqueue raises on purpose, in one place to import and catch.
 
-    AgentQueueError
-    ├── ProtocolError          bytes that are not a valid envelope (names the field)
-    ├── BrokerError            a broker operation failed
-    │   ├── BrokerConnectionError, MessageTooLarge, QueueFull, UnknownBroker
-    ├── WorkerError            LeaseLost, PermanentError, UnknownHandler
-    ├── RequestError           a request did not end with a final answer
-    │   ├── RequestFailed      the worker gave up (the dead-letter reason is the message)
-    │   ├── RequestTimedOut    its deadline passed
-    │   └── RequestCancelled   it was cancelled
-    └── BatchInputError        a batch input or results file that cannot be used (names the line)
+AgentQueueError
+├── ProtocolError          bytes that are not a valid envelope (names the field)
+├── BrokerError            a broker operation failed
+│   ├── BrokerConnectionError, MessageTooLarge, QueueFull, UnknownBroker
+├── WorkerError            LeaseLost, PermanentError, UnknownHandler
+├── RequestError           a request did not end with a final answer
+│   ├── RequestFailed      the worker gave up (the dead-letter reason is the message)
+│   ├── RequestTimedOut    its deadline passed
+│   └── RequestCancelled   it was cancelled
+└── BatchInputError        a batch input or results file that cannot be used (names the line)
 """
 
 from __future__ import annotations

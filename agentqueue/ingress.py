@@ -183,8 +183,9 @@ class Ingress:
             return JSONResponse(exc.to_dict(), status_code=exc.status)
         client, tasks = self.client, self._tasks
         if client is None or tasks is None:
-            return JSONResponse({"error": "the ingress is not started", "field": None},
-                                status_code=503)
+            return JSONResponse(
+                {"error": "the ingress is not started", "field": None}, status_code=503
+            )
         request_id = request_id_for(incoming)
         if request_id is not None:
             known = self.results.get(request_id)
@@ -201,8 +202,9 @@ class Ingress:
             return JSONResponse({"error": str(exc), "field": "$"}, status_code=413)
         except BrokerError as exc:
             log.warning("could not publish a request: %s", exc)
-            return JSONResponse({"error": f"broker unavailable: {exc}", "field": None},
-                                status_code=503)
+            return JSONResponse(
+                {"error": f"broker unavailable: {exc}", "field": None}, status_code=503
+            )
         entry = self.results.add(handle.id, handle.session_id)
         tasks.start_soon(self._collect, handle, entry)
         return self._accepted(entry)
@@ -291,8 +293,10 @@ async def _sse(entry: Tracked) -> AsyncIterator[bytes]:
 def _not_found(request: Request) -> Response:
     request_id = request.path_params["request_id"]
     return JSONResponse(
-        {"error": f"no request {request_id!r} here (unknown, or its result is past retention)",
-         "field": None},
+        {
+            "error": f"no request {request_id!r} here (unknown, or its result is past retention)",
+            "field": None,
+        },
         status_code=404,
     )
 
@@ -311,8 +315,13 @@ async def serve_ingress(
     import uvicorn
 
     ingress = Ingress(
-        settings.broker, topology=settings.topology, signing_key=signing_key, max_body=max_body,
-        retention=retention, timeout=settings.timeout, agent=agent,
+        settings.broker,
+        topology=settings.topology,
+        signing_key=signing_key,
+        max_body=max_body,
+        retention=retention,
+        timeout=settings.timeout,
+        agent=agent,
     )
     config = uvicorn.Config(ingress.app, host=host, port=port, lifespan="on", log_level="info")
     await uvicorn.Server(config).serve()

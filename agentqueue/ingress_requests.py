@@ -62,12 +62,14 @@ def check_signature(key: str, headers: Mapping[str, str], body: bytes) -> None:
     given = headers.get(SIGNATURE_HEADER)
     if not given:
         raise IngressError(
-            401, "missing X-Signature header; send sha256=<hex HMAC-SHA256 of the body>",
+            401,
+            "missing X-Signature header; send sha256=<hex HMAC-SHA256 of the body>",
             "X-Signature",
         )
     if not hmac.compare_digest(given.strip().encode(), sign(key, body).encode()):
         raise IngressError(
-            401, "X-Signature does not match the body; sign the exact bytes sent with the key",
+            401,
+            "X-Signature does not match the body; sign the exact bytes sent with the key",
             "X-Signature",
         )
 
@@ -111,7 +113,8 @@ def _check_cloudevent(attributes: Mapping[str, Any], prefix: str) -> None:
         value = attributes.get(name)
         if not isinstance(value, str) or not value:
             raise IngressError(
-                400, f"CloudEvent attribute {name!r} is required (a non-empty string)",
+                400,
+                f"CloudEvent attribute {name!r} is required (a non-empty string)",
                 f"{prefix}{name}",
             )
 
@@ -126,7 +129,8 @@ def _cloudevent_data(event: dict[str, Any]) -> dict[str, Any]:
     data = event.get("data")
     if not isinstance(data, dict):
         raise IngressError(
-            400, "the CloudEvent's `data` must be the agent request (a JSON object with `input`)",
+            400,
+            "the CloudEvent's `data` must be the agent request (a JSON object with `input`)",
             "$.data",
         )
     return data

@@ -50,7 +50,12 @@ async def serve_worker(
                 tg.start_soon(_stop_on_signal, worker)
                 await worker.run()
                 tg.cancel_scope.cancel()
-            log.info("worker %s on %s stopped after %d events", worker.worker_id, redact_url(settings.broker), worker.handled)
+            log.info(
+                "worker %s on %s stopped after %d events",
+                worker.worker_id,
+                redact_url(settings.broker),
+                worker.handled,
+            )
     finally:
         await store.close()
 
@@ -58,5 +63,7 @@ async def serve_worker(
 async def _stop_on_signal(worker: Worker) -> None:
     with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async for signum in signals:
-            log.info("received %s: finishing in-flight events, then exiting", signal.Signals(signum).name)
+            log.info(
+                "received %s: finishing in-flight events, then exiting", signal.Signals(signum).name
+            )
             worker.stop()

@@ -128,7 +128,7 @@ class Broker(abc.ABC):
 
     @abc.abstractmethod
     async def consume(self, queue: str, *, prefetch: int = 32) -> Subscription:
-        """Subscribe (in line for the queue, first comes active) with `prefetch` un-acked at most."""
+        """Subscribe (first in line is active) with at most `prefetch` un-acked deliveries."""
 
     @abc.abstractmethod
     async def stats(self, queue: str) -> QueueStats:

@@ -68,7 +68,9 @@ class _Hub:
         try:
             return self.queues[name]
         except KeyError:
-            raise BrokerError(f"queue {name!r} does not exist; declare the topology first") from None
+            raise BrokerError(
+                f"queue {name!r} does not exist; declare the topology first"
+            ) from None
 
 
 class _MemoryDelivery(Delivery):
@@ -99,7 +101,9 @@ class _MemoryDelivery(Delivery):
             queue.give_back([message])
         else:
             if queue.dead_letter and queue.dead_letter in self._consumer.hub.queues:
-                self._consumer.hub.queues[queue.dead_letter].put(_Message(message.body, message.seq))
+                self._consumer.hub.queues[queue.dead_letter].put(
+                    _Message(message.body, message.seq)
+                )
             queue.dispatch()
 
 

@@ -63,13 +63,17 @@ class _RabbitDelivery(Delivery):
             await self._message.ack()
         except _connection_errors() as exc:
             # The channel it came on is gone: RabbitMQ redelivers it, our dedup answers it.
-            raise BrokerConnectionError(f"cannot ack a delivery from {self.queue!r}: {exc}") from exc
+            raise BrokerConnectionError(
+                f"cannot ack a delivery from {self.queue!r}: {exc}"
+            ) from exc
 
     async def nack(self, *, requeue: bool = True) -> None:
         try:
             await self._message.nack(requeue=requeue)
         except _connection_errors() as exc:
-            raise BrokerConnectionError(f"cannot nack a delivery from {self.queue!r}: {exc}") from exc
+            raise BrokerConnectionError(
+                f"cannot nack a delivery from {self.queue!r}: {exc}"
+            ) from exc
 
 
 class _RabbitSubscription(Subscription):
@@ -140,22 +144,31 @@ class RabbitMQBroker(Broker):
     @property
     def connection(self) -> aio_pika.abc.AbstractRobustConnection:
         if self._connection is None:
-            raise BrokerConnectionError(f"broker {redact_url(self.url)} is not connected; call connect() first")
+            raise BrokerConnectionError(
+                f"broker {redact_url(self.url)} is not connected; call connect() first"
+            )
         return self._connection
 
     async def connect(self) -> None:
         if self._connection is not None:
             return
-        # A comma-separated list names the nodes of a cluster: connect to one, fail over to the rest.
+        # A comma-separated list names the nodes of a cluster: connect to one, fail over to
+        # the rest.
         nodes = [_split_tls(node) for node in split_node_urls(self.url)]
         ssl_context = nodes[0][1]
         try:
             with anyio.fail_after(30):
-                self._connection = await connect_nodes([url for url, _ in nodes], ssl_context=ssl_context)
-            self._publisher = await self._connection.channel(publisher_confirms=True, on_return_raises=True)
+                self._connection = await connect_nodes(
+                    [url for url, _ in nodes], ssl_context=ssl_context
+                )
+            self._publisher = await self._connection.channel(
+                publisher_confirms=True, on_return_raises=True
+            )
         except (TimeoutError, *_connection_errors()) as exc:
             self._connection = None
-            raise BrokerConnectionError(f"cannot connect to RabbitMQ at {redact_url(self.url)}: {exc}") from exc
+            raise BrokerConnectionError(
+                f"cannot connect to RabbitMQ at {redact_url(self.url)}: {exc}"
+            ) from exc
 
     async def close(self) -> None:
         for subscription in list(self._subscriptions):
@@ -167,7 +180,9 @@ class RabbitMQBroker(Broker):
     async def declare(self, topology: Topology) -> None:
         channel = await self.connection.channel()
         try:
-            dlx = await channel.declare_exchange(f"{topology.namespace}-dlx", aio_pika.ExchangeType.FANOUT, durable=True)
+            dlx = await channel.declare_exchange(
+                f"{topology.namespace}-dlx", aio_pika.ExchangeType.FANOUT, durable=True
+            )
             dead = await channel.declare_queue(
                 topology.dead_letter_queue, durable=True, arguments={"x-queue-type": "quorum"}
             )
@@ -178,7 +193,9 @@ class RabbitMQBroker(Broker):
                 )
                 for p in range(topology.family_size(family)):
                     queue = await channel.declare_queue(
-                        topology.queue(family, p), durable=True, arguments=_partition_arguments(topology)
+                        topology.queue(family, p),
+                        durable=True,
+                        arguments=_partition_arguments(topology),
                     )
                     await queue.bind(exchange, routing_key=str(p))
         except aiormq.exceptions.ChannelPreconditionFailed as exc:
@@ -192,14 +209,18 @@ class RabbitMQBroker(Broker):
         self._topology = topology
         assert self._publisher is not None
         for family in (REQUESTS, TOOLS):
-            self._exchanges[family] = await self._publisher.get_exchange(f"{topology.namespace}-{family}", ensure=False)
+            self._exchanges[family] = await self._publisher.get_exchange(
+                f"{topology.namespace}-{family}", ensure=False
+            )
         self._routes.clear()
 
     async def declare_reply_queue(self, name: str, *, durable: bool = False) -> None:
         self._reply_queues[name] = durable
         channel = await self.connection.channel()
         try:
-            await channel.declare_queue(name, durable=durable, exclusive=not durable, auto_delete=not durable)
+            await channel.declare_queue(
+                name, durable=durable, exclusive=not durable, auto_delete=not durable
+            )
         finally:
             await channel.close()
 
@@ -232,7 +253,9 @@ class RabbitMQBroker(Broker):
                 " retry later or add workers"
             ) from exc
         except aio_pika.exceptions.PublishError as exc:
-            raise BrokerError(f"queue {queue!r} does not exist; declare the topology first") from exc
+            raise BrokerError(
+                f"queue {queue!r} does not exist; declare the topology first"
+            ) from exc
         except _connection_errors() as exc:
             raise BrokerConnectionError(f"cannot publish to {queue!r}: {exc}") from exc
 
@@ -250,7 +273,9 @@ class RabbitMQBroker(Broker):
         try:
             await subscription.start()
         except aiormq.exceptions.ChannelNotFoundEntity as exc:
-            raise BrokerError(f"queue {queue!r} does not exist; declare the topology first") from exc
+            raise BrokerError(
+                f"queue {queue!r} does not exist; declare the topology first"
+            ) from exc
         self._subscriptions.add(subscription)
         return subscription
 
@@ -268,10 +293,15 @@ class RabbitMQBroker(Broker):
         assert self._publisher is not None, "connect() first"
         exchange = self._broadcast_exchanges.get(topic)
         if exchange is None:
-            exchange = await self._publisher.declare_exchange(topic, aio_pika.ExchangeType.FANOUT, auto_delete=True)
+            exchange = await self._publisher.declare_exchange(
+                topic, aio_pika.ExchangeType.FANOUT, auto_delete=True
+            )
             self._broadcast_exchanges[topic] = exchange
-        with anyio.fail_after(self.publish_timeout):
-            await exchange.publish(aio_pika.Message(body), routing_key="", mandatory=False)
+        try:
+            with anyio.fail_after(self.publish_timeout):
+                await exchange.publish(aio_pika.Message(body), routing_key="", mandatory=False)
+        except (TimeoutError, *_connection_errors()) as exc:
+            raise BrokerConnectionError(f"cannot broadcast on {topic!r}: {exc}") from exc
 
     async def listen(self, topic: str) -> Subscription:
         subscription = _ListenSubscription(self, topic)
@@ -293,7 +323,12 @@ class RabbitMQBroker(Broker):
 class _OwnedChannelDelivery(_RabbitDelivery):
     __slots__ = ("_channel",)
 
-    def __init__(self, message: aio_pika.abc.AbstractIncomingMessage, queue: str, channel: aio_pika.abc.AbstractChannel) -> None:
+    def __init__(
+        self,
+        message: aio_pika.abc.AbstractIncomingMessage,
+        queue: str,
+        channel: aio_pika.abc.AbstractChannel,
+    ) -> None:
         super().__init__(message, queue)
         self._channel = channel
 
@@ -315,7 +350,9 @@ class _ListenSubscription(_RabbitSubscription):
 
     async def start(self) -> None:
         self._channel = await self.broker.connection.channel(publisher_confirms=False)
-        exchange = await self._channel.declare_exchange(self.topic, aio_pika.ExchangeType.FANOUT, auto_delete=True)
+        exchange = await self._channel.declare_exchange(
+            self.topic, aio_pika.ExchangeType.FANOUT, auto_delete=True
+        )
         self._queue = await self._channel.declare_queue("", exclusive=True, auto_delete=True)
         self.queue_name = self._queue.name
         await self._queue.bind(exchange)

@@ -29,7 +29,10 @@ class Topology:
                 f"namespace {self.namespace!r} must be 1-41 letters, digits or '-'"
                 " (it prefixes every queue name)"
             )
-        for field, n in (("partitions", self.partitions), ("tool_partitions", self.tool_partitions)):
+        for field, n in (
+            ("partitions", self.partitions),
+            ("tool_partitions", self.tool_partitions),
+        ):
             if not 1 <= n <= 1024:
                 raise ValueError(f"{field} must be between 1 and 1024, got {n}")
 

@@ -52,7 +52,8 @@ class Change:
 
     def __str__(self) -> str:
         return f"{self.action:<9} {self.kind:<8} {self.name}" + (
-            f"  ({self.detail})" if self.detail else "")
+            f"  ({self.detail})" if self.detail else ""
+        )
 
 
 Report = Callable[[Change], None]
@@ -72,8 +73,9 @@ class FCDeployer:
         try:
             creds = credentials or load_credentials()
         except BrokerError as exc:
-            raise DeployError(str(exc).replace("no MNS credentials", "no Alibaba Cloud"
-                                               " credentials")) from None
+            raise DeployError(
+                str(exc).replace("no MNS credentials", "no Alibaba Cloud credentials")
+            ) from None
         self.fc = FCClient(_config(region, fc_endpoint, creds))
         self.mns = MNSClient(_config(region, mns_endpoint, creds))
         self.fc_endpoint = fc_endpoint or self.fc._endpoint
@@ -93,8 +95,14 @@ class FCDeployer:
         record(self._apply_function(plan))
         for trigger in plan.triggers:
             record(self._apply_trigger(plan.function_name, trigger))
-        record(Change("unmanaged", "role", plan.role.arn,
-                      "RAM is not managed here: create it from the --plan documents"))
+        record(
+            Change(
+                "unmanaged",
+                "role",
+                plan.role.arn,
+                "RAM is not managed here: create it from the --plan documents",
+            )
+        )
         return changes
 
     def destroy(self, plan: FCPlan, report: Report = print) -> list[Change]:
@@ -134,22 +142,35 @@ class FCDeployer:
         current = self._queue(queue.name)
         request = {"QueueName": queue.name, **queue.attributes}
         if current is None:
-            self._call(self.mns, "CreateQueue", queue.name, lambda: self.mns.create_queue(
-                mns.CreateQueueRequest().from_map(request)))
+            self._call(
+                self.mns,
+                "CreateQueue",
+                queue.name,
+                lambda: self.mns.create_queue(mns.CreateQueueRequest().from_map(request)),
+            )
             return Change("created", "queue", queue.name)
         changed = sorted(k for k, v in queue.attributes.items() if _differs(v, current.get(k)))
         if not changed:
             return Change("unchanged", "queue", queue.name)
-        self._call(self.mns, "SetQueueAttributes", queue.name,
-                   lambda: self.mns.set_queue_attributes(
-                       mns.SetQueueAttributesRequest().from_map(request)))
+        self._call(
+            self.mns,
+            "SetQueueAttributes",
+            queue.name,
+            lambda: self.mns.set_queue_attributes(
+                mns.SetQueueAttributesRequest().from_map(request)
+            ),
+        )
         return Change("updated", "queue", queue.name, ", ".join(changed))
 
     def _delete_queue(self, name: str) -> Change:
         if self._queue(name) is None:
             return Change("absent", "queue", name)
-        self._call(self.mns, "DeleteQueue", name, lambda: self.mns.delete_queue(
-            mns.DeleteQueueRequest(queue_name=name)))
+        self._call(
+            self.mns,
+            "DeleteQueue",
+            name,
+            lambda: self.mns.delete_queue(mns.DeleteQueueRequest(queue_name=name)),
+        )
         return Change("removed", "queue", name)
 
     # The function
@@ -159,18 +180,33 @@ class FCDeployer:
         current = self._get(lambda: self.fc.get_function(name, fc.GetFunctionRequest()), name)
         if current is None:
             spec = {**plan.function, "code": _code(plan)}
-            self._call(self.fc, "CreateFunction", name, lambda: self.fc.create_function(
-                fc.CreateFunctionRequest(body=fc.CreateFunctionInput().from_map(spec))))
+            self._call(
+                self.fc,
+                "CreateFunction",
+                name,
+                lambda: self.fc.create_function(
+                    fc.CreateFunctionRequest(body=fc.CreateFunctionInput().from_map(spec))
+                ),
+            )
             return Change("created", "function", name)
-        changed = sorted(k for k, v in plan.function.items()
-                         if k != "functionName" and _field_differs(k, v, current.get(k)))
+        changed = sorted(
+            k
+            for k, v in plan.function.items()
+            if k != "functionName" and _field_differs(k, v, current.get(k))
+        )
         if not changed:
             return Change("unchanged", "function", name)
         update = {k: plan.function[k] for k in changed}
         if "description" in changed:  # it carries the code's digest
             update["code"] = _code(plan)
-        self._call(self.fc, "UpdateFunction", name, lambda: self.fc.update_function(
-            name, fc.UpdateFunctionRequest(body=fc.UpdateFunctionInput().from_map(update))))
+        self._call(
+            self.fc,
+            "UpdateFunction",
+            name,
+            lambda: self.fc.update_function(
+                name, fc.UpdateFunctionRequest(body=fc.UpdateFunctionInput().from_map(update))
+            ),
+        )
         return Change("updated", "function", name, ", ".join(changed))
 
     def _delete_function(self, name: str) -> Change:
@@ -185,26 +221,42 @@ class FCDeployer:
         current = self._get(lambda: self.fc.get_trigger(function, name), name)
         config = json.dumps(trigger.config, separators=(",", ":"))
         if current is None:
-            body = fc.CreateTriggerInput(trigger_name=name, trigger_type=trigger.trigger_type,
-                                         qualifier=trigger.qualifier, trigger_config=config)
-            self._call(self.fc, "CreateTrigger", name, lambda: self.fc.create_trigger(
-                function, fc.CreateTriggerRequest(body=body)))
+            body = fc.CreateTriggerInput(
+                trigger_name=name,
+                trigger_type=trigger.trigger_type,
+                qualifier=trigger.qualifier,
+                trigger_config=config,
+            )
+            self._call(
+                self.fc,
+                "CreateTrigger",
+                name,
+                lambda: self.fc.create_trigger(function, fc.CreateTriggerRequest(body=body)),
+            )
             return Change("created", "trigger", name)
         if current.get("triggerType") != trigger.trigger_type:
             raise DeployError(
                 f"trigger {name} of function {function} exists with type"
                 f" {current.get('triggerType')!r}, not {trigger.trigger_type!r}: delete it"
-                " (FC cannot change a trigger's type), then apply again")
+                " (FC cannot change a trigger's type), then apply again"
+            )
         changed = sorted(
-            k for k, desired, now in (
+            k
+            for k, desired, now in (
                 ("triggerConfig", trigger.config, _json(current.get("triggerConfig"))),
                 ("qualifier", trigger.qualifier, current.get("qualifier")),
-            ) if _differs(desired, now))
+            )
+            if _differs(desired, now)
+        )
         if not changed:
             return Change("unchanged", "trigger", name)
         body = fc.UpdateTriggerInput(trigger_config=config, qualifier=trigger.qualifier)
-        self._call(self.fc, "UpdateTrigger", name, lambda: self.fc.update_trigger(
-            function, name, fc.UpdateTriggerRequest(body=body)))
+        self._call(
+            self.fc,
+            "UpdateTrigger",
+            name,
+            lambda: self.fc.update_trigger(function, name, fc.UpdateTriggerRequest(body=body)),
+        )
         return Change("updated", "trigger", name, ", ".join(changed))
 
     def _delete_trigger(self, function: str, name: str) -> Change:
@@ -252,13 +304,16 @@ class FCDeployer:
             hint = ": MNS refuses to re-create a queue shortly after deleting it; retry later"
         elif exc.status_code == 403:
             hint = ": the AccessKey lacks permission (see the RAM notes of --plan)"
-        return DeployError(f"{action} {name} failed with {exc.status_code} {exc.code}:"
-                           f" {exc.message}{hint}")
+        return DeployError(
+            f"{action} {name} failed with {exc.status_code} {exc.code}: {exc.message}{hint}"
+        )
 
     @staticmethod
     def _unreachable(endpoint: str, exc: Exception) -> DeployError:
-        return DeployError(f"calling {endpoint} failed: {exc}; check the region, the endpoint"
-                           " (--fc-endpoint / --mns-endpoint) and the network")
+        return DeployError(
+            f"calling {endpoint} failed: {exc}; check the region, the endpoint"
+            " (--fc-endpoint / --mns-endpoint) and the network"
+        )
 
 
 def _config(region: str, endpoint: str | None, creds: Credentials) -> Config:
@@ -309,7 +364,8 @@ def _differs(desired: Any, current: Any) -> bool:
     """True when `current` lacks or disagrees with a value `desired` sets (extras are fine)."""
     if isinstance(desired, dict):
         return not isinstance(current, dict) or any(
-            _differs(v, current.get(k)) for k, v in desired.items())
+            _differs(v, current.get(k)) for k, v in desired.items()
+        )
     if isinstance(desired, bool) or isinstance(current, bool):
         return desired is not current
     if isinstance(desired, int | float) and isinstance(current, int | float):

@@ -37,11 +37,19 @@ UV_PLATFORM = "x86_64-manylinux2014"
 # folders mapped by pyproject.toml, so each is located through its import.
 # deploy/ goes in too although the function never imports it: it is small, and leaving out part
 # of the package would break the function the day something imports it at module level.
-PACKAGES = ("agentqueue", "agentqueue.protocol", "agentqueue.broker", "agentqueue.workers",
-            "agentqueue.deploy")
+PACKAGES = (
+    "agentqueue",
+    "agentqueue.protocol",
+    "agentqueue.broker",
+    "agentqueue.workers",
+    "agentqueue.deploy",
+)
 _SKIP_PARTS = {"__pycache__", ".pytest_cache", ".mypy_cache", ".ruff_cache"}
-_NO_WHEEL = re.compile(r"no (matching )?wheels?|only (has )?source|no matching distribution"
-                       r"|not compatible|unsupported platform", re.IGNORECASE)
+_NO_WHEEL = re.compile(
+    r"no (matching )?wheels?|only (has )?source|no matching distribution"
+    r"|not compatible|unsupported platform",
+    re.IGNORECASE,
+)
 _EPOCH = (1980, 1, 1, 0, 0, 0)
 
 
@@ -57,10 +65,15 @@ class PackageReport:
 
     def summary(self) -> str:
         """One line for people."""
-        deps = (f", {len(self.dependencies)} requirements for Python {PYTHON_VERSION}"
-                f" {PLATFORM}" if self.dependencies else ", no dependencies (--no-deps)")
-        return (f"wrote {self.path} ({self.files} files, {self.size / 1e6:.1f} MB{deps});"
-                f" sha256 {self.sha256}")
+        deps = (
+            f", {len(self.dependencies)} requirements for Python {PYTHON_VERSION} {PLATFORM}"
+            if self.dependencies
+            else ", no dependencies (--no-deps)"
+        )
+        return (
+            f"wrote {self.path} ({self.files} files, {self.size / 1e6:.1f} MB{deps});"
+            f" sha256 {self.sha256}"
+        )
 
 
 def build_package(app: str, output: str | Path, *, with_deps: bool = True) -> PackageReport:
@@ -85,8 +98,7 @@ def build_package(app: str, output: str | Path, *, with_deps: bool = True) -> Pa
         out.parent.mkdir(parents=True, exist_ok=True)
         _write_zip(out, files)
     data = out.read_bytes()
-    return PackageReport(out, len(files), len(data), hashlib.sha256(data).hexdigest(),
-                         requirements)
+    return PackageReport(out, len(files), len(data), hashlib.sha256(data).hexdigest(), requirements)
 
 
 def pinned_requirements() -> tuple[str, ...]:
@@ -107,16 +119,44 @@ def install_dependencies(requirements: tuple[str, ...], target: Path) -> None:
     """Install wheels for FC's Python and platform into `target`; names any without a wheel."""
     uv = shutil.which("uv")
     if uv:
-        command = [uv, "pip", "install", "--quiet", "--target", str(target),
-                   "--python-version", PYTHON_VERSION, "--python-platform", UV_PLATFORM,
-                   "--only-binary", ":all:", *requirements]
+        command = [
+            uv,
+            "pip",
+            "install",
+            "--quiet",
+            "--target",
+            str(target),
+            "--python-version",
+            PYTHON_VERSION,
+            "--python-platform",
+            UV_PLATFORM,
+            "--only-binary",
+            ":all:",
+            *requirements,
+        ]
     elif importlib.util.find_spec("pip") is not None:
-        command = [sys.executable, "-m", "pip", "install", "--quiet", "--target", str(target),
-                   "--python-version", PYTHON_VERSION, "--platform", PLATFORM,
-                   "--implementation", "cp", "--only-binary=:all:", *requirements]
+        command = [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--target",
+            str(target),
+            "--python-version",
+            PYTHON_VERSION,
+            "--platform",
+            PLATFORM,
+            "--implementation",
+            "cp",
+            "--only-binary=:all:",
+            *requirements,
+        ]
     else:
-        raise DeployError("installing dependencies for FC needs uv (https://docs.astral.sh/uv/)"
-                          " or pip; install one, or build with --no-deps and add them yourself")
+        raise DeployError(
+            "installing dependencies for FC needs uv (https://docs.astral.sh/uv/)"
+            " or pip; install one, or build with --no-deps and add them yourself"
+        )
     result = subprocess.run(command, capture_output=True, text=True, env={**os.environ})
     if result.returncode == 0:
         return
@@ -125,10 +165,14 @@ def install_dependencies(requirements: tuple[str, ...], target: Path) -> None:
     if missing:
         raise DeployError(
             f"some dependencies have no wheel for FC's Python {PYTHON_VERSION} on {PLATFORM}"
-            " (FC cannot build source distributions): " + " | ".join(missing[:8])
-            + "; pin a version that ships one, or vendor a built copy into the zip")
-    raise DeployError(f"installing dependencies for FC failed ({' '.join(command[:3])} exited"
-                      f" {result.returncode}): " + " | ".join(lines[-8:]))
+            " (FC cannot build source distributions): "
+            + " | ".join(missing[:8])
+            + "; pin a version that ships one, or vendor a built copy into the zip"
+        )
+    raise DeployError(
+        f"installing dependencies for FC failed ({' '.join(command[:3])} exited"
+        f" {result.returncode}): " + " | ".join(lines[-8:])
+    )
 
 
 def _package_dir(name: str) -> Path:
@@ -143,15 +187,18 @@ def _add_app(files: dict[str, Path], top: str, app: str) -> None:
         sys.path.insert(0, os.getcwd())
     spec = importlib.util.find_spec(top)
     if spec is None:
-        raise DeployError(f"cannot find module {top!r} of app {app!r}: run from the folder that"
-                          " holds it, or put it on PYTHONPATH")
+        raise DeployError(
+            f"cannot find module {top!r} of app {app!r}: run from the folder that"
+            " holds it, or put it on PYTHONPATH"
+        )
     if spec.submodule_search_locations:
         _add_tree(files, Path(next(iter(spec.submodule_search_locations))), top)
     elif spec.origin and spec.origin.endswith(".py"):
         files[f"{top}.py"] = Path(spec.origin)
     else:
-        raise DeployError(f"app module {top!r} is not Python source ({spec.origin}); the zip"
-                          " needs its .py files")
+        raise DeployError(
+            f"app module {top!r} is not Python source ({spec.origin}); the zip needs its .py files"
+        )
 
 
 def _add_tree(files: dict[str, Path], root: Path, prefix: str) -> None:

@@ -165,16 +165,32 @@ class FCPlan:
             "region": self.region,
             "accountId": self.account_id,
             "function": function,
-            "code": {"location": self.code.location, "sha256": self.code.digest,
-                     "size": self.code.size},
-            "queues": [{"name": q.name, "purpose": q.purpose, "attributes": q.attributes}
-                       for q in self.queues],
-            "triggers": [{"triggerName": t.name, "queue": t.queue, "triggerType": t.trigger_type,
-                          "qualifier": t.qualifier, "triggerConfig": t.config}
-                         for t in self.triggers],
-            "role": {"name": self.role.name, "arn": self.role.arn,
-                     "trustPolicy": self.role.trust_policy, "policyName": self.role.policy_name,
-                     "policy": self.role.policy},
+            "code": {
+                "location": self.code.location,
+                "sha256": self.code.digest,
+                "size": self.code.size,
+            },
+            "queues": [
+                {"name": q.name, "purpose": q.purpose, "attributes": q.attributes}
+                for q in self.queues
+            ],
+            "triggers": [
+                {
+                    "triggerName": t.name,
+                    "queue": t.queue,
+                    "triggerType": t.trigger_type,
+                    "qualifier": t.qualifier,
+                    "triggerConfig": t.config,
+                }
+                for t in self.triggers
+            ],
+            "role": {
+                "name": self.role.name,
+                "arn": self.role.arn,
+                "trustPolicy": self.role.trust_policy,
+                "policyName": self.role.policy_name,
+                "policy": self.role.policy,
+            },
             "problems": list(self.problems),
             "notes": list(self.notes),
         }
@@ -204,45 +220,65 @@ def build_plan(options: FCOptions, code: CodeSource | None = None) -> FCPlan:
     o = options
     topology = Topology(o.namespace, o.partitions, o.tool_partitions)
     if not o.namespace[:1].isalpha():
-        raise DeployError(f"namespace {o.namespace!r} must start with a letter on FC"
-                          " (trigger names are the queue names and must)")
+        raise DeployError(
+            f"namespace {o.namespace!r} must start with a letter on FC"
+            " (trigger names are the queue names and must)"
+        )
     name = o.function_name or f"{o.namespace}-worker"
     if not _FUNCTION.match(name):
-        raise DeployError(f"function name {name!r} must be 1-64 letters, digits, '_' or '-',"
-                          " not starting with a digit or '-'")
+        raise DeployError(
+            f"function name {name!r} must be 1-64 letters, digits, '_' or '-',"
+            " not starting with a digit or '-'"
+        )
     if not _HEADER.match(o.affinity_header) or o.affinity_header.lower().startswith("x-fc-"):
-        raise DeployError(f"affinity header {o.affinity_header!r} must be 5-40 letters, digits,"
-                          " '-' or '_', start with a letter and not with x-fc-")
+        raise DeployError(
+            f"affinity header {o.affinity_header!r} must be 5-40 letters, digits,"
+            " '-' or '_', start with a letter and not with x-fc-"
+        )
     if o.memory < 128 or o.memory % 64:
         raise DeployError(f"memory {o.memory} MB must be a multiple of 64, at least 128")
     cpu = o.cpu if o.cpu is not None else max(0.05, round(o.memory / 1024 / 0.05) * 0.05)
     cpu = round(cpu, 2)
     if not 0.25 <= cpu / (o.memory / 1024) <= 1.0 + 1e-9:
-        raise DeployError(f"{cpu} vCPU with {o.memory} MB is outside FC's 1:1 to 1:4 ratio of"
-                          " vCPU to GB; pass --cpu or --memory to fix it")
+        raise DeployError(
+            f"{cpu} vCPU with {o.memory} MB is outside FC's 1:1 to 1:4 ratio of"
+            " vCPU to GB; pass --cpu or --memory to fix it"
+        )
     if not 1 <= o.batch_size <= 10000 or not 0 <= o.batch_window <= 15:
-        raise DeployError(f"batch size {o.batch_size} must be 1-10000 and batch window"
-                          f" {o.batch_window} s 0-15 (EventBridge's limits)")
+        raise DeployError(
+            f"batch size {o.batch_size} must be 1-10000 and batch window"
+            f" {o.batch_window} s 0-15 (EventBridge's limits)"
+        )
     problems: list[str] = []
     account = o.account_id or _account_of(o.role_arn)
     if account is None:
-        problems.append("the account id is unknown: pass --account-id (or --role-arn"
-                        " acs:ram::<account-id>:role/<name>)")
+        problems.append(
+            "the account id is unknown: pass --account-id (or --role-arn"
+            " acs:ram::<account-id>:role/<name>)"
+        )
     shown_account = account or "<account-id>"
-    broker = o.broker if o.broker and o.broker.startswith(("mns:", "mnss:")) else (
-        f"mnss://{shown_account}.mns.{o.region}.aliyuncs.com")
+    broker = (
+        o.broker
+        if o.broker and o.broker.startswith(("mns:", "mnss:"))
+        else (f"mnss://{shown_account}.mns.{o.region}.aliyuncs.com")
+    )
     visibility = parse_mns_url(broker).visibility
     if urlsplit(o.store).scheme not in ("redis", "rediss"):
-        problems.append(f"session store {redact_url(o.store)!r} is not shared by FC instances:"
-                        " pass --store redis://host:6379/0 (a Redis every instance reaches)")
+        problems.append(
+            f"session store {redact_url(o.store)!r} is not shared by FC instances:"
+            " pass --store redis://host:6379/0 (a Redis every instance reaches)"
+        )
     for key in sorted(o.env):
         if key in (ENV_ID, ENV_SECRET, ENV_TOKEN):
-            raise DeployError(f"--env {key} is refused: the function gets credentials from its"
-                              " role (--role-arn), never from its environment")
+            raise DeployError(
+                f"--env {key} is refused: the function gets credentials from its"
+                " role (--role-arn), never from its environment"
+            )
     code = code or read_code(o.code)
     if code.digest is None and code.oss is None:
-        problems.append(f"no code package at {code.location}: build it with"
-                        " `agentqueue deploy fc --package`")
+        problems.append(
+            f"no code package at {code.location}: build it with `agentqueue deploy fc --package`"
+        )
 
     role = _role(name, o.role_arn, shown_account, o.region, o.namespace)
     env = {
@@ -283,15 +319,30 @@ def build_plan(options: FCOptions, code: CodeSource | None = None) -> FCPlan:
     }
     dead = topology.dead_letter_queue
     base = {"MaximumMessageSize": MAX_BODY_BYTES, "VisibilityTimeout": visibility}
-    queues = [QueuePlan(dead, "dead letters", {**base, "MessageRetentionPeriod":
-                                               DEAD_LETTER_RETENTION})]
+    queues = [
+        QueuePlan(dead, "dead letters", {**base, "MessageRetentionPeriod": DEAD_LETTER_RETENTION})
+    ]
     triggers = []
     for family in (REQUESTS, TOOLS):
         for p, queue in enumerate(topology.queues(family)):
-            queues.append(QueuePlan(queue, f"{family} partition {p}",
-                                    {**base, "MessageRetentionPeriod": PARTITION_RETENTION}))
-            triggers.append(TriggerPlan(queue, queue, "eventbridge", "LATEST", _trigger_config(
-                o, name, queue, f"acs:mns:{o.region}:{shown_account}:/queues/{dead}")))
+            queues.append(
+                QueuePlan(
+                    queue,
+                    f"{family} partition {p}",
+                    {**base, "MessageRetentionPeriod": PARTITION_RETENTION},
+                )
+            )
+            triggers.append(
+                TriggerPlan(
+                    queue,
+                    queue,
+                    "eventbridge",
+                    "LATEST",
+                    _trigger_config(
+                        o, name, queue, f"acs:mns:{o.region}:{shown_account}:/queues/{dead}"
+                    ),
+                )
+            )
     notes = (
         "EventBridge must be activated in the region, with FC's EventBridge service-linked role"
         " authorized (once per account, in the FC console)",
@@ -299,20 +350,36 @@ def build_plan(options: FCOptions, code: CodeSource | None = None) -> FCPlan:
         f"reply queues ({o.namespace}-reply-*) are created at run time by clients and workers;"
         " --destroy leaves them",
     )
-    return FCPlan(o.region, account, name, function, code, tuple(queues), tuple(triggers), role,
-                  tuple(problems), notes)
+    return FCPlan(
+        o.region,
+        account,
+        name,
+        function,
+        code,
+        tuple(queues),
+        tuple(triggers),
+        role,
+        tuple(problems),
+        notes,
+    )
 
 
 def _trigger_config(o: FCOptions, function: str, queue: str, dead_letter_arn: str) -> dict:
     return {
         "triggerEnable": True,
         "asyncInvocationType": False,
-        "eventRuleFilterPattern": json.dumps({"source": [f"MNS-{function}-{queue}"]},
-                                             separators=(",", ":")),
+        "eventRuleFilterPattern": json.dumps(
+            {"source": [f"MNS-{function}-{queue}"]}, separators=(",", ":")
+        ),
         "eventSourceConfig": {
             "eventSourceType": "MNS",
-            "eventSourceParameters": {"sourceMNSParameters": {
-                "QueueName": queue, "RegionId": o.region, "IsBase64Decode": False}},
+            "eventSourceParameters": {
+                "sourceMNSParameters": {
+                    "QueueName": queue,
+                    "RegionId": o.region,
+                    "IsBase64Decode": False,
+                }
+            },
         },
         "runOptions": {
             "mode": "event-streaming",
@@ -328,15 +395,42 @@ def _trigger_config(o: FCOptions, function: str, queue: str, dead_letter_arn: st
 def _role(function: str, role_arn: str | None, account: str, region: str, ns: str) -> RolePlan:
     name = role_arn.rsplit("/", 1)[-1] if role_arn else f"{function}-role"
     arn = role_arn or f"acs:ram::{account}:role/{name.lower()}"
-    trust = {"Statement": [{"Action": "sts:AssumeRole", "Effect": "Allow",
-                            "Principal": {"Service": ["fc.aliyuncs.com"]}}], "Version": "1"}
-    actions = sorted(f"mns:{a}" for a in (
-        "SendMessage", "BatchSendMessage", "ReceiveMessage", "BatchReceiveMessage",
-        "DeleteMessage", "BatchDeleteMessage", "ChangeMessageVisibility", "PeekMessage",
-        "CreateQueue", "DeleteQueue", "GetQueueAttributes"))
-    policy = {"Statement": [{"Action": actions, "Effect": "Allow",
-                             "Resource": [f"acs:mns:{region}:{account}:/queues/{ns}-*"]}],
-              "Version": "1"}
+    trust = {
+        "Statement": [
+            {
+                "Action": "sts:AssumeRole",
+                "Effect": "Allow",
+                "Principal": {"Service": ["fc.aliyuncs.com"]},
+            }
+        ],
+        "Version": "1",
+    }
+    actions = sorted(
+        f"mns:{a}"
+        for a in (
+            "SendMessage",
+            "BatchSendMessage",
+            "ReceiveMessage",
+            "BatchReceiveMessage",
+            "DeleteMessage",
+            "BatchDeleteMessage",
+            "ChangeMessageVisibility",
+            "PeekMessage",
+            "CreateQueue",
+            "DeleteQueue",
+            "GetQueueAttributes",
+        )
+    )
+    policy = {
+        "Statement": [
+            {
+                "Action": actions,
+                "Effect": "Allow",
+                "Resource": [f"acs:mns:{region}:{account}:/queues/{ns}-*"],
+            }
+        ],
+        "Version": "1",
+    }
     return RolePlan(name, arn, trust, f"{function}-mns", policy)
 
 
@@ -352,8 +446,11 @@ def _number(value: float) -> str:
 def render_plan(plan: FCPlan) -> str:
     """The plan for people: every resource and setting, secrets masked, in a fixed order."""
     f = plan.function
-    lines = [f"Plan: agentqueue on Function Compute 3.0, region {plan.region},"
-             f" account {plan.account_id or '<account-id>'}", ""]
+    lines = [
+        f"Plan: agentqueue on Function Compute 3.0, region {plan.region},"
+        f" account {plan.account_id or '<account-id>'}",
+        "",
+    ]
     lines.append(f"MNS queues ({len(plan.queues)})")
     width = max(len(q.name) for q in plan.queues)
     for q in plan.queues:
@@ -361,8 +458,13 @@ def render_plan(plan: FCPlan) -> str:
         lines.append(f"  {q.name:<{width}}  {q.purpose:<20}  {attrs}")
     init = f["instanceLifecycleConfig"]["initializer"]
     code = plan.code
-    built = (f" ({code.size} bytes, sha256 {code.digest})" if code.digest
-             else "" if code.oss else " (not built yet)")
+    built = (
+        f" ({code.size} bytes, sha256 {code.digest})"
+        if code.digest
+        else ""
+        if code.oss
+        else " (not built yet)"
+    )
     lines += ["", f"Function {plan.function_name}"]
     rows = [
         ("runtime", f["runtime"]),
@@ -381,21 +483,30 @@ def render_plan(plan: FCPlan) -> str:
     env = masked_env(f["environmentVariables"])
     width = max(len(k) for k in env)
     lines += [f"    {k:<{width}}  {v}" for k, v in env.items()]
-    lines += ["", f"EventBridge triggers ({len(plan.triggers)}), one per partition queue,"
-              " synchronous, delivery concurrency 1"]
+    lines += [
+        "",
+        f"EventBridge triggers ({len(plan.triggers)}), one per partition queue,"
+        " synchronous, delivery concurrency 1",
+    ]
     width = max(len(t.name) for t in plan.triggers)
     for t in plan.triggers:
-        lines.append(f"  {t.name:<{width}}  MNS queue {t.queue} -> {plan.function_name}"
-                     f" ({t.qualifier})")
+        lines.append(
+            f"  {t.name:<{width}}  MNS queue {t.queue} -> {plan.function_name} ({t.qualifier})"
+        )
     first = plan.triggers[0]
-    lines.append(f"  trigger config of {first.name} (the others differ only in QueueName"
-                 " and the source in eventRuleFilterPattern):")
+    lines.append(
+        f"  trigger config of {first.name} (the others differ only in QueueName"
+        " and the source in eventRuleFilterPattern):"
+    )
     lines += ["    " + line for line in json.dumps(first.config, indent=2).splitlines()]
     role = plan.role
-    lines += ["", f"RAM role {role.name} (create it yourself: --apply does not manage RAM)",
-              f"  arn           {role.arn}",
-              f"  trust policy  {json.dumps(role.trust_policy, sort_keys=True)}",
-              f"  policy {role.policy_name}:"]
+    lines += [
+        "",
+        f"RAM role {role.name} (create it yourself: --apply does not manage RAM)",
+        f"  arn           {role.arn}",
+        f"  trust policy  {json.dumps(role.trust_policy, sort_keys=True)}",
+        f"  policy {role.policy_name}:",
+    ]
     lines += ["    " + line for line in json.dumps(role.policy, indent=2).splitlines()]
     lines += ["", "Notes"] + [f"  - {n}" for n in plan.notes]
     if plan.problems:

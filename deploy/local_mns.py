@@ -26,6 +26,10 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 import uvicorn
+from mns.account import Account
+from starlette.requests import Request
+from starlette.responses import Response
+
 from agentqueue.deploy.mns_protocol import (
     CONTENT_TYPE,
     MAX_BATCH,
@@ -62,9 +66,6 @@ from agentqueue.deploy.mns_store import (
     QueueNotFound,
     StoredMessage,
 )
-from mns.account import Account
-from starlette.requests import Request
-from starlette.responses import Response
 
 __all__ = ["DEFAULT_ACCESS_ID", "DEFAULT_ACCESS_KEY", "LocalMNS", "MNSApp", "serve"]
 

@@ -17,8 +17,12 @@ app = App("research")
 
 # A tiny offline corpus, so the example runs without a network.
 _CORPUS = {
-    "jump consistent hash": "Lamping & Veach (2014): maps keys to n buckets, moving ~1/n keys when n grows.",
-    "quorum queues": "RabbitMQ's replicated FIFO queues, built on Raft; support single active consumer.",
+    "jump consistent hash": (
+        "Lamping & Veach (2014): maps keys to n buckets, moving ~1/n keys when n grows."
+    ),
+    "quorum queues": (
+        "RabbitMQ's replicated FIFO queues, built on Raft; support single active consumer."
+    ),
     "agentscope": "A framework for building LLM agents with tools, memory and tracing.",
 }
 _notes: dict[str, list[str]] = {}
@@ -31,7 +35,9 @@ async def search(query: str) -> str:
     Args:
         query: What to look for.
     """
-    hits = [text for topic, text in _CORPUS.items() if topic in query.lower() or query.lower() in topic]
+    hits = [
+        text for topic, text in _CORPUS.items() if topic in query.lower() or query.lower() in topic
+    ]
     return "\n".join(hits) if hits else f"No results for {query!r}."
 
 

@@ -1,8 +1,8 @@
 """A weather agent whose `get_weather` tool runs on tool workers as events.
 
-    agentqueue worker --app examples.weather:app --role agents
-    agentqueue worker --app examples.weather:app --role tools
-    agentqueue call "What's the weather in Paris?" --session s1
+agentqueue worker --app examples.weather:app --role agents
+agentqueue worker --app examples.weather:app --role tools
+agentqueue call "What's the weather in Paris?" --session s1
 """
 
 from __future__ import annotations

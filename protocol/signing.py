@@ -37,12 +37,14 @@ class KeyRing:
 
     @classmethod
     def parse(cls, spec: str) -> KeyRing:
-        """Keys from `id:secret,id:secret` (the signing key first), as AGENTQUEUE_SIGNING_KEYS holds."""
+        """Keys from `id:secret,id:secret` (signing key first), as in AGENTQUEUE_SIGNING_KEYS."""
         keys: list[tuple[str, bytes]] = []
         for part in spec.split(","):
             key_id, sep, secret = part.strip().partition(":")
             if not sep:
-                raise ValueError("signing keys must look like 'id:secret[,id:secret…]' (value not shown)")
+                raise ValueError(
+                    "signing keys must look like 'id:secret[,id:secret…]' (value not shown)"
+                )
             keys.append((key_id, secret.encode()))
         return cls(keys)
 

@@ -49,7 +49,9 @@ class WorkerProcess:
             if any(" serving " in line for line in self.lines):
                 return
             if self.proc.poll() is not None:
-                raise RuntimeError(f"worker exited with {self.proc.returncode}:\n" + "\n".join(self.lines[-30:]))
+                raise RuntimeError(
+                    f"worker exited with {self.proc.returncode}:\n" + "\n".join(self.lines[-30:])
+                )
             time.sleep(0.05)
         raise TimeoutError("worker did not start serving:\n" + "\n".join(self.lines[-30:]))
 
@@ -71,7 +73,9 @@ class WorkerProcess:
 
 
 @contextmanager
-def workers(*specs: tuple[str, ...], env: dict[str, str] | None = None) -> Iterator[list[WorkerProcess]]:
+def workers(
+    *specs: tuple[str, ...], env: dict[str, str] | None = None
+) -> Iterator[list[WorkerProcess]]:
     """Start one worker per argument tuple; all are killed on the way out, whatever happened."""
     started: list[WorkerProcess] = []
     try:

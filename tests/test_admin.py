@@ -30,10 +30,20 @@ async def test_a_dead_letter_can_be_listed_shown_and_replayed_once_its_cause_is_
             raise RuntimeError("vector store unreachable")
         return ctx.build_agent("You help.")
 
-    url, topology = f"memory://admin-{new_id()[:8]}", Topology(namespace="adm", partitions=2, tool_partitions=2)
+    url, topology = (
+        f"memory://admin-{new_id()[:8]}",
+        Topology(namespace="adm", partitions=2, tool_partitions=2),
+    )
     async with MemoryBroker(url) as broker, anyio.create_task_group() as tg:
-        worker = Worker(app, broker, MemorySessionStore(f"memory://{new_id()[:8]}"), topology=topology,
-                        retry=RetryPolicy(max_attempts=2, base_delay=0.01), balance=True, heartbeat_interval=0.2)
+        worker = Worker(
+            app,
+            broker,
+            MemorySessionStore(f"memory://{new_id()[:8]}"),
+            topology=topology,
+            retry=RetryPolicy(max_attempts=2, base_delay=0.01),
+            balance=True,
+            heartbeat_interval=0.2,
+        )
         await tg.start(worker.run)
         async with Client(broker, topology=topology) as client:
             handle = await client.submit("My name is Ada.", session_id="s1", timeout=30)
@@ -46,7 +56,10 @@ async def test_a_dead_letter_can_be_listed_shown_and_replayed_once_its_cause_is_
             listing = io.StringIO()
             assert await dlq_list(broker, topology, listing) == 1
             assert handle.id in listing.getvalue()
-            assert "failed after 2 attempts: RuntimeError: vector store unreachable" in listing.getvalue()
+            assert (
+                "failed after 2 attempts: RuntimeError: vector store unreachable"
+                in listing.getvalue()
+            )
             shown = io.StringIO()
             assert await dlq_show(broker, topology, handle.id, shown)
             assert '"text": "My name is Ada."' in shown.getvalue()
@@ -64,12 +77,16 @@ async def test_a_dead_letter_can_be_listed_shown_and_replayed_once_its_cause_is_
                     reply = await inbox.get()
                     if reply.body.terminal:
                         break
-            assert reply.body.kind == "final" and reply.body.text.startswith("Nice to meet you, Ada")
+            assert reply.body.kind == "final" and reply.body.text.startswith(
+                "Nice to meet you, Ada"
+            )
             assert await dlq_list(broker, topology, io.StringIO()) == 0
         worker.stop()
 
 
-async def test_a_poison_request_on_rabbitmq_is_dead_lettered_with_its_error_and_the_caller_gets_the_text(rabbitmq_url: str) -> None:
+async def test_a_poison_request_on_rabbitmq_is_dead_lettered_with_its_error_and_the_caller_gets_the_text(
+    rabbitmq_url: str,
+) -> None:
     app = App("poison")
 
     @app.agent("broken")
@@ -78,17 +95,27 @@ async def test_a_poison_request_on_rabbitmq_is_dead_lettered_with_its_error_and_
 
     topology = Topology(namespace=f"poi{new_id()[:6]}", partitions=2, tool_partitions=2)
     async with Client(rabbitmq_url, topology=topology) as client, anyio.create_task_group() as tg:
-        worker = Worker(app, client.broker, MemorySessionStore(f"memory://{new_id()[:8]}"), topology=topology,
-                        retry=RetryPolicy(max_attempts=3, base_delay=0.01))
+        worker = Worker(
+            app,
+            client.broker,
+            MemorySessionStore(f"memory://{new_id()[:8]}"),
+            topology=topology,
+            retry=RetryPolicy(max_attempts=3, base_delay=0.01),
+        )
         await tg.start(worker.run)
         handle = await client.submit("hello", session_id="s1", timeout=30)
         try:
             await handle.final()
             raise AssertionError("the request should have failed")
         except RequestFailed as exc:
-            assert str(exc) == "failed after 3 attempts: RuntimeError: model endpoint refused the key"
+            assert (
+                str(exc) == "failed after 3 attempts: RuntimeError: model endpoint refused the key"
+            )
         listing = io.StringIO()
         assert await dlq_list(client.broker, topology, listing) == 1
         assert f"{handle.id}" in listing.getvalue()
-        assert "failed after 3 attempts: RuntimeError: model endpoint refused the key" in listing.getvalue()
+        assert (
+            "failed after 3 attempts: RuntimeError: model endpoint refused the key"
+            in listing.getvalue()
+        )
         worker.stop()

@@ -22,16 +22,28 @@ async def test_a_slow_worker_makes_submit_wait_instead_of_piling_up_requests() -
         await anyio.sleep(0.05)
         return str(i)
 
-    url, topology = f"memory://bp-{new_id()[:8]}", Topology(namespace="bp", partitions=2, tool_partitions=2)
+    url, topology = (
+        f"memory://bp-{new_id()[:8]}",
+        Topology(namespace="bp", partitions=2, tool_partitions=2),
+    )
     peak = 0
     async with MemoryBroker(url) as broker, anyio.create_task_group() as tg:
-        await tg.start(Worker(app, broker, MemorySessionStore(f"memory://{new_id()[:8]}"), topology=topology,
-                              concurrency=2).run)
+        await tg.start(
+            Worker(
+                app,
+                broker,
+                MemorySessionStore(f"memory://{new_id()[:8]}"),
+                topology=topology,
+                concurrency=2,
+            ).run
+        )
         async with Client(broker, topology=topology, max_in_flight=8) as client:
             results: list[str] = []
 
             async def one(i: int) -> None:
-                results.append(await client.call_tool("slow", {"i": i}, session_id=f"s{i % 4}", timeout=60))
+                results.append(
+                    await client.call_tool("slow", {"i": i}, session_id=f"s{i % 4}", timeout=60)
+                )
 
             async def watch() -> None:
                 nonlocal peak
@@ -51,7 +63,9 @@ async def test_a_slow_worker_makes_submit_wait_instead_of_piling_up_requests() -
 
 
 async def test_a_full_queue_is_refused_with_a_clear_error_on_rabbitmq(rabbitmq_url: str) -> None:
-    topology = Topology(namespace=f"full{new_id()[:6]}", partitions=1, tool_partitions=1, max_length=3)
+    topology = Topology(
+        namespace=f"full{new_id()[:6]}", partitions=1, tool_partitions=1, max_length=3
+    )
     async with Client(rabbitmq_url, topology=topology) as client:  # no worker: the queue only fills
         accepted = 0
         with pytest.raises(QueueFull) as info:

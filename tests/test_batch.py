@@ -43,7 +43,8 @@ def url() -> str:
 def test_runtime_requests_and_the_short_form_both_become_agent_requests() -> None:
     runtime = parse_item(
         b'{"id": "r1", "session_id": "s", "input": [{"role": "user",'
-        b' "content": [{"type": "text", "text": "hi"}]}], "temperature": 0.2}', 1
+        b' "content": [{"type": "text", "text": "hi"}]}], "temperature": 0.2}',
+        1,
     )
     short = parse_item(b'{"id": 7, "prompt": "hello"}', 2)
     unnamed = parse_item(b'{"prompt": "hello"}', 3)
@@ -55,10 +56,15 @@ def test_runtime_requests_and_the_short_form_both_become_agent_requests() -> Non
 
 def test_a_bad_input_line_is_refused_with_its_line_number_and_field(tmp_path: Path) -> None:
     with pytest.raises(BatchInputError, match=r"in\.jsonl:2: .*\$\.input\[0\]\.role"):
-        read_items(write_input(tmp_path / "in.jsonl", [
-            {"id": "a", "prompt": "fine"},
-            {"id": "b", "input": [{"role": "nobody", "content": "x"}]},
-        ]))
+        read_items(
+            write_input(
+                tmp_path / "in.jsonl",
+                [
+                    {"id": "a", "prompt": "fine"},
+                    {"id": "b", "input": [{"role": "nobody", "content": "x"}]},
+                ],
+            )
+        )
     with pytest.raises(BatchInputError, match="already used on line 1"):
         read_items(write_input(tmp_path / "dup.jsonl", [{"id": "a", "prompt": "x"}] * 2))
     with pytest.raises(BatchInputError, match="needs `input`"):
@@ -67,8 +73,15 @@ def test_a_bad_input_line_is_refused_with_its_line_number_and_field(tmp_path: Pa
 
 def test_a_torn_last_line_from_a_crash_is_cut_off_when_the_results_are_read(tmp_path: Path) -> None:
     path = tmp_path / "out.jsonl"
-    whole = {"id": "a", "session_id": "s", "status": "final", "text": "x", "error": None,
-             "latency_ms": 1.0, "attempts": 1}
+    whole = {
+        "id": "a",
+        "session_id": "s",
+        "status": "final",
+        "text": "x",
+        "error": None,
+        "latency_ms": 1.0,
+        "attempts": 1,
+    }
     path.write_text(json.dumps(whole) + "\n" + '{"id": "b", "sess')
     assert list(ResultsFile(path).load()) == ["a"]
     assert path.read_text() == json.dumps(whole) + "\n"
@@ -108,8 +121,9 @@ async def test_every_item_gets_exactly_one_result_line_and_a_rerun_sends_nothing
     async with MemoryBroker(url) as broker, anyio.create_task_group() as tg:
         worker = Worker(app, broker, MemorySessionStore(f"memory://{new_id()}"), topology=topology)
         await tg.start(worker.run)
-        first = await run_batch(broker, source, output, topology=topology, progress=False,
-                                max_in_flight=8)
+        first = await run_batch(
+            broker, source, output, topology=topology, progress=False, max_in_flight=8
+        )
         handled = worker.handled
         async with Client(broker, topology=topology) as client:
             again = await client.batch(str(source), str(output), progress=False)
@@ -129,16 +143,20 @@ async def test_every_item_gets_exactly_one_result_line_and_a_rerun_sends_nothing
 async def test_a_failing_item_is_sent_again_up_to_the_retries_then_written_as_failed(
     tmp_path: Path, url: str, topology: Topology
 ) -> None:
-    source = write_input(tmp_path / "in.jsonl", [
-        {"id": "ok", "prompt": "hello"},
-        {"id": "bad", "prompt": "hello", "agent": "no-such-agent"},
-    ])
+    source = write_input(
+        tmp_path / "in.jsonl",
+        [
+            {"id": "ok", "prompt": "hello"},
+            {"id": "bad", "prompt": "hello", "agent": "no-such-agent"},
+        ],
+    )
     output = tmp_path / "out.jsonl"
     async with MemoryBroker(url) as broker, anyio.create_task_group() as tg:
         worker = Worker(app, broker, MemorySessionStore(f"memory://{new_id()}"), topology=topology)
         await tg.start(worker.run)
-        summary = await run_batch(broker, source, output, topology=topology, progress=False,
-                                  retries=2)
+        summary = await run_batch(
+            broker, source, output, topology=topology, progress=False, retries=2
+        )
         dead = await broker.stats(topology.dead_letter_queue)
         worker.stop()
     by_id = {line["id"]: line for line in result_lines(output)}
@@ -159,8 +177,9 @@ async def test_replies_that_arrive_while_no_client_listens_are_written_on_resume
         await broker.declare(topology)
         # First run: every item is sent, then the client goes away before any reply.
         async with anyio.create_task_group() as tg:
-            tg.start_soon(lambda: run_batch(broker, source, output, topology=topology,
-                                            progress=False))
+            tg.start_soon(
+                lambda: run_batch(broker, source, output, topology=topology, progress=False)
+            )
             with anyio.fail_after(10):
                 while True:  # until every item is on a request queue
                     if sum([(await broker.stats(q)).ready for q in requests]) == len(items):
@@ -169,8 +188,9 @@ async def test_replies_that_arrive_while_no_client_listens_are_written_on_resume
             tg.cancel_scope.cancel()
         # The workers answer while nobody listens: the replies wait on the durable queue.
         async with anyio.create_task_group() as tg:
-            worker = Worker(app, broker, MemorySessionStore(f"memory://{new_id()}"),
-                            topology=topology)
+            worker = Worker(
+                app, broker, MemorySessionStore(f"memory://{new_id()}"), topology=topology
+            )
             await tg.start(worker.run)
             with anyio.fail_after(30):
                 while True:
@@ -189,9 +209,9 @@ async def test_replies_that_arrive_while_no_client_listens_are_written_on_resume
 
 
 def test_the_summary_counts_every_line_and_averages_the_score(tmp_path: Path) -> None:
-    source = write_input(tmp_path / "in.jsonl", [
-        {"id": str(i), "prompt": "x", "expected": "yes"} for i in range(4)
-    ])
+    source = write_input(
+        tmp_path / "in.jsonl", [{"id": str(i), "prompt": "x", "expected": "yes"} for i in range(4)]
+    )
     items = read_items(source)
     results = ResultsFile(tmp_path / "out.jsonl")
     results.open()
@@ -204,8 +224,9 @@ def test_the_summary_counts_every_line_and_averages_the_score(tmp_path: Path) ->
     def exact(item: dict, result: dict) -> float:
         return float(item["expected"] == result["text"])
 
-    summary = summarize("t", "out.jsonl", items, results.load(), written_now=3, elapsed_s=1.5,
-                        score=exact)
+    summary = summarize(
+        "t", "out.jsonl", items, results.load(), written_now=3, elapsed_s=1.5, score=exact
+    )
     assert summary.counts == {"final": 2, "failed": 1, "timed_out": 0, "cancelled": 0}
     assert summary.missing == 1 and not summary.complete
     assert summary.latency_ms == {"p50": 20.0, "p95": 30.0, "p99": 30.0}

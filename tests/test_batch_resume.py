@@ -22,9 +22,28 @@ ITEMS = 2000
 
 
 def batch_command(url: str, ns: str, source: Path, output: Path, summary: Path) -> list[str]:
-    return [sys.executable, "-m", "agentqueue.cli", "batch", "run", str(source), "-o", str(output),
-            "--broker", url, "--namespace", ns, "--partition-count", "8",
-            "--tool-partition-count", "8", "--progress", "lines", "--summary-json", str(summary)]
+    return [
+        sys.executable,
+        "-m",
+        "agentqueue.cli",
+        "batch",
+        "run",
+        str(source),
+        "-o",
+        str(output),
+        "--broker",
+        url,
+        "--namespace",
+        ns,
+        "--partition-count",
+        "8",
+        "--tool-partition-count",
+        "8",
+        "--progress",
+        "lines",
+        "--summary-json",
+        str(summary),
+    ]
 
 
 def count_lines(path: Path) -> int:
@@ -36,17 +55,35 @@ def test_a_batch_killed_half_way_resumes_to_exactly_one_line_per_item(
 ) -> None:
     ns = f"br{new_id()[:6]}"
     source, output, summary = tmp_path / "in.jsonl", tmp_path / "out.jsonl", tmp_path / "sum.json"
-    source.write_text("".join(
-        json.dumps({"id": f"item-{i}", "prompt": f"hi {i}"}) + "\n" for i in range(ITEMS)
-    ))
+    source.write_text(
+        "".join(json.dumps({"id": f"item-{i}", "prompt": f"hi {i}"}) + "\n" for i in range(ITEMS))
+    )
     store = f"sqlite:///{tmp_path}/sessions.db"
-    args = ("--app", "examples.weather:app", "--broker", rabbitmq_url, "--store", store,
-            "--namespace", ns, "--partition-count", "8", "--tool-partition-count", "8",
-            "--role", "all")
+    args = (
+        "--app",
+        "examples.weather:app",
+        "--broker",
+        rabbitmq_url,
+        "--store",
+        store,
+        "--namespace",
+        ns,
+        "--partition-count",
+        "8",
+        "--tool-partition-count",
+        "8",
+        "--role",
+        "all",
+    )
     command = batch_command(rabbitmq_url, ns, source, output, summary)
     with workers(args, args):
-        first = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL,
-                                 stderr=subprocess.DEVNULL, start_new_session=True)
+        first = subprocess.Popen(
+            command,
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         try:
             deadline = time.monotonic() + 120
             while count_lines(output) < ITEMS // 2:

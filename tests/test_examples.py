@@ -18,7 +18,9 @@ async def serve_and_call(app, prompts: list[str]) -> list[str]:  # type: ignore[
     answers = []
     async with MemoryBroker(url) as broker, anyio.create_task_group() as tg:
         for role in ("agents", "tools"):
-            await tg.start(Worker(app, broker, MemorySessionStore(f"memory://{new_id()[:8]}"), role=role).run)
+            await tg.start(
+                Worker(app, broker, MemorySessionStore(f"memory://{new_id()[:8]}"), role=role).run
+            )
         async with Client(broker) as client:
             for prompt in prompts:
                 answers.append((await client.call(prompt, session_id="s1", timeout=30)).text)
@@ -27,19 +29,26 @@ async def serve_and_call(app, prompts: list[str]) -> list[str]:  # type: ignore[
 
 
 async def test_the_weather_example_answers_from_its_remote_tool() -> None:
-    assert await serve_and_call(weather, ["What's the weather in Lisbon?"]) == ["The weather in Lisbon: clear, 24°C."]
+    assert await serve_and_call(weather, ["What's the weather in Lisbon?"]) == [
+        "The weather in Lisbon: clear, 24°C."
+    ]
 
 
 async def test_the_research_example_uses_a_remote_and_a_local_tool() -> None:
-    answers = await serve_and_call(research, [
-        '/tool search {"query": "quorum queues"}',
-        '/tool take_note {"session": "s1", "note": "quorum queues use Raft"}',
-    ])
+    answers = await serve_and_call(
+        research,
+        [
+            '/tool search {"query": "quorum queues"}',
+            '/tool take_note {"session": "s1", "note": "quorum queues use Raft"}',
+        ],
+    )
     assert answers[0].startswith("Tool search returned: RabbitMQ's replicated FIFO queues")
     assert answers[1] == "Tool take_note returned: noted (1 notes so far)."
 
 
-async def test_a_remote_tool_that_fails_or_times_out_comes_back_to_the_agent_as_a_tool_error() -> None:
+async def test_a_remote_tool_that_fails_or_times_out_comes_back_to_the_agent_as_a_tool_error() -> (
+    None
+):
     from agentqueue import App
     from agentqueue.workers.agent_context import AgentContext
 

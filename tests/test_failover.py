@@ -19,8 +19,21 @@ pytestmark = pytest.mark.slow
 
 
 def worker_args(url: str, ns: str, store: str, *extra: str) -> tuple[str, ...]:
-    return ("--app", "tests.apps.steps:app", "--broker", url, "--store", store, "--namespace", ns,
-            "--partition-count", "8", "--tool-partition-count", "8", *extra)
+    return (
+        "--app",
+        "tests.apps.steps:app",
+        "--broker",
+        url,
+        "--store",
+        store,
+        "--namespace",
+        ns,
+        "--partition-count",
+        "8",
+        "--tool-partition-count",
+        "8",
+        *extra,
+    )
 
 
 async def test_when_the_active_worker_is_killed_the_other_takes_over_and_every_request_is_answered_once(
@@ -30,8 +43,11 @@ async def test_when_the_active_worker_is_killed_the_other_takes_over_and_every_r
     log = tmp_path / "steps.log"
     store = f"sqlite:///{tmp_path}/sessions.db"
     topology = Topology(namespace=ns, partitions=8, tool_partitions=8)
-    with workers(worker_args(rabbitmq_url, ns, store), worker_args(rabbitmq_url, ns, store),
-                 env={"AGENTQUEUE_TEST_LOG": str(log)}) as (first, second):
+    with workers(
+        worker_args(rabbitmq_url, ns, store),
+        worker_args(rabbitmq_url, ns, store),
+        env={"AGENTQUEUE_TEST_LOG": str(log)},
+    ) as (first, second):
         async with Client(rabbitmq_url, topology=topology) as client:
             await anyio.sleep(3)  # let the two settle their shares of the partitions
             router: ReplyRouter = client.router
@@ -41,8 +57,15 @@ async def test_when_the_active_worker_is_killed_the_other_takes_over_and_every_r
                 for session in sessions:
                     call_id = new_id()
                     envelope = Envelope(
-                        id=call_id, session_id=session, correlation_id=call_id, reply_to=client.reply_queue,
-                        body=ToolCall(name="step", arguments={"session": session, "seq": seq, "pause": 0.1}, call_id=call_id),
+                        id=call_id,
+                        session_id=session,
+                        correlation_id=call_id,
+                        reply_to=client.reply_queue,
+                        body=ToolCall(
+                            name="step",
+                            arguments={"session": session, "seq": seq, "pause": 0.1},
+                            call_id=call_id,
+                        ),
                         created_at=time.time(),
                     )
                     inboxes[call_id] = router.expect(call_id)
@@ -76,25 +99,33 @@ async def test_turn_two_on_another_worker_process_recalls_turn_one(
     store_kind: str, rabbitmq_url: str, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
     ns = f"mt{new_id()[:6]}"
-    store = request.getfixturevalue("redis_url") if store_kind == "redis" else f"sqlite:///{tmp_path}/s.db"
+    store = (
+        request.getfixturevalue("redis_url")
+        if store_kind == "redis"
+        else f"sqlite:///{tmp_path}/s.db"
+    )
     topology = Topology(namespace=ns, partitions=8, tool_partitions=8)
     session = f"chat-{new_id()[:6]}"
     async with Client(rabbitmq_url, topology=topology) as client:
         with workers(worker_args(rabbitmq_url, ns, store)) as (a,):
             first = await client.call("My name is Ada.", session_id=session, timeout=60)
             a.terminate()
-        with workers(worker_args(rabbitmq_url, ns, store)) as (b,):
+        with workers(worker_args(rabbitmq_url, ns, store)):
             second = await client.call("What is my name?", session_id=session, timeout=60)
     assert first.worker != second.worker
     assert second.text == "Your name is Ada."
 
 
-async def test_a_tool_call_runs_on_a_separate_tool_worker_process(rabbitmq_url: str, tmp_path: Path) -> None:
+async def test_a_tool_call_runs_on_a_separate_tool_worker_process(
+    rabbitmq_url: str, tmp_path: Path
+) -> None:
     ns = f"tw{new_id()[:6]}"
     store = f"sqlite:///{tmp_path}/s.db"
     topology = Topology(namespace=ns, partitions=8, tool_partitions=8)
-    with workers(worker_args(rabbitmq_url, ns, store, "--role", "agents"),
-                 worker_args(rabbitmq_url, ns, store, "--role", "tools")) as (agents, tools):
+    with workers(
+        worker_args(rabbitmq_url, ns, store, "--role", "agents"),
+        worker_args(rabbitmq_url, ns, store, "--role", "tools"),
+    ) as (agents, tools):
         async with Client(rabbitmq_url, topology=topology) as client:
             result = await client.call("/tool whoami {}", session_id="s1", timeout=60)
     assert result.text == f"Tool whoami returned: {tools.pid}."

@@ -33,8 +33,14 @@ async def serving(ingress: Ingress) -> AsyncIterator[httpx.AsyncClient]:
     """The ingress on a free port of 127.0.0.1, and an HTTP client pointed at it."""
     # The in-process worker may hold the loop for seconds (its first agent imports AgentScope):
     # a long keep-alive stops the server closing a connection the client is reusing meanwhile.
-    config = uvicorn.Config(ingress.app, host="127.0.0.1", port=0, lifespan="on",
-                            log_level="warning", timeout_keep_alive=120)
+    config = uvicorn.Config(
+        ingress.app,
+        host="127.0.0.1",
+        port=0,
+        lifespan="on",
+        log_level="warning",
+        timeout_keep_alive=120,
+    )
     server = uvicorn.Server(config)
     async with anyio.create_task_group() as tg:
         tg.start_soon(server.serve)
@@ -83,9 +89,9 @@ async def sse_events(http: httpx.AsyncClient, request_id: str) -> list[tuple[str
         assert response.headers["content-type"].startswith("text/event-stream")
         async for line in response.aiter_lines():
             if line.startswith("event: "):
-                kind = line[len("event: "):]
+                kind = line[len("event: ") :]
             elif line.startswith("data: "):
-                events.append((kind, json.loads(line[len("data: "):])))
+                events.append((kind, json.loads(line[len("data: ") :])))
     return events
 
 
@@ -119,9 +125,14 @@ async def test_events_are_streamed_to_a_listener_that_connects_before_the_answer
 
 
 async def test_a_structured_cloudevent_is_accepted_and_redelivery_makes_no_second_request() -> None:
-    event = {"specversion": "1.0", "id": "evt-1", "source": "/webhooks/crm",
-             "type": "com.example.ask", "datacontenttype": "application/json",
-             "data": runtime_request("My name is Ada.")}
+    event = {
+        "specversion": "1.0",
+        "id": "evt-1",
+        "source": "/webhooks/crm",
+        "type": "com.example.ask",
+        "datacontenttype": "application/json",
+        "data": runtime_request("My name is Ada."),
+    }
     async with system() as (http, _, _):
         headers = {"content-type": "application/cloudevents+json", "X-Session-Id": "crm-42"}
         first = await http.post("/v1/requests", content=json.dumps(event), headers=headers)
@@ -134,11 +145,17 @@ async def test_a_structured_cloudevent_is_accepted_and_redelivery_makes_no_secon
 
 
 async def test_a_binary_cloudevent_with_data_in_the_body_is_accepted() -> None:
-    headers = {"ce-specversion": "1.0", "ce-id": "evt-2", "ce-source": "/queue/orders",
-               "ce-type": "com.example.ask", "content-type": "application/json"}
+    headers = {
+        "ce-specversion": "1.0",
+        "ce-id": "evt-2",
+        "ce-source": "/queue/orders",
+        "ce-type": "com.example.ask",
+        "content-type": "application/json",
+    }
     async with system() as (http, _, _):
-        accepted = await http.post("/v1/requests", content=json.dumps(runtime_request("hi")),
-                                   headers=headers)
+        accepted = await http.post(
+            "/v1/requests", content=json.dumps(runtime_request("hi")), headers=headers
+        )
         assert accepted.status_code == 202
         result = await result_of(http, accepted.json()["id"])
         events = await sse_events(http, accepted.json()["id"])
@@ -149,12 +166,14 @@ async def test_a_binary_cloudevent_with_data_in_the_body_is_accepted() -> None:
 async def test_a_signed_webhook_is_accepted_and_a_wrong_or_missing_signature_gets_401() -> None:
     body = json.dumps(runtime_request("hi")).encode()
     async with system(worker=False, signing_key=KEY) as (http, broker, topology):
-        wrong = await http.post("/v1/requests", content=body,
-                                headers={"X-Signature": sign("other-key", body)})
+        wrong = await http.post(
+            "/v1/requests", content=body, headers={"X-Signature": sign("other-key", body)}
+        )
         missing = await http.post("/v1/requests", content=body)
         assert await published(broker, topology) == 0
-        good = await http.post("/v1/requests", content=body,
-                               headers={"X-Signature": sign(KEY, body)})
+        good = await http.post(
+            "/v1/requests", content=body, headers={"X-Signature": sign(KEY, body)}
+        )
         assert await published(broker, topology) == 1
     assert wrong.status_code == missing.status_code == 401
     assert wrong.json()["field"] == missing.json()["field"] == "X-Signature"
@@ -177,8 +196,11 @@ def cloudevent(**fields: object) -> bytes:
         (json.dumps({"session_id": "s"}).encode(), {}, "$.input"),
         (cloudevent(data={"input": 3}), STRUCTURED, "$.data.input"),
         (cloudevent(id=None, data=runtime_request("x")), STRUCTURED, "$.id"),
-        (json.dumps(runtime_request("x")).encode(),
-         {"ce-specversion": "1.0", "ce-id": "e", "ce-type": "t"}, "ce-source"),
+        (
+            json.dumps(runtime_request("x")).encode(),
+            {"ce-specversion": "1.0", "ce-id": "e", "ce-type": "t"},
+            "ce-source",
+        ),
     ],
     ids=["not-json", "bad-role", "no-input", "ce-bad-data", "ce-no-id", "binary-ce-no-source"],
 )
@@ -221,7 +243,10 @@ async def test_cloudevent_data_may_also_come_base64_encoded() -> None:
     data = base64.b64encode(json.dumps(runtime_request("hi")).encode()).decode()
     event = {"specversion": "1.0", "id": "evt-3", "source": "/s", "type": "t", "data_base64": data}
     async with system() as (http, _, _):
-        accepted = await http.post("/v1/requests", content=json.dumps(event),
-                                   headers={"content-type": "application/cloudevents+json"})
+        accepted = await http.post(
+            "/v1/requests",
+            content=json.dumps(event),
+            headers={"content-type": "application/cloudevents+json"},
+        )
         assert accepted.status_code == 202
         assert (await result_of(http, accepted.json()["id"]))["status"] == "final"

@@ -21,11 +21,19 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def run(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "agentqueue.cli", *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=240)
+    return subprocess.run(
+        [sys.executable, "-m", "agentqueue.cli", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
 
 
-def test_no_secret_appears_in_any_output_of_a_traced_debug_demo(rabbitmq: LocalRabbitMQ, tmp_path: Path) -> None:
+def test_no_secret_appears_in_any_output_of_a_traced_debug_demo(
+    rabbitmq: LocalRabbitMQ, tmp_path: Path
+) -> None:
     rabbitmq.ctl("add_user", "agentqueue", BROKER_PASSWORD)
     rabbitmq.ctl("set_permissions", "-p", "/", "agentqueue", ".*", ".*", ".*")
     url = rabbitmq.url.replace("guest:guest", f"agentqueue:{BROKER_PASSWORD}")
@@ -36,8 +44,19 @@ def test_no_secret_appears_in_any_output_of_a_traced_debug_demo(rabbitmq: LocalR
         "ALIBABA_CLOUD_ACCESS_KEY_SECRET": CLOUD_SECRET,
     }
     trace_file = tmp_path / "spans.jsonl"
-    demo = run("-vv", "demo", "--broker", url, "--store", f"sqlite:///{tmp_path}/s.db",
-               "--namespace", "secrets", "--trace-file", str(trace_file), env=env)
+    demo = run(
+        "-vv",
+        "demo",
+        "--broker",
+        url,
+        "--store",
+        f"sqlite:///{tmp_path}/s.db",
+        "--namespace",
+        "secrets",
+        "--trace-file",
+        str(trace_file),
+        env=env,
+    )
     assert demo.returncode == 0, demo.stderr[-3000:]
     assert demo.stdout.splitlines()[-1] == "demo: 3 sessions, 6 turns, 6 replies, 0 lost"
     assert "DEBUG" in demo.stderr  # debug logging really was on

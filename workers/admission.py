@@ -20,7 +20,14 @@ from agentqueue.protocol.signing import KeyRing
 class Admission:
     """Decode a delivery's bytes into an envelope, or raise `ProtocolError` saying why not."""
 
-    def __init__(self, keys: KeyRing | None, *, max_size: int, window: float = 300.0, remembered: int = 200_000) -> None:
+    def __init__(
+        self,
+        keys: KeyRing | None,
+        *,
+        max_size: int,
+        window: float = 300.0,
+        remembered: int = 200_000,
+    ) -> None:
         self.keys = keys
         self.max_size = max_size
         self.window = window

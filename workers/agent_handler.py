@@ -66,7 +66,9 @@ class AgentHandler:
         interrupted = outcome.finished_reason == "interrupted"
         kind = (control.reason or "cancelled") if interrupted else "final"
         if outcome.finished_reason not in ("completed", "interrupted"):
-            raise RuntimeError(f"agent {spec.name!r} ended its turn with {outcome.finished_reason!r}")
+            raise RuntimeError(
+                f"agent {spec.name!r} ended its turn with {outcome.finished_reason!r}"
+            )
         result = ResultEvent(
             request_id=envelope.id,
             kind=kind,  # type: ignore[arg-type]

@@ -42,7 +42,9 @@ class App:
         self.agents: dict[str, AgentSpec] = {}
         self.tools: dict[str, ToolSpec] = {}
 
-    def agent(self, name: str | None = None, *, description: str = "") -> Callable[[AgentFactory], AgentFactory]:
+    def agent(
+        self, name: str | None = None, *, description: str = ""
+    ) -> Callable[[AgentFactory], AgentFactory]:
         """Register an agent factory `(ctx: AgentContext) -> Agent` under `name`."""
 
         def register(factory: AgentFactory) -> AgentFactory:

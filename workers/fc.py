@@ -301,7 +301,9 @@ class FCInstance:
             envelope_id=envelope_id,
             session_id=session_id,
         )
-        await self.broker.publish(self.topology.dead_letter_queue, encode_dead_letter(record), sign=False)
+        await self.broker.publish(
+            self.topology.dead_letter_queue, encode_dead_letter(record), sign=False
+        )
 
     async def _refuse(self, message: TriggerMessage, reason: str, outcome: BatchOutcome) -> None:
         log.error("dead-lettering an undecodable message from %s: %s", message.queue or "?", reason)

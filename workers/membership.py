@@ -21,6 +21,7 @@ import anyio.abc
 import msgspec
 
 from agentqueue.broker.base import Broker
+from agentqueue.broker.errors import BrokerError
 
 log = logging.getLogger("agentqueue.membership")
 
@@ -57,7 +58,11 @@ def assign(queues: Iterable[str], eligible: dict[str, set[str]]) -> dict[str, st
     load = dict.fromkeys(workers, 0)
     owner: dict[str, str] = {}
     for queue in queues:
-        candidates = sorted((w for w in workers if queue in eligible[w]), key=lambda w: _score(queue, w), reverse=True)
+        candidates = sorted(
+            (w for w in workers if queue in eligible[w]),
+            key=lambda w: _score(queue, w),
+            reverse=True,
+        )
         if not candidates:
             continue
         chosen = next((w for w in candidates if load[w] < cap), candidates[0])
@@ -93,7 +98,11 @@ class Membership:
     def live(self) -> dict[str, Heartbeat]:
         """Workers heard from within `expiry` seconds and not leaving, this one included."""
         now = time.monotonic()
-        alive = {w: hb for w, hb in self.peers.items() if now - self._seen_at[w] < self.expiry and not hb.leaving}
+        alive = {
+            w: hb
+            for w, hb in self.peers.items()
+            if now - self._seen_at[w] < self.expiry and not hb.leaving
+        }
         alive[self.worker_id] = self._heartbeat()
         return alive
 
@@ -119,7 +128,9 @@ class Membership:
         """Broadcast one heartbeat now."""
         await self.broker.broadcast(self.topic, _encoder.encode(self._heartbeat(leaving)))
 
-    async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+    async def run(
+        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
         """Listen and heartbeat until cancelled; announces leaving on the way out."""
         subscription = await self.broker.listen(self.topic)
         try:
@@ -148,7 +159,11 @@ class Membership:
         before = self.peers.get(heartbeat.worker_id)
         self.peers[heartbeat.worker_id] = heartbeat
         self._seen_at[heartbeat.worker_id] = time.monotonic()
-        if before is None or before.leaving != heartbeat.leaving or before.eligible != heartbeat.eligible:
+        if (
+            before is None
+            or before.leaving != heartbeat.leaving
+            or before.eligible != heartbeat.eligible
+        ):
             self._notify()
 
     def _notify(self) -> None:
@@ -157,7 +172,12 @@ class Membership:
 
     async def _beat(self) -> None:
         while True:
-            await self.announce()
+            try:
+                await self.announce()
+            except BrokerError as exc:
+                # The broker is away (restarting, connection lost): the worker carries on and
+                # beats again once the connection is back; peers may expire it meanwhile.
+                log.warning("heartbeat not sent: %s", exc)
             await anyio.sleep(self.interval)
 
     async def _expire(self) -> None:

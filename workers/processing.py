@@ -111,7 +111,9 @@ def failure_body(envelope: Envelope, kind: str, error: str) -> Body:
     """The reply that tells the caller an event did not succeed, shaped for its caller."""
     body = envelope.body
     if isinstance(body, ToolCall):
-        return ToolResult(call_id=body.call_id or envelope.id, name=body.name, ok=False, output=error)
+        return ToolResult(
+            call_id=body.call_id or envelope.id, name=body.name, ok=False, output=error
+        )
     return ResultEvent(request_id=envelope.id, kind=kind, error=error)  # type: ignore[arg-type]
 
 
@@ -179,14 +181,18 @@ class EventProcessor:
         if dedup:
             stored = await self.store.handled(key, envelope.id)
             if stored is not None:
-                log.info("event %s was handled before; answering from the stored reply", envelope.id)
+                log.info(
+                    "event %s was handled before; answering from the stored reply", envelope.id
+                )
                 await self._reply(envelope, stored)
                 await settle.ack()
                 return
         if envelope.deadline is not None and time.time() >= envelope.deadline:
             waited = time.time() - envelope.created_at if envelope.created_at else 0.0
             error = f"deadline passed before the event started (it waited {waited:.1f} s)"
-            await self._reply(envelope, self._encode_reply(envelope, failure_body(envelope, "timed_out", error)))
+            await self._reply(
+                envelope, self._encode_reply(envelope, failure_body(envelope, "timed_out", error))
+            )
             await settle.ack()
             return
         if delivery_count > self.delivery_limit:
@@ -201,22 +207,43 @@ class EventProcessor:
             # Nothing to record and no state to guard (an idempotent tool): no lease needed.
             await self._run(envelope, handler, dedup, None, settle)
             return
-        lease = await self._acquire(key)
-        if lease is None:
-            await settle.hand_back()
-            return
-        try:
-            await self._run(envelope, handler, dedup, lease, settle)
-        except LeaseLost as exc:
-            log.warning("%s; handing event %s back", exc, envelope.id)
-            await settle.hand_back()
-        finally:
-            await self.store.release(lease)
+        for attempt in range(1, self.retry.max_attempts + 1):
+            lease = await self._acquire(key)
+            if lease is None:
+                await settle.hand_back()
+                return
+            try:
+                await self._run(envelope, handler, dedup, lease, settle)
+                return
+            except LeaseLost as exc:
+                # Not handed back: the session's later events, queued behind this one in its
+                # lane, would then run before it. Run it again here, in order, on a new lease.
+                log.warning("%s; running event %s again (try %d)", exc, envelope.id, attempt)
+            finally:
+                await self.store.release(lease)
+            if dedup and (stored := await self.store.handled(key, envelope.id)) is not None:
+                await self._reply(envelope, stored)  # a worker with a copy of it finished it
+                await settle.ack()
+                return
+        await self._give_up(
+            envelope,
+            settle,
+            f"lost the lease on session {key!r} {self.retry.max_attempts} times while handling"
+            f" the event: it runs longer than the lease ({self.lease_ttl:.0f} s);"
+            " raise the lease TTL (AGENTQUEUE_LEASE_TTL)",
+        )
 
     async def _run(
-        self, envelope: Envelope, handler: Handler, dedup: bool, lease: Lease | None, settle: Settler
+        self,
+        envelope: Envelope,
+        handler: Handler,
+        dedup: bool,
+        lease: Lease | None,
+        settle: Settler,
     ) -> None:
-        state = await self.store.load_state(lease.session_id) if lease and handler.uses_state else None
+        state = (
+            await self.store.load_state(lease.session_id) if lease and handler.uses_state else None
+        )
         emit = self._emitter(envelope)
         attempt = 0
         while True:
@@ -236,11 +263,19 @@ class EventProcessor:
             except Exception as exc:
                 error = f"{type(exc).__name__}: {exc}"
                 if attempt >= self.retry.max_attempts:
-                    await self._give_up(envelope, settle, f"failed after {attempt} attempts: {error}")
+                    await self._give_up(
+                        envelope, settle, f"failed after {attempt} attempts: {error}"
+                    )
                     return
                 delay = self.retry.delay(attempt)
                 tracing.record_retry(envelope, exc, attempt, delay)
-                log.warning("event %s attempt %d failed (%s); retrying in %.2f s", envelope.id, attempt, error, delay)
+                log.warning(
+                    "event %s attempt %d failed (%s); retrying in %.2f s",
+                    envelope.id,
+                    attempt,
+                    error,
+                    delay,
+                )
                 await anyio.sleep(delay)
                 if lease is not None:
                     lease = await self.store.renew(lease, self.lease_ttl)
@@ -250,7 +285,9 @@ class EventProcessor:
                     timer.cancel()
         if result is None:  # interrupted before the handler could answer: state unchanged
             reason = control.reason or "cancelled"
-            result = HandlerResult(failure_body(envelope, reason, f"request {reason.replace('_', ' ')}"))
+            result = HandlerResult(
+                failure_body(envelope, reason, f"request {reason.replace('_', ' ')}")
+            )
         reply = self._encode_reply(envelope, result.body)
         if lease is not None and dedup:
             await self.store.commit(lease, result.state, envelope.id, reply)
@@ -308,7 +345,11 @@ class EventProcessor:
                 await self.broker.publish(envelope.reply_to, reply)
 
     async def _give_up(self, envelope: Envelope, settle: Settler, reason: str) -> None:
-        log.error("dead-lettering event %s of session %r: %s", envelope.id, envelope.session_id, reason)
+        log.error(
+            "dead-lettering event %s of session %r: %s", envelope.id, envelope.session_id, reason
+        )
         tracing.record_dead_letter(envelope, reason)
         await settle.dead_letter(reason)
-        await self._reply(envelope, self._encode_reply(envelope, failure_body(envelope, "failed", reason)))
+        await self._reply(
+            envelope, self._encode_reply(envelope, failure_body(envelope, "failed", reason))
+        )

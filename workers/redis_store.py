@@ -15,7 +15,9 @@ from agentqueue.workers.session_store import HANDLED_KEPT, Lease, SessionStore
 
 _NOW = "local t = redis.call('TIME'); local now = tonumber(t[1]) + tonumber(t[2]) / 1e6\n"
 
-_ACQUIRE = _NOW + """
+_ACQUIRE = (
+    _NOW
+    + """
 local owner = redis.call('HGET', KEYS[1], 'owner')
 local expires = tonumber(redis.call('HGET', KEYS[1], 'expires_at') or '0')
 if owner and owner ~= ARGV[1] and expires > now then return nil end
@@ -24,22 +26,31 @@ local until_ = now + tonumber(ARGV[2])
 redis.call('HSET', KEYS[1], 'owner', ARGV[1], 'expires_at', tostring(until_))
 return {token, tostring(until_)}
 """
+)
 
-_CHECK = _NOW + """
+_CHECK = (
+    _NOW
+    + """
 local token = tonumber(redis.call('HGET', KEYS[1], 'token') or '0')
 local expires = tonumber(redis.call('HGET', KEYS[1], 'expires_at') or '0')
 if token ~= tonumber(ARGV[1]) or expires <= now then return {-1, token} end
 """
+)
 
-_RENEW = _CHECK + """
+_RENEW = (
+    _CHECK
+    + """
 local until_ = now + tonumber(ARGV[2])
 redis.call('HSET', KEYS[1], 'expires_at', tostring(until_))
 return {1, tostring(until_)}
 """
+)
 
 # KEYS: session hash, handled hash, handled order list, attempts hash
 # ARGV: token, has_state, state, event_id, result, kept
-_COMMIT = _CHECK + """
+_COMMIT = (
+    _CHECK
+    + """
 if ARGV[2] == '1' then redis.call('HSET', KEYS[1], 'state', ARGV[3]) end
 if redis.call('HSETNX', KEYS[2], ARGV[4], ARGV[5]) == 1 then
   redis.call('RPUSH', KEYS[3], ARGV[4])
@@ -50,6 +61,7 @@ end
 redis.call('HDEL', KEYS[4], ARGV[4])
 return {1, token}
 """
+)
 
 _RELEASE = """
 if redis.call('HGET', KEYS[1], 'token') == ARGV[1] then
@@ -91,7 +103,9 @@ class RedisSessionStore(SessionStore):
         )
 
     async def renew(self, lease: Lease, ttl: float) -> Lease:
-        ok, value = await self._renew(keys=self._keys(lease.session_id)[:1], args=[lease.token, ttl])
+        ok, value = await self._renew(
+            keys=self._keys(lease.session_id)[:1], args=[lease.token, ttl]
+        )
         if int(ok) != 1:
             raise self._lost(lease, value)
         return Lease(lease.session_id, lease.owner, lease.token, float(value))
@@ -109,7 +123,14 @@ class RedisSessionStore(SessionStore):
     async def commit(self, lease: Lease, state: str | None, event_id: str, result: bytes) -> None:
         ok, value = await self._commit(
             keys=self._keys(lease.session_id),
-            args=[lease.token, "0" if state is None else "1", state or "", event_id, result, HANDLED_KEPT],
+            args=[
+                lease.token,
+                "0" if state is None else "1",
+                state or "",
+                event_id,
+                result,
+                HANDLED_KEPT,
+            ],
         )
         if int(ok) != 1:
             raise self._lost(lease, value)

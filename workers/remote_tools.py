@@ -54,11 +54,15 @@ class RemoteTools:
                 # process span continues it. Tracing off, request.trace passes through.
                 with tracing.publishing(self.broker, queue, envelope):
                     await self.broker.publish(queue, encode(envelope))
-                wait = None if timeout is None else timeout + 5.0  # the tool worker's own timeout answers first
+                wait = (
+                    None if timeout is None else timeout + 5.0
+                )  # the tool worker's own timeout answers first
                 with anyio.fail_after(wait):
                     reply = await inbox.get()
             except TimeoutError:
-                raise ToolError(f"tool {name} timed out after {timeout} s (no tool worker answered)") from None
+                raise ToolError(
+                    f"tool {name} timed out after {timeout} s (no tool worker answered)"
+                ) from None
             finally:
                 self.router.forget(call_id)
             result = reply.body

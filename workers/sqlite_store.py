@@ -120,7 +120,9 @@ class SQLiteSessionStore(SessionStore):
 
     async def load_state(self, session_id: str) -> str | None:
         def op(db: sqlite3.Connection) -> str | None:
-            row = db.execute("SELECT state FROM sessions WHERE session_id=?", (session_id,)).fetchone()
+            row = db.execute(
+                "SELECT state FROM sessions WHERE session_id=?", (session_id,)
+            ).fetchone()
             return row[0] if row else None
 
         return await self._run(op)

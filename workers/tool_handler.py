@@ -52,7 +52,9 @@ class ToolHandler:
         try:
             arguments = validate_arguments(spec.func, call.arguments)
         except (TypeError, msgspec.ValidationError) as exc:
-            return HandlerResult(self._result(call, call_id, False, f"bad arguments for tool {call.name!r}: {exc}"))
+            return HandlerResult(
+                self._result(call, call_id, False, f"bad arguments for tool {call.name!r}: {exc}")
+            )
         try:
             with anyio.fail_after(timeout):
                 output = await _call(spec.func, arguments)
@@ -62,13 +64,17 @@ class ToolHandler:
             )
         except Exception as exc:
             return HandlerResult(
-                self._result(call, call_id, False, f"tool {call.name} failed: {type(exc).__name__}: {exc}")
+                self._result(
+                    call, call_id, False, f"tool {call.name} failed: {type(exc).__name__}: {exc}"
+                )
             )
         text = output if isinstance(output, str) else msgspec.json.encode(output).decode()
         return HandlerResult(self._result(call, call_id, True, text))
 
     def _result(self, call: ToolCall, call_id: str, ok: bool, output: str) -> ToolResult:
-        return ToolResult(call_id=call_id, name=call.name, ok=ok, output=output, worker=self.worker_name)
+        return ToolResult(
+            call_id=call_id, name=call.name, ok=ok, output=output, worker=self.worker_name
+        )
 
 
 @functools.lru_cache(maxsize=1024)

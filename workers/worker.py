@@ -33,8 +33,8 @@ from agentqueue.protocol.messages import (
     ResultEvent,
     ToolCall,
 )
-from agentqueue.workers.agent_handler import AgentHandler
 from agentqueue.workers.admission import Admission
+from agentqueue.workers.agent_handler import AgentHandler
 from agentqueue.workers.app import App
 from agentqueue.workers.membership import Membership
 from agentqueue.workers.processing import EventProcessor, Handler
@@ -78,7 +78,9 @@ _addressing = msgspec.json.Decoder(_Addressing)
 class _DeliverySettler:
     __slots__ = ("broker", "delivery", "envelope", "topology")
 
-    def __init__(self, broker: Broker, topology: Topology, delivery: Delivery, envelope: Envelope | None) -> None:
+    def __init__(
+        self, broker: Broker, topology: Topology, delivery: Delivery, envelope: Envelope | None
+    ) -> None:
         self.broker, self.topology = broker, topology
         self.delivery, self.envelope = delivery, envelope
 
@@ -128,9 +130,13 @@ class Worker:
         self.store = store
         self.topology = topology or Topology()
         self.role = role
-        self.partitions = list(range(self.topology.partitions)) if partitions is None else list(partitions)
+        self.partitions = (
+            list(range(self.topology.partitions)) if partitions is None else list(partitions)
+        )
         self.tool_partitions = (
-            list(range(self.topology.tool_partitions)) if tool_partitions is None else list(tool_partitions)
+            list(range(self.topology.tool_partitions))
+            if tool_partitions is None
+            else list(tool_partitions)
         )
         self.concurrency = concurrency
         self.shutdown_grace = shutdown_grace
@@ -151,7 +157,9 @@ class Worker:
         self._tg: anyio.abc.TaskGroup | None = None
         self.membership: Membership | None = None
         self.processor: EventProcessor | None = None
-        self._admission = Admission(broker.signing, max_size=max_message_size, window=freshness_window)
+        self._admission = Admission(
+            broker.signing, max_size=max_message_size, window=freshness_window
+        )
 
     def queues(self) -> list[str]:
         """The partition queues this worker consumes, by its role."""
@@ -175,7 +183,9 @@ class Worker:
         """Return once the worker is subscribed to all of its queues."""
         await self._started.wait()
 
-    async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+    async def run(
+        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
         """Serve until `stop()`; then finish or hand back in-flight events and return."""
         await self.broker.declare(self.topology)
         reply_queue = self.topology.reply_queue(f"worker-{self.worker_id}")
@@ -312,7 +322,9 @@ class Worker:
         body = envelope.body
         if isinstance(body, Cancel):
             found = self.processor.cancel(body.request_id)
-            log.info("cancel of %s (%s)", body.request_id, "running" if found else "not running yet")
+            log.info(
+                "cancel of %s (%s)", body.request_id, "running" if found else "not running yet"
+            )
             await delivery.ack()
             return
 

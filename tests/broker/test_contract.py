@@ -34,7 +34,9 @@ async def test_a_partition_delivers_in_publish_order(broker: Broker, topology: T
         assert [d.body for d in got] == [f"m{i}".encode() for i in range(50)]
 
 
-async def test_unacked_deliveries_go_to_the_next_consumer_in_order(broker: Broker, topology: Topology) -> None:
+async def test_unacked_deliveries_go_to_the_next_consumer_in_order(
+    broker: Broker, topology: Topology
+) -> None:
     queue = topology.queue("requests", 1)
     for i in range(5):
         await broker.publish(queue, f"m{i}".encode())
@@ -51,7 +53,9 @@ async def test_unacked_deliveries_go_to_the_next_consumer_in_order(broker: Broke
     await second.close()
 
 
-async def test_only_one_consumer_of_a_partition_is_active(broker: Broker, topology: Topology) -> None:
+async def test_only_one_consumer_of_a_partition_is_active(
+    broker: Broker, topology: Topology
+) -> None:
     queue = topology.queue("requests", 2)
     active = await broker.consume(queue, prefetch=10)
     standby = await broker.consume(queue, prefetch=10)
@@ -80,12 +84,16 @@ async def test_a_nacked_delivery_is_delivered_again(broker: Broker, topology: To
         await second.ack()
 
 
-async def test_a_dead_letter_keeps_the_bytes_and_the_reason(broker: Broker, topology: Topology) -> None:
+async def test_a_dead_letter_keeps_the_bytes_and_the_reason(
+    broker: Broker, topology: Topology
+) -> None:
     queue = topology.queue("requests", 3)
     await broker.publish(queue, b"\x00 not an envelope")
     async with await broker.consume(queue, prefetch=1) as sub:
         (delivery,) = await take(sub, 1)
-        await broker.dead_letter(delivery, "not a JSON envelope: bad bytes", topology, envelope_id="e9")
+        await broker.dead_letter(
+            delivery, "not a JSON envelope: bad bytes", topology, envelope_id="e9"
+        )
     with anyio.fail_after(10):
         while (dead := await broker.get(topology.dead_letter_queue)) is None:
             await anyio.sleep(0.05)
@@ -98,7 +106,9 @@ async def test_a_dead_letter_keeps_the_bytes_and_the_reason(broker: Broker, topo
     assert stats.ready == 0
 
 
-async def test_replies_reach_the_caller_that_waits_for_them_once(broker: Broker, topology: Topology) -> None:
+async def test_replies_reach_the_caller_that_waits_for_them_once(
+    broker: Broker, topology: Topology
+) -> None:
     queue = topology.reply_queue("contract")
     await broker.declare_reply_queue(queue)
     router = ReplyRouter(broker, queue)
@@ -106,12 +116,24 @@ async def test_replies_reach_the_caller_that_waits_for_them_once(broker: Broker,
 
     def reply(correlation: str, kind: str, seq: int = 0) -> bytes:
         body = ResultEvent(request_id=correlation, kind=kind, seq=seq)  # type: ignore[arg-type]
-        return encode(Envelope(id=f"{correlation}-{kind}-{seq}", session_id="s", correlation_id=correlation, body=body))
+        return encode(
+            Envelope(
+                id=f"{correlation}-{kind}-{seq}",
+                session_id="s",
+                correlation_id=correlation,
+                body=body,
+            )
+        )
 
     async with anyio.create_task_group() as tg:
         await tg.start(router.run)
-        for data in (reply("req-b", "delta", 1), reply("req-a", "final"), reply("req-b", "delta", 1),
-                     reply("req-b", "final"), reply("req-a", "final")):
+        for data in (
+            reply("req-b", "delta", 1),
+            reply("req-a", "final"),
+            reply("req-b", "delta", 1),
+            reply("req-b", "final"),
+            reply("req-a", "final"),
+        ):
             await broker.publish(queue, data)
         with anyio.fail_after(10):
             got_a = await a.get()

@@ -24,8 +24,13 @@ from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 FC_PREFIX = "/2023-03-30/functions"
-_INT_ATTRIBUTES = ("DelaySeconds", "MaximumMessageSize", "MessageRetentionPeriod",
-                   "PollingWaitSeconds", "VisibilityTimeout")
+_INT_ATTRIBUTES = (
+    "DelaySeconds",
+    "MaximumMessageSize",
+    "MessageRetentionPeriod",
+    "PollingWaitSeconds",
+    "VisibilityTimeout",
+)
 
 
 @dataclass
@@ -65,7 +70,8 @@ class ControlPlane:
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._server.daemon_threads = True
         self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
 
     @property
     def url(self) -> str:
@@ -100,7 +106,7 @@ class ControlPlane:
     # FC 3.0
 
     def _fc(self, r: Recorded) -> tuple[int, Any]:
-        parts = [unquote(p) for p in r.path[len(FC_PREFIX):].split("/") if p]
+        parts = [unquote(p) for p in r.path[len(FC_PREFIX) :].split("/") if p]
         functions, triggers = self.state.functions, self.state.triggers
         if not parts:
             if r.method == "POST":
@@ -131,9 +137,13 @@ class ControlPlane:
                 trigger = r.body["triggerName"]
                 if trigger in own:
                     return 409, _error("TriggerAlreadyExists", f"trigger {trigger} exists")
-                own[trigger] = {**r.body, "triggerId": uuid.uuid4().hex, "status": "Ready",
-                                "createdTime": "2024-01-01T00:00:00Z",
-                                "targetArn": f"acs:fc:cn-hangzhou:1:functions/{name}"}
+                own[trigger] = {
+                    **r.body,
+                    "triggerId": uuid.uuid4().hex,
+                    "status": "Ready",
+                    "createdTime": "2024-01-01T00:00:00Z",
+                    "targetArn": f"acs:fc:cn-hangzhou:1:functions/{name}",
+                }
                 return 200, own[trigger]
             return 200, {"triggers": list(own.values()), "nextToken": ""}
         if len(parts) == 3 and parts[1] == "triggers":
@@ -159,10 +169,17 @@ class ControlPlane:
         if r.action == "CreateQueue":
             if name in queues:
                 return 409, _error("QueueAlreadyExist", f"queue {name} exists")
-            queues[name] = {"QueueName": name, "DelaySeconds": 0, "PollingWaitSeconds": 0,
-                            "MaximumMessageSize": 65536, "MessageRetentionPeriod": 345600,
-                            "VisibilityTimeout": 30, "CreateTime": 1700000000,
-                            "LoggingEnabled": False, **attributes}
+            queues[name] = {
+                "QueueName": name,
+                "DelaySeconds": 0,
+                "PollingWaitSeconds": 0,
+                "MaximumMessageSize": 65536,
+                "MessageRetentionPeriod": 345600,
+                "VisibilityTimeout": 30,
+                "CreateTime": 1700000000,
+                "LoggingEnabled": False,
+                **attributes,
+            }
             return 200, _ok(name)
         if name not in queues:
             return 404, _error("QueueNotExist", f"queue {name} does not exist")
@@ -193,9 +210,15 @@ class _Handler(BaseHTTPRequestHandler):
             body = json.loads(raw) if raw else None
         except ValueError:
             body = dict(parse_qsl(raw.decode()))
-        recorded = Recorded(self.command, parts.path, dict(parse_qsl(parts.query)),
-                            self.headers.get("x-acs-action"), body,
-                            {k.lower(): v for k, v in self.headers.items()}, raw)
+        recorded = Recorded(
+            self.command,
+            parts.path,
+            dict(parse_qsl(parts.query)),
+            self.headers.get("x-acs-action"),
+            body,
+            {k.lower(): v for k, v in self.headers.items()},
+            raw,
+        )
         status, answer = self.control.handle(recorded)
         data = b"" if answer is None else json.dumps(answer).encode()
         self.send_response(status)
@@ -213,8 +236,14 @@ def _error(code: str, message: str) -> dict[str, Any]:
 
 
 def _ok(data: Any) -> dict[str, Any]:
-    return {"Code": 200, "Success": True, "Status": "Success", "Message": "operation success",
-            "RequestId": uuid.uuid4().hex, "Data": data}
+    return {
+        "Code": 200,
+        "Success": True,
+        "Status": "Success",
+        "Message": "operation success",
+        "RequestId": uuid.uuid4().hex,
+        "Data": data,
+    }
 
 
 def _stored_function(body: dict[str, Any], current: dict[str, Any] | None = None) -> dict:
@@ -232,6 +261,11 @@ def _stored_function(body: dict[str, Any], current: dict[str, Any] | None = None
 
 def _shown_function(stored: dict[str, Any]) -> dict[str, Any]:
     name = stored["functionName"]
-    return {**stored, "functionArn": f"acs:fc:cn-hangzhou:1:functions/{name}",
-            "state": "Active", "lastUpdateStatus": "Successful",
-            "createdTime": "2024-01-01T00:00:00Z", "lastModifiedTime": "2024-01-01T00:00:00Z"}
+    return {
+        **stored,
+        "functionArn": f"acs:fc:cn-hangzhou:1:functions/{name}",
+        "state": "Active",
+        "lastUpdateStatus": "Successful",
+        "createdTime": "2024-01-01T00:00:00Z",
+        "lastModifiedTime": "2024-01-01T00:00:00Z",
+    }

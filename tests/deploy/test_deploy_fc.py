@@ -27,14 +27,36 @@ ACCESS_KEY_SECRET = "local-secret-never-printed"
 SECURITY_TOKEN = "local-sts-token-never-printed"
 API_KEY = "sk-never-printed"
 BASE = [
-    "deploy", "fc", "--app", "examples.weather:app",
-    "--store", "redis://r-agentqueue.redis.rds.aliyuncs.com:6379/0",
-    "--namespace", "aq", "--partition-count", "2", "--tool-partition-count", "2",
-    "--region", "cn-hangzhou", "--account-id", "1234567890123456",
-    "--function-name", "aq-worker", "--memory", "2048", "--timeout", "600",
-    "--role-arn", "acs:ram::1234567890123456:role/aq-worker-role",
-    "--env", "AGENTQUEUE_MODEL=qwen-max", "--env", "DASHSCOPE_API_KEY",
-    "--code", "fc.zip",
+    "deploy",
+    "fc",
+    "--app",
+    "examples.weather:app",
+    "--store",
+    "redis://r-agentqueue.redis.rds.aliyuncs.com:6379/0",
+    "--namespace",
+    "aq",
+    "--partition-count",
+    "2",
+    "--tool-partition-count",
+    "2",
+    "--region",
+    "cn-hangzhou",
+    "--account-id",
+    "1234567890123456",
+    "--function-name",
+    "aq-worker",
+    "--memory",
+    "2048",
+    "--timeout",
+    "600",
+    "--role-arn",
+    "acs:ram::1234567890123456:role/aq-worker-role",
+    "--env",
+    "AGENTQUEUE_MODEL=qwen-max",
+    "--env",
+    "DASHSCOPE_API_KEY",
+    "--code",
+    "fc.zip",
 ]
 
 
@@ -67,17 +89,20 @@ def cloud() -> Iterator[ControlPlane]:
         yield plane
 
 
-def run(capsys: pytest.CaptureFixture[str], *args: str, base: list[str] = BASE
-        ) -> tuple[int, str, str]:
+def run(
+    capsys: pytest.CaptureFixture[str], *args: str, base: list[str] = BASE
+) -> tuple[int, str, str]:
     code = main([*base, *args])
     out, err = capsys.readouterr()
     return code, out, err
 
 
-def apply(capsys: pytest.CaptureFixture[str], cloud: ControlPlane, *args: str,
-          base: list[str] = BASE) -> list[str]:
-    code, out, err = run(capsys, "--apply", "--fc-endpoint", cloud.url,
-                         "--mns-endpoint", cloud.url, *args, base=base)
+def apply(
+    capsys: pytest.CaptureFixture[str], cloud: ControlPlane, *args: str, base: list[str] = BASE
+) -> list[str]:
+    code, out, err = run(
+        capsys, "--apply", "--fc-endpoint", cloud.url, "--mns-endpoint", cloud.url, *args, base=base
+    )
     assert code == 0, err
     return out.splitlines()
 
@@ -96,9 +121,18 @@ def test_plan_json_has_one_synchronous_trigger_per_partition_queue(workdir: Path
     assert code == 0
     plan = json.loads(out)
     assert [q["name"] for q in plan["queues"]] == [
-        "aq-dead-letters", "aq-requests-0", "aq-requests-1", "aq-tools-0", "aq-tools-1"]
+        "aq-dead-letters",
+        "aq-requests-0",
+        "aq-requests-1",
+        "aq-tools-0",
+        "aq-tools-1",
+    ]
     assert [t["queue"] for t in plan["triggers"]] == [
-        "aq-requests-0", "aq-requests-1", "aq-tools-0", "aq-tools-1"]
+        "aq-requests-0",
+        "aq-requests-1",
+        "aq-tools-0",
+        "aq-tools-1",
+    ]
     for trigger in plan["triggers"]:
         config = trigger["triggerConfig"]
         assert trigger["triggerType"] == "eventbridge"
@@ -106,8 +140,11 @@ def test_plan_json_has_one_synchronous_trigger_per_partition_queue(workdir: Path
         assert config["eventSinkConfig"]["deliveryOption"]["concurrency"] == 1
         assert config["runOptions"]["mode"] == "event-streaming"
         source = config["eventSourceConfig"]["eventSourceParameters"]["sourceMNSParameters"]
-        assert source == {"QueueName": trigger["queue"], "RegionId": "cn-hangzhou",
-                          "IsBase64Decode": False}
+        assert source == {
+            "QueueName": trigger["queue"],
+            "RegionId": "cn-hangzhou",
+            "IsBase64Decode": False,
+        }
         assert config["runOptions"]["deadLetterQueue"]["Arn"].endswith("/queues/aq-dead-letters")
     function = plan["function"]
     assert function["handler"] == "agentqueue.workers.fc.handler"
@@ -119,37 +156,52 @@ def test_plan_json_has_one_synchronous_trigger_per_partition_queue(workdir: Path
 
 def test_apply_sends_the_sdk_requests_that_create_everything(workdir: Path, cloud, capsys):
     lines = apply(capsys, cloud)
-    assert [line.split()[:2] for line in lines] == [
-        ["created", "queue"]] * 5 + [["created", "function"]] + [["created", "trigger"]] * 4 + [
-        ["unmanaged", "role"]]
+    assert [line.split()[:2] for line in lines] == [["created", "queue"]] * 5 + [
+        ["created", "function"]
+    ] + [["created", "trigger"]] * 4 + [["unmanaged", "role"]]
     sent = cloud.take()
     creates = [r for r in sent if r.action == "CreateQueue"]
     assert [(r.method, r.path) for r in creates] == [("POST", "/")] * 5
-    assert creates[1].query == {"QueueName": "aq-requests-0", "MaximumMessageSize": "65536",
-                                "MessageRetentionPeriod": "345600", "VisibilityTimeout": "30"}
+    assert creates[1].query == {
+        "QueueName": "aq-requests-0",
+        "MaximumMessageSize": "65536",
+        "MessageRetentionPeriod": "345600",
+        "VisibilityTimeout": "30",
+    }
     (create,) = [r for r in sent if r.action == "CreateFunction"]
     assert (create.method, create.path) == ("POST", FC_PREFIX)
     body = create.body
     assert base64.b64decode(body["code"]["zipFile"]) == (workdir / "fc.zip").read_bytes()
     assert (body["functionName"], body["runtime"], body["handler"]) == (
-        "aq-worker", "python3.12", "agentqueue.workers.fc.handler")
+        "aq-worker",
+        "python3.12",
+        "agentqueue.workers.fc.handler",
+    )
     assert body["instanceLifecycleConfig"]["initializer"]["handler"] == (
-        "agentqueue.workers.fc.initializer")
+        "agentqueue.workers.fc.initializer"
+    )
     assert (body["memorySize"], body["cpu"], body["timeout"]) == (2048, 2.0, 600)
     assert body["role"] == "acs:ram::1234567890123456:role/aq-worker-role"
     assert body["sessionAffinity"] == "HEADER_FIELD"
     assert json.loads(body["sessionAffinityConfig"])["affinityHeaderFieldName"] == (
-        "agentqueue-session")
+        "agentqueue-session"
+    )
     env = body["environmentVariables"]
     assert env["AGENTQUEUE_BROKER"] == "mnss://1234567890123456.mns.cn-hangzhou.aliyuncs.com"
     assert env["DASHSCOPE_API_KEY"] == API_KEY  # the function needs it; it is only never shown
     triggers = [r for r in sent if r.action == "CreateTrigger"]
     assert [r.path for r in triggers] == [f"{FC_PREFIX}/aq-worker/triggers"] * 4
     assert [r.body["triggerName"] for r in triggers] == [
-        "aq-requests-0", "aq-requests-1", "aq-tools-0", "aq-tools-1"]
+        "aq-requests-0",
+        "aq-requests-1",
+        "aq-tools-0",
+        "aq-tools-1",
+    ]
     config = json.loads(triggers[2].body["triggerConfig"])
-    assert config["eventSourceConfig"]["eventSourceParameters"]["sourceMNSParameters"][
-        "QueueName"] == "aq-tools-0"
+    assert (
+        config["eventSourceConfig"]["eventSourceParameters"]["sourceMNSParameters"]["QueueName"]
+        == "aq-tools-0"
+    )
     assert triggers[2].body["triggerType"] == "eventbridge"
     assert set(cloud.state.queues) == {q.split()[2] for q in lines[:5]}
     # Signed as the SDKs sign, and the secrets never leave this process in clear.
@@ -186,7 +238,9 @@ def test_apply_updates_only_what_differs(workdir: Path, cloud, capsys) -> None:
     assert trigger.method == "PUT"
     assert trigger.path == f"{FC_PREFIX}/aq-worker/triggers/aq-requests-0"
     assert json.loads(trigger.body["triggerConfig"])["runOptions"]["batchWindow"] == {
-        "CountBasedWindow": 20, "TimeBasedWindow": 0}
+        "CountBasedWindow": 20,
+        "TimeBasedWindow": 0,
+    }
 
     new_code = write_code(workdir / "fc.zip", "print('v2')\n")
     lines = apply(capsys, cloud, "--memory", "4096", "--batch-size", "20")
@@ -201,19 +255,23 @@ def test_an_environment_variable_dropped_from_the_plan_is_dropped_from_the_funct
     apply(capsys, cloud)
     cloud.take()
     at = BASE.index("AGENTQUEUE_MODEL=qwen-max")
-    lines = apply(capsys, cloud, base=BASE[:at - 1] + BASE[at + 1:])
+    lines = apply(capsys, cloud, base=BASE[: at - 1] + BASE[at + 1 :])
     assert "updated   function aq-worker  (environmentVariables)" in lines
     (update,) = [r for r in cloud.take() if r.action == "UpdateFunction"]
     assert "AGENTQUEUE_MODEL" not in update.body["environmentVariables"]
-    assert cloud.state.functions["aq-worker"]["environmentVariables"] == (
-        update.body["environmentVariables"])
+    assert (
+        cloud.state.functions["aq-worker"]["environmentVariables"]
+        == (update.body["environmentVariables"])
+    )
 
 
 def test_code_in_oss_is_referenced_not_uploaded(workdir: Path, cloud, capsys) -> None:
     apply(capsys, cloud, "--code", "oss://my-bucket/builds/agentqueue-fc.zip")
     (create,) = [r for r in cloud.take() if r.action == "CreateFunction"]
-    assert create.body["code"] == {"ossBucketName": "my-bucket",
-                                   "ossObjectName": "builds/agentqueue-fc.zip"}
+    assert create.body["code"] == {
+        "ossBucketName": "my-bucket",
+        "ossObjectName": "builds/agentqueue-fc.zip",
+    }
 
 
 def test_apply_restores_a_queue_attribute_changed_outside(workdir: Path, cloud, capsys) -> None:
@@ -227,18 +285,29 @@ def test_apply_restores_a_queue_attribute_changed_outside(workdir: Path, cloud, 
 def test_destroy_removes_triggers_then_function_then_queues(workdir: Path, cloud, capsys) -> None:
     apply(capsys, cloud)
     cloud.take()
-    code, out, err = run(capsys, "--destroy", "--fc-endpoint", cloud.url,
-                         "--mns-endpoint", cloud.url)
+    code, out, err = run(
+        capsys, "--destroy", "--fc-endpoint", cloud.url, "--mns-endpoint", cloud.url
+    )
     assert code == 0, err
     assert [line.split()[:2] for line in out.splitlines()] == [["removed", "trigger"]] * 4 + [
-        ["removed", "function"]] + [["removed", "queue"]] * 5
-    deletes = [(r.method, r.path, r.query.get("QueueName")) for r in cloud.take()
-               if r.method == "DELETE" or r.action == "DeleteQueue"]
-    assert deletes[:5] == [("DELETE", f"{FC_PREFIX}/aq-worker/triggers/{t}", None) for t in (
-        "aq-requests-0", "aq-requests-1", "aq-tools-0", "aq-tools-1")] + [
-        ("DELETE", f"{FC_PREFIX}/aq-worker", None)]
+        ["removed", "function"]
+    ] + [["removed", "queue"]] * 5
+    deletes = [
+        (r.method, r.path, r.query.get("QueueName"))
+        for r in cloud.take()
+        if r.method == "DELETE" or r.action == "DeleteQueue"
+    ]
+    assert deletes[:5] == [
+        ("DELETE", f"{FC_PREFIX}/aq-worker/triggers/{t}", None)
+        for t in ("aq-requests-0", "aq-requests-1", "aq-tools-0", "aq-tools-1")
+    ] + [("DELETE", f"{FC_PREFIX}/aq-worker", None)]
     assert [d[2] for d in deletes[5:]] == [
-        "aq-dead-letters", "aq-requests-0", "aq-requests-1", "aq-tools-0", "aq-tools-1"]
+        "aq-dead-letters",
+        "aq-requests-0",
+        "aq-requests-1",
+        "aq-tools-0",
+        "aq-tools-1",
+    ]
     assert cloud.state.functions == {} and cloud.state.queues == {}
 
     code, out, _ = run(capsys, "--destroy", "--fc-endpoint", cloud.url, "--mns-endpoint", cloud.url)
@@ -247,8 +316,18 @@ def test_destroy_removes_triggers_then_function_then_queues(workdir: Path, cloud
 
 
 def test_apply_refuses_a_plan_with_problems_before_calling_anything(workdir, cloud, capsys):
-    code = main([*BASE, "--store", "sqlite:///sessions.db", "--apply",
-                 "--fc-endpoint", cloud.url, "--mns-endpoint", cloud.url])
+    code = main(
+        [
+            *BASE,
+            "--store",
+            "sqlite:///sessions.db",
+            "--apply",
+            "--fc-endpoint",
+            cloud.url,
+            "--mns-endpoint",
+            cloud.url,
+        ]
+    )
     _, err = capsys.readouterr()
     assert code == 1
     assert "not shared by FC instances" in err and "redis://" in err
@@ -266,10 +345,16 @@ def test_package_without_deps_holds_the_handler_and_the_app(workdir: Path, capsy
     assert code == 0, err
     assert "wrote dist/a.zip" in out
     names = zipfile.ZipFile(workdir / "dist/a.zip").namelist()
-    for name in ("agentqueue/__init__.py", "agentqueue/workers/fc.py",
-                 "agentqueue/workers/fc_config.py", "agentqueue/broker/mns.py",
-                 "agentqueue/protocol/codec.py", "agentqueue/deploy/__init__.py",
-                 "examples/__init__.py", "examples/weather.py"):
+    for name in (
+        "agentqueue/__init__.py",
+        "agentqueue/workers/fc.py",
+        "agentqueue/workers/fc_config.py",
+        "agentqueue/broker/mns.py",
+        "agentqueue/protocol/codec.py",
+        "agentqueue/deploy/__init__.py",
+        "examples/__init__.py",
+        "examples/weather.py",
+    ):
         assert name in names
     assert names == sorted(names)
     assert not [n for n in names if "__pycache__" in n or n.endswith(".pyc")]

@@ -12,8 +12,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-from agentqueue.deploy import mns_protocol
-from agentqueue.deploy.local_mns import LocalMNS
 from mns.account import Account
 from mns.message_property import (
     MessagePropertyValue,
@@ -23,6 +21,9 @@ from mns.message_property import (
 from mns.mns_client import MNSClient
 from mns.mns_exception import MNSServerException
 from mns.queue import Message, Queue, QueueMeta
+
+from agentqueue.deploy import mns_protocol
+from agentqueue.deploy.local_mns import LocalMNS
 
 NS = "{http://mns.aliyuncs.com/doc/v1/}"
 

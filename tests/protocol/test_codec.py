@@ -21,7 +21,9 @@ from agentqueue.protocol import (
 
 
 def envelope(**fields: object) -> Envelope:
-    return Envelope(id="e1", session_id="s1", body=AgentRequest(input=[user_message("hi")]), **fields)  # type: ignore[arg-type]
+    return Envelope(
+        id="e1", session_id="s1", body=AgentRequest(input=[user_message("hi")]), **fields
+    )  # type: ignore[arg-type]
 
 
 def test_an_envelope_survives_encode_and_decode_unchanged() -> None:
@@ -33,8 +35,11 @@ def test_an_agentscope_runtime_request_json_decodes_into_agent_request() -> None
     runtime_request = {
         "input": [
             {"role": "user", "type": "message", "content": [{"type": "text", "text": "hi"}]},
-            {"role": "user", "type": "message",
-             "content": [{"type": "image", "image_url": "https://example.com/cat.png"}]},
+            {
+                "role": "user",
+                "type": "message",
+                "content": [{"type": "image", "image_url": "https://example.com/cat.png"}],
+            },
         ],
         "stream": True,
         "session_id": "s1",
@@ -83,7 +88,10 @@ def test_a_body_over_the_size_limit_is_refused_before_parsing() -> None:
 
 def test_result_events_know_whether_they_are_terminal() -> None:
     assert not ResultEvent(request_id="r", kind="delta").terminal
-    assert all(ResultEvent(request_id="r", kind=k).terminal for k in ("final", "failed", "cancelled", "timed_out"))
+    assert all(
+        ResultEvent(request_id="r", kind=k).terminal
+        for k in ("final", "failed", "cancelled", "timed_out")
+    )
 
 
 def test_the_json_schema_covers_every_body_type() -> None:

@@ -20,7 +20,9 @@ VECTORS = [
 
 
 @pytest.mark.parametrize(("key", "n", "hashed", "partition"), VECTORS)
-def test_partition_vectors_match_the_documented_algorithm(key: str, n: int, hashed: int, partition: int) -> None:
+def test_partition_vectors_match_the_documented_algorithm(
+    key: str, n: int, hashed: int, partition: int
+) -> None:
     assert key_hash(key) == hashed
     assert partition_for(key, n) == partition
 
@@ -30,7 +32,9 @@ def test_growing_the_partition_count_moves_about_one_in_n_keys() -> None:
     moved = sum(partition_for(k, 16) != partition_for(k, 17) for k in keys)
     assert 0.8 / 17 < moved / len(keys) < 1.2 / 17
     # and a key that moves only ever moves to the new partition
-    assert all(partition_for(k, 17) == 16 for k in keys if partition_for(k, 16) != partition_for(k, 17))
+    assert all(
+        partition_for(k, 17) == 16 for k in keys if partition_for(k, 16) != partition_for(k, 17)
+    )
 
 
 def test_keys_spread_evenly_over_partitions() -> None:

@@ -47,7 +47,9 @@ def assistant(ctx: AgentContext):  # type: ignore[no-untyped-def]
     return ctx.build_agent("You are helpful.")
 
 
-async def serve(url: str, store_url: str, topology: Topology, tg: anyio.abc.TaskGroup) -> list[Worker]:
+async def serve(
+    url: str, store_url: str, topology: Topology, tg: anyio.abc.TaskGroup
+) -> list[Worker]:
     broker = MemoryBroker(url)
     await broker.connect()
     workers = [
@@ -61,7 +63,11 @@ async def serve(url: str, store_url: str, topology: Topology, tg: anyio.abc.Task
 
 @pytest.fixture
 def names() -> tuple[str, str, Topology]:
-    return f"memory://ev-{new_id()[:8]}", f"memory://st-{new_id()[:8]}", Topology(namespace="ev", partitions=4, tool_partitions=4)
+    return (
+        f"memory://ev-{new_id()[:8]}",
+        f"memory://st-{new_id()[:8]}",
+        Topology(namespace="ev", partitions=4, tool_partitions=4),
+    )
 
 
 async def test_stream_yields_deltas_in_order_then_one_final(names) -> None:  # type: ignore[no-untyped-def]
@@ -69,7 +75,9 @@ async def test_stream_yields_deltas_in_order_then_one_final(names) -> None:  # t
     async with anyio.create_task_group() as tg:
         await serve(url, store_url, topology, tg)
         async with Client(url, topology=topology) as client:
-            events = [e async for e in client.stream("My name is Ada.", session_id="s1", timeout=30)]
+            events = [
+                e async for e in client.stream("My name is Ada.", session_id="s1", timeout=30)
+            ]
         tg.cancel_scope.cancel()
     kinds = [e.kind for e in events]
     assert kinds[-1] == "final" and kinds.count("final") == 1
@@ -85,7 +93,9 @@ async def test_a_cancelled_request_answers_cancelled_and_the_next_turn_works(nam
         await serve(url, store_url, topology, tg)
         async with Client(url, topology=topology) as client:
             await client.call("My name is Ada.", session_id="s2", timeout=30)
-            handle = await client.submit('/tool slow_lookup {"topic": "queues"}', session_id="s2", timeout=120)
+            handle = await client.submit(
+                '/tool slow_lookup {"topic": "queues"}', session_id="s2", timeout=120
+            )
             with anyio.fail_after(10):
                 while not tool_runs:
                     await anyio.sleep(0.02)
@@ -111,7 +121,9 @@ async def test_a_request_past_its_deadline_times_out(names) -> None:  # type: ig
         await serve(url, store_url, topology, tg)
         async with Client(url, topology=topology) as client:
             with pytest.raises(RequestTimedOut, match="request timed out"):
-                await client.call('/tool slow_lookup {"topic": "deadlines"}', session_id="s3", timeout=1.5)
+                await client.call(
+                    '/tool slow_lookup {"topic": "deadlines"}', session_id="s3", timeout=1.5
+                )
             ok = await client.call("What's the weather in Paris?", session_id="s3", timeout=30)
         tg.cancel_scope.cancel()
     assert ok.text == "The weather in Paris: sunny, 21°C."

@@ -10,6 +10,15 @@ import time
 from typing import Any
 
 import pytest
+from agentscope.message import DataBlock, Msg, TextBlock, ToolCallBlock, ToolResultBlock
+from agentscope.middleware import TracingMiddleware
+from agentscope.model import DashScopeChatModel, OpenAIChatModel
+from agentscope.state import AgentState
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
 from agentqueue.workers.agent_context import AgentContext
 from agentqueue.workers.agent_turn import (
     TurnOutcome,
@@ -20,14 +29,6 @@ from agentqueue.workers.agent_turn import (
 from agentqueue.workers.models import default_model
 from agentqueue.workers.scripted_model import ScriptedChatModel
 from agentqueue.workers.toolkit import ToolError, ToolSpec, build_toolkit
-from agentscope.message import DataBlock, Msg, TextBlock, ToolCallBlock, ToolResultBlock
-from agentscope.middleware import TracingMiddleware
-from agentscope.model import DashScopeChatModel, OpenAIChatModel
-from agentscope.state import AgentState
-from opentelemetry import trace
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 MODEL_ENV = ("DASHSCOPE_API_KEY", "DASHSCOPE_BASE_URL", "OPENAI_API_KEY", "OPENAI_BASE_URL")
 

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import time
 from collections import defaultdict
 
 import anyio
-import pytest
 
 from agentqueue import App, Client
 from agentqueue.broker.base import Broker
@@ -55,15 +53,22 @@ async def run_balance_scenario(broker_url: str, store_url: str, topology: Topolo
         return "ok"
 
     brokers: list[Broker] = []
-    scopes: dict[str, anyio.CancelScope] = {}
     workers: list[Worker] = []
 
     async def start_worker(tg: anyio.abc.TaskGroup) -> Worker:
         broker = open_broker(broker_url)
         await broker.connect()
         brokers.append(broker)
-        worker = Worker(app, broker, MemorySessionStore(store_url), topology=topology, role="tools",
-                        balance=True, heartbeat_interval=0.2, shutdown_grace=10)
+        worker = Worker(
+            app,
+            broker,
+            MemorySessionStore(store_url),
+            topology=topology,
+            role="tools",
+            balance=True,
+            heartbeat_interval=0.2,
+            shutdown_grace=10,
+        )
         workers.append(worker)
         await tg.start(worker.run)
         return worker
@@ -78,9 +83,16 @@ async def run_balance_scenario(broker_url: str, store_url: str, topology: Topolo
             async def traffic(seqs: range) -> None:
                 async with anyio.create_task_group() as calls:
                     for session in sessions:
+
                         async def run(session: str = session) -> None:
                             for seq in seqs:
-                                await client.call_tool("step", {"session": session, "seq": seq}, session_id=session, timeout=60)
+                                await client.call_tool(
+                                    "step",
+                                    {"session": session, "seq": seq},
+                                    session_id=session,
+                                    timeout=60,
+                                )
+
                         calls.start_soon(run)
 
             async with anyio.create_task_group() as load:
@@ -105,6 +117,8 @@ async def test_workers_share_partitions_and_hand_over_in_order_on_the_memory_bro
     await run_balance_scenario(url, f"memory://s-{new_id()[:8]}", topology)
 
 
-async def test_workers_share_partitions_and_hand_over_in_order_on_rabbitmq(rabbitmq_url: str) -> None:
+async def test_workers_share_partitions_and_hand_over_in_order_on_rabbitmq(
+    rabbitmq_url: str,
+) -> None:
     topology = Topology(namespace=f"bal{new_id()[:6]}", partitions=12, tool_partitions=12)
     await run_balance_scenario(rabbitmq_url, f"memory://s-{new_id()[:8]}", topology)

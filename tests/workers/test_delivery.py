@@ -52,11 +52,17 @@ def store_url() -> str:
     return f"memory://store-{new_id()[:8]}"
 
 
-def tool_call(session: str, name: str, arguments: dict, reply_to: str, event_id: str | None = None) -> Envelope:
+def tool_call(
+    session: str, name: str, arguments: dict, reply_to: str, event_id: str | None = None
+) -> Envelope:
     event_id = event_id or new_id()
     return Envelope(
-        id=event_id, session_id=session, correlation_id=event_id, reply_to=reply_to,
-        body=ToolCall(name=name, arguments=arguments, call_id=event_id), created_at=time.time(),
+        id=event_id,
+        session_id=session,
+        correlation_id=event_id,
+        reply_to=reply_to,
+        body=ToolCall(name=name, arguments=arguments, call_id=event_id),
+        created_at=time.time(),
     )
 
 
@@ -68,15 +74,24 @@ async def background() -> AsyncIterator[anyio.abc.TaskGroup]:
         tg.cancel_scope.cancel()
 
 
-async def test_each_session_sees_its_events_in_order_and_one_at_a_time(url: str, store_url: str) -> None:
+async def test_each_session_sees_its_events_in_order_and_one_at_a_time(
+    url: str, store_url: str
+) -> None:
     recorder = Recorder()
     app = App("ordering")
     app.tool("record")(recorder.record)
     topology = Topology(namespace="ord", partitions=8, tool_partitions=8)
     async with MemoryBroker(url) as broker, background() as task_group:
         for served in (range(0, 4), range(4, 8)):
-            worker = Worker(app, broker, MemorySessionStore(store_url), topology=topology, role="tools",
-                            tool_partitions=served, concurrency=16)
+            worker = Worker(
+                app,
+                broker,
+                MemorySessionStore(store_url),
+                topology=topology,
+                role="tools",
+                tool_partitions=served,
+                concurrency=16,
+            )
             await task_group.start(worker.run)
         reply_queue = topology.reply_queue("test")
         await broker.declare_reply_queue(reply_queue)
@@ -86,7 +101,9 @@ async def test_each_session_sees_its_events_in_order_and_one_at_a_time(url: str,
         inboxes = []
         for seq in range(20):  # interleaved: every session's seq 0, then every seq 1, ...
             for session in sessions:
-                envelope = tool_call(session, "record", {"session": session, "seq": seq}, reply_queue)
+                envelope = tool_call(
+                    session, "record", {"session": session, "seq": seq}, reply_queue
+                )
                 inboxes.append(router.expect(envelope.id))
                 await broker.publish(topology.route(envelope), encode(envelope))
         with anyio.fail_after(60):
@@ -97,7 +114,9 @@ async def test_each_session_sees_its_events_in_order_and_one_at_a_time(url: str,
     assert recorder.max_parallel > 1  # different sessions did run at the same time
 
 
-async def test_an_event_whose_worker_vanishes_mid_run_is_redelivered_and_takes_effect_once(url: str, store_url: str) -> None:
+async def test_an_event_whose_worker_vanishes_mid_run_is_redelivered_and_takes_effect_once(
+    url: str, store_url: str
+) -> None:
     effects: list[str] = []
     started = anyio.Event()
     app = App("crash")
@@ -112,7 +131,9 @@ async def test_an_event_whose_worker_vanishes_mid_run_is_redelivered_and_takes_e
     topology = Topology(namespace="crash", partitions=1, tool_partitions=1)
     doomed_broker = MemoryBroker(url)
     await doomed_broker.connect()
-    doomed = Worker(app, doomed_broker, MemorySessionStore(store_url), topology=topology, role="tools")
+    doomed = Worker(
+        app, doomed_broker, MemorySessionStore(store_url), topology=topology, role="tools"
+    )
     doomed_scope = anyio.CancelScope()
 
     async def run_doomed(*, task_status: anyio.abc.TaskStatus[None]) -> None:
@@ -121,14 +142,20 @@ async def test_an_event_whose_worker_vanishes_mid_run_is_redelivered_and_takes_e
 
     async with MemoryBroker(url) as broker, background() as task_group:
         await task_group.start(run_doomed)
-        survivor = Worker(app, broker, MemorySessionStore(store_url), topology=topology, role="tools")
+        survivor = Worker(
+            app, broker, MemorySessionStore(store_url), topology=topology, role="tools"
+        )
         await task_group.start(survivor.run)  # subscribed second: standby until the first goes
         async with Client(broker, topology=topology) as client:
             async with anyio.create_task_group() as calls:
                 result: list[str] = []
 
                 async def call() -> None:
-                    result.append(await client.call_tool("transfer", {"account": "acct-1"}, session_id="s1", timeout=20))
+                    result.append(
+                        await client.call_tool(
+                            "transfer", {"account": "acct-1"}, session_id="s1", timeout=20
+                        )
+                    )
 
                 calls.start_soon(call)
                 with anyio.fail_after(10):
@@ -140,7 +167,9 @@ async def test_an_event_whose_worker_vanishes_mid_run_is_redelivered_and_takes_e
     assert effects == ["acct-1"]
 
 
-async def test_a_redelivered_event_id_is_answered_from_the_stored_result_not_run_again(url: str, store_url: str) -> None:
+async def test_a_redelivered_event_id_is_answered_from_the_stored_result_not_run_again(
+    url: str, store_url: str
+) -> None:
     runs: list[int] = []
     app = App("dedup")
 
@@ -151,7 +180,9 @@ async def test_a_redelivered_event_id_is_answered_from_the_stored_result_not_run
 
     topology = Topology(namespace="dedup", partitions=2, tool_partitions=2)
     async with MemoryBroker(url) as broker, background() as task_group:
-        await task_group.start(Worker(app, broker, MemorySessionStore(store_url), topology=topology, role="tools").run)
+        await task_group.start(
+            Worker(app, broker, MemorySessionStore(store_url), topology=topology, role="tools").run
+        )
         reply_queue = topology.reply_queue("dedup")
         await broker.declare_reply_queue(reply_queue)
         router = ReplyRouter(broker, reply_queue)
@@ -167,7 +198,9 @@ async def test_a_redelivered_event_id_is_answered_from_the_stored_result_not_run
     assert answers[0] == answers[1] and answers[0].output == "charged 5 (run 1)"
 
 
-async def test_malformed_and_unknown_events_are_dead_lettered_and_the_worker_keeps_serving(url: str, store_url: str) -> None:
+async def test_malformed_and_unknown_events_are_dead_lettered_and_the_worker_keeps_serving(
+    url: str, store_url: str
+) -> None:
     app = App("bad-input")
 
     @app.tool("ping")
@@ -176,10 +209,14 @@ async def test_malformed_and_unknown_events_are_dead_lettered_and_the_worker_kee
 
     topology = Topology(namespace="bad", partitions=1, tool_partitions=1)
     async with MemoryBroker(url) as broker, background() as task_group:
-        await task_group.start(Worker(app, broker, MemorySessionStore(store_url), topology=topology).run)
+        await task_group.start(
+            Worker(app, broker, MemorySessionStore(store_url), topology=topology).run
+        )
         queue = topology.queue("requests", 0)
         await broker.publish(queue, b"{this is not json")
-        await broker.publish(queue, b'{"id":"e2","session_id":"s","body":{"type":"launch_missiles"}}')
+        await broker.publish(
+            queue, b'{"id":"e2","session_id":"s","body":{"type":"launch_missiles"}}'
+        )
         async with Client(broker, topology=topology) as client:
             assert await client.call_tool("ping", timeout=10) == "pong"
         reasons = []
@@ -195,7 +232,9 @@ async def test_malformed_and_unknown_events_are_dead_lettered_and_the_worker_kee
     assert reasons[1] == "invalid envelope: Invalid value 'launch_missiles' - at `$.body.type`"
 
 
-async def test_a_handler_that_always_fails_is_dead_lettered_after_max_attempts_and_the_caller_gets_the_error(url: str, store_url: str) -> None:
+async def test_a_handler_that_always_fails_is_dead_lettered_after_max_attempts_and_the_caller_gets_the_error(
+    url: str, store_url: str
+) -> None:
     attempts: list[float] = []
     app = App("poison")
 
@@ -206,13 +245,20 @@ async def test_a_handler_that_always_fails_is_dead_lettered_after_max_attempts_a
 
     topology = Topology(namespace="poison", partitions=2, tool_partitions=1)
     async with MemoryBroker(url) as broker, background() as task_group:
-        worker = Worker(app, broker, MemorySessionStore(store_url), topology=topology,
-                        retry=RetryPolicy(max_attempts=3, base_delay=0.01))
+        worker = Worker(
+            app,
+            broker,
+            MemorySessionStore(store_url),
+            topology=topology,
+            retry=RetryPolicy(max_attempts=3, base_delay=0.01),
+        )
         await task_group.start(worker.run)
         async with Client(broker, topology=topology) as client:
             with pytest.raises(RequestFailed) as info:
                 await client.call("hello", session_id="s1", timeout=30)
         dead = await broker.get(topology.dead_letter_queue)
-    assert str(info.value) == "failed after 3 attempts: RuntimeError: model endpoint refused the key"
+    assert (
+        str(info.value) == "failed after 3 attempts: RuntimeError: model endpoint refused the key"
+    )
     assert len(attempts) == 3
     assert dead is not None and decode_dead_letter(dead.body).reason == str(info.value)

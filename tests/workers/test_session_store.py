@@ -48,7 +48,9 @@ async def test_a_live_lease_keeps_other_workers_out(store: SessionStore) -> None
     assert taken is not None and taken.token > lease.token
 
 
-async def test_a_worker_that_lost_its_lease_cannot_overwrite_the_session(store: SessionStore) -> None:
+async def test_a_worker_that_lost_its_lease_cannot_overwrite_the_session(
+    store: SessionStore,
+) -> None:
     session = f"s-{new_id()[:6]}"
     stale = await store.acquire(session, "worker-a", ttl=0.3)
     assert stale is not None

@@ -32,20 +32,33 @@ async def transfer(account: str, amount: int) -> str:
 
 def call(account: str, *, created_at: float | None = None) -> bytes:
     call_id = new_id()
-    return encode(Envelope(
-        id=call_id, session_id=account, correlation_id=call_id,
-        body=ToolCall(name="transfer", arguments={"account": account, "amount": 5}, call_id=call_id),
-        created_at=time.time() if created_at is None else created_at,
-    ))
+    return encode(
+        Envelope(
+            id=call_id,
+            session_id=account,
+            correlation_id=call_id,
+            body=ToolCall(
+                name="transfer", arguments={"account": account, "amount": 5}, call_id=call_id
+            ),
+            created_at=time.time() if created_at is None else created_at,
+        )
+    )
 
 
 async def refusals(publish: list[bytes], expected: int | None = None) -> list[str]:
     """Publish raw messages to a signing worker and return the dead-letter reasons, in order."""
-    url, topology = f"memory://sig-{new_id()[:8]}", Topology(namespace="sig", partitions=1, tool_partitions=1)
+    url, topology = (
+        f"memory://sig-{new_id()[:8]}",
+        Topology(namespace="sig", partitions=1, tool_partitions=1),
+    )
     reasons: list[str] = []
     async with MemoryBroker(url) as broker, anyio.create_task_group() as tg:
         broker.signing = WORKER_KEYS
-        await tg.start(Worker(app, broker, MemorySessionStore(f"memory://{new_id()[:8]}"), topology=topology).run)
+        await tg.start(
+            Worker(
+                app, broker, MemorySessionStore(f"memory://{new_id()[:8]}"), topology=topology
+            ).run
+        )
         for data in publish:
             await broker.publish(topology.queue("tools", 0), data, sign=False)
         with anyio.fail_after(10):
@@ -82,24 +95,46 @@ async def test_a_replayed_or_stale_envelope_is_dead_lettered_and_never_run() -> 
     assert runs == ["acct-4"]  # the original ran once; nothing else did
     assert len(reasons) == 3
     assert reasons[0].startswith("replayed envelope refused: ")
-    assert reasons[1].startswith("stale envelope refused: created 3600 s ago, outside the 300 s window")
-    assert reasons[2] == "bad signature for key id 'k2': the envelope was altered or signed with another secret"
+    assert reasons[1].startswith(
+        "stale envelope refused: created 3600 s ago, outside the 300 s window"
+    )
+    assert (
+        reasons[2]
+        == "bad signature for key id 'k2': the envelope was altered or signed with another secret"
+    )
 
 
 async def test_a_client_signing_with_the_previous_key_is_still_served_during_rotation() -> None:
     runs.clear()
-    url, topology = f"memory://rot-{new_id()[:8]}", Topology(namespace="rot", partitions=1, tool_partitions=1)
+    url, topology = (
+        f"memory://rot-{new_id()[:8]}",
+        Topology(namespace="rot", partitions=1, tool_partitions=1),
+    )
     async with MemoryBroker(url) as worker_broker, anyio.create_task_group() as tg:
         worker_broker.signing = WORKER_KEYS
-        await tg.start(Worker(app, worker_broker, MemorySessionStore(f"memory://{new_id()[:8]}"), topology=topology).run)
+        await tg.start(
+            Worker(
+                app,
+                worker_broker,
+                MemorySessionStore(f"memory://{new_id()[:8]}"),
+                topology=topology,
+            ).run
+        )
         client_broker = MemoryBroker(url)
         client_broker.signing = KeyRing([PREVIOUS])
         await client_broker.connect()
         async with Client(client_broker, topology=topology) as client:
-            assert await client.call_tool("transfer", {"account": "acct-6", "amount": 7}, timeout=10) == "moved 7 from acct-6"
+            assert (
+                await client.call_tool("transfer", {"account": "acct-6", "amount": 7}, timeout=10)
+                == "moved 7 from acct-6"
+            )
             with pytest.raises(RequestFailed, match="bad arguments for tool 'transfer'"):
-                await client.call_tool("transfer", {"account": "acct-7", "amount": "lots"}, timeout=10)
-            with pytest.raises(RequestFailed, match="tool 'rm_rf' is not registered on this worker"):
+                await client.call_tool(
+                    "transfer", {"account": "acct-7", "amount": "lots"}, timeout=10
+                )
+            with pytest.raises(
+                RequestFailed, match="tool 'rm_rf' is not registered on this worker"
+            ):
                 await client.call_tool("rm_rf", {"path": "/"}, timeout=10)
         await client_broker.close()
         tg.cancel_scope.cancel()
