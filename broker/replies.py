@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable
 import anyio
 
 from agentqueue.broker.base import Broker
+from agentqueue.broker.errors import BrokerConnectionError
 from agentqueue.protocol.codec import decode
 from agentqueue.protocol.errors import ProtocolError
 from agentqueue.protocol.messages import Envelope, ResultEvent
@@ -56,7 +57,9 @@ class ReplyRouter:
         """How many correlation ids have an open inbox."""
         return len(self._inboxes)
 
-    async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+    async def run(
+        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
         """Consume until cancelled; signals `task_status` once subscribed."""
         async with await self.broker.consume(self.queue, prefetch=self.prefetch) as subscription:
             task_status.started()
@@ -68,7 +71,12 @@ class ReplyRouter:
                     await delivery.ack()
                     continue
                 await self._route(envelope)
-                await delivery.ack()
+                try:
+                    await delivery.ack()
+                except BrokerConnectionError as exc:
+                    # The connection dropped under it: the broker hands the reply out again
+                    # and the second copy is dropped above. Keep consuming (it reconnects).
+                    log.info("reply on %s left un-acked: %s", self.queue, exc)
 
     async def _route(self, envelope: Envelope) -> None:
         key = envelope.correlation_id or ""

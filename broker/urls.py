@@ -23,7 +23,7 @@ def signing_keys_from_env() -> KeyRing | None:
     return KeyRing.parse(value)
 
 
-def open_broker(url: str, *, signing: KeyRing | None | bool = True) -> Broker:
+def open_broker(url: str, *, signing: KeyRing | bool | None = True) -> Broker:
     """A (not yet connected) broker for `url`; the scheme picks the implementation.
 
     `signing=True` takes the key ring from AGENTQUEUE_SIGNING_KEYS (none when unset): every
@@ -56,6 +56,8 @@ def _open(url: str) -> Broker:
 
 def redact_url(url: str) -> str:
     """The URL with any password replaced by ***, for logs and errors."""
+    if "," in url:  # the node list of a RabbitMQ cluster
+        return ",".join(redact_url(part) for part in url.split(","))
     parts = urlsplit(url)
     if parts.password is None:
         return url
