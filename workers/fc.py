@@ -52,7 +52,7 @@ import msgspec
 from agentqueue.broker.base import Broker
 from agentqueue.broker.replies import ReplyRouter
 from agentqueue.broker.urls import open_broker
-from agentqueue.protocol.codec import decode, encode, encode_dead_letter
+from agentqueue.protocol.codec import decode, encode_dead_letter
 from agentqueue.protocol.errors import ProtocolError
 from agentqueue.protocol.ids import new_id
 from agentqueue.protocol.messages import (
@@ -60,7 +60,6 @@ from agentqueue.protocol.messages import (
     Cancel,
     DeadLetter,
     Envelope,
-    ResultEvent,
     ToolCall,
 )
 from agentqueue.workers.agent_handler import AgentHandler
@@ -69,6 +68,7 @@ from agentqueue.workers.errors import WorkerError
 from agentqueue.workers.fc_config import FCConfig
 from agentqueue.workers.fc_events import TriggerMessage, read_trigger_payload
 from agentqueue.workers.processing import EventProcessor, Handler
+from agentqueue.workers.refusal import addressing, answer_refused
 from agentqueue.workers.remote_tools import RemoteTools
 from agentqueue.workers.retry import RetryPolicy
 from agentqueue.workers.session_lane import SessionLanes
@@ -80,18 +80,6 @@ log = logging.getLogger("agentqueue.fc")
 
 class BatchNotDone(WorkerError):
     """Raised to the trigger so it retries the batch; names the events not settled and why."""
-
-
-class _Addressing(msgspec.Struct):
-    """The fields needed to answer an envelope that failed to decode, read leniently."""
-
-    id: str | None = None
-    session_id: str | None = None
-    correlation_id: str | None = None
-    reply_to: str | None = None
-
-
-_addressing = msgspec.json.Decoder(_Addressing)
 
 
 @dataclass
@@ -307,22 +295,11 @@ class FCInstance:
 
     async def _refuse(self, message: TriggerMessage, reason: str, outcome: BatchOutcome) -> None:
         log.error("dead-lettering an undecodable message from %s: %s", message.queue or "?", reason)
-        try:
-            address = _addressing.decode(message.body)
-        except (msgspec.MsgspecError, RecursionError):
-            address = _Addressing()
+        address = addressing(message.body)
         queue = message.queue or "unknown"
         await self.publish_dead_letter(message, queue, reason, 1, address.id, address.session_id)
         outcome.dead_lettered.append(address.id or message.message_id or "?")
-        if address.reply_to and address.id:
-            reply = Envelope(
-                id=new_id(),
-                session_id=address.session_id or "",
-                correlation_id=address.correlation_id or address.id,
-                body=ResultEvent(request_id=address.id, kind="failed", error=reason),
-                created_at=time.time(),
-            )
-            await self.broker.publish(address.reply_to, encode(reply))
+        await answer_refused(self.broker, address, reason)
 
 
 _instance: FCInstance | None = None

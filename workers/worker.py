@@ -11,26 +11,23 @@ from __future__ import annotations
 import logging
 import os
 import socket
-import time
 from collections.abc import Sequence
 from typing import Literal
 
 import anyio
 import anyio.abc
-import msgspec
 
 from agentqueue.broker import tracing as otel
 from agentqueue.broker.base import Broker, Delivery, Subscription
 from agentqueue.broker.replies import ReplyRouter
 from agentqueue.broker.topology import REQUESTS, TOOLS, Topology
-from agentqueue.protocol.codec import DEFAULT_MAX_SIZE, encode
+from agentqueue.protocol.codec import DEFAULT_MAX_SIZE
 from agentqueue.protocol.errors import ProtocolError
 from agentqueue.protocol.ids import new_id
 from agentqueue.protocol.messages import (
     AgentRequest,
     Cancel,
     Envelope,
-    ResultEvent,
     ToolCall,
 )
 from agentqueue.workers.admission import Admission
@@ -38,6 +35,7 @@ from agentqueue.workers.agent_handler import AgentHandler
 from agentqueue.workers.app import App
 from agentqueue.workers.membership import Membership
 from agentqueue.workers.processing import EventProcessor, Handler
+from agentqueue.workers.refusal import addressing, answer_refused
 from agentqueue.workers.remote_tools import RemoteTools
 from agentqueue.workers.retry import RetryPolicy
 from agentqueue.workers.session_lane import SessionLanes
@@ -61,18 +59,6 @@ class _Consumer:
         self.running = 0
         self.releasing = False
         self.idle = anyio.Event()
-
-
-class _Addressing(msgspec.Struct):
-    """The fields needed to answer an envelope that failed to decode, read leniently."""
-
-    id: str | None = None
-    session_id: str | None = None
-    correlation_id: str | None = None
-    reply_to: str | None = None
-
-
-_addressing = msgspec.json.Decoder(_Addressing)
 
 
 class _DeliverySettler:
@@ -350,19 +336,8 @@ class Worker:
         """Dead-letter bytes that are not a valid envelope and tell the caller if we can."""
         self.dead_lettered += 1
         log.error("refusing a message on %s: %s", delivery.queue, reason)
-        try:
-            address = _addressing.decode(delivery.body)
-        except (msgspec.MsgspecError, RecursionError):
-            address = _Addressing()
+        address = addressing(delivery.body)
         await self.broker.dead_letter(
             delivery, reason, self.topology, envelope_id=address.id, session_id=address.session_id
         )
-        if address.reply_to and address.id:
-            reply = Envelope(
-                id=new_id(),
-                session_id=address.session_id or "",
-                correlation_id=address.correlation_id or address.id,
-                body=ResultEvent(request_id=address.id, kind="failed", error=reason),
-                created_at=time.time(),
-            )
-            await self.broker.publish(address.reply_to, encode(reply))
+        await answer_refused(self.broker, address, reason)
