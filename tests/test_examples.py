@@ -74,3 +74,23 @@ async def test_a_remote_tool_that_fails_or_times_out_comes_back_to_the_agent_as_
         "The tool explode failed: tool explode failed: ValueError: the lab is on fire.",
         "The tool stall failed: tool stall timed out after 0.5 s.",
     ]
+
+
+async def test_agent_turns_waiting_for_tools_never_starve_the_tools_on_the_same_worker() -> None:
+    """One worker serving agents and tools, more turns in flight than its concurrency."""
+    url = f"memory://starve-{new_id()[:8]}"
+    async with MemoryBroker(url) as broker, anyio.create_task_group() as tg:
+        worker = Worker(weather, broker, MemorySessionStore(f"memory://{new_id()[:8]}"), concurrency=2)
+        await tg.start(worker.run)
+        async with Client(broker) as client:
+            answers: list[str] = []
+
+            async def ask(i: int) -> None:
+                result = await client.call("What's the weather in Paris?", session_id=f"s{i}", timeout=60)
+                answers.append(result.text)
+
+            async with anyio.create_task_group() as asks:
+                for i in range(6):
+                    asks.start_soon(ask, i)
+        tg.cancel_scope.cancel()
+    assert answers == ["The weather in Paris: sunny, 21°C."] * 6

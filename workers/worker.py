@@ -19,6 +19,7 @@ import anyio.abc
 
 from agentqueue.broker import tracing as otel
 from agentqueue.broker.base import Broker, Delivery, Subscription
+from agentqueue.broker.errors import BrokerConnectionError
 from agentqueue.broker.replies import ReplyRouter
 from agentqueue.broker.topology import REQUESTS, TOOLS, Topology
 from agentqueue.protocol.codec import DEFAULT_MAX_SIZE
@@ -139,7 +140,8 @@ class Worker:
         self._started = anyio.Event()
         self._consumers: dict[str, _Consumer] = {}
         self._released: dict[str, anyio.Event] = {}
-        self._lanes: SessionLanes | None = None
+        self._lanes: SessionLanes | None = None  # agent requests (and refusals)
+        self._tool_lanes: SessionLanes | None = None
         self._tg: anyio.abc.TaskGroup | None = None
         self.membership: Membership | None = None
         self.processor: EventProcessor | None = None
@@ -197,7 +199,11 @@ class Worker:
         )
         async with anyio.create_task_group() as tg:
             self._tg = tg
+            # Tool calls get lanes and a concurrency limit of their own: an agent turn waits for
+            # its tool call while holding a slot, so with one shared limit a worker serving both
+            # could fill every slot with waiting turns and starve the tools they wait for.
             self._lanes = SessionLanes(tg, self.concurrency)
+            self._tool_lanes = SessionLanes(tg, self.concurrency)
             await tg.start(router.run)
             if self.balance:
                 self.membership = Membership(
@@ -279,7 +285,13 @@ class Worker:
             for queue in sorted(set(self._consumers) - target):
                 self._tg.start_soon(self._release, queue)
             for queue in sorted(target - set(self._consumers)):
-                await self._subscribe(queue)
+                try:
+                    await self._subscribe(queue)
+                except BrokerConnectionError as exc:
+                    # The broker is away (restarting): the next round, once the connection
+                    # is back, subscribes again. Crashing here would drop running events.
+                    log.warning("cannot take over %s yet: %s", queue, exc)
+                    break
 
     async def _drain(self) -> None:
         assert self.processor is not None and self._lanes is not None
@@ -288,6 +300,8 @@ class Worker:
             consumer.scope.cancel()
         with anyio.move_on_after(self.shutdown_grace) as scope:
             await self._lanes.wait_idle()
+            assert self._tool_lanes is not None
+            await self._tool_lanes.wait_idle()
         if scope.cancelled_caught:
             log.warning(
                 "shutdown grace of %.0f s ran out; unfinished events go back to the broker",
@@ -330,7 +344,9 @@ class Worker:
                 if consumer.running == 0 and consumer.releasing:
                     consumer.idle.set()
 
-        self._lanes.submit(self.processor.lane_key(envelope), job)
+        lanes = self._tool_lanes if isinstance(body, ToolCall) else self._lanes
+        assert lanes is not None
+        lanes.submit(self.processor.lane_key(envelope), job)
 
     async def _refuse(self, delivery: Delivery, reason: str) -> None:
         """Dead-letter bytes that are not a valid envelope and tell the caller if we can."""
