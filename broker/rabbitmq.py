@@ -16,6 +16,7 @@ prefetch is its own and closing it hands exactly its un-acked deliveries back.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import ssl
 from typing import Any
@@ -35,6 +36,7 @@ from agentqueue.broker.urls import redact_url
 log = logging.getLogger("agentqueue.broker.rabbitmq")
 
 PUBLISH_TIMEOUT = 30.0  # a publish not confirmed by then fails instead of hanging
+_PERSISTENT = aiormq.spec.Basic.Properties(delivery_mode=2)
 
 
 def _connection_errors() -> tuple[type[BaseException], ...]:
@@ -93,7 +95,9 @@ class _RabbitSubscription(Subscription):
         await self._channel.set_qos(prefetch_count=self.prefetch)
         durable = self.broker._reply_queues.get(self.queue_name)
         if durable is None:
-            self._queue = await self._channel.get_queue(self.queue_name, ensure=False)
+            # A passive declare registers the queue with the robust channel, which then restores
+            # its consumer after a reconnect; get_queue(ensure=False) would leave it dead.
+            self._queue = await self._channel.declare_queue(self.queue_name, passive=True)
         else:
             # Declared on the consuming (robust) channel, so a reconnect re-creates the reply
             # queue before it restores the consumer: exclusive queues die with the connection.
@@ -117,12 +121,14 @@ class _RabbitSubscription(Subscription):
         self._inbox.put_nowait(None)
         self.broker._subscriptions.discard(self)
         channel = self._channel
-        if channel is None or channel.is_closed:
+        if channel is None:
             return
         try:
-            # Closing the channel hands back exactly this consumer's un-acked deliveries.
+            # Closing the channel hands back exactly this consumer's un-acked deliveries. Closed
+            # even when the connection is down: a robust channel left open would come back with
+            # its consumer on reconnect, an orphan that single-active-consumer makes the owner.
             await channel.close()
-        except _connection_errors() as exc:
+        except (RuntimeError, *_connection_errors()) as exc:
             log.debug("channel of %s closed with %s", self.queue_name, exc)
 
 
@@ -139,7 +145,7 @@ class RabbitMQBroker(Broker):
         self._subscriptions: set[_RabbitSubscription] = set()
         self._broadcast_exchanges: dict[str, aio_pika.abc.AbstractExchange] = {}
         self._reply_queues: dict[str, bool] = {}  # name -> durable
-        self._routes: dict[str, tuple[aio_pika.abc.AbstractExchange, str, bool]] = {}
+        self._routes: dict[str, tuple[str, str, bool]] = {}
 
     @property
     def connection(self) -> aio_pika.abc.AbstractRobustConnection:
@@ -233,7 +239,6 @@ class RabbitMQBroker(Broker):
 
     async def _publish(self, queue: str, body: bytes) -> None:
         assert self._publisher is not None, "connect() first"
-        message = aio_pika.Message(body, delivery_mode=aio_pika.DeliveryMode.PERSISTENT)
         route = self._routes.get(queue)
         if route is None:
             route = self._routes[queue] = self._route(queue)
@@ -241,7 +246,16 @@ class RabbitMQBroker(Broker):
         try:
             # asyncio's own timeout: a fraction of the cost of a cancel scope, on every publish.
             async with asyncio.timeout(self.publish_timeout):
-                await exchange.publish(message, routing_key=routing_key, mandatory=mandatory)
+                # aiormq's channel directly: aio-pika's Message wrapper costs more than the
+                # frame itself on this path. Nacks and returns still raise (confirms are on).
+                channel = await self._publisher.get_underlay_channel()
+                await channel.basic_publish(
+                    body,
+                    exchange=exchange,
+                    routing_key=routing_key,
+                    properties=_PERSISTENT,
+                    mandatory=mandatory,
+                )
         except TimeoutError:
             raise BrokerConnectionError(
                 f"publish to {queue!r} was not confirmed within {self.publish_timeout:.0f} s"
@@ -259,14 +273,13 @@ class RabbitMQBroker(Broker):
         except _connection_errors() as exc:
             raise BrokerConnectionError(f"cannot publish to {queue!r}: {exc}") from exc
 
-    def _route(self, queue: str) -> tuple[aio_pika.abc.AbstractExchange, str, bool]:
-        """Partition queues through their family's exchange; other queues by name."""
-        assert self._publisher is not None
+    def _route(self, queue: str) -> tuple[str, str, bool]:
+        """(exchange, routing key, mandatory): partitions through their family's exchange."""
         partition = self._topology.partition_of(queue) if self._topology else None
         if partition is not None:
             family, p = partition
-            return self._exchanges[family], str(p), True
-        return self._publisher.default_exchange, queue, False
+            return self._exchanges[family].name, str(p), True
+        return "", queue, False  # the default exchange routes by queue name
 
     async def consume(self, queue: str, *, prefetch: int = 32) -> Subscription:
         subscription = _RabbitSubscription(self, queue, prefetch)
@@ -276,6 +289,15 @@ class RabbitMQBroker(Broker):
             raise BrokerError(
                 f"queue {queue!r} does not exist; declare the topology first"
             ) from exc
+        except (asyncio.CancelledError, RuntimeError, *_connection_errors()) as exc:
+            # aiormq fails operations of a connection that closes under them with a bare
+            # CancelledError; only a cancellation of this task itself must go on as one.
+            task = asyncio.current_task()
+            if isinstance(exc, asyncio.CancelledError) and task is not None and task.cancelling():
+                raise
+            with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
+                await subscription.close()
+            raise BrokerConnectionError(f"cannot subscribe to {queue!r}: {exc!r}") from exc
         self._subscriptions.add(subscription)
         return subscription
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import inspect
 import os
@@ -56,7 +57,7 @@ class ToolHandler:
                 self._result(call, call_id, False, f"bad arguments for tool {call.name!r}: {exc}")
             )
         try:
-            with anyio.fail_after(timeout):
+            async with asyncio.timeout(timeout):
                 output = await _call(spec.func, arguments)
         except TimeoutError:
             return HandlerResult(
