@@ -102,7 +102,11 @@ class _RabbitSubscription(Subscription):
             # Declared on the consuming (robust) channel, so a reconnect re-creates the reply
             # queue before it restores the consumer: exclusive queues die with the connection.
             self._queue = await self._channel.declare_queue(
-                self.queue_name, durable=durable, exclusive=not durable, auto_delete=not durable
+                self.queue_name,
+                durable=durable,
+                exclusive=not durable,
+                auto_delete=not durable,
+                arguments=_reply_queue_arguments(durable),
             )
         self._tag = await self._queue.consume(self._inbox.put, no_ack=False)
 
@@ -225,10 +229,20 @@ class RabbitMQBroker(Broker):
         channel = await self.connection.channel()
         try:
             await channel.declare_queue(
-                name, durable=durable, exclusive=not durable, auto_delete=not durable
+                name,
+                durable=durable,
+                exclusive=not durable,
+                auto_delete=not durable,
+                arguments=_reply_queue_arguments(durable),
             )
+        except aiormq.exceptions.ChannelPreconditionFailed as exc:
+            raise BrokerError(
+                f"reply queue {name!r} exists with other settings ({exc}); durable reply queues"
+                " are quorum queues: delete the old queue or use another name"
+            ) from exc
         finally:
-            await channel.close()
+            if not channel.is_closed:
+                await channel.close()
 
     async def delete_queue(self, name: str) -> None:
         channel = await self.connection.channel()
@@ -395,6 +409,12 @@ class _AutoAckedDelivery(_RabbitDelivery):
 
     async def nack(self, *, requeue: bool = True) -> None:
         return None
+
+
+def _reply_queue_arguments(durable: bool) -> dict[str, Any] | None:
+    # A durable reply queue must outlive a cluster node, so it is replicated (quorum): a
+    # classic queue lives on one node, and replies sent while that node is down are dropped.
+    return {"x-queue-type": "quorum"} if durable else None
 
 
 def _partition_arguments(topology: Topology) -> dict[str, Any]:

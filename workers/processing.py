@@ -213,6 +213,12 @@ class EventProcessor:
                 await settle.hand_back()
                 return
             try:
+                # Asked again under the lease: another worker with a copy of this event (a
+                # redelivery after a reconnect) may have finished it while we waited for it.
+                if dedup and (stored := await self.store.handled(key, envelope.id)) is not None:
+                    await self._reply(envelope, stored)
+                    await settle.ack()
+                    return
                 await self._run(envelope, handler, dedup, lease, settle)
                 return
             except LeaseLost as exc:
@@ -221,10 +227,6 @@ class EventProcessor:
                 log.warning("%s; running event %s again (try %d)", exc, envelope.id, attempt)
             finally:
                 await self.store.release(lease)
-            if dedup and (stored := await self.store.handled(key, envelope.id)) is not None:
-                await self._reply(envelope, stored)  # a worker with a copy of it finished it
-                await settle.ack()
-                return
         await self._give_up(
             envelope,
             settle,

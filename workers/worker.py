@@ -274,6 +274,17 @@ class Worker:
         done.set()
         log.info("worker %s handed %s over", self.worker_id, queue)
 
+    async def _retake(self, queue: str) -> None:
+        """Hand a queue back in order and subscribe to it again (balancing may pick a peer)."""
+        await self._release(queue)
+        while self.membership is None and not self._stop.is_set():
+            try:
+                await self._subscribe(queue)
+                return
+            except BrokerConnectionError as exc:
+                log.warning("cannot take %s again yet: %s", queue, exc)
+                await anyio.sleep(1.0)
+
     async def _rebalance(self, membership: Membership) -> None:
         assert self._tg is not None
         while True:
@@ -339,6 +350,17 @@ class Worker:
                 count, queue = delivery.delivery_count, delivery.queue
                 await self.processor.process(envelope, settler, count, queue=queue)
                 self.handled += 1
+            except Exception:
+                # Neither acked nor handed back, and the session's later events, queued behind
+                # it, must not run before it: give the queue back (closing its channel returns
+                # every un-acked event, in order) and take it again.
+                log.exception(
+                    "event %s could not be settled; handing %s back", envelope.id, consumer.queue
+                )
+                if not consumer.releasing:
+                    consumer.releasing = True  # now: jobs queued behind this one must not start
+                    assert self._tg is not None
+                    self._tg.start_soon(self._retake, consumer.queue)
             finally:
                 consumer.running -= 1
                 if consumer.running == 0 and consumer.releasing:
