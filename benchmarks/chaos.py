@@ -1,0 +1,300 @@
+"""A chaos run that must lose nothing: real workers SIGKILLed, the broker restarted, the client cut.
+
+    uv run python benchmarks/chaos.py                     # 10,000 requests over 200 sessions
+    uv run python benchmarks/chaos.py --reduced           # 1,000 requests, one of each fault
+    uv run python benchmarks/chaos.py --cluster 3         # 3 RabbitMQ nodes, one SIGKILLed
+
+It starts its own RabbitMQ node (or cluster), 3 agent worker processes and 1 tool worker
+process (`agentqueue worker --app benchmarks.chaos_app:app`), and sends the requests through a
+`Client` whose connection runs over a TCP proxy on 127.0.0.1. While the requests run, a random
+worker is SIGKILLed every few seconds and started again, the client's connection is cut once
+(the proxy drops it; the client's durable reply queue keeps the replies meanwhile), the broker
+is restarted once, and on a cluster one node is SIGKILLed and left down. The table it prints
+(and writes to benchmarks/results/chaos-latest.md) comes from three records: the client's
+answers, a log line per handler run, and the session states committed in the store. It exits 1
+unless lost, duplicate effects, order violations and final answers without an effect are all 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import random
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import anyio
+
+from agentqueue import Client
+from agentqueue.broker.base import read_dead_letter
+from agentqueue.broker.topology import Topology
+from agentqueue.deploy.local_rabbitmq import LocalRabbitMQ, LocalRabbitMQCluster
+from agentqueue.deploy.local_redis import LocalRedis
+from agentqueue.protocol.codec import decode
+from agentqueue.protocol.errors import ProtocolError
+from agentqueue.workers.session_store import open_store
+from benchmarks.chaos_driver import Chaos, WorkerFleet, worker_environ
+from benchmarks.chaos_load import ChaosLoad
+from benchmarks.chaos_proxy import TcpProxy
+from benchmarks.chaos_report import (
+    committed_sequence,
+    measure,
+    read_handler_log,
+    render,
+    write_section,
+)
+
+log = logging.getLogger("agentqueue.chaos")
+
+RESULTS = Path(__file__).resolve().parent / "results" / "chaos-latest.md"
+NAMESPACE = "chaos"
+QUORUM_SETTLE = 1.5  # RabbitMQ 3.10 forgets a quorum queue declared < 0.5 s before a SIGKILL
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--requests", type=int, help="requests in all (default 10000; --reduced 1000)")
+    p.add_argument(
+        "--sessions", type=int, help="sessions they are spread over (default 200; --reduced 50)"
+    )
+    p.add_argument(
+        "--window", type=int, default=3, help="requests in flight per session (default 3)"
+    )
+    p.add_argument(
+        "--cluster",
+        type=int,
+        default=0,
+        metavar="NODES",
+        help="run on a RabbitMQ cluster of this many nodes and SIGKILL one (default: one node)",
+    )
+    p.add_argument(
+        "--reduced",
+        action="store_true",
+        help="1,000 requests, one worker kill, one client cut, one broker restart",
+    )
+    p.add_argument(
+        "--store",
+        choices=["sqlite", "redis"],
+        help="session store (default sqlite; redis with --cluster)",
+    )
+    p.add_argument("--agents", type=int, default=3, help="agent worker processes (default 3)")
+    p.add_argument("--tools", type=int, default=1, help="tool worker processes (default 1)")
+    p.add_argument(
+        "--kill-every",
+        dest="kill_every",
+        type=float,
+        default=6.0,
+        help="mean seconds between worker SIGKILLs (default 6)",
+    )
+    p.add_argument(
+        "--kill-node",
+        dest="kill_node",
+        type=int,
+        default=0,
+        help="which cluster node to SIGKILL (default 0, the one clients meet first)",
+    )
+    p.add_argument(
+        "--lease-ttl",
+        dest="lease_ttl",
+        type=float,
+        default=10.0,
+        help="session lease seconds: how long a killed worker's sessions stay locked",
+    )
+    p.add_argument("--timeout", type=float, default=300.0, help="request deadline in seconds")
+    p.add_argument(
+        "--max-seconds",
+        dest="max_seconds",
+        type=float,
+        help="stop sending and waiting after this long (default 3600; --reduced 240)",
+    )
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--out", type=Path, default=RESULTS, help=f"Markdown file (default {RESULTS})")
+    p.add_argument("--keep", action="store_true", help="keep the run dir (kept anyway on failure)")
+    args = p.parse_args(argv)
+    args.requests = args.requests or (1000 if args.reduced else 10_000)
+    args.sessions = args.sessions or (50 if args.reduced else 200)
+    args.store = args.store or ("redis" if args.cluster else "sqlite")
+    args.max_seconds = args.max_seconds or (240.0 if args.reduced else 3600.0)
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the chaos run; 0 when nothing was lost, duplicated or reordered."""
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    log.setLevel(logging.INFO)
+    run_dir = Path(tempfile.mkdtemp(prefix="agentqueue-chaos-"))
+    log.info("run dir %s", run_dir)
+    with contextlib.ExitStack() as stack:
+        if args.cluster:
+            cluster = stack.enter_context(LocalRabbitMQCluster(run_dir / "rabbit", args.cluster))
+            nodes = cluster.nodes
+        else:
+            nodes = [stack.enter_context(LocalRabbitMQ(run_dir / "rabbit"))]
+        if args.store == "redis":
+            store_url = stack.enter_context(LocalRedis(run_dir / "redis")).url
+        else:
+            store_url = f"sqlite:///{run_dir}/sessions.db"
+        passed = anyio.run(run, args, nodes, store_url, run_dir)
+    if passed and not args.keep:
+        shutil.rmtree(run_dir, ignore_errors=True)
+    else:
+        print(f"run dir kept: {run_dir}", file=sys.stderr)
+    return 0 if passed else 1
+
+
+async def run(
+    args: argparse.Namespace, nodes: list[LocalRabbitMQ], store_url: str, run_dir: Path
+) -> bool:
+    """Start the workers, send the load under chaos, then measure; True when it passed."""
+    topology = Topology(namespace=NAMESPACE)
+    rng = random.Random(args.seed)
+    handler_log = run_dir / "handlers.log"
+    fleet = WorkerFleet(run_dir, store_url, NAMESPACE, worker_environ(handler_log, args.lease_ttl))
+    urls = [n.url for n in nodes]
+    for i in range(args.agents + args.tools):
+        # Each worker meets a different node first, as clients spread over a cluster would.
+        order = urls[i % len(urls) :] + urls[: i % len(urls)]
+        fleet.add("agents" if i < args.agents else "tools", ",".join(order))
+    proxies = [TcpProxy(n.port) for n in nodes]
+    try:
+        async with anyio.create_task_group() as tg:
+            for proxy in proxies:
+                await tg.start(proxy.run)
+            client_url = ",".join(p.url(n.url) for p, n in zip(proxies, nodes, strict=True))
+            client = Client(
+                client_url,
+                topology=topology,
+                reply_queue=topology.reply_queue("chaos-client"),
+                durable_replies=True,
+                default_timeout=args.timeout,
+            )
+            async with client:
+                for slot in fleet.slots:
+                    fleet.start(slot)
+                await fleet.wait_serving()
+                await anyio.sleep(QUORUM_SETTLE)
+                load = ChaosLoad(
+                    client, args.requests, args.sessions, window=args.window, timeout=args.timeout
+                )
+                chaos = Chaos(
+                    fleet,
+                    progress=lambda: load.answered / args.requests,
+                    rng=rng,
+                    kill_every=None if args.reduced else args.kill_every,
+                    cut_client=lambda: sum(p.cut() for p in proxies),
+                    restart_broker=nodes[-1 if args.cluster else 0].restart,
+                    kill_node=_node_killer(nodes, args.kill_node) if args.cluster else None,
+                )
+                log.info(
+                    "%d workers serving; sending %d requests over %d sessions",
+                    len(fleet.slots),
+                    args.requests,
+                    args.sessions,
+                )
+                started = time.monotonic()
+                async with anyio.create_task_group() as chaos_tg:
+                    chaos_tg.start_soon(fleet.supervise)
+                    chaos_tg.start_soon(chaos.run)
+                    chaos_tg.start_soon(_report_progress, load, chaos, fleet)
+                    with anyio.move_on_after(args.max_seconds) as load_scope:
+                        chaos_tg.start_soon(_stop_on_signal, load_scope)
+                        await load.run()
+                    chaos_tg.cancel_scope.cancel()
+                seconds = time.monotonic() - started
+                await anyio.to_thread.run_sync(fleet.stop)
+                dead = await _dead_lettered(client, topology)
+            tg.cancel_scope.cancel()
+    finally:
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(fleet.stop)
+    committed = await _committed(store_url, {o.session for o in load.outcomes.values()})
+    title = f"{len(nodes)}-node cluster" if args.cluster else "single node"
+    title += " (reduced)" if args.reduced else ""
+    setup = (
+        f"RabbitMQ, {len(nodes)} node(s); {args.agents} agent + {args.tools} tool worker"
+        f" processes; store {args.store}; {topology.partitions} partitions;"
+        f" {args.requests} requests over {args.sessions} sessions, up to {args.window} in flight"
+        f" per session; lease TTL {args.lease_ttl:.0f} s; request deadline {args.timeout:.0f} s;"
+        f" seed {args.seed}."
+    )
+    result = measure(
+        title=title, setup=setup, seconds=seconds, outcomes=load.outcomes,
+        handler_log=read_handler_log(handler_log), committed=committed, dead_lettered=dead,
+        publish_retries=load.publish_retries, events=chaos.events,
+    )  # fmt: skip
+    section = render(result)
+    print(section)
+    write_section(args.out, title, section)
+    return result.passed
+
+
+def _node_killer(nodes: list[LocalRabbitMQ], index: int):  # type: ignore[no-untyped-def]
+    def kill() -> str:
+        nodes[index].kill()
+        return nodes[index].node_name
+
+    return kill
+
+
+async def _stop_on_signal(load_scope: anyio.CancelScope) -> None:
+    # Ctrl-C or SIGTERM ends the load early; the run is still measured and its servers stopped.
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for signum in signals:
+            log.warning("%s: stopping the load, then measuring", signal.Signals(signum).name)
+            load_scope.cancel()
+            return
+
+
+async def _report_progress(load: ChaosLoad, chaos: Chaos, fleet: WorkerFleet) -> None:
+    while True:
+        await anyio.sleep(10)
+        e = chaos.events
+        log.info(
+            "answered %d/%d (sent %d); worker kills %d, worker crashes %d, restarts %d, cuts %d",
+            load.answered,
+            load.requests,
+            load.sent,
+            sum(e.worker_kills.values()),
+            fleet.crashes,
+            len(e.broker_restarts),
+            len(e.client_cuts),
+        )
+
+
+async def _dead_lettered(client: Client, topology: Topology) -> set[str]:
+    """The envelope ids in the dead-letter queue (drained: the run's namespace is its own)."""
+    ids: set[str] = set()
+    while (delivery := await client.broker.get(topology.dead_letter_queue)) is not None:
+        record = read_dead_letter(delivery.body, delivery.queue)
+        envelope_id = record.envelope_id
+        if envelope_id is None:  # dead-lettered by RabbitMQ itself: the payload is the envelope
+            with contextlib.suppress(ProtocolError):
+                envelope_id = decode(record.payload).id
+        if envelope_id is not None:
+            ids.add(envelope_id)
+        await delivery.ack()
+    return ids
+
+
+async def _committed(store_url: str, sessions: set[str]) -> dict[str, list[int]]:
+    """Each session's applied sequence numbers, read from its committed state."""
+    store = open_store(store_url)
+    try:
+        return {s: committed_sequence(await store.load_state(s), s) for s in sorted(sessions)}
+    finally:
+        await store.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

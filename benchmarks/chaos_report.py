@@ -1,0 +1,218 @@
+"""What a chaos run measured, from three independent records, and the table that shows it.
+
+- the client's outcomes: which requests were sent and which answer each got;
+- the handler log (`kind session seq event_id pid` per handler run): duplicates delivered;
+- the committed session states in the store: which sequence numbers each session applied, in
+  which order, and how often: duplicate effects, order violations, answers without an effect.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from benchmarks.chaos_app import parse_request_text
+from benchmarks.chaos_load import Outcome
+
+
+@dataclass
+class ChaosEvents:
+    """What the chaos driver did to the run."""
+
+    worker_kills: dict[str, int] = field(default_factory=lambda: {"agents": 0, "tools": 0})
+    broker_restarts: list[float] = field(default_factory=list)  # seconds each took
+    client_cuts: list[int] = field(default_factory=list)  # connections dropped by each cut
+    node_kills: list[str] = field(default_factory=list)
+
+
+@dataclass
+class ChaosResult:
+    """The numbers of one run; `passed` when nothing was lost, duplicated or reordered."""
+
+    title: str
+    setup: str
+    seconds: float
+    sent: int
+    final: int
+    other_answers: Counter[str]
+    tool_errors: int
+    agent_reruns: int
+    tool_reruns: int
+    duplicate_effects: int
+    order_violations: int
+    final_without_effect: int
+    dead_lettered: int
+    lost: int
+    not_published: int
+    publish_retries: int
+    latencies: list[float]
+    events: ChaosEvents
+    examples: list[str] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        """Lost, duplicate effects, order violations and effect-less answers all zero."""
+        return not (
+            self.lost
+            or self.duplicate_effects
+            or self.order_violations
+            or self.final_without_effect
+        )
+
+
+def committed_sequence(state_json: str | None, session: str) -> list[int]:
+    """The sequence numbers a session's committed agent memory applied, in memory order."""
+    if not state_json:
+        return []
+    applied = []
+    for message in json.loads(state_json).get("context", []):
+        if message.get("role") != "user":
+            continue
+        for block in message.get("content", []):
+            args = (
+                parse_request_text(block.get("text", "")) if block.get("type") == "text" else None
+            )
+            if args is not None and args.get("session") == session:
+                applied.append(int(args["seq"]))
+    return applied
+
+
+def read_handler_log(path: Path) -> list[tuple[str, str, int, str, int]]:
+    """The handler log's records: (kind, session, seq, event id, pid)."""
+    if not path.exists():
+        return []
+    records = []
+    for line in path.read_text().splitlines():
+        kind, session, seq, event_id, pid = line.split()
+        records.append((kind, session, int(seq), event_id, int(pid)))
+    return records
+
+
+def measure(
+    *,
+    title: str,
+    setup: str,
+    seconds: float,
+    outcomes: Mapping[str, Outcome],
+    handler_log: Iterable[tuple[str, str, int, str, int]],
+    committed: Mapping[str, list[int]],
+    dead_lettered: set[str],
+    publish_retries: int,
+    events: ChaosEvents,
+) -> ChaosResult:
+    """Put the three records side by side."""
+    examples: list[str] = []
+    runs = Counter((kind, event_id) for kind, _, _, event_id, _ in handler_log)
+    agent_reruns = sum(n - 1 for (kind, _), n in runs.items() if kind == "agent")
+    tool_reruns = sum(n - 1 for (kind, _), n in runs.items() if kind == "tool")
+
+    duplicate_effects = order_violations = 0
+    for session, applied in committed.items():
+        highest = -1
+        seen: set[int] = set()
+        for seq in applied:
+            if seq in seen:
+                duplicate_effects += 1
+                examples.append(f"duplicate effect: {session} applied seq {seq} again ({applied})")
+            elif seq < highest:
+                order_violations += 1
+                examples.append(f"order violation: {session} applied seq {seq} after {highest}")
+            seen.add(seq)
+            highest = max(highest, seq)
+
+    sent = [o for o in outcomes.values() if o.published]
+    final = [o for o in sent if o.kind == "final"]
+    without_effect = [o for o in final if o.seq not in set(committed.get(o.session, []))]
+    examples += [f"final answer but no effect: {o.request_id}" for o in without_effect[:5]]
+    lost = [o for o in sent if not o.answered and o.request_id not in dead_lettered]
+    examples += [f"lost: {o.request_id} (published {o.publish_attempts}x)" for o in lost[:10]]
+    return ChaosResult(
+        title=title,
+        setup=setup,
+        seconds=seconds,
+        sent=len(sent),
+        final=len(final),
+        other_answers=Counter(o.kind for o in sent if o.answered and o.kind != "final"),
+        tool_errors=sum(1 for o in final if "failed" in (o.text or "")),
+        agent_reruns=agent_reruns,
+        tool_reruns=tool_reruns,
+        duplicate_effects=duplicate_effects,
+        order_violations=order_violations,
+        final_without_effect=len(without_effect),
+        dead_lettered=len(dead_lettered & set(outcomes)),
+        lost=len(lost),
+        not_published=len(outcomes) - len(sent),
+        publish_retries=publish_retries,
+        latencies=[o.seconds for o in sent if o.seconds is not None],
+        events=events,
+        examples=examples[:20],
+    )
+
+
+def render(result: ChaosResult) -> str:
+    """The run as a Markdown section: setup, chaos, the table, and the verdict."""
+    r, e = result, result.events
+    others = ", ".join(f"{k} {n}" for k, n in sorted(r.other_answers.items())) or "none"
+    lat = sorted(r.latencies)
+    p50 = statistics.median(lat) if lat else 0.0
+    p99 = lat[min(len(lat) - 1, int(len(lat) * 0.99))] if lat else 0.0
+    restarts = ", ".join(f"{s:.1f} s" for s in e.broker_restarts) or "-"
+    rows = [
+        ("requests sent", r.sent),
+        ("final results received", r.final),
+        ("other answers (failed / timed_out / cancelled)", others),
+        ("final answers that report a failed tool call", r.tool_errors),
+        ("duplicates delivered: agent turns run again", r.agent_reruns),
+        ("duplicates delivered: tool calls run again", r.tool_reruns),
+        ("**duplicate effects** (a seq applied twice in the committed state)", r.duplicate_effects),
+        ("**order violations** (a seq applied after a later one)", r.order_violations),
+        ("**final answers without an effect** in the committed state", r.final_without_effect),
+        ("dead-lettered", r.dead_lettered),
+        ("**lost** (sent - answered - dead-lettered)", r.lost),
+    ]
+    lines = [
+        f"## {r.title}",
+        "",
+        r.setup,
+        "",
+        f"Chaos: {sum(e.worker_kills.values())} worker SIGKILLs (agents {e.worker_kills['agents']},"
+        f" tools {e.worker_kills['tools']}), each restarted at once; broker restarts: "
+        f"{len(e.broker_restarts)} ({restarts}); client connection cuts: {len(e.client_cuts)}"
+        f" ({sum(e.client_cuts)} connections dropped); broker node SIGKILLs: "
+        f"{', '.join(e.node_kills) or 'none'}.",
+        "",
+        "| measure | value |",
+        "| --- | ---: |",
+        *(f"| {name} | {value} |" for name, value in rows),
+        "",
+        f"{r.seconds:.0f} s, {r.final / r.seconds if r.seconds else 0:.1f} final answers/s;"
+        f" latency p50 {p50:.2f} s, p99 {p99:.2f} s; publishes repeated with the same id:"
+        f" {r.publish_retries}; requests never published: {r.not_published}.",
+        "",
+        f"**{'PASS' if r.passed else 'FAIL'}**: lost {r.lost}, duplicate effects "
+        f"{r.duplicate_effects}, order violations {r.order_violations}, final answers without an"
+        f" effect {r.final_without_effect}.",
+    ]
+    if r.examples:
+        lines += ["", "First problems seen:", "", *(f"- {x}" for x in r.examples)]
+    return "\n".join(lines) + "\n"
+
+
+def write_section(path: Path, title: str, section: str) -> None:
+    """Put `section` into the Markdown file at `path`, replacing an earlier one of that title."""
+    header = (
+        "# Chaos runs\n\n"
+        "Written by `benchmarks/chaos.py`; each section is the latest run of its kind.\n"
+    )
+    sections: dict[str, str] = {}
+    if path.exists():
+        for chunk in path.read_text().split("\n## ")[1:]:
+            name = chunk.split("\n", 1)[0]
+            sections[name] = "## " + chunk.rstrip("\n") + "\n"
+    sections[title] = section
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(header + "".join("\n" + sections[name] for name in sorted(sections)))
