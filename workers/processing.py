@@ -256,6 +256,8 @@ class EventProcessor:
                 control.interrupt("cancelled")
             self.running[envelope.id] = control
             timer = self._arm_deadline(envelope, control)
+            # A turn may outlast the lease (a slow model): keep it alive while the handler runs.
+            keeper = asyncio.ensure_future(self._keep_lease(lease)) if lease is not None else None
             try:
                 result = await control.run(handler.handle(envelope, state, emit, control))
                 break
@@ -285,6 +287,9 @@ class EventProcessor:
                 self.running.pop(envelope.id, None)
                 if timer is not None:
                     timer.cancel()
+                if keeper is not None:
+                    keeper.cancel()
+                    await asyncio.wait({keeper})
         if result is None:  # interrupted before the handler could answer: state unchanged
             reason = control.reason or "cancelled"
             result = HandlerResult(
@@ -295,6 +300,19 @@ class EventProcessor:
             await self.store.commit(lease, result.state, envelope.id, reply)
         await self._reply(envelope, reply)
         await settle.ack()
+
+    async def _keep_lease(self, lease: Lease) -> None:
+        """Renew `lease` every third of its TTL until cancelled or lost."""
+        while True:
+            await asyncio.sleep(self.lease_ttl / 3)
+            try:
+                await self.store.renew(lease, self.lease_ttl)
+            except LeaseLost as exc:
+                # Fencing will refuse this run's commit; the pipeline handles that.
+                log.warning("%s while its event was still running", exc)
+                return
+            except Exception as exc:  # the store is unreachable: try again next period
+                log.warning("could not renew the lease on %r: %s", lease.session_id, exc)
 
     async def _acquire(self, session_id: str) -> Lease | None:
         delay = 0.01

@@ -262,3 +262,34 @@ async def test_a_handler_that_always_fails_is_dead_lettered_after_max_attempts_a
     )
     assert len(attempts) == 3
     assert dead is not None and decode_dead_letter(dead.body).reason == str(info.value)
+
+
+async def test_an_event_that_runs_longer_than_the_lease_keeps_its_lease_and_takes_effect_once(
+    url: str, store_url: str
+) -> None:
+    runs: list[str] = []
+    app = App("slow-turn")
+
+    @app.tool("think")
+    async def think(topic: str) -> str:
+        runs.append(topic)
+        await anyio.sleep(1.5)  # three times the lease TTL, like a slow model call
+        return f"thought about {topic}"
+
+    topology = Topology(namespace="lease", partitions=1, tool_partitions=1)
+    async with MemoryBroker(url) as broker, background() as task_group:
+        worker = Worker(
+            app,
+            broker,
+            MemorySessionStore(store_url),
+            topology=topology,
+            role="tools",
+            lease_ttl=0.5,
+        )
+        await task_group.start(worker.run)
+        async with Client(broker, topology=topology) as client:
+            answer = await client.call_tool(
+                "think", {"topic": "queues"}, session_id="s1", timeout=30
+            )
+    assert answer == "thought about queues"
+    assert runs == ["queues"]
