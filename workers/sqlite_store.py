@@ -49,10 +49,13 @@ class SQLiteSessionStore(SessionStore):
             raise ValueError(f"sqlite store URL {url!r} names no file; use sqlite:///sessions.db")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        # timeout= installs the busy handler before the first statement: workers that start
+        # together all switch the file to WAL at once, and the losers must wait, not fail.
+        self._db = sqlite3.connect(
+            self.path, check_same_thread=False, isolation_level=None, timeout=10.0
+        )
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute("PRAGMA busy_timeout=10000")
         self._db.executescript(_SCHEMA)
 
     async def _run(self, fn, *args):  # type: ignore[no-untyped-def]
