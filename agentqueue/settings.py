@@ -5,20 +5,12 @@ from __future__ import annotations
 import dataclasses
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from agentqueue.broker.topology import Topology
 from agentqueue.broker.urls import redact_url
 
 SECRET_FIELDS = frozenset({"signing_keys"})
-
-
-def _read_secret(value: str | None) -> str | None:
-    """A secret given inline, or as `@/path/to/file` to keep it out of the environment."""
-    if value and value.startswith("@"):
-        return Path(value[1:]).read_text().strip()
-    return value
 
 
 @dataclass
@@ -35,6 +27,8 @@ class Settings:
     lease_ttl: float = 30.0
     timeout: float = 300.0
     shutdown_grace: float = 30.0
+    # Shown (masked) by `agentqueue config`; brokers read and parse it themselves
+    # (broker.urls.signing_keys_from_env), `@/path` included.
     signing_keys: str | None = field(default=None, repr=False)
     trace_file: str | None = None
 
@@ -49,7 +43,6 @@ class Settings:
             if raw is None:
                 continue
             values[f.name] = _convert(f.name, raw, f.type)
-        values["signing_keys"] = _read_secret(values.get("signing_keys"))
         return cls(**values)
 
     @property

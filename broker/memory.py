@@ -234,10 +234,6 @@ class _OneShotDelivery(_MemoryDelivery):
             self._consumer.queue.give_back([message])
 
 
-async def _noop() -> None:
-    return None
-
-
 def reset_memory_brokers() -> None:
     """Forget every in-process queue (tests use unique names instead where they can)."""
     _hubs.clear()

@@ -59,7 +59,6 @@ async def test_only_one_consumer_of_a_partition_is_active(
     queue = topology.queue("requests", 2)
     active = await broker.consume(queue, prefetch=10)
     standby = await broker.consume(queue, prefetch=10)
-    await anyio.sleep(0.2)
     for i in range(6):
         await broker.publish(queue, f"m{i}".encode())
     got = await take(active, 6)
