@@ -218,11 +218,19 @@ class Worker:
                 # Hear the peers that are already up before claiming partitions.
                 await anyio.sleep(self.membership.interval * 1.5)
                 target = self.membership.mine()
-                tg.start_soon(self._rebalance, self.membership)
             else:
                 target = set(self.queues())
             for queue in sorted(target):
-                await self._subscribe(queue)
+                try:
+                    await self._subscribe(queue)
+                except BrokerConnectionError as exc:
+                    if self.membership is None:
+                        raise
+                    log.warning("cannot take %s yet: %s", queue, exc)  # a later round will
+            if self.membership is not None:
+                # Only now: two tasks subscribing side by side could take one queue twice,
+                # leaving a consumer that no release ever closes.
+                tg.start_soon(self._rebalance, self.membership)
             self._started.set()
             task_status.started()
             log.info("worker %s serving %d queues", self.worker_id, len(self._consumers))
@@ -245,6 +253,8 @@ class Worker:
         released = self._released.get(queue)
         if released is not None:
             await released.wait()  # a hand-back of the same queue is still finishing
+        if queue in self._consumers:
+            raise RuntimeError(f"worker {self.worker_id} already consumes {queue}")
         subscription = await self.broker.consume(queue, prefetch=self.concurrency)
         consumer = self._consumers[queue] = _Consumer(queue, subscription)
         if self.membership is not None:

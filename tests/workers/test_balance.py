@@ -8,7 +8,7 @@ import anyio
 
 from agentqueue import App, Client
 from agentqueue.broker.base import Broker
-from agentqueue.broker.topology import Topology
+from agentqueue.broker.topology import TOOLS, Topology
 from agentqueue.broker.urls import open_broker
 from agentqueue.protocol import new_id
 from agentqueue.workers.membership import assign
@@ -34,6 +34,17 @@ async def wait_for(condition, timeout: float = 20.0) -> None:  # type: ignore[no
 
 def counts(workers: list[Worker]) -> list[int]:
     return sorted(len(w.owned) for w in workers)
+
+
+async def one_consumer_each(broker: Broker, queues: list[str], timeout: float = 10) -> None:
+    """Wait until every queue has exactly one consumer at the broker: a queue a worker took
+    twice, or a released one whose consumer stayed open, shows as two."""
+    with anyio.fail_after(timeout):
+        while True:
+            found = {q: (await broker.stats(q)).consumers for q in queues}
+            if all(n == 1 for n in found.values()):
+                return
+            await anyio.sleep(0.1)
 
 
 async def run_balance_scenario(broker_url: str, store_url: str, topology: Topology) -> None:
@@ -77,6 +88,7 @@ async def run_balance_scenario(broker_url: str, store_url: str, topology: Topolo
         for _ in range(3):
             await start_worker(tg)
         await wait_for(lambda: counts(workers) == [4, 4, 4])
+        await one_consumer_each(brokers[0], topology.queues(TOOLS))
         async with Client(broker_url, topology=topology) as client:
             sessions = [f"s{i}" for i in range(40)]
 
@@ -103,6 +115,7 @@ async def run_balance_scenario(broker_url: str, store_url: str, topology: Topolo
                 leaver.stop()
                 await wait_for(lambda: counts([w for w in workers if w is not leaver]) == [4, 4, 4])
                 assert fourth.owned
+            await one_consumer_each(brokers[0], topology.queues(TOOLS))
         for worker in workers:
             worker.stop()
     for broker in brokers:
