@@ -36,6 +36,7 @@ from agentqueue.broker.urls import redact_url
 log = logging.getLogger("agentqueue.broker.rabbitmq")
 
 PUBLISH_TIMEOUT = 30.0  # a publish not confirmed by then fails instead of hanging
+RESUBSCRIBE_PAUSE = 1.0  # seconds between tries to consume a queue again after a reconnect
 _PERSISTENT = aiormq.spec.Basic.Properties(delivery_mode=2)
 
 
@@ -79,36 +80,97 @@ class _RabbitDelivery(Delivery):
 
 
 class _RabbitSubscription(Subscription):
+    """A consumer on a channel of its own, which it opens again itself after a reconnect.
+
+    The channel is a plain one, not aio-pika's robust channel, which would restore the consumer
+    by itself, on its own schedule and out of our sight. Here one task, `_keep`, opens every
+    channel after the first and closes what it opened once the subscription is closed, so no
+    consumer outlives `close()`: with single-active-consumer, a consumer left open that nothing
+    reads would own its partition, and the partition's events would wait for ever. Deliveries of
+    a lost channel cannot be settled any more (their ack raises `BrokerConnectionError`);
+    RabbitMQ delivers them again to the new consumer.
+    """
+
+    _no_ack = False  # a listener's deliveries need no ack
+
     def __init__(self, broker: RabbitMQBroker, queue: str, prefetch: int) -> None:
         self.broker = broker
         self.queue_name = queue
         self.prefetch = prefetch
         self._inbox: asyncio.Queue[aio_pika.abc.AbstractIncomingMessage | None] = asyncio.Queue()
         self._channel: aio_pika.abc.AbstractChannel | None = None
-        self._queue: aio_pika.abc.AbstractQueue | None = None
-        self._tag: str | None = None
+        self._keeper: asyncio.Task[None] | None = None
+        self._cancelled: asyncio.Task[None] | None = None
+        self._opening = False
         self.closed = False
 
     async def start(self) -> None:
-        connection = self.broker.connection
-        self._channel = await connection.channel(publisher_confirms=False)
-        await self._channel.set_qos(prefetch_count=self.prefetch)
+        await self._open()
+        self._keeper = asyncio.create_task(self._keep(), name=f"keep consuming {self.queue_name}")
+
+    async def _open(self) -> None:
+        self._opening = True
+        try:
+            channel = aio_pika.Channel(self.broker.connection, publisher_confirms=False)
+            self._channel = channel
+            await channel.initialize()
+            underlay = await channel.get_underlay_channel()
+            # A consumer RabbitMQ cancels (its queue deleted or moved) counts as a lost channel.
+            underlay.on_consumer_cancel_callbacks.add(self._on_cancel)
+            await channel.set_qos(prefetch_count=self.prefetch)
+            queue = await self._declare(channel)
+            await queue.consume(self._inbox.put, no_ack=self._no_ack)
+        finally:
+            self._opening = False
+        if self.closed:  # closed while opening: what was opened must not stay
+            await self._close_channel()
+
+    async def _declare(self, channel: aio_pika.abc.AbstractChannel) -> aio_pika.abc.AbstractQueue:
         durable = self.broker._reply_queues.get(self.queue_name)
         if durable is None:
-            # A passive declare registers the queue with the robust channel, which then restores
-            # its consumer after a reconnect; get_queue(ensure=False) would leave it dead.
-            self._queue = await self._channel.declare_queue(self.queue_name, passive=True)
-        else:
-            # Declared on the consuming (robust) channel, so a reconnect re-creates the reply
-            # queue before it restores the consumer: exclusive queues die with the connection.
-            self._queue = await self._channel.declare_queue(
-                self.queue_name,
-                durable=durable,
-                exclusive=not durable,
-                auto_delete=not durable,
-                arguments=_reply_queue_arguments(durable),
-            )
-        self._tag = await self._queue.consume(self._inbox.put, no_ack=False)
+            return await channel.declare_queue(self.queue_name, passive=True)
+        # Reply queues are declared again on every open: an exclusive one dies with the
+        # connection, and its replies must find it again after a reconnect.
+        return await channel.declare_queue(
+            self.queue_name,
+            durable=durable,
+            exclusive=not durable,
+            auto_delete=not durable,
+            arguments=_reply_queue_arguments(durable),
+        )
+
+    def _on_cancel(self, frame: Any) -> None:
+        # Not awaited here: this runs inside the channel's frame reader.
+        self._cancelled = asyncio.create_task(self._close_channel())
+
+    async def _keep(self) -> None:
+        """Open the channel again whenever it is lost, until the subscription is closed."""
+        while not self.closed:
+            assert self._channel is not None
+            await self._channel.closed()
+            if self.closed:
+                return
+            log.info("consumer of %s lost its channel; subscribing again", self.queue_name)
+            while not self.closed:
+                await self.broker.connection.connected.wait()
+                try:
+                    await self._open()
+                except (
+                    asyncio.CancelledError,
+                    RuntimeError,
+                    aiormq.exceptions.AMQPError,
+                    *_connection_errors(),
+                ) as exc:
+                    # aiormq fails the operations of a connection that closes under them with a
+                    # bare CancelledError; only our own cancellation ends the loop.
+                    if isinstance(exc, asyncio.CancelledError) and _cancelling():
+                        raise
+                    # The queue may also be without a leader for a moment after a restart.
+                    log.info("cannot consume %s again yet: %r", self.queue_name, exc)
+                    await self._close_channel()
+                    await asyncio.sleep(RESUBSCRIBE_PAUSE)
+                    continue
+                break
 
     async def __anext__(self) -> Delivery:
         if self.closed:
@@ -124,13 +186,20 @@ class _RabbitSubscription(Subscription):
         self.closed = True
         self._inbox.put_nowait(None)
         self.broker._subscriptions.discard(self)
+        keeper = self._keeper
+        if keeper is not None:
+            if self._opening:
+                # An open under way closes its own channel when it ends (it sees `closed`).
+                await asyncio.wait([keeper], timeout=PUBLISH_TIMEOUT)
+            keeper.cancel()
+        # Closing the channel hands back exactly this consumer's un-acked deliveries.
+        await self._close_channel()
+
+    async def _close_channel(self) -> None:
         channel = self._channel
-        if channel is None:
+        if channel is None or channel.is_closed:
             return
         try:
-            # Closing the channel hands back exactly this consumer's un-acked deliveries. Closed
-            # even when the connection is down: a robust channel left open would come back with
-            # its consumer on reconnect, an orphan that single-active-consumer makes the owner.
             await channel.close()
         except (RuntimeError, *_connection_errors()) as exc:
             log.debug("channel of %s closed with %s", self.queue_name, exc)
@@ -306,8 +375,7 @@ class RabbitMQBroker(Broker):
         except (asyncio.CancelledError, RuntimeError, *_connection_errors()) as exc:
             # aiormq fails operations of a connection that closes under them with a bare
             # CancelledError; only a cancellation of this task itself must go on as one.
-            task = asyncio.current_task()
-            if isinstance(exc, asyncio.CancelledError) and task is not None and task.cancelling():
+            if isinstance(exc, asyncio.CancelledError) and _cancelling():
                 raise
             with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
                 await subscription.close()
@@ -378,21 +446,22 @@ class _OwnedChannelDelivery(_RabbitDelivery):
 
 
 class _ListenSubscription(_RabbitSubscription):
-    """A transient, exclusive queue bound to a fanout exchange."""
+    """A transient, exclusive queue bound to a fanout exchange (a new one after a reconnect)."""
+
+    _no_ack = True
 
     def __init__(self, broker: RabbitMQBroker, topic: str) -> None:
         super().__init__(broker, "", prefetch=1000)
         self.topic = topic
 
-    async def start(self) -> None:
-        self._channel = await self.broker.connection.channel(publisher_confirms=False)
-        exchange = await self._channel.declare_exchange(
+    async def _declare(self, channel: aio_pika.abc.AbstractChannel) -> aio_pika.abc.AbstractQueue:
+        exchange = await channel.declare_exchange(
             self.topic, aio_pika.ExchangeType.FANOUT, auto_delete=True
         )
-        self._queue = await self._channel.declare_queue("", exclusive=True, auto_delete=True)
-        self.queue_name = self._queue.name
-        await self._queue.bind(exchange)
-        self._tag = await self._queue.consume(self._inbox.put, no_ack=True)
+        queue = await channel.declare_queue("", exclusive=True, auto_delete=True)
+        self.queue_name = queue.name
+        await queue.bind(exchange)
+        return queue
 
     async def __anext__(self) -> Delivery:
         if self.closed:
@@ -409,6 +478,12 @@ class _AutoAckedDelivery(_RabbitDelivery):
 
     async def nack(self, *, requeue: bool = True) -> None:
         return None
+
+
+def _cancelling() -> bool:
+    """True when the current task itself is being cancelled."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
 
 
 def _reply_queue_arguments(durable: bool) -> dict[str, Any] | None:
