@@ -24,6 +24,7 @@ import anyio
 
 from agentqueue.broker import tracing
 from agentqueue.broker.base import Broker
+from agentqueue.broker.errors import BrokerConnectionError
 from agentqueue.protocol.codec import encode
 from agentqueue.protocol.ids import new_id
 from agentqueue.protocol.messages import (
@@ -39,6 +40,8 @@ from agentqueue.workers.retry import RetryPolicy
 from agentqueue.workers.session_store import Lease, SessionStore
 
 log = logging.getLogger("agentqueue.worker")
+
+OUTAGE_MAX_PAUSE = 5.0  # the longest wait before running an event again after a broker outage
 
 Emit = Callable[[str], Awaitable[None]]
 
@@ -247,7 +250,7 @@ class EventProcessor:
             await self.store.load_state(lease.session_id) if lease and handler.uses_state else None
         )
         emit = self._emitter(envelope)
-        attempt = 0
+        attempt = outages = 0
         while True:
             attempt += 1
             control = RunControl()
@@ -264,6 +267,23 @@ class EventProcessor:
             except (PermanentError, UnknownHandler) as exc:
                 await self._give_up(envelope, settle, str(exc))
                 return
+            except BrokerConnectionError as exc:
+                # The broker is away (restarting, the connection cut) while the handler publishes
+                # a delta or a tool call: not the event's fault, so no attempt is used up (three
+                # quick failures would dead-letter a healthy request). Wait, then run it again;
+                # a broker away for good ends at the event's deadline.
+                attempt -= 1
+                outages += 1
+                delay = min(OUTAGE_MAX_PAUSE, self.retry.delay(outages))
+                log.warning(
+                    "event %s: the broker is away (%s); running it again in %.1f s",
+                    envelope.id,
+                    exc,
+                    delay,
+                )
+                await anyio.sleep(delay)
+                if lease is not None:
+                    lease = await self.store.renew(lease, self.lease_ttl)
             except Exception as exc:
                 error = f"{type(exc).__name__}: {exc}"
                 if attempt >= self.retry.max_attempts:

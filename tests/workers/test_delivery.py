@@ -12,6 +12,7 @@ import anyio
 import pytest
 
 from agentqueue import App, Client, RequestFailed
+from agentqueue.broker.errors import BrokerConnectionError
 from agentqueue.broker.memory import MemoryBroker
 from agentqueue.broker.replies import ReplyRouter
 from agentqueue.broker.topology import Topology
@@ -293,3 +294,34 @@ async def test_an_event_that_runs_longer_than_the_lease_keeps_its_lease_and_take
             )
     assert answer == "thought about queues"
     assert runs == ["queues"]
+
+
+async def test_a_broker_outage_inside_a_handler_does_not_use_up_its_attempts(
+    url: str, store_url: str
+) -> None:
+    outages: list[float] = []
+    app = App("outage")
+
+    @app.agent("assistant")
+    def assistant(ctx):  # type: ignore[no-untyped-def]
+        if len(outages) < 3:  # as a delta or a tool call published while the broker restarts
+            outages.append(time.monotonic())
+            raise BrokerConnectionError("cannot publish to 'outage-reply': connection reset")
+        return ctx.build_agent("You answer briefly.")
+
+    topology = Topology(namespace="outage", partitions=1, tool_partitions=1)
+    async with MemoryBroker(url) as broker, background() as task_group:
+        worker = Worker(
+            app,
+            broker,
+            MemorySessionStore(store_url),
+            topology=topology,
+            retry=RetryPolicy(max_attempts=2, base_delay=0.01),
+        )
+        await task_group.start(worker.run)
+        async with Client(broker, topology=topology) as client:
+            answer = await client.call("hello", session_id="s1", timeout=60)
+        dead = await broker.get(topology.dead_letter_queue)
+    assert len(outages) == 3  # more outages than attempts, and still answered
+    assert answer
+    assert dead is None
