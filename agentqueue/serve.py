@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import signal
+from pathlib import Path
 
 import anyio
 
@@ -48,6 +50,7 @@ async def serve_worker(
             )
             async with anyio.create_task_group() as tg:
                 tg.start_soon(_stop_on_signal, worker)
+                tg.start_soon(_describe_on_signal)
                 await worker.run()
                 tg.cancel_scope.cancel()
             log.info(
@@ -67,3 +70,28 @@ async def _stop_on_signal(worker: Worker) -> None:
                 "received %s: finishing in-flight events, then exiting", signal.Signals(signum).name
             )
             worker.stop()
+
+
+async def _describe_on_signal() -> None:
+    """SIGUSR1 logs what every task of the worker is waiting on (for a worker that seems stuck)."""
+    with anyio.open_signal_receiver(signal.SIGUSR1) as signals:
+        async for _ in signals:
+            log.warning("tasks on SIGUSR1:\n%s", describe_tasks())
+
+
+def describe_tasks() -> str:
+    """One line per asyncio task: its name and the chain of awaits it is suspended in."""
+    lines = []
+    for task in sorted(asyncio.all_tasks(), key=lambda t: t.get_name()):
+        awaits = []
+        coro = task.get_coro()
+        while coro is not None and len(awaits) < 12:
+            frame = getattr(coro, "cr_frame", None) or getattr(coro, "gi_frame", None)
+            if frame is None:
+                break
+            awaits.append(
+                f"{frame.f_code.co_name} {Path(frame.f_code.co_filename).name}:{frame.f_lineno}"
+            )
+            coro = getattr(coro, "cr_await", None) or getattr(coro, "gi_yieldfrom", None)
+        lines.append(f"  {task.get_name()}: {' > '.join(awaits) or repr(coro)}")
+    return "\n".join(lines)
