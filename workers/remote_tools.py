@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
@@ -9,11 +10,14 @@ import anyio
 
 from agentqueue.broker import tracing
 from agentqueue.broker.base import Broker
+from agentqueue.broker.errors import BrokerConnectionError
 from agentqueue.broker.replies import ReplyRouter
 from agentqueue.broker.topology import Topology
 from agentqueue.protocol.codec import encode
 from agentqueue.protocol.messages import Envelope, ToolCall, ToolResult
 from agentqueue.workers.toolkit import ToolError
+
+log = logging.getLogger("agentqueue.worker")
 
 
 class RemoteTools:
@@ -48,16 +52,15 @@ class RemoteTools:
                 trace=request.trace,
             )
             inbox = self.router.expect(call_id)
+            # The tool worker's own timeout answers first.
+            wait = None if timeout is None else timeout + 5.0
             try:
                 queue = self.topology.route(envelope)
-                # Publishing from inside AgentScope's execute_tool span: the tool worker's
-                # process span continues it. Tracing off, request.trace passes through.
-                with tracing.publishing(self.broker, queue, envelope):
-                    await self.broker.publish(queue, encode(envelope))
-                wait = (
-                    None if timeout is None else timeout + 5.0
-                )  # the tool worker's own timeout answers first
                 with anyio.fail_after(wait):
+                    # Publishing from inside AgentScope's execute_tool span: the tool worker's
+                    # process span continues it. Tracing off, request.trace passes through.
+                    with tracing.publishing(self.broker, queue, envelope):
+                        await self._publish(queue, encode(envelope))
                     reply = await inbox.get()
             except TimeoutError:
                 raise ToolError(
@@ -73,3 +76,18 @@ class RemoteTools:
             return result.output
 
         return invoke_remote
+
+    async def _publish(self, queue: str, body: bytes) -> None:
+        # A broker away for a moment (restarting, a cut connection) must not fail the tool
+        # call: AgentScope would hand the agent the error as the tool's answer. The same call
+        # id goes again until the broker takes it (or the call's timeout ends the wait); a
+        # copy that did arrive twice is answered from the tool worker's store.
+        pause = 0.2
+        while True:
+            try:
+                await self.broker.publish(queue, body)
+                return
+            except BrokerConnectionError as exc:
+                log.warning("publishing a tool call to %s failed (%s); trying again", queue, exc)
+                await anyio.sleep(pause)
+                pause = min(pause * 2, 2.0)
