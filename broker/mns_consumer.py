@@ -28,6 +28,7 @@ log = logging.getLogger("agentqueue.broker.mns")
 MAX_BATCH = 16  # MNS returns and deletes at most 16 messages per request
 RELEASE_SECONDS = 1  # the shortest visibility timeout MNS accepts: "visible again now"
 MAX_NACK_BACKOFF = 30
+DELETE_TRIES = 6  # a delete meeting a dropped connection is tried again, over about 5 s
 
 
 class MNSDelivery(Delivery):
@@ -161,11 +162,26 @@ class MNSSubscription(Subscription):
         try:
             while self._to_delete:
                 batch, self._to_delete = self._to_delete[:MAX_BATCH], self._to_delete[MAX_BATCH:]
-                await self.broker.call(self.broker.delete_blocking, self.queue, batch)
+                await self._delete(batch)
         finally:
             self._deleting = False
             deleted, self._deleted = self._deleted, anyio.Event()
             deleted.set()
+
+    async def _delete(self, batch: list[MNSDelivery]) -> None:
+        # A receipt handle stays good until the message's visibility runs out, so a delete
+        # that met a dropped connection (MNS restarting, a stale keep-alive) is tried again.
+        pause = 0.2
+        for attempt in range(1, DELETE_TRIES + 1):
+            try:
+                await self.broker.call(self.broker.delete_blocking, self.queue, batch)
+                return
+            except BrokerConnectionError as exc:
+                if attempt == DELETE_TRIES:
+                    raise
+                log.info("deleting from %s failed (%s); trying again", self.queue, exc)
+                await anyio.sleep(pause)
+                pause = min(pause * 2, 2.0)
 
     async def nack(self, delivery: MNSDelivery, *, requeue: bool) -> None:
         """Visible again after a backoff growing with its dequeue count, or dead-lettered."""

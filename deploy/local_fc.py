@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import random
 import statistics
 import subprocess
 import sys
@@ -35,6 +36,7 @@ import anyio.abc
 from anyio.streams.buffered import BufferedByteReceiveStream
 
 from agentqueue.broker.base import Broker, Delivery
+from agentqueue.broker.errors import BrokerError
 from agentqueue.broker.mns_body import to_wire
 from agentqueue.broker.topology import REQUESTS, TOOLS, Topology
 from agentqueue.workers.fc_events import cloud_event
@@ -163,6 +165,18 @@ class LocalFC:
         """Instance processes alive now."""
         return len(self._instances)
 
+    def kill_instance(self, rng: random.Random) -> int | None:
+        """SIGKILL a random instance, one in the middle of an invocation if there is one, as a
+        host failing under FC would; returns its pid (None when none is up). The invocation
+        fails and its batch is retried on another instance."""
+        busy = [i for i in self._instances if i.busy]
+        candidates = busy or self._instances
+        if not candidates:
+            return None
+        instance = rng.choice(candidates)
+        instance.process.kill()
+        return instance.process.pid
+
     async def run(
         self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
     ) -> None:
@@ -220,9 +234,19 @@ class LocalFC:
 
     @staticmethod
     async def _settle(batch: list[Delivery], *, ack: bool) -> None:
-        async with anyio.create_task_group() as tg:  # concurrent acks go as one batch delete
-            for delivery in batch:
-                tg.start_soon(delivery.ack if ack else delivery.nack)
+        try:
+            async with anyio.create_task_group() as tg:  # concurrent acks go as one batch delete
+                for delivery in batch:
+                    tg.start_soon(delivery.ack if ack else delivery.nack)
+        except* BrokerError as group:
+            # As EventBridge would: the messages come back once their visibility runs out,
+            # and the function answers those already handled from the session store.
+            log.warning(
+                "could not settle a batch of %d from %s (%s); MNS delivers it again later",
+                len(batch),
+                batch[0].queue,
+                group.exceptions[0],
+            )
 
     # ------------------------------------------------------------------ instances
 
