@@ -1,11 +1,14 @@
 """Runs `AgentRequest` events: build the session's AgentScope agent, run one turn, keep its state.
 
 AgentScope is imported on first use, not at module load, so a tool worker or an FC instance
-that never runs an agent does not pay for the import.
+that never runs an agent does not pay for the import. A worker that serves agents calls
+`import_agentscope` on a thread before it takes events: the import takes seconds, and done by
+the first event it would stall the event loop (heartbeats, lease renewals) meanwhile.
 """
 
 from __future__ import annotations
 
+import importlib
 from typing import TYPE_CHECKING
 
 import msgspec
@@ -16,6 +19,24 @@ from agentqueue.workers.processing import Emit, HandlerResult, RunControl
 
 if TYPE_CHECKING:
     from agentqueue.workers.remote_tools import RemoteTools
+
+
+# What a turn imports: the agent, the model base (the offline model too), tools and messages.
+AGENTSCOPE_MODULES = (
+    "agentscope.agent",
+    "agentscope.model",
+    "agentscope.tool",
+    "agentscope.message",
+    "agentscope.event",
+    "agentscope.state",
+    "agentqueue.workers.scripted_model",
+)
+
+
+def import_agentscope() -> None:
+    """Import what an agent turn needs (blocking: call it on a thread)."""
+    for module in AGENTSCOPE_MODULES:
+        importlib.import_module(module)
 
 
 class AgentHandler:

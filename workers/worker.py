@@ -32,7 +32,7 @@ from agentqueue.protocol.messages import (
     ToolCall,
 )
 from agentqueue.workers.admission import Admission
-from agentqueue.workers.agent_handler import AgentHandler
+from agentqueue.workers.agent_handler import AgentHandler, import_agentscope
 from agentqueue.workers.app import App
 from agentqueue.workers.membership import Membership
 from agentqueue.workers.processing import EventProcessor, Handler
@@ -181,6 +181,7 @@ class Worker:
         router = ReplyRouter(self.broker, reply_queue)
         handlers: dict[type, Handler] = {}
         if self.role in ("agents", "all"):
+            await anyio.to_thread.run_sync(import_agentscope)
             remote = RemoteTools(self.broker, self.topology, router)
             tracing = otel.enabled() if self.tracing is None else self.tracing
             handlers[AgentRequest] = AgentHandler(
