@@ -22,7 +22,6 @@ import contextlib
 import logging
 import random
 import shutil
-import signal
 import sys
 import tempfile
 import time
@@ -34,18 +33,23 @@ if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
 import anyio
 
 from agentqueue import Client
-from agentqueue.broker.base import read_dead_letter
 from agentqueue.broker.topology import Topology
 from agentqueue.deploy.local_rabbitmq import LocalRabbitMQ, LocalRabbitMQCluster
 from agentqueue.deploy.local_redis import LocalRedis
-from agentqueue.protocol.codec import decode
-from agentqueue.protocol.errors import ProtocolError
-from agentqueue.workers.session_store import open_store
-from benchmarks.chaos_driver import Chaos, WorkerFleet, worker_environ
+from benchmarks.chaos_cloud import cloud_topology, run_cloud
+from benchmarks.chaos_driver import (
+    Chaos,
+    WorkerFleet,
+    report_progress,
+    stop_on_signal,
+    worker_environ,
+)
 from benchmarks.chaos_load import ChaosLoad
 from benchmarks.chaos_proxy import TcpProxy
 from benchmarks.chaos_report import (
-    committed_sequence,
+    ChaosEvents,
+    committed_sequences,
+    dead_lettered,
     measure,
     read_handler_log,
     render,
@@ -81,6 +85,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--reduced",
         action="store_true",
         help="1,000 requests, one worker kill, one client cut, one broker restart",
+    )
+    p.add_argument(
+        "--cloud",
+        action="store_true",
+        help="the Alibaba Cloud path: local MNS server and FC emulator, FC instances SIGKILLed",
+    )
+    p.add_argument(
+        "--instances",
+        type=int,
+        default=6,
+        help="--cloud: the most instances up at once, per function (default 6)",
     )
     p.add_argument(
         "--store",
@@ -136,7 +151,9 @@ def main(argv: list[str] | None = None) -> int:
     run_dir = Path(tempfile.mkdtemp(prefix="agentqueue-chaos-"))
     log.info("run dir %s", run_dir)
     with contextlib.ExitStack() as stack:
-        if args.cluster:
+        if args.cloud:
+            nodes = []  # the cloud run starts its own MNS server
+        elif args.cluster:
             cluster = stack.enter_context(LocalRabbitMQCluster(run_dir / "rabbit", args.cluster))
             nodes = cluster.nodes
         else:
@@ -156,11 +173,54 @@ def main(argv: list[str] | None = None) -> int:
 async def run(
     args: argparse.Namespace, nodes: list[LocalRabbitMQ], store_url: str, run_dir: Path
 ) -> bool:
-    """Start the workers, send the load under chaos, then measure; True when it passed."""
-    topology = Topology(namespace=NAMESPACE)
-    rng = random.Random(args.seed)
+    """Send the load under chaos, then measure and print the table; True when it passed."""
+    topology = cloud_topology(NAMESPACE) if args.cloud else Topology(namespace=NAMESPACE)
     handler_log = run_dir / "handlers.log"
-    fleet = WorkerFleet(run_dir, store_url, NAMESPACE, worker_environ(handler_log, args.lease_ttl))
+    if args.cloud:
+        load, events, seconds, dead = await run_cloud(args, topology, store_url, run_dir)
+        title = "cloud path: local MNS + FC emulator"
+        setup = (
+            f"local MNS server (its own process); FC emulator with an agents and a tools"
+            f" function, up to {args.instances} instances each (a trigger per partition queue,"
+            f" batches of up to 10); store {args.store};"
+        )
+    else:
+        load, events, seconds, dead = await run_rabbitmq(args, nodes, topology, store_url, run_dir)
+        title = f"{len(nodes)}-node cluster" if args.cluster else "single node"
+        setup = (
+            f"RabbitMQ, {len(nodes)} node(s); {args.agents} agent + {args.tools} tool worker"
+            f" processes; store {args.store};"
+        )
+    title += " (reduced)" if args.reduced else ""
+    setup += (
+        f" {topology.partitions} partitions; {args.requests} requests over {args.sessions}"
+        f" sessions, up to {args.window} in flight per session; lease TTL {args.lease_ttl:.0f} s;"
+        f" request deadline {args.timeout:.0f} s; seed {args.seed}."
+    )
+    committed = await committed_sequences(store_url, {o.session for o in load.outcomes.values()})
+    result = measure(
+        title=title, setup=setup, seconds=seconds, outcomes=load.outcomes,
+        handler_log=read_handler_log(handler_log), committed=committed, dead_lettered=dead,
+        publish_retries=load.publish_retries, events=events,
+    )  # fmt: skip
+    section = render(result)
+    print(section)
+    write_section(args.out, title, section)
+    return result.passed
+
+
+async def run_rabbitmq(
+    args: argparse.Namespace,
+    nodes: list[LocalRabbitMQ],
+    topology: Topology,
+    store_url: str,
+    run_dir: Path,
+) -> tuple[ChaosLoad, ChaosEvents, float, set[str]]:
+    """Start the workers and send the load under chaos; the load, the chaos done, the seconds it
+    took and the ids found dead-lettered."""
+    fleet = WorkerFleet(
+        run_dir, store_url, NAMESPACE, worker_environ(run_dir / "handlers.log", args.lease_ttl)
+    )
     urls = [n.url for n in nodes]
     for i in range(args.agents + args.tools):
         # Each worker meets a different node first, as clients spread over a cluster would.
@@ -188,9 +248,9 @@ async def run(
                     client, args.requests, args.sessions, window=args.window, timeout=args.timeout
                 )
                 chaos = Chaos(
-                    fleet,
+                    fleet.kill_random,
                     progress=lambda: load.answered / args.requests,
-                    rng=rng,
+                    rng=random.Random(args.seed),
                     kill_every=None if args.reduced else args.kill_every,
                     cut_client=lambda: sum(p.cut() for p in proxies),
                     restart_broker=nodes[-1 if args.cluster else 0].restart,
@@ -206,37 +266,24 @@ async def run(
                 async with anyio.create_task_group() as chaos_tg:
                     chaos_tg.start_soon(fleet.supervise)
                     chaos_tg.start_soon(chaos.run)
-                    chaos_tg.start_soon(_report_progress, load, chaos, fleet)
+                    chaos_tg.start_soon(
+                        report_progress, load, chaos, lambda: f"worker crashes {fleet.crashes}"
+                    )
                     with anyio.move_on_after(args.max_seconds) as load_scope:
-                        chaos_tg.start_soon(_stop_on_signal, load_scope)
+                        chaos_tg.start_soon(stop_on_signal, load_scope)
                         await load.run()
                     chaos_tg.cancel_scope.cancel()
                 seconds = time.monotonic() - started
+                if load.answered < args.requests:  # stalled: the worker logs say on what
+                    fleet.describe()
+                    await anyio.sleep(1.0)
                 await anyio.to_thread.run_sync(fleet.stop)
-                dead = await _dead_lettered(client, topology)
+                dead = await dead_lettered(client, topology)
             tg.cancel_scope.cancel()
     finally:
         with anyio.CancelScope(shield=True):
             await anyio.to_thread.run_sync(fleet.stop)
-    committed = await _committed(store_url, {o.session for o in load.outcomes.values()})
-    title = f"{len(nodes)}-node cluster" if args.cluster else "single node"
-    title += " (reduced)" if args.reduced else ""
-    setup = (
-        f"RabbitMQ, {len(nodes)} node(s); {args.agents} agent + {args.tools} tool worker"
-        f" processes; store {args.store}; {topology.partitions} partitions;"
-        f" {args.requests} requests over {args.sessions} sessions, up to {args.window} in flight"
-        f" per session; lease TTL {args.lease_ttl:.0f} s; request deadline {args.timeout:.0f} s;"
-        f" seed {args.seed}."
-    )
-    result = measure(
-        title=title, setup=setup, seconds=seconds, outcomes=load.outcomes,
-        handler_log=read_handler_log(handler_log), committed=committed, dead_lettered=dead,
-        publish_retries=load.publish_retries, events=chaos.events,
-    )  # fmt: skip
-    section = render(result)
-    print(section)
-    write_section(args.out, title, section)
-    return result.passed
+    return load, chaos.events, seconds, dead
 
 
 def _node_killer(nodes: list[LocalRabbitMQ], index: int):  # type: ignore[no-untyped-def]
@@ -245,55 +292,6 @@ def _node_killer(nodes: list[LocalRabbitMQ], index: int):  # type: ignore[no-unt
         return nodes[index].node_name
 
     return kill
-
-
-async def _stop_on_signal(load_scope: anyio.CancelScope) -> None:
-    # Ctrl-C or SIGTERM ends the load early; the run is still measured and its servers stopped.
-    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async for signum in signals:
-            log.warning("%s: stopping the load, then measuring", signal.Signals(signum).name)
-            load_scope.cancel()
-            return
-
-
-async def _report_progress(load: ChaosLoad, chaos: Chaos, fleet: WorkerFleet) -> None:
-    while True:
-        await anyio.sleep(10)
-        e = chaos.events
-        log.info(
-            "answered %d/%d (sent %d); worker kills %d, worker crashes %d, restarts %d, cuts %d",
-            load.answered,
-            load.requests,
-            load.sent,
-            sum(e.worker_kills.values()),
-            fleet.crashes,
-            len(e.broker_restarts),
-            len(e.client_cuts),
-        )
-
-
-async def _dead_lettered(client: Client, topology: Topology) -> set[str]:
-    """The envelope ids in the dead-letter queue (drained: the run's namespace is its own)."""
-    ids: set[str] = set()
-    while (delivery := await client.broker.get(topology.dead_letter_queue)) is not None:
-        record = read_dead_letter(delivery.body, delivery.queue)
-        envelope_id = record.envelope_id
-        if envelope_id is None:  # dead-lettered by RabbitMQ itself: the payload is the envelope
-            with contextlib.suppress(ProtocolError):
-                envelope_id = decode(record.payload).id
-        if envelope_id is not None:
-            ids.add(envelope_id)
-        await delivery.ack()
-    return ids
-
-
-async def _committed(store_url: str, sessions: set[str]) -> dict[str, list[int]]:
-    """Each session's applied sequence numbers, read from its committed state."""
-    store = open_store(store_url)
-    try:
-        return {s: committed_sequence(await store.load_state(s), s) for s in sorted(sessions)}
-    finally:
-        await store.close()
 
 
 if __name__ == "__main__":

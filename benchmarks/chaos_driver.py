@@ -24,6 +24,7 @@ import anyio
 
 from agentqueue.deploy.local_rabbitmq import end_child, spawn_child
 from benchmarks.chaos_app import LOG_ENV
+from benchmarks.chaos_load import ChaosLoad
 from benchmarks.chaos_report import ChaosEvents
 
 log = logging.getLogger("agentqueue.chaos")
@@ -99,6 +100,18 @@ class WorkerFleet:
             end_child(slot.proc, sig=signal.SIGKILL, timeout=10)
         self.start(slot)
 
+    def kill_random(self, rng: random.Random) -> str:
+        """SIGKILL a random worker and start it again; returns its role."""
+        slot = rng.choice(self.slots)
+        log.warning(
+            "chaos: SIGKILL worker %s-%d (pid %s)",
+            slot.role,
+            slot.index,
+            slot.proc.pid if slot.proc else None,
+        )
+        self.kill(slot)
+        return slot.role
+
     async def supervise(self) -> None:
         """Give every slot whose process exited on its own a new process, until cancelled."""
         while True:
@@ -113,6 +126,13 @@ class WorkerFleet:
                         slot.proc.returncode,
                     )
                     self.start(slot)
+
+    def describe(self) -> None:
+        """Have every live worker log what its tasks wait on (SIGUSR1), for a run that stalled."""
+        for slot in self.slots:
+            if slot.alive:
+                assert slot.proc is not None
+                slot.proc.send_signal(signal.SIGUSR1)
 
     def stop(self, timeout: float = 60) -> None:
         """SIGTERM every worker (they finish or hand back their events) and wait."""
@@ -152,7 +172,7 @@ def worker_environ(handler_log: Path, lease_ttl: float) -> dict[str, str]:
 class Chaos:
     """When to do what; `run` does it while `progress()` (0..1) climbs."""
 
-    fleet: WorkerFleet
+    kill: Callable[[random.Random], str | None]  # SIGKILLs a worker; its role (None: none up)
     progress: Callable[[], float]
     rng: random.Random
     kill_every: float | None  # seconds between worker kills; None: one kill at `kill_at`
@@ -200,15 +220,9 @@ class Chaos:
         return now + self.rng.uniform(every * 0.5, every * 1.5)
 
     def _kill_worker(self) -> None:
-        slot = self.rng.choice(self.fleet.slots)
-        log.warning(
-            "chaos: SIGKILL worker %s-%d (pid %s)",
-            slot.role,
-            slot.index,
-            slot.proc.pid if slot.proc else None,
-        )
-        self.events.worker_kills[slot.role] += 1
-        self.fleet.kill(slot)
+        role = self.kill(self.rng)
+        if role is not None:
+            self.events.worker_kills[role] = self.events.worker_kills.get(role, 0) + 1
 
     async def _once(self, name: str, action: Callable[[], object]) -> None:
         log.warning(
@@ -229,3 +243,29 @@ class Chaos:
         else:
             self.events.node_kills.append(str(result))
         log.warning("chaos: %s done in %.1f s", name, time.monotonic() - started)
+
+
+async def stop_on_signal(load_scope: anyio.CancelScope) -> None:
+    """Ctrl-C or SIGTERM ends the load early; the run is still measured and its servers stopped."""
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for signum in signals:
+            log.warning("%s: stopping the load, then measuring", signal.Signals(signum).name)
+            load_scope.cancel()
+            return
+
+
+async def report_progress(load: ChaosLoad, chaos: Chaos, more: Callable[[], str]) -> None:
+    """Log the answers so far and the chaos done every 10 s (`more` adds the run's own counts)."""
+    while True:
+        await anyio.sleep(10)
+        e = chaos.events
+        log.info(
+            "answered %d/%d (sent %d); worker kills %d, broker restarts %d, client cuts %d; %s",
+            load.answered,
+            load.requests,
+            load.sent,
+            sum(e.worker_kills.values()),
+            len(e.broker_restarts),
+            len(e.client_cuts),
+            more(),
+        )

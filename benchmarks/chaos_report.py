@@ -1,6 +1,7 @@
 """What a chaos run measured, from three independent records, and the table that shows it.
 
-- the client's outcomes: which requests were sent and which answer each got;
+- the client's outcomes: which requests were sent and which answer each got (and the ids found
+  in the dead-letter queue);
 - the handler log (`kind session seq event_id pid` per handler run): duplicates delivered;
 - the committed session states in the store: which sequence numbers each session applied, in
   which order, and how often: duplicate effects, order violations, answers without an effect.
@@ -8,6 +9,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import statistics
 from collections import Counter
@@ -15,6 +17,12 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from agentqueue import Client
+from agentqueue.broker.base import read_dead_letter
+from agentqueue.broker.topology import Topology
+from agentqueue.protocol.codec import decode
+from agentqueue.protocol.errors import ProtocolError
+from agentqueue.workers.session_store import open_store
 from benchmarks.chaos_app import parse_request_text
 from benchmarks.chaos_load import Outcome
 
@@ -24,6 +32,7 @@ class ChaosEvents:
     """What the chaos driver did to the run."""
 
     worker_kills: dict[str, int] = field(default_factory=lambda: {"agents": 0, "tools": 0})
+    respawn: str = "each restarted at once"  # what became of a killed worker
     broker_restarts: list[float] = field(default_factory=list)  # seconds each took
     client_cuts: list[int] = field(default_factory=list)  # connections dropped by each cut
     node_kills: list[str] = field(default_factory=list)
@@ -79,6 +88,30 @@ def committed_sequence(state_json: str | None, session: str) -> list[int]:
             if args is not None and args.get("session") == session:
                 applied.append(int(args["seq"]))
     return applied
+
+
+async def committed_sequences(store_url: str, sessions: set[str]) -> dict[str, list[int]]:
+    """Each session's applied sequence numbers, read from its committed state."""
+    store = open_store(store_url)
+    try:
+        return {s: committed_sequence(await store.load_state(s), s) for s in sorted(sessions)}
+    finally:
+        await store.close()
+
+
+async def dead_lettered(client: Client, topology: Topology) -> set[str]:
+    """The envelope ids in the dead-letter queue (drained: the run's namespace is its own)."""
+    ids: set[str] = set()
+    while (delivery := await client.broker.get(topology.dead_letter_queue)) is not None:
+        record = read_dead_letter(delivery.body, delivery.queue)
+        envelope_id = record.envelope_id
+        if envelope_id is None:  # dead-lettered by RabbitMQ itself: the payload is the envelope
+            with contextlib.suppress(ProtocolError):
+                envelope_id = decode(record.payload).id
+        if envelope_id is not None:
+            ids.add(envelope_id)
+        await delivery.ack()
+    return ids
 
 
 def read_handler_log(path: Path) -> list[tuple[str, str, int, str, int]]:
@@ -161,6 +194,7 @@ def render(result: ChaosResult) -> str:
     p50 = statistics.median(lat) if lat else 0.0
     p99 = lat[min(len(lat) - 1, int(len(lat) * 0.99))] if lat else 0.0
     restarts = ", ".join(f"{s:.1f} s" for s in e.broker_restarts) or "-"
+    kills = ", ".join(f"{role} {n}" for role, n in e.worker_kills.items())
     rows = [
         ("requests sent", r.sent),
         ("final results received", r.final),
@@ -179,8 +213,8 @@ def render(result: ChaosResult) -> str:
         "",
         r.setup,
         "",
-        f"Chaos: {sum(e.worker_kills.values())} worker SIGKILLs (agents {e.worker_kills['agents']},"
-        f" tools {e.worker_kills['tools']}), each restarted at once; broker restarts: "
+        f"Chaos: {sum(e.worker_kills.values())} worker SIGKILLs ({kills}), {e.respawn};"
+        f" broker restarts: "
         f"{len(e.broker_restarts)} ({restarts}); client connection cuts: {len(e.client_cuts)}"
         f" ({sum(e.client_cuts)} connections dropped); broker node SIGKILLs: "
         f"{', '.join(e.node_kills) or 'none'}.",
