@@ -24,7 +24,6 @@ import random
 import shutil
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
@@ -32,7 +31,6 @@ if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
 
 import anyio
 
-from agentqueue import Client
 from agentqueue.broker.topology import Topology
 from agentqueue.deploy.local_rabbitmq import LocalRabbitMQ, LocalRabbitMQCluster
 from agentqueue.deploy.local_redis import LocalRedis
@@ -40,11 +38,10 @@ from benchmarks.chaos_cloud import cloud_topology, run_cloud
 from benchmarks.chaos_driver import (
     Chaos,
     WorkerFleet,
-    report_progress,
-    stop_on_signal,
+    drive,
     worker_environ,
 )
-from benchmarks.chaos_load import ChaosLoad
+from benchmarks.chaos_load import ChaosLoad, chaos_client
 from benchmarks.chaos_proxy import TcpProxy
 from benchmarks.chaos_report import (
     ChaosEvents,
@@ -232,13 +229,7 @@ async def run_rabbitmq(
             for proxy in proxies:
                 await tg.start(proxy.run)
             client_url = ",".join(p.url(n.url) for p, n in zip(proxies, nodes, strict=True))
-            client = Client(
-                client_url,
-                topology=topology,
-                reply_queue=topology.reply_queue("chaos-client"),
-                durable_replies=True,
-                default_timeout=args.timeout,
-            )
+            client = chaos_client(client_url, topology, args.timeout)
             async with client:
                 for slot in fleet.slots:
                     fleet.start(slot)
@@ -256,24 +247,14 @@ async def run_rabbitmq(
                     restart_broker=nodes[-1 if args.cluster else 0].restart,
                     kill_node=_node_killer(nodes, args.kill_node) if args.cluster else None,
                 )
-                log.info(
-                    "%d workers serving; sending %d requests over %d sessions",
-                    len(fleet.slots),
-                    args.requests,
-                    args.sessions,
+                log.info("%d workers serving", len(fleet.slots))
+                seconds = await drive(
+                    load,
+                    chaos,
+                    max_seconds=args.max_seconds,
+                    more=lambda: f"worker crashes {fleet.crashes}",
+                    alongside=[fleet.supervise],
                 )
-                started = time.monotonic()
-                async with anyio.create_task_group() as chaos_tg:
-                    chaos_tg.start_soon(fleet.supervise)
-                    chaos_tg.start_soon(chaos.run)
-                    chaos_tg.start_soon(
-                        report_progress, load, chaos, lambda: f"worker crashes {fleet.crashes}"
-                    )
-                    with anyio.move_on_after(args.max_seconds) as load_scope:
-                        chaos_tg.start_soon(stop_on_signal, load_scope)
-                        await load.run()
-                    chaos_tg.cancel_scope.cancel()
-                seconds = time.monotonic() - started
                 if load.answered < args.requests:  # stalled: the worker logs say on what
                     fleet.describe()
                     await anyio.sleep(1.0)

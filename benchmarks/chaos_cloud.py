@@ -32,7 +32,6 @@ from pathlib import Path
 
 import anyio
 
-from agentqueue import Client
 from agentqueue.broker.mns import MNSBroker
 from agentqueue.broker.mns_config import ENV_ID, ENV_SECRET, Credentials
 from agentqueue.broker.topology import REQUESTS, TOOLS, Topology
@@ -40,8 +39,8 @@ from agentqueue.deploy.local_fc import LocalFC, TriggerConfig
 from agentqueue.deploy.local_mns import DEFAULT_ACCESS_ID, DEFAULT_ACCESS_KEY
 from agentqueue.deploy.local_rabbitmq import HOST, end_child, free_port, spawn_child
 from benchmarks.chaos_app import LOG_ENV
-from benchmarks.chaos_driver import ROOT, Chaos, report_progress, stop_on_signal
-from benchmarks.chaos_load import ChaosLoad
+from benchmarks.chaos_driver import ROOT, Chaos, drive
+from benchmarks.chaos_load import ChaosLoad, chaos_client
 from benchmarks.chaos_proxy import TcpProxy
 from benchmarks.chaos_report import ChaosEvents, dead_lettered
 
@@ -161,13 +160,7 @@ async def run_cloud(
                     await tg.start(fc.run)
                 # The caller talks to MNS through the proxy, whose cut drops its connections.
                 caller = MNSBroker(f"mns://{mns.host}:{proxy.port}?wait=1", credentials=credentials)
-                client = Client(
-                    caller,
-                    topology=topology,
-                    reply_queue=topology.reply_queue("chaos-client"),
-                    durable_replies=True,
-                    default_timeout=args.timeout,
-                )
+                client = chaos_client(caller, topology, args.timeout)
                 async with caller, client:
                     load = ChaosLoad(
                         client,
@@ -189,23 +182,15 @@ async def run_cloud(
                         ),
                     )
                     log.info(
-                        "FC emulator up (agents and tools functions, at most %d instances each);"
-                        " sending %d requests over %d sessions",
+                        "FC emulator up: agents and tools functions, at most %d instances each",
                         args.instances,
-                        args.requests,
-                        args.sessions,
                     )
-                    started = time.monotonic()
-                    async with anyio.create_task_group() as chaos_tg:
-                        chaos_tg.start_soon(chaos.run)
-                        chaos_tg.start_soon(
-                            report_progress, load, chaos, lambda: _fc_report(functions)
-                        )
-                        with anyio.move_on_after(args.max_seconds) as load_scope:
-                            chaos_tg.start_soon(stop_on_signal, load_scope)
-                            await load.run()
-                        chaos_tg.cancel_scope.cancel()
-                    seconds = time.monotonic() - started
+                    seconds = await drive(
+                        load,
+                        chaos,
+                        max_seconds=args.max_seconds,
+                        more=lambda: _fc_report(functions),
+                    )
                     dead = await dead_lettered(client, topology)
                 tg.cancel_scope.cancel()
         log.info("%s", _fc_report(functions))

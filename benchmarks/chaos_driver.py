@@ -16,7 +16,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -269,3 +269,27 @@ async def report_progress(load: ChaosLoad, chaos: Chaos, more: Callable[[], str]
             len(e.client_cuts),
             more(),
         )
+
+
+async def drive(
+    load: ChaosLoad,
+    chaos: Chaos,
+    *,
+    max_seconds: float,
+    more: Callable[[], str],
+    alongside: Sequence[Callable[[], Awaitable[None]]] = (),
+) -> float:
+    """Run the load to its end while the chaos (and `alongside`, e.g. a supervisor) runs; the
+    seconds the load took. A signal or `max_seconds` ends the load early."""
+    log.info("sending %d requests over %d sessions", load.requests, load.sessions)
+    started = time.monotonic()
+    async with anyio.create_task_group() as tg:
+        for task in alongside:
+            tg.start_soon(task)
+        tg.start_soon(chaos.run)
+        tg.start_soon(report_progress, load, chaos, more)
+        with anyio.move_on_after(max_seconds) as load_scope:
+            tg.start_soon(stop_on_signal, load_scope)
+            await load.run()
+        tg.cancel_scope.cancel()
+    return time.monotonic() - started

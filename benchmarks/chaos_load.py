@@ -17,7 +17,9 @@ from dataclasses import dataclass, field
 import anyio
 
 from agentqueue import Client
+from agentqueue.broker.base import Broker
 from agentqueue.broker.errors import BrokerError
+from agentqueue.broker.topology import Topology
 from agentqueue.client import RequestHandle
 from agentqueue.protocol.ids import new_id
 from agentqueue.protocol.messages import AgentRequest, user_message
@@ -125,3 +127,14 @@ class ChaosLoad:
             outcome.kind, outcome.text, outcome.error = event.kind, event.text, event.error
             outcome.seconds = time.monotonic() - started
             self.answered += 1
+
+
+def chaos_client(broker: Broker | str, topology: Topology, timeout: float) -> Client:
+    """The run's client: its replies go to a durable queue, which keeps them while it is cut off."""
+    return Client(
+        broker,
+        topology=topology,
+        reply_queue=topology.reply_queue("chaos-client"),
+        durable_replies=True,
+        default_timeout=timeout,
+    )

@@ -67,6 +67,20 @@ def tool_call(
     )
 
 
+async def start_worker(
+    task_group: anyio.abc.TaskGroup,
+    app: App,
+    broker: MemoryBroker,
+    store_url: str,
+    topology: Topology,
+    **options: object,
+) -> Worker:
+    """A worker on the embedded broker and a memory store, serving once this returns."""
+    worker = Worker(app, broker, MemorySessionStore(store_url), topology=topology, **options)  # type: ignore[arg-type]
+    await task_group.start(worker.run)
+    return worker
+
+
 @contextlib.asynccontextmanager
 async def background() -> AsyncIterator[anyio.abc.TaskGroup]:
     """A task group whose tasks (workers, routers) are cancelled when the test is done."""
@@ -246,14 +260,14 @@ async def test_a_handler_that_always_fails_is_dead_lettered_after_max_attempts_a
 
     topology = Topology(namespace="poison", partitions=2, tool_partitions=1)
     async with MemoryBroker(url) as broker, background() as task_group:
-        worker = Worker(
+        await start_worker(
+            task_group,
             app,
             broker,
-            MemorySessionStore(store_url),
-            topology=topology,
+            store_url,
+            topology,
             retry=RetryPolicy(max_attempts=3, base_delay=0.01),
         )
-        await task_group.start(worker.run)
         async with Client(broker, topology=topology) as client:
             with pytest.raises(RequestFailed) as info:
                 await client.call("hello", session_id="s1", timeout=30)
@@ -279,15 +293,9 @@ async def test_an_event_that_runs_longer_than_the_lease_keeps_its_lease_and_take
 
     topology = Topology(namespace="lease", partitions=1, tool_partitions=1)
     async with MemoryBroker(url) as broker, background() as task_group:
-        worker = Worker(
-            app,
-            broker,
-            MemorySessionStore(store_url),
-            topology=topology,
-            role="tools",
-            lease_ttl=0.5,
+        await start_worker(
+            task_group, app, broker, store_url, topology, role="tools", lease_ttl=0.5
         )
-        await task_group.start(worker.run)
         async with Client(broker, topology=topology) as client:
             answer = await client.call_tool(
                 "think", {"topic": "queues"}, session_id="s1", timeout=30
@@ -311,14 +319,14 @@ async def test_a_broker_outage_inside_a_handler_does_not_use_up_its_attempts(
 
     topology = Topology(namespace="outage", partitions=1, tool_partitions=1)
     async with MemoryBroker(url) as broker, background() as task_group:
-        worker = Worker(
+        await start_worker(
+            task_group,
             app,
             broker,
-            MemorySessionStore(store_url),
-            topology=topology,
+            store_url,
+            topology,
             retry=RetryPolicy(max_attempts=2, base_delay=0.01),
         )
-        await task_group.start(worker.run)
         async with Client(broker, topology=topology) as client:
             answer = await client.call("hello", session_id="s1", timeout=60)
         dead = await broker.get(topology.dead_letter_queue)
