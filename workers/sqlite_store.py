@@ -5,6 +5,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -37,6 +38,18 @@ CREATE TABLE IF NOT EXISTS attempts (
 """
 
 
+def _until_unlocked(statement: Callable[[], object], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            statement()
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
 class SQLiteSessionStore(SessionStore):
     """One SQLite file (WAL mode) used from worker threads; safe across processes."""
 
@@ -49,14 +62,15 @@ class SQLiteSessionStore(SessionStore):
             raise ValueError(f"sqlite store URL {url!r} names no file; use sqlite:///sessions.db")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        # timeout= installs the busy handler before the first statement: workers that start
-        # together all switch the file to WAL at once, and the losers must wait, not fail.
         self._db = sqlite3.connect(
             self.path, check_same_thread=False, isolation_level=None, timeout=10.0
         )
-        self._db.execute("PRAGMA journal_mode=WAL")
+        # Workers that start together all switch the file to WAL and create the tables at
+        # once. The busy handler (timeout=) does not cover every case: switching the journal
+        # mode can fail "database is locked" at once, so the losers wait here and try again.
+        _until_unlocked(lambda: self._db.execute("PRAGMA journal_mode=WAL"))
         self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(_SCHEMA)
+        _until_unlocked(lambda: self._db.executescript(_SCHEMA))
 
     async def _run(self, fn, *args):  # type: ignore[no-untyped-def]
         return await anyio.to_thread.run_sync(self._locked, fn, *args)

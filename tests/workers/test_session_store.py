@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import multiprocessing
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
@@ -11,6 +13,7 @@ import pytest
 from agentqueue.protocol import new_id
 from agentqueue.workers.errors import LeaseLost
 from agentqueue.workers.session_store import SessionStore, open_store
+from agentqueue.workers.sqlite_store import SQLiteSessionStore
 
 
 @pytest.fixture(params=["memory", "sqlite", "redis"])
@@ -84,3 +87,30 @@ async def test_attempts_are_counted_per_event_until_it_is_handled(store: Session
     assert lease is not None
     await store.commit(lease, None, "evt", b"done")
     assert await store.count_attempt(session, "evt") == 1
+
+
+def _open_sqlite(url: str, start: Any, outcomes: Any) -> None:
+    start.wait()  # all at the same moment, as workers started together
+    try:
+        SQLiteSessionStore(url)
+    except Exception as exc:
+        outcomes.put(repr(exc))
+    else:
+        outcomes.put("opened")
+
+
+def test_workers_that_open_one_new_sqlite_file_together_all_get_it(tmp_path: Path) -> None:
+    # 12 processes switch each new file to WAL at once: without waiting out the lock, some
+    # failed "database is locked" and their worker exited.
+    ctx = multiprocessing.get_context("fork")
+    outcomes: list[str] = []
+    for i in range(6):
+        start, results = ctx.Barrier(12), ctx.Queue()
+        url = f"sqlite:///{tmp_path}/s{i}.db"
+        procs = [ctx.Process(target=_open_sqlite, args=(url, start, results)) for _ in range(12)]
+        for proc in procs:
+            proc.start()
+        outcomes += [results.get(timeout=30) for _ in procs]
+        for proc in procs:
+            proc.join()
+    assert set(outcomes) == {"opened"}
