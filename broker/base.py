@@ -81,6 +81,9 @@ class Broker(abc.ABC):
 
     url: str
     max_message_size: int | None = None  # bytes; None when the broker has no practical limit
+    # Times the connection came back after it was lost. What sat in an exclusive queue of the
+    # lost connection (a reply not yet read) went with it; whoever waits for one asks again.
+    reconnects: int = 0
 
     async def __aenter__(self) -> Broker:
         await self.connect()

@@ -17,6 +17,11 @@ class MessageTooLarge(BrokerError, ValueError):
     """A message is over the broker's size limit; it was not published."""
 
 
+class QueueMissing(BrokerError):
+    """No queue by that name: the topology is not declared, or a reply queue's owner is gone
+    (or, reconnecting, has not declared it again yet)."""
+
+
 class QueueFull(BrokerError):
     """The queue refused the message because it is at its length limit; retry later."""
 

@@ -14,7 +14,7 @@ from collections import deque
 from urllib.parse import urlsplit
 
 from agentqueue.broker.base import Broker, Delivery, QueueStats, Subscription
-from agentqueue.broker.errors import BrokerConnectionError, BrokerError
+from agentqueue.broker.errors import BrokerConnectionError, BrokerError, QueueMissing
 from agentqueue.broker.topology import Topology
 
 _hubs: dict[str, _Hub] = {}
@@ -68,7 +68,7 @@ class _Hub:
         try:
             return self.queues[name]
         except KeyError:
-            raise BrokerError(
+            raise QueueMissing(
                 f"queue {name!r} does not exist; declare the topology first"
             ) from None
 

@@ -39,7 +39,12 @@ from mns.mns_exception import MNSClientException, MNSClientNetworkException, MNS
 from mns.queue import Message, Queue, QueueMeta
 
 from agentqueue.broker.base import Broker, Delivery, QueueStats, Subscription
-from agentqueue.broker.errors import BrokerConnectionError, BrokerError, MessageTooLarge
+from agentqueue.broker.errors import (
+    BrokerConnectionError,
+    BrokerError,
+    MessageTooLarge,
+    QueueMissing,
+)
 from agentqueue.broker.mns_body import MAX_BODY_BYTES, from_wire, to_wire
 from agentqueue.broker.mns_config import Credentials, load_credentials, parse_mns_url
 from agentqueue.broker.mns_consumer import MNSDelivery, MNSSubscription
@@ -115,7 +120,7 @@ class MNSBroker(Broker):
 
     def _server_error(self, exc: MNSServerException) -> BrokerError:
         if exc.type == "QueueNotExist":
-            return BrokerError(
+            return QueueMissing(
                 f"MNS queue does not exist ({exc.message}); declare the topology first"
             )
         if exc.type in _AUTH_ERRORS:
@@ -293,7 +298,13 @@ class MNSBroker(Broker):
                 f"message for MNS queue {queue!r} is {size} bytes {form}, over MNS's limit of"
                 f" {MAX_BODY_BYTES} bytes; send large inputs by reference (a URL) instead"
             )
-        await self.call(lambda: self.queue(queue).send_message(Message(text)))
+        try:
+            await self.call(lambda: self.queue(queue).send_message(Message(text)))
+        except QueueMissing:
+            raise QueueMissing(
+                f"queue {queue!r} does not exist in MNS; declare the topology first, or the"
+                " reply queue's owner is gone"
+            ) from None
 
     async def consume(self, queue: str, *, prefetch: int = 32) -> Subscription:
         await self.call(self._check_exists, queue)  # fail now, not in the first poll

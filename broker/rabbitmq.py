@@ -28,7 +28,12 @@ import aiormq.exceptions
 import anyio
 
 from agentqueue.broker.base import Broker, Delivery, QueueStats, Subscription
-from agentqueue.broker.errors import BrokerConnectionError, BrokerError, QueueFull
+from agentqueue.broker.errors import (
+    BrokerConnectionError,
+    BrokerError,
+    QueueFull,
+    QueueMissing,
+)
 from agentqueue.broker.rabbitmq_nodes import connect_nodes, split_node_urls
 from agentqueue.broker.topology import REQUESTS, TOOLS, Topology
 from agentqueue.broker.urls import redact_url
@@ -243,11 +248,15 @@ class RabbitMQBroker(Broker):
             self._publisher = await self._connection.channel(
                 publisher_confirms=True, on_return_raises=True
             )
+            self._connection.reconnect_callbacks.add(self._count_reconnect)
         except (TimeoutError, *_connection_errors()) as exc:
             self._connection = None
             raise BrokerConnectionError(
                 f"cannot connect to RabbitMQ at {redact_url(self.url)}: {exc}"
             ) from exc
+
+    def _count_reconnect(self, *_: object) -> None:
+        self.reconnects += 1
 
     async def close(self) -> None:
         for subscription in list(self._subscriptions):
@@ -344,25 +353,28 @@ class RabbitMQBroker(Broker):
                 f"publish to {queue!r} was not confirmed within {self.publish_timeout:.0f} s"
                 f" (RabbitMQ at {redact_url(self.url)} unreachable?)"
             ) from None
+        except aio_pika.exceptions.PublishError as exc:  # returned: a DeliveryError too
+            raise QueueMissing(
+                f"queue {queue!r} does not exist (RabbitMQ could not route the message);"
+                " declare the topology first, or the reply queue's owner is gone"
+            ) from exc
         except aio_pika.exceptions.DeliveryError as exc:
             raise QueueFull(
                 f"queue {queue!r} is full: RabbitMQ refused the message (x-max-length reached);"
                 " retry later or add workers"
             ) from exc
-        except aio_pika.exceptions.PublishError as exc:
-            raise BrokerError(
-                f"queue {queue!r} does not exist; declare the topology first"
-            ) from exc
         except _connection_errors() as exc:
             raise BrokerConnectionError(f"cannot publish to {queue!r}: {exc}") from exc
 
     def _route(self, queue: str) -> tuple[str, str, bool]:
-        """(exchange, routing key, mandatory): partitions through their family's exchange."""
+        """(exchange, routing key, mandatory): partitions through their family's exchange,
+        replies by name through the default exchange. Always mandatory: a message no queue
+        takes is returned (QueueMissing), not dropped."""
         partition = self._topology.partition_of(queue) if self._topology else None
         if partition is not None:
             family, p = partition
             return self._exchanges[family].name, str(p), True
-        return "", queue, False  # the default exchange routes by queue name
+        return "", queue, True
 
     async def consume(self, queue: str, *, prefetch: int = 32) -> Subscription:
         subscription = _RabbitSubscription(self, queue, prefetch)

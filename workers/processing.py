@@ -24,7 +24,7 @@ import anyio
 
 from agentqueue.broker import tracing
 from agentqueue.broker.base import Broker
-from agentqueue.broker.errors import BrokerConnectionError
+from agentqueue.broker.errors import BrokerConnectionError, QueueMissing
 from agentqueue.protocol.codec import encode
 from agentqueue.protocol.ids import new_id
 from agentqueue.protocol.messages import (
@@ -42,6 +42,7 @@ from agentqueue.workers.session_store import Lease, SessionStore
 log = logging.getLogger("agentqueue.worker")
 
 OUTAGE_MAX_PAUSE = 5.0  # the longest wait before running an event again after a broker outage
+REPLY_GRACE = 10.0  # how long a reply waits for its queue to come back (its owner reconnecting)
 
 Emit = Callable[[str], Awaitable[None]]
 
@@ -133,6 +134,7 @@ class EventProcessor:
         retry: RetryPolicy | None = None,
         lease_ttl: float = 30.0,
         delivery_limit: int = 20,
+        reply_grace: float = REPLY_GRACE,
     ) -> None:
         self.broker = broker
         self.store = store
@@ -141,6 +143,7 @@ class EventProcessor:
         self.retry = retry or RetryPolicy()
         self.lease_ttl = lease_ttl
         self.delivery_limit = delivery_limit
+        self.reply_grace = reply_grace
         self.running: dict[str, RunControl] = {}
         self._cancelled_early: dict[str, float] = {}
         self.accepting = True
@@ -380,9 +383,26 @@ class EventProcessor:
         return encode(reply)
 
     async def _reply(self, envelope: Envelope, reply: bytes) -> None:
-        if envelope.reply_to:
-            with tracing.publishing_reply(self.broker, envelope.reply_to, reply, envelope):
-                await self.broker.publish(envelope.reply_to, reply)
+        if not envelope.reply_to:
+            return
+        pause = 0.25
+        give_up = time.monotonic() + self.reply_grace
+        if envelope.deadline is not None:
+            give_up = min(give_up, time.monotonic() + envelope.deadline - time.time())
+        while True:
+            try:
+                with tracing.publishing_reply(self.broker, envelope.reply_to, reply, envelope):
+                    await self.broker.publish(envelope.reply_to, reply)
+                return
+            except QueueMissing as exc:
+                # The requester's queue is gone: it may be reconnecting (an exclusive queue is
+                # declared again after a reconnect, on a live node of a cluster), or gone for
+                # good. Wait a little for the first; the answer stays in the session store.
+                if time.monotonic() + pause > give_up:
+                    log.warning("no one to answer %s: %s", envelope.id, exc)
+                    return
+                await anyio.sleep(pause)
+                pause = min(pause * 2, 2.0)
 
     async def _give_up(self, envelope: Envelope, settle: Settler, reason: str) -> None:
         log.error(

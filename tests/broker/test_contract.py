@@ -6,9 +6,10 @@ import anyio
 import pytest
 
 from agentqueue.broker.base import Broker, read_dead_letter
+from agentqueue.broker.errors import QueueMissing
 from agentqueue.broker.replies import ReplyRouter
 from agentqueue.broker.topology import Topology
-from agentqueue.protocol import Envelope, ResultEvent, encode
+from agentqueue.protocol import Envelope, ResultEvent, encode, new_id
 
 pytestmark = pytest.mark.broker
 
@@ -142,3 +143,16 @@ async def test_replies_reach_the_caller_that_waits_for_them_once(
         await anyio.sleep(0.2)
         assert a.empty() and b.empty() and router.waiting == 0
         tg.cancel_scope.cancel()
+
+
+async def test_a_publish_no_queue_takes_fails_as_a_missing_queue_not_dropped(
+    broker: Broker, topology: Topology
+) -> None:
+    missing = topology.reply_queue(f"gone-{new_id()[:6]}")
+    with pytest.raises(QueueMissing, match=f"queue '{missing}' does not exist"):
+        await broker.publish(missing, b"an answer for a caller that left")
+    await broker.declare_reply_queue(missing)  # back (its owner reconnected): it goes through
+    await broker.publish(missing, b"an answer for a caller that came back")
+    async with await broker.consume(missing) as sub:
+        (delivery,) = await take(sub, 1, ack=True)
+    assert delivery.body == b"an answer for a caller that came back"

@@ -16,7 +16,15 @@ from agentqueue.broker.errors import BrokerConnectionError
 from agentqueue.broker.memory import MemoryBroker
 from agentqueue.broker.replies import ReplyRouter
 from agentqueue.broker.topology import Topology
-from agentqueue.protocol import Envelope, ToolCall, ToolResult, decode_dead_letter, encode, new_id
+from agentqueue.protocol import (
+    Envelope,
+    ToolCall,
+    ToolResult,
+    decode,
+    decode_dead_letter,
+    encode,
+    new_id,
+)
 from agentqueue.workers.retry import RetryPolicy
 from agentqueue.workers.session_store import MemorySessionStore
 from agentqueue.workers.worker import Worker
@@ -333,3 +341,40 @@ async def test_a_broker_outage_inside_a_handler_does_not_use_up_its_attempts(
     assert len(outages) == 3  # more outages than attempts, and still answered
     assert answer
     assert dead is None
+
+
+async def test_a_reply_waits_for_its_queue_to_come_back_and_gives_up_at_the_deadline(
+    url: str, store_url: str
+) -> None:
+    runs: list[str] = []
+    app = App("late")
+
+    @app.tool("note")
+    async def note(text: str) -> str:
+        runs.append(text)
+        return f"noted {text}"
+
+    topology = Topology(namespace="late", partitions=1, tool_partitions=1)
+    async with MemoryBroker(url) as broker, background() as task_group:
+        await start_worker(task_group, app, broker, store_url, topology, role="tools")
+        # The requester is reconnecting: its reply queue comes back 1 s after the call.
+        first = tool_call("s1", "note", {"text": "a"}, "late-replies", event_id="evt-a")
+        await broker.publish(topology.route(first), encode(first))
+        await anyio.sleep(1.0)
+        await broker.declare_reply_queue("late-replies")
+        async with await broker.consume("late-replies") as replies:
+            with anyio.fail_after(10):
+                answer = decode(next_body := (await replies.__anext__()).body)
+            assert answer.body.output == "noted a", next_body
+
+            # A requester gone for good: its answer is given up at the event's deadline, the
+            # event is settled, and the session's next event runs.
+            gone = tool_call("s1", "note", {"text": "b"}, "gone-replies", event_id="evt-b")
+            gone.deadline = time.time() + 1.5
+            second = tool_call("s1", "note", {"text": "c"}, "late-replies", event_id="evt-c")
+            for envelope in (gone, second):
+                await broker.publish(topology.route(envelope), encode(envelope))
+            with anyio.fail_after(10):
+                answer = decode((await replies.__anext__()).body)
+            assert answer.body.output == "noted c"
+    assert runs == ["a", "b", "c"]
