@@ -22,6 +22,7 @@ class TcpProxy:
         self.target_port = target_port
         self.port = 0  # known once run() has started
         self.cuts = 0
+        self.refusing = False  # while True, new connections are closed at once (a partition)
         self._scopes: set[anyio.CancelScope] = set()
 
     def url(self, template: str) -> str:
@@ -51,6 +52,8 @@ class TcpProxy:
             self._scopes.add(scope)
             try:
                 async with client:
+                    if self.refusing:
+                        return
                     try:
                         upstream = await anyio.connect_tcp(HOST, self.target_port)
                     except OSError:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from typing import Any
@@ -18,6 +19,8 @@ from agentqueue.protocol.messages import Envelope, ToolCall, ToolResult
 from agentqueue.workers.toolkit import ToolError
 
 log = logging.getLogger("agentqueue.worker")
+
+REASK_CHECK = 1.0  # seconds between looks at the connection while a tool call is out
 
 
 class RemoteTools:
@@ -58,10 +61,12 @@ class RemoteTools:
                 queue = self.topology.route(envelope)
                 with anyio.fail_after(wait):
                     # Publishing from inside AgentScope's execute_tool span: the tool worker's
-                    # process span continues it. Tracing off, request.trace passes through.
+                    # process span continues it (the span sets the envelope's trace, so it is
+                    # encoded inside). Tracing off, request.trace passes through.
                     with tracing.publishing(self.broker, queue, envelope):
-                        await self._publish(queue, encode(envelope))
-                    reply = await inbox.get()
+                        body = encode(envelope)
+                        await self._publish(queue, body)
+                    reply = await self._await_result(inbox, queue, body, call_id)
             except TimeoutError:
                 raise ToolError(
                     f"tool {name} timed out after {timeout} s (no tool worker answered)"
@@ -76,6 +81,21 @@ class RemoteTools:
             return result.output
 
         return invoke_remote
+
+    async def _await_result(
+        self, inbox: asyncio.Queue[Envelope], queue: str, body: bytes, call_id: str
+    ) -> Envelope:
+        # A result that sat in our reply queue when the connection dropped is gone with it (an
+        # exclusive queue dies with its connection): after each reconnect, ask again with the
+        # same call id; the tool worker answers a call it has run from its store.
+        seen = self.broker.reconnects
+        while True:
+            with anyio.move_on_after(REASK_CHECK):
+                return await inbox.get()
+            if self.broker.reconnects != seen:
+                seen = self.broker.reconnects
+                log.info("reconnected while waiting for tool call %s; asking again", call_id)
+                await self._publish(queue, body)
 
     async def _publish(self, queue: str, body: bytes) -> None:
         # A broker away for a moment (restarting, a cut connection) must not fail the tool

@@ -8,8 +8,6 @@ single-active-consumer made it the partition's owner, so the partition's events 
 
 from __future__ import annotations
 
-import contextlib
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -21,36 +19,18 @@ from agentqueue.broker.rabbitmq import RESUBSCRIBE_PAUSE, RabbitMQBroker
 from agentqueue.broker.topology import REQUESTS, Topology
 from agentqueue.deploy.local_rabbitmq import LocalRabbitMQ
 from agentqueue.protocol import new_id
-from benchmarks.chaos_proxy import TcpProxy
+from tests.proxies import ThreadedProxy, port_of
 
 pytestmark = pytest.mark.slow
 
 
-class _Proxy:
-    """The TCP proxy, run on a thread of its own (a fixture's set-up and tear-down are not one
-    task, so it cannot hold a task group across them)."""
-
-    def __init__(self, target_port: int) -> None:
-        self._stack = contextlib.ExitStack()
-        self._portal = self._stack.enter_context(anyio.from_thread.start_blocking_portal())
-        self.proxy = TcpProxy(target_port)
-        self._portal.start_task_soon(self.proxy.run)
-        while not self.proxy.port:
-            time.sleep(0.01)
-
-    def cut(self) -> int:
-        return self._portal.call(self.proxy.cut)
-
-    def close(self) -> None:
-        self._portal.call(self._portal.stop, True)
-        self._stack.close()
-
-
 @pytest.fixture
-async def proxied(rabbitmq_url: str) -> AsyncIterator[tuple[RabbitMQBroker, _Proxy, Topology]]:
-    proxy = _Proxy(int(rabbitmq_url.rsplit(":", 1)[1].strip("/")))
+async def proxied(
+    rabbitmq_url: str,
+) -> AsyncIterator[tuple[RabbitMQBroker, ThreadedProxy, Topology]]:
+    proxy = ThreadedProxy(port_of(rabbitmq_url))
     topology = Topology(namespace=f"rc{new_id()[:6]}", partitions=2, tool_partitions=1)
-    broker = RabbitMQBroker(proxy.proxy.url(rabbitmq_url))
+    broker = RabbitMQBroker(proxy.url(rabbitmq_url))
     try:
         await broker.connect()
         await broker.declare(topology)
@@ -67,7 +47,7 @@ async def _reconnected(broker: RabbitMQBroker) -> None:
 
 
 async def test_a_subscription_consumes_again_after_its_connection_is_cut(
-    proxied: tuple[RabbitMQBroker, _Proxy, Topology],
+    proxied: tuple[RabbitMQBroker, ThreadedProxy, Topology],
 ) -> None:
     broker, proxy, topology = proxied
     queue = topology.queue(REQUESTS, 0)
@@ -94,7 +74,7 @@ async def test_a_subscription_consumes_again_after_its_connection_is_cut(
 
 @pytest.mark.parametrize("delay", [0.0, 0.05, 0.2, 0.5, 1.0])
 async def test_a_subscription_closed_around_a_reconnect_leaves_no_consumer_behind(
-    proxied: tuple[RabbitMQBroker, _Proxy, Topology], delay: float
+    proxied: tuple[RabbitMQBroker, ThreadedProxy, Topology], delay: float
 ) -> None:
     broker, proxy, topology = proxied
     queue = topology.queue(REQUESTS, 1)
