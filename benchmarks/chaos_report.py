@@ -161,6 +161,8 @@ def measure(
     final = [o for o in sent if o.kind == "final"]
     without_effect = [o for o in final if o.seq not in set(committed.get(o.session, []))]
     examples += [f"final answer but no effect: {o.request_id}" for o in without_effect[:5]]
+    tool_failed = [o for o in final if "failed" in (o.text or "")]
+    examples += [f"failed tool call in {o.request_id}: {o.text!r}"[:200] for o in tool_failed[:3]]
     lost = [o for o in sent if not o.answered and o.request_id not in dead_lettered]
     examples += [f"lost: {o.request_id} (published {o.publish_attempts}x)" for o in lost[:10]]
     return ChaosResult(
@@ -170,7 +172,7 @@ def measure(
         sent=len(sent),
         final=len(final),
         other_answers=Counter(o.kind for o in sent if o.answered and o.kind != "final"),
-        tool_errors=sum(1 for o in final if "failed" in (o.text or "")),
+        tool_errors=len(tool_failed),
         agent_reruns=agent_reruns,
         tool_reruns=tool_reruns,
         duplicate_effects=duplicate_effects,

@@ -169,12 +169,15 @@ class LocalFC:
         """SIGKILL a random instance, one in the middle of an invocation if there is one, as a
         host failing under FC would; returns its pid (None when none is up). The invocation
         fails and its batch is retried on another instance."""
-        busy = [i for i in self._instances if i.busy]
-        candidates = busy or self._instances
+        alive = [i for i in self._instances if i.process.returncode is None]
+        candidates = [i for i in alive if i.busy] or alive
         if not candidates:
             return None
         instance = rng.choice(candidates)
-        instance.process.kill()
+        try:
+            instance.process.kill()
+        except ProcessLookupError:  # it exited on its own meanwhile (scaled to zero)
+            return None
         return instance.process.pid
 
     async def run(
