@@ -3,7 +3,8 @@
 AgentQueueError
 ├── ProtocolError          bytes that are not a valid envelope (names the field)
 ├── BrokerError            a broker operation failed
-│   ├── BrokerConnectionError, MessageTooLarge, QueueFull, UnknownBroker
+│   ├── BrokerConnectionError (QueueUnavailable: a nack, publish again), MessageTooLarge,
+│   │   QueueFull, QueueMissing, UnknownBroker
 ├── WorkerError            LeaseLost, PermanentError, UnknownHandler
 ├── RequestError           a request did not end with a final answer
 │   ├── RequestFailed      the worker gave up (the dead-letter reason is the message)
@@ -19,6 +20,8 @@ from agentqueue.broker.errors import (
     BrokerError,
     MessageTooLarge,
     QueueFull,
+    QueueMissing,
+    QueueUnavailable,
     UnknownBroker,
 )
 from agentqueue.protocol.errors import AgentQueueError, ProtocolError
@@ -59,6 +62,8 @@ __all__ = [
     "PermanentError",
     "ProtocolError",
     "QueueFull",
+    "QueueMissing",
+    "QueueUnavailable",
     "RequestCancelled",
     "RequestError",
     "RequestFailed",

@@ -22,6 +22,11 @@ class QueueMissing(BrokerError):
     (or, reconnecting, has not declared it again yet)."""
 
 
+class QueueUnavailable(BrokerConnectionError):
+    """The broker refused the message for now (a publisher nack from a replicated queue without
+    a leader, e.g. while a cluster node is down); publishing it again shortly works."""
+
+
 class QueueFull(BrokerError):
     """The queue refused the message because it is at its length limit; retry later."""
 

@@ -33,6 +33,7 @@ from agentqueue.broker.errors import (
     BrokerError,
     QueueFull,
     QueueMissing,
+    QueueUnavailable,
 )
 from agentqueue.broker.rabbitmq_nodes import connect_nodes, split_node_urls
 from agentqueue.broker.topology import REQUESTS, TOOLS, Topology
@@ -358,10 +359,18 @@ class RabbitMQBroker(Broker):
                 f"queue {queue!r} does not exist (RabbitMQ could not route the message);"
                 " declare the topology first, or the reply queue's owner is gone"
             ) from exc
-        except aio_pika.exceptions.DeliveryError as exc:
-            raise QueueFull(
-                f"queue {queue!r} is full: RabbitMQ refused the message (x-max-length reached);"
-                " retry later or add workers"
+        except aio_pika.exceptions.DeliveryError as exc:  # nacked
+            limited = exchange != "" and self._topology and self._topology.max_length
+            if limited:  # a partition queue with x-max-length and reject-publish
+                raise QueueFull(
+                    f"queue {queue!r} is full: RabbitMQ refused the message (x-max-length"
+                    " reached); retry later or add workers"
+                ) from exc
+            # A queue with no length limit nacks when it cannot take the message now: a
+            # replicated queue whose leader is on a node that just went down.
+            raise QueueUnavailable(
+                f"RabbitMQ refused the message for {queue!r} for now (the queue is without a"
+                " leader, e.g. while a cluster node is down); publish it again"
             ) from exc
         except _connection_errors() as exc:
             raise BrokerConnectionError(f"cannot publish to {queue!r}: {exc}") from exc
