@@ -212,7 +212,7 @@ async def run_rabbitmq(
     topology: Topology,
     store_url: str,
     run_dir: Path,
-) -> tuple[ChaosLoad, ChaosEvents, float, set[str]]:
+) -> tuple[ChaosLoad, ChaosEvents, float, dict[str, str]]:
     """Start the workers and send the load under chaos; the load, the chaos done, the seconds it
     took and the ids found dead-lettered."""
     fleet = WorkerFleet(

@@ -129,7 +129,7 @@ def cloud_topology(namespace: str) -> Topology:
 
 async def run_cloud(
     args: argparse.Namespace, topology: Topology, store_url: str, run_dir: Path
-) -> tuple[ChaosLoad, ChaosEvents, float, set[str]]:
+) -> tuple[ChaosLoad, ChaosEvents, float, dict[str, str]]:
     """Send the load through local MNS and FC under chaos; the load, the chaos, the seconds it
     took and the ids found dead-lettered."""
     mns = MNSServer(run_dir)

@@ -99,9 +99,10 @@ async def committed_sequences(store_url: str, sessions: set[str]) -> dict[str, l
         await store.close()
 
 
-async def dead_lettered(client: Client, topology: Topology) -> set[str]:
-    """The envelope ids in the dead-letter queue (drained: the run's namespace is its own)."""
-    ids: set[str] = set()
+async def dead_lettered(client: Client, topology: Topology) -> dict[str, str]:
+    """The envelope ids in the dead-letter queue and why each is there (drained: the run's
+    namespace is its own)."""
+    ids: dict[str, str] = {}
     while (delivery := await client.broker.get(topology.dead_letter_queue)) is not None:
         record = read_dead_letter(delivery.body, delivery.queue)
         envelope_id = record.envelope_id
@@ -109,7 +110,7 @@ async def dead_lettered(client: Client, topology: Topology) -> set[str]:
             with contextlib.suppress(ProtocolError):
                 envelope_id = decode(record.payload).id
         if envelope_id is not None:
-            ids.add(envelope_id)
+            ids[envelope_id] = record.reason or "(no reason given)"
         await delivery.ack()
     return ids
 
@@ -133,7 +134,7 @@ def measure(
     outcomes: Mapping[str, Outcome],
     handler_log: Iterable[tuple[str, str, int, str, int]],
     committed: Mapping[str, list[int]],
-    dead_lettered: set[str],
+    dead_lettered: Mapping[str, str],
     publish_retries: int,
     events: ChaosEvents,
 ) -> ChaosResult:
@@ -163,6 +164,7 @@ def measure(
     examples += [f"final answer but no effect: {o.request_id}" for o in without_effect[:5]]
     tool_failed = [o for o in final if "failed" in (o.text or "")]
     examples += [f"failed tool call in {o.request_id}: {o.text!r}"[:200] for o in tool_failed[:3]]
+    examples += [f"dead-lettered {i}: {why}"[:200] for i, why in list(dead_lettered.items())[:3]]
     lost = [o for o in sent if not o.answered and o.request_id not in dead_lettered]
     examples += [f"lost: {o.request_id} (published {o.publish_attempts}x)" for o in lost[:10]]
     return ChaosResult(
@@ -178,7 +180,7 @@ def measure(
         duplicate_effects=duplicate_effects,
         order_violations=order_violations,
         final_without_effect=len(without_effect),
-        dead_lettered=len(dead_lettered & set(outcomes)),
+        dead_lettered=len(dead_lettered.keys() & outcomes.keys()),
         lost=len(lost),
         not_published=len(outcomes) - len(sent),
         publish_retries=publish_retries,
