@@ -166,14 +166,13 @@ class LocalFC:
         return len(self._instances)
 
     def kill_instance(self, rng: random.Random) -> int | None:
-        """SIGKILL a random instance, one in the middle of an invocation if there is one, as a
-        host failing under FC would; returns its pid (None when none is up). The invocation
-        fails and its batch is retried on another instance."""
+        """SIGKILL a random instance, as a host failing under FC would, busy or not; returns
+        its pid (None when none is up). A busy one's invocation fails and its batch is retried
+        on another instance."""
         alive = [i for i in self._instances if i.process.returncode is None]
-        candidates = [i for i in alive if i.busy] or alive
-        if not candidates:
+        if not alive:
             return None
-        instance = rng.choice(candidates)
+        instance = rng.choice(alive)
         try:
             instance.process.kill()
         except ProcessLookupError:  # it exited on its own meanwhile (scaled to zero)

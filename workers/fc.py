@@ -13,14 +13,16 @@ within the batch, the session store's dedup and lease, retries, dead letters, re
 
 A poison event (one that kills the instance or times the function out) would block its partition
 forever, as the trigger retries the batch in order. So each event's attempts are counted in the
-session store, and an event seen more than `max_attempts` times is dead-lettered unrun.
+session store, and an event seen more than `delivery_limit` times (default 10) is dead-lettered
+unrun. Not `max_attempts`: the events running beside a poison event in its batch die with it.
 
 Configuration comes from the function's environment: `AGENTQUEUE_APP` (module:attribute),
 `AGENTQUEUE_BROKER` (an mns:// URL; credentials as `broker.mns_config` says),
 `AGENTQUEUE_STORE` (shared by all instances, e.g. redis://), and optionally
 `AGENTQUEUE_NAMESPACE`, `AGENTQUEUE_PARTITIONS`, `AGENTQUEUE_TOOL_PARTITIONS`,
-`AGENTQUEUE_MAX_ATTEMPTS`, `AGENTQUEUE_LEASE_TTL`, `AGENTQUEUE_CONCURRENCY` and
-`AGENTQUEUE_PRELOAD` (modules the `initializer` imports, e.g. `agentscope.agent`).
+`AGENTQUEUE_MAX_ATTEMPTS`, `AGENTQUEUE_DELIVERY_LIMIT`, `AGENTQUEUE_LEASE_TTL`,
+`AGENTQUEUE_CONCURRENCY` and `AGENTQUEUE_PRELOAD` (modules the `initializer` imports, e.g.
+`agentscope.agent`).
 
 FC calls the handler synchronously and keeps the instance between invocations, so what is
 costly to make lives at module level: the imported app, the broker and store connections, and
@@ -160,7 +162,7 @@ class FCInstance:
             worker_id=self.instance_id,
             retry=RetryPolicy(max_attempts=config.max_attempts),
             lease_ttl=config.lease_ttl,
-            delivery_limit=config.max_attempts,
+            delivery_limit=config.delivery_limit,
         )
         self.invocations = 0
         self._portal_cm: AbstractContextManager[anyio.from_thread.BlockingPortal] | None = None

@@ -25,6 +25,9 @@ class FCConfig:
     partitions: int = 16
     tool_partitions: int = 16
     max_attempts: int = 3
+    # Invocations an event may be part of before it is dead-lettered unrun: an event that kills
+    # its instance kills the events running beside it too, so this leaves room for them.
+    delivery_limit: int = 10
     lease_ttl: float = 30.0
     concurrency: int = 32
     preload: tuple[str, ...] = ()
@@ -47,6 +50,7 @@ class FCConfig:
             ("partitions", int),
             ("tool_partitions", int),
             ("max_attempts", int),
+            ("delivery_limit", int),
             ("lease_ttl", float),
             ("concurrency", int),
         ):

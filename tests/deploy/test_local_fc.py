@@ -133,7 +133,7 @@ async def test_an_instance_killed_mid_batch_is_retried_and_each_event_takes_effe
     assert fc.stats.failed_invocations >= 1 and fc.stats.cold_starts >= 2
 
 
-async def test_a_poison_event_is_dead_lettered_after_max_attempts_and_its_partition_moves_on(
+async def test_a_poison_event_is_dead_lettered_after_the_delivery_limit_and_its_partition_moves_on(
     mns_url: str, tmp_path: Path
 ) -> None:
     topology = Topology(f"p{new_id()[:6]}", partitions=1, tool_partitions=1)
@@ -146,7 +146,7 @@ async def test_a_poison_event_is_dead_lettered_after_max_attempts_and_its_partit
         fc = LocalFC(
             broker,
             topology,
-            env=function_env(mns_url, topology, tmp_path, MAX_ATTEMPTS="2"),
+            env=function_env(mns_url, topology, tmp_path, DELIVERY_LIMIT="2"),
             max_instances=1,
             trigger=TriggerConfig(batch_size=10, batch_window=0.5, retry_base=0.2),
         )
