@@ -42,6 +42,7 @@ from agentqueue.workers.session_store import Lease, SessionStore
 log = logging.getLogger("agentqueue.worker")
 
 OUTAGE_MAX_PAUSE = 5.0  # the longest wait before running an event again after a broker outage
+MAX_OUTAGES = 60  # outages an event waits out (minutes of them) before they count as attempts
 REPLY_GRACE = 10.0  # how long a reply waits for its queue to come back (its owner reconnecting)
 
 Emit = Callable[[str], Awaitable[None]]
@@ -270,39 +271,37 @@ class EventProcessor:
             except (PermanentError, UnknownHandler) as exc:
                 await self._give_up(envelope, settle, str(exc))
                 return
-            except BrokerConnectionError as exc:
-                # The broker is away (restarting, the connection cut) while the handler publishes
-                # a delta or a tool call: not the event's fault, so no attempt is used up (three
-                # quick failures would dead-letter a healthy request). Wait, then run it again;
-                # a broker away for good ends at the event's deadline.
-                attempt -= 1
-                outages += 1
-                delay = min(OUTAGE_MAX_PAUSE, self.retry.delay(outages))
-                log.warning(
-                    "event %s: the broker is away (%s); running it again in %.1f s",
-                    envelope.id,
-                    exc,
-                    delay,
-                )
-                await anyio.sleep(delay)
-                if lease is not None:
-                    lease = await self.store.renew(lease, self.lease_ttl)
             except Exception as exc:
-                error = f"{type(exc).__name__}: {exc}"
-                if attempt >= self.retry.max_attempts:
-                    await self._give_up(
-                        envelope, settle, f"failed after {attempt} attempts: {error}"
+                if isinstance(exc, BrokerConnectionError) and outages < MAX_OUTAGES:
+                    # The broker is away (restarting, the connection cut) while the handler
+                    # publishes a delta or a tool call: not the event's fault, so no attempt is
+                    # used up (three quick failures would dead-letter a healthy request). Wait,
+                    # then run it again; the deadline, or MAX_OUTAGES, ends the waiting.
+                    attempt -= 1
+                    outages += 1
+                    delay = min(OUTAGE_MAX_PAUSE, self.retry.delay(outages))
+                    log.warning(
+                        "event %s: the broker is away (%s); running it again in %.1f s",
+                        envelope.id,
+                        exc,
+                        delay,
                     )
-                    return
-                delay = self.retry.delay(attempt)
-                tracing.record_retry(envelope, exc, attempt, delay)
-                log.warning(
-                    "event %s attempt %d failed (%s); retrying in %.2f s",
-                    envelope.id,
-                    attempt,
-                    error,
-                    delay,
-                )
+                else:
+                    error = f"{type(exc).__name__}: {exc}"
+                    if attempt >= self.retry.max_attempts:
+                        await self._give_up(
+                            envelope, settle, f"failed after {attempt} attempts: {error}"
+                        )
+                        return
+                    delay = self.retry.delay(attempt)
+                    tracing.record_retry(envelope, exc, attempt, delay)
+                    log.warning(
+                        "event %s attempt %d failed (%s); retrying in %.2f s",
+                        envelope.id,
+                        attempt,
+                        error,
+                        delay,
+                    )
                 await anyio.sleep(delay)
                 if lease is not None:
                     lease = await self.store.renew(lease, self.lease_ttl)
