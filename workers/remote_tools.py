@@ -63,10 +63,11 @@ class RemoteTools:
                     # Publishing from inside AgentScope's execute_tool span: the tool worker's
                     # process span continues it (the span sets the envelope's trace, so it is
                     # encoded inside). Tracing off, request.trace passes through.
+                    reconnects = self.broker.reconnects
                     with tracing.publishing(self.broker, queue, envelope):
                         body = encode(envelope)
                         await self._publish(queue, body)
-                    reply = await self._await_result(inbox, queue, body, call_id)
+                    reply = await self._await_result(inbox, queue, body, call_id, reconnects)
             except TimeoutError:
                 raise ToolError(
                     f"tool {name} timed out after {timeout} s (no tool worker answered)"
@@ -83,12 +84,12 @@ class RemoteTools:
         return invoke_remote
 
     async def _await_result(
-        self, inbox: asyncio.Queue[Envelope], queue: str, body: bytes, call_id: str
+        self, inbox: asyncio.Queue[Envelope], queue: str, body: bytes, call_id: str, seen: int
     ) -> Envelope:
         # A result that sat in our reply queue when the connection dropped is gone with it (an
-        # exclusive queue dies with its connection): after each reconnect, ask again with the
-        # same call id; the tool worker answers a call it has run from its store.
-        seen = self.broker.reconnects
+        # exclusive queue dies with its connection): after each reconnect since the call went
+        # out (`seen` counted before), ask again with the same call id; the tool worker answers
+        # a call it has run from its store.
         while True:
             with anyio.move_on_after(REASK_CHECK):
                 return await inbox.get()
