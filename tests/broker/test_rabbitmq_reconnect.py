@@ -40,9 +40,10 @@ async def proxied(
         proxy.close()
 
 
-async def _reconnected(broker: RabbitMQBroker) -> None:
+async def _reconnected(broker: RabbitMQBroker, before: int) -> None:
+    """Wait until the connection has come back since `before` (its count of reconnects)."""
     with anyio.fail_after(30):
-        while not broker.connection.connected.is_set():
+        while broker.reconnects == before or not broker.connection.connected.is_set():
             await anyio.sleep(0.05)
 
 
@@ -58,9 +59,9 @@ async def test_a_subscription_consumes_again_after_its_connection_is_cut(
             first = await subscription.__anext__()
         await first.ack()
 
+        before = broker.reconnects
         assert proxy.cut() == 1
-        await anyio.sleep(0.2)
-        await _reconnected(broker)
+        await _reconnected(broker, before)
         await _publish_until_confirmed(broker, queue, b"after")
         with anyio.fail_after(30):
             # The first one comes again if its ack was lost with the connection.
@@ -79,10 +80,11 @@ async def test_a_subscription_closed_around_a_reconnect_leaves_no_consumer_behin
     broker, proxy, topology = proxied
     queue = topology.queue(REQUESTS, 1)
     subscription = await broker.consume(queue)
+    before = broker.reconnects
     proxy.cut()
     await anyio.sleep(delay)  # close at various points of the reconnect and the re-subscribe
     await subscription.close()
-    await _reconnected(broker)
+    await _reconnected(broker, before)
     await anyio.sleep(1.5)  # past any re-subscribe that was under way
 
     assert (await broker.stats(queue)).consumers == 0
@@ -107,12 +109,13 @@ async def test_across_a_broker_restart_open_subscriptions_come_back_and_closed_o
             await anyio.sleep(1.5)  # RabbitMQ 3.10 forgets a quorum queue declared just before
             subscriptions = {q: await broker.consume(q) for q in queues}
             to_close = queues[::2]  # closed one by one while the broker restarts and after
+            before = broker.reconnects
             async with anyio.create_task_group() as tg:
                 tg.start_soon(anyio.to_thread.run_sync, node.restart)
                 for queue in to_close:
                     await anyio.sleep(0.6)
                     await subscriptions.pop(queue).close()
-            await _reconnected(broker)
+            await _reconnected(broker, before)
             await anyio.sleep(RESUBSCRIBE_PAUSE * 3)  # past any re-subscribe under way
 
             for queue in to_close:

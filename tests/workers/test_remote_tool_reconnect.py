@@ -9,6 +9,8 @@ turn waited out the tool's timeout and answered with a failed tool call.
 
 from __future__ import annotations
 
+import logging
+
 import anyio
 import pytest
 
@@ -26,8 +28,9 @@ pytestmark = [pytest.mark.slow, pytest.mark.broker]
 
 
 async def test_a_tool_result_sent_while_the_agent_worker_was_cut_off_reaches_the_turn(
-    rabbitmq_url: str,
+    rabbitmq_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.WARNING, logger="agentqueue.worker")
     runs: list[str] = []
     started = anyio.Event()
     app = App("cut-off")
@@ -74,7 +77,9 @@ async def test_a_tool_result_sent_while_the_agent_worker_was_cut_off_reaches_the
                     # worker has given up waiting for the agent's replies queue.
                     proxy.refuse(True)
                     assert proxy.cut() >= 1
-                    await anyio.sleep(2 + REPLY_GRACE + 1)
+                    with anyio.fail_after(2 + REPLY_GRACE + 20):
+                        while not any("no one to answer" in r.message for r in caplog.records):
+                            await anyio.sleep(0.1)
                     proxy.refuse(False)
             tg.cancel_scope.cancel()
     finally:
