@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import sys
 import time
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
@@ -262,14 +261,15 @@ def record_retry(envelope: Envelope, error: BaseException, attempt: int, delay: 
         )
 
 
-def record_dead_letter(envelope: Envelope, reason: str) -> None:
-    """Mark the current span ERROR with a `dead_letter` event (and the exception being handled)."""
+def record_dead_letter(
+    envelope: Envelope, reason: str, error: BaseException | None = None
+) -> None:
+    """Mark the current span ERROR with a `dead_letter` event (and the error behind it)."""
     meters = instruments()
     if meters is not None:
         meters.dead_letters.add(1, {"agentqueue.event.type": envelope.type})
     span = trace.get_current_span()
     if span.is_recording():
-        error = sys.exc_info()[1]
         if isinstance(error, Exception):
             span.record_exception(error)
         span.add_event("dead_letter", {"agentqueue.reason": reason})

@@ -15,7 +15,7 @@ import msgspec
 
 from agentqueue.protocol.messages import AgentRequest, Envelope, Message, ResultEvent, TextContent
 from agentqueue.workers.app import App
-from agentqueue.workers.processing import Emit, HandlerResult, RunControl
+from agentqueue.workers.handling import Emit, HandlerResult, RunControl
 
 if TYPE_CHECKING:
     from agentqueue.workers.remote_tools import RemoteTools

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from agentqueue.workers.errors import UnknownHandler
+from agentqueue.workers.pipeline.middleware import Middleware
 from agentqueue.workers.toolkit import ToolSpec
 
 AgentFactory = Callable[..., Any]  # (AgentContext) -> agentscope.agent.Agent
@@ -35,12 +36,26 @@ class App:
     def weather(ctx: AgentContext) -> Agent:
         return ctx.build_agent("You answer questions about the weather.")
     ```
+
+    Middleware added with `add_middleware` runs around every event the app's workers handle,
+    on local workers and on Function Compute alike (see `agentqueue.workers.pipeline`).
     """
 
-    def __init__(self, name: str = "app") -> None:
+    def __init__(self, name: str = "app", *, middleware: list[Middleware] | None = None) -> None:
         self.name = name
         self.agents: dict[str, AgentSpec] = {}
         self.tools: dict[str, ToolSpec] = {}
+        self.middleware: list[Middleware] = list(middleware or [])
+
+    def add_middleware(self, middleware: Middleware) -> Middleware:
+        """Run `middleware` around every event, after the ones added before it."""
+        if not isinstance(middleware, Middleware):
+            raise TypeError(
+                f"{middleware!r} is not a Middleware: subclass"
+                " agentqueue.workers.pipeline.Middleware and override admit or process"
+            )
+        self.middleware.append(middleware)
+        return middleware
 
     def agent(
         self, name: str | None = None, *, description: str = ""

@@ -19,3 +19,7 @@ class PermanentError(WorkerError):
 
 class UnknownHandler(WorkerError, LookupError):
     """An event names an agent or tool that is not registered on this app."""
+
+
+class Refused(WorkerError):
+    """Raise from a middleware to refuse an event: it is dead-lettered with this reason unrun."""

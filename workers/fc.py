@@ -42,6 +42,7 @@ import os
 import socket
 import threading
 import time
+from collections.abc import Awaitable, Callable
 from concurrent.futures import Future
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
@@ -54,23 +55,17 @@ import msgspec
 from agentqueue.broker.base import Broker
 from agentqueue.broker.replies import ReplyRouter
 from agentqueue.broker.urls import open_broker
-from agentqueue.protocol.codec import decode, encode_dead_letter
-from agentqueue.protocol.errors import ProtocolError
+from agentqueue.protocol.codec import DEFAULT_MAX_SIZE, encode_dead_letter
 from agentqueue.protocol.ids import new_id
-from agentqueue.protocol.messages import (
-    AgentRequest,
-    Cancel,
-    DeadLetter,
-    Envelope,
-    ToolCall,
-)
+from agentqueue.protocol.messages import AgentRequest, DeadLetter, ToolCall
 from agentqueue.workers.agent_handler import AgentHandler
 from agentqueue.workers.app import load_app
 from agentqueue.workers.errors import WorkerError
 from agentqueue.workers.fc_config import FCConfig
 from agentqueue.workers.fc_events import TriggerMessage, read_trigger_payload
-from agentqueue.workers.processing import EventProcessor, Handler
-from agentqueue.workers.refusal import addressing, answer_refused
+from agentqueue.workers.handling import Handler
+from agentqueue.workers.middleware import Signing, Tracing
+from agentqueue.workers.pipeline import Event, Middleware, Pipeline
 from agentqueue.workers.remote_tools import RemoteTools
 from agentqueue.workers.retry import RetryPolicy
 from agentqueue.workers.session_lane import SessionLanes
@@ -106,17 +101,10 @@ class BatchOutcome:
 class _BatchSettler:
     """Settles one event of a trigger batch (see the module docs)."""
 
-    def __init__(
-        self,
-        runtime: FCInstance,
-        message: TriggerMessage,
-        envelope: Envelope,
-        queue: str,
-        attempts: int,
-    ):
-        self.runtime, self.message, self.envelope = runtime, message, envelope
-        self.queue, self.attempts = queue, attempts
+    def __init__(self, runtime: FCInstance, message: TriggerMessage, queue: str) -> None:
+        self.runtime, self.message, self.queue = runtime, message, queue
         self.state = "open"
+        self.event: Event | None = None
 
     async def ack(self) -> None:
         self.state = "acked"
@@ -124,14 +112,12 @@ class _BatchSettler:
     async def hand_back(self) -> None:
         self.state = "handed_back"
 
-    async def dead_letter(self, reason: str) -> None:
+    async def dead_letter(
+        self, reason: str, envelope_id: str | None, session_id: str | None
+    ) -> None:
+        attempts = self.event.delivery_count if self.event is not None else 1
         await self.runtime.publish_dead_letter(
-            self.message,
-            self.queue,
-            reason,
-            self.attempts,
-            self.envelope.id,
-            self.envelope.session_id,
+            self.message, self.queue, reason, attempts, envelope_id, session_id
         )
         self.state = "dead_lettered"
 
@@ -155,14 +141,22 @@ class FCInstance:
             ),
             ToolCall: ToolHandler(self.app, worker_name=self.instance_id),
         }
-        self.processor = EventProcessor(
+        middleware: list[Middleware] = [Tracing(self.broker, self.instance_id)]
+        if self.broker.signing is not None:
+            middleware.append(Signing(self.broker.signing))
+        self.pipeline = Pipeline(
             self.broker,
             self.store,
             handlers,
+            topology=self.topology,
             worker_id=self.instance_id,
+            middleware=[*middleware, *self.app.middleware],
             retry=RetryPolicy(max_attempts=config.max_attempts),
             lease_ttl=config.lease_ttl,
             delivery_limit=config.delivery_limit,
+            max_message_size=DEFAULT_MAX_SIZE,
+            # The trigger hands out no delivery count: count in the store (see module docs).
+            count_deliveries_in_store=True,
         )
         self.invocations = 0
         self._portal_cm: AbstractContextManager[anyio.from_thread.BlockingPortal] | None = None
@@ -224,53 +218,43 @@ class FCInstance:
     async def _dispatch(
         self, lanes: SessionLanes, message: TriggerMessage, outcome: BatchOutcome
     ) -> None:
+        settler = _BatchSettler(self, message, message.queue or "unknown")
+        event = Event(message.body, settler, queue=message.queue, message_id=message.message_id)
+        settler.event = event
         try:
-            envelope = decode(message.body)
-        except ProtocolError as exc:
-            reason = str(exc)
-            lanes.submit("\0undecodable", lambda: self._refuse(message, reason, outcome))
+            await self.pipeline.receive(event)
+        except Exception as exc:  # never loses the batch: the trigger retries it
+            log.exception("admitting a message from %s failed", message.queue or "?")
+            outcome.failed.append(f"{message.message_id or '?'}: {type(exc).__name__}: {exc}")
             return
-        if isinstance(envelope.body, Cancel):
-            # Reaches a request of the same batch (queued behind it in its lane) or running here.
-            self.processor.cancel(envelope.body.request_id)
-            outcome.handled.append(envelope.id)
-            return
-        lanes.submit(
-            self.processor.lane_key(envelope), lambda: self._run(message, envelope, outcome)
-        )
+        if event.refusal is not None:
+            lanes.submit("\0refused", lambda: self._run(self.pipeline.refuse, event, outcome))
+        elif event.decided:  # a control event: acted on at once (it reaches this batch too)
+            outcome.handled.append(event.envelope.id if event.envelope else "?")
+        else:
+            if event.queue is None and event.envelope is not None:
+                event.queue = settler.queue = self.topology.route(event.envelope)
+            lanes.submit(event.key, lambda: self._run(self.pipeline.process, event, outcome))
 
     async def _run(
-        self, message: TriggerMessage, envelope: Envelope, outcome: BatchOutcome
+        self, run: Callable[[Event], Awaitable[None]], event: Event, outcome: BatchOutcome
     ) -> None:
-        queue = message.queue or self.topology.route(envelope)
+        envelope_id = event.envelope.id if event.envelope else (event.message_id or "?")
         try:
-            attempts = await self._count_attempt(envelope)
-            settler = _BatchSettler(self, message, envelope, queue, attempts)
-            await self.processor.process(envelope, settler, attempts, queue=queue)
+            await run(event)
         except Exception as exc:
-            log.exception("event %s of session %r failed", envelope.id, envelope.session_id)
-            outcome.failed.append(f"{envelope.id}: {type(exc).__name__}: {exc}")
+            log.exception("event %s failed", envelope_id)
+            outcome.failed.append(f"{envelope_id}: {type(exc).__name__}: {exc}")
             return
-        if settler.state == "acked":
-            outcome.handled.append(envelope.id)
-        elif settler.state == "dead_lettered":
-            outcome.dead_lettered.append(envelope.id)
-        elif settler.state == "handed_back":
-            outcome.handed_back.append(envelope.id)
+        state = event.settler.state  # type: ignore[attr-defined]
+        if state == "acked":
+            outcome.handled.append(envelope_id)
+        elif state == "dead_lettered":
+            outcome.dead_lettered.append(envelope_id)
+        elif state == "handed_back":
+            outcome.handed_back.append(envelope_id)
         else:
-            outcome.failed.append(f"{envelope.id}: not settled")
-
-    async def _count_attempt(self, envelope: Envelope) -> int:
-        handler = self.processor.handlers.get(type(envelope.body))
-        if handler is None:
-            return 1
-        key = handler.store_key(envelope)
-        if (
-            handler.deduplicates(envelope)
-            and await self.store.handled(key, envelope.id) is not None
-        ):
-            return 1  # answered from the store; counting would leave a stale counter behind
-        return await self.store.count_attempt(key, envelope.id)
+            outcome.failed.append(f"{envelope_id}: not settled")
 
     async def publish_dead_letter(
         self,
@@ -294,14 +278,6 @@ class FCInstance:
         await self.broker.publish(
             self.topology.dead_letter_queue, encode_dead_letter(record), sign=False
         )
-
-    async def _refuse(self, message: TriggerMessage, reason: str, outcome: BatchOutcome) -> None:
-        log.error("dead-lettering an undecodable message from %s: %s", message.queue or "?", reason)
-        address = addressing(message.body)
-        queue = message.queue or "unknown"
-        await self.publish_dead_letter(message, queue, reason, 1, address.id, address.session_id)
-        outcome.dead_lettered.append(address.id or message.message_id or "?")
-        await answer_refused(self.broker, address, reason)
 
 
 _instance: FCInstance | None = None

@@ -14,7 +14,7 @@ import msgspec
 from agentqueue.protocol.messages import Envelope, ToolCall, ToolResult
 from agentqueue.workers.app import App
 from agentqueue.workers.errors import PermanentError
-from agentqueue.workers.processing import Emit, HandlerResult, RunControl
+from agentqueue.workers.handling import Emit, HandlerResult, RunControl
 
 
 class ToolHandler:

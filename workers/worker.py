@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Literal
 
 import anyio
@@ -23,20 +23,14 @@ from agentqueue.broker.errors import BrokerConnectionError
 from agentqueue.broker.replies import ReplyRouter
 from agentqueue.broker.topology import REQUESTS, TOOLS, Topology
 from agentqueue.protocol.codec import DEFAULT_MAX_SIZE
-from agentqueue.protocol.errors import ProtocolError
 from agentqueue.protocol.ids import new_id
-from agentqueue.protocol.messages import (
-    AgentRequest,
-    Cancel,
-    Envelope,
-    ToolCall,
-)
-from agentqueue.workers.admission import Admission
+from agentqueue.protocol.messages import AgentRequest, ToolCall
 from agentqueue.workers.agent_handler import AgentHandler, import_agentscope
 from agentqueue.workers.app import App
+from agentqueue.workers.handling import Handler
 from agentqueue.workers.membership import Membership
-from agentqueue.workers.processing import EventProcessor, Handler
-from agentqueue.workers.refusal import addressing, answer_refused
+from agentqueue.workers.middleware import Signing, Tracing
+from agentqueue.workers.pipeline import Event, Middleware, Pipeline
 from agentqueue.workers.remote_tools import RemoteTools
 from agentqueue.workers.retry import RetryPolicy
 from agentqueue.workers.session_lane import SessionLanes
@@ -63,13 +57,13 @@ class _Consumer:
 
 
 class _DeliverySettler:
-    __slots__ = ("broker", "delivery", "envelope", "topology")
+    """Settles a broker delivery: ack, nack to requeue, or the dead-letter queue."""
 
-    def __init__(
-        self, broker: Broker, topology: Topology, delivery: Delivery, envelope: Envelope | None
-    ) -> None:
-        self.broker, self.topology = broker, topology
-        self.delivery, self.envelope = delivery, envelope
+    __slots__ = ("broker", "delivery", "topology", "worker")
+
+    def __init__(self, worker: Worker, delivery: Delivery) -> None:
+        self.worker, self.broker, self.topology = worker, worker.broker, worker.topology
+        self.delivery = delivery
 
     async def ack(self) -> None:
         await self.delivery.ack()
@@ -77,14 +71,12 @@ class _DeliverySettler:
     async def hand_back(self) -> None:
         await self.delivery.nack(requeue=True)
 
-    async def dead_letter(self, reason: str) -> None:
-        env = self.envelope
+    async def dead_letter(
+        self, reason: str, envelope_id: str | None, session_id: str | None
+    ) -> None:
+        self.worker.dead_lettered += 1
         await self.broker.dead_letter(
-            self.delivery,
-            reason,
-            self.topology,
-            envelope_id=env.id if env else None,
-            session_id=env.session_id if env else None,
+            self.delivery, reason, self.topology, envelope_id=envelope_id, session_id=session_id
         )
 
 
@@ -144,10 +136,8 @@ class Worker:
         self._tool_lanes: SessionLanes | None = None
         self._tg: anyio.abc.TaskGroup | None = None
         self.membership: Membership | None = None
-        self.processor: EventProcessor | None = None
-        self._admission = Admission(
-            broker.signing, max_size=max_message_size, window=freshness_window
-        )
+        self.pipeline: Pipeline | None = None
+        self._freshness_window = freshness_window
 
     def queues(self) -> list[str]:
         """The partition queues this worker consumes, by its role."""
@@ -189,14 +179,17 @@ class Worker:
             )
         if self.role in ("tools", "all"):
             handlers[ToolCall] = ToolHandler(self.app, worker_name=self.worker_id)
-        self.processor = EventProcessor(
+        self.pipeline = Pipeline(
             self.broker,
             self.store,
             handlers,
+            topology=self.topology,
             worker_id=self.worker_id,
+            middleware=self._middleware(),
             retry=self._retry,
             lease_ttl=self._lease_ttl,
             delivery_limit=self.topology.delivery_limit,
+            max_message_size=self.max_message_size,
         )
         async with anyio.create_task_group() as tg:
             self._tg = tg
@@ -241,6 +234,13 @@ class Worker:
                     await self.membership.announce(leaving=True)
             await self._drain()
             tg.cancel_scope.cancel()
+
+    def _middleware(self) -> list[Middleware]:
+        """Tracing, signatures (when the broker has keys), then the app's own middleware."""
+        middleware: list[Middleware] = [Tracing(self.broker, self.worker_id)]
+        if self.broker.signing is not None:
+            middleware.append(Signing(self.broker.signing, window=self._freshness_window))
+        return middleware + list(self.app.middleware)
 
     def _eligible(self) -> dict[str, list[str]]:
         eligible: dict[str, list[str]] = {}
@@ -316,8 +316,8 @@ class Worker:
                     break
 
     async def _drain(self) -> None:
-        assert self.processor is not None and self._lanes is not None
-        self.processor.accepting = False  # jobs not started yet are left for the next owner
+        assert self.pipeline is not None and self._lanes is not None
+        self.pipeline.accepting = False  # jobs not started yet are left for the next owner
         for consumer in self._consumers.values():
             consumer.scope.cancel()
         with anyio.move_on_after(self.shutdown_grace) as scope:
@@ -334,39 +334,45 @@ class Worker:
                 await self._release(queue, wait=not scope.cancelled_caught)
 
     async def _accept(self, delivery: Delivery, consumer: _Consumer) -> None:
-        assert self._lanes is not None and self.processor is not None
-        try:
-            envelope = self._admission.admit(delivery.body, delivery.delivery_count)
-        except ProtocolError as exc:
-            reason = str(exc)
-            self._lanes.submit("\0undecodable", lambda: self._refuse(delivery, reason))
-            return
-        body = envelope.body
-        if isinstance(body, Cancel):
-            found = self.processor.cancel(body.request_id)
-            log.info(
-                "cancel of %s (%s)", body.request_id, "running" if found else "not running yet"
-            )
-            await delivery.ack()
-            return
+        assert self._lanes is not None and self._tool_lanes is not None
+        pipeline = self.pipeline
+        assert pipeline is not None
+        event = Event(
+            delivery.body,
+            _DeliverySettler(self, delivery),
+            queue=delivery.queue,
+            delivery_count=delivery.delivery_count,
+            redelivered=delivery.redelivered,
+        )
+        await pipeline.receive(event)
+        if event.refusal is not None:
+            self._lanes.submit("\0refused", self._job(pipeline.refuse, event, consumer))
+        elif not event.decided:  # a control event (cancel) is settled already
+            tool = isinstance(event.envelope.body if event.envelope else None, ToolCall)
+            lanes = self._tool_lanes if tool else self._lanes
+            lanes.submit(event.key, self._job(pipeline.process, event, consumer))
+
+    def _job(
+        self, run: Callable[[Event], Awaitable[None]], event: Event, consumer: _Consumer
+    ) -> Callable[[], Awaitable[None]]:
+        """The lane job that runs `event` and makes sure its delivery is settled."""
 
         async def job() -> None:
-            assert self.processor is not None
-            if consumer.releasing or not self.processor.accepting:
+            assert self.pipeline is not None
+            if consumer.releasing or not self.pipeline.accepting:
                 # Left un-acked on purpose: closing the subscription hands it back in order.
                 return
             consumer.running += 1
             try:
-                settler = _DeliverySettler(self.broker, self.topology, delivery, envelope)
-                count, queue = delivery.delivery_count, delivery.queue
-                await self.processor.process(envelope, settler, count, queue=queue)
+                await run(event)
                 self.handled += 1
             except Exception:
                 # Neither acked nor handed back, and the session's later events, queued behind
                 # it, must not run before it: give the queue back (closing its channel returns
                 # every un-acked event, in order) and take it again.
+                envelope_id = event.envelope.id if event.envelope else "(refused message)"
                 log.exception(
-                    "event %s could not be settled; handing %s back", envelope.id, consumer.queue
+                    "event %s could not be settled; handing %s back", envelope_id, consumer.queue
                 )
                 if not consumer.releasing:
                     consumer.releasing = True  # now: jobs queued behind this one must not start
@@ -377,16 +383,4 @@ class Worker:
                 if consumer.running == 0 and consumer.releasing:
                     consumer.idle.set()
 
-        lanes = self._tool_lanes if isinstance(body, ToolCall) else self._lanes
-        assert lanes is not None
-        lanes.submit(self.processor.lane_key(envelope), job)
-
-    async def _refuse(self, delivery: Delivery, reason: str) -> None:
-        """Dead-letter bytes that are not a valid envelope and tell the caller if we can."""
-        self.dead_lettered += 1
-        log.error("refusing a message on %s: %s", delivery.queue, reason)
-        address = addressing(delivery.body)
-        await self.broker.dead_letter(
-            delivery, reason, self.topology, envelope_id=address.id, session_id=address.session_id
-        )
-        await answer_refused(self.broker, address, reason)
+        return job

@@ -19,7 +19,7 @@ from agentqueue.broker.rabbitmq import RabbitMQBroker
 from agentqueue.broker.topology import Topology
 from agentqueue.protocol import new_id
 from agentqueue.workers.agent_context import AgentContext
-from agentqueue.workers.processing import REPLY_GRACE
+from agentqueue.workers.pipeline.pipeline import REPLY_GRACE
 from agentqueue.workers.session_store import MemorySessionStore
 from agentqueue.workers.worker import Worker
 from tests.proxies import ThreadedProxy, port_of

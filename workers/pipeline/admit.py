@@ -1,0 +1,78 @@
+"""The receiving stages: size, strict decode, routing. Bytes that fail one go no further."""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from agentqueue.protocol.codec import decode
+from agentqueue.protocol.errors import ProtocolError
+from agentqueue.protocol.messages import Cancel
+from agentqueue.workers.pipeline.event import Event, Next
+
+if TYPE_CHECKING:
+    from agentqueue.workers.pipeline.pipeline import Pipeline
+
+log = logging.getLogger("agentqueue.worker")
+
+
+class SizeLimit:
+    """Refuses a message over the size limit before anything reads it."""
+
+    def __init__(self, pipeline: Pipeline) -> None:
+        self.limit = pipeline.max_message_size
+
+    async def __call__(self, event: Event, call_next: Next) -> None:
+        size = len(event.data)
+        if size > self.limit:
+            event.refuse(
+                f"message is {size} bytes, over the {self.limit} byte limit;"
+                " send large inputs by reference (a URL) instead"
+            )
+            return
+        await call_next(event)
+
+
+class Decode:
+    """Strictly decodes the envelope; a wrong type or field is refused naming the field."""
+
+    def __init__(self, pipeline: Pipeline) -> None:
+        self.limit = pipeline.max_message_size
+
+    async def __call__(self, event: Event, call_next: Next) -> None:
+        try:
+            event.envelope = decode(event.data, max_size=self.limit)
+        except ProtocolError as exc:
+            event.refuse(str(exc))
+            return
+        await call_next(event)
+
+
+class Route:
+    """Acts on control events at once; gives every other event its handler and session lane.
+
+    Not a layer: it runs after admission (and its middleware) has passed the event, so a
+    control event is never acted on before its signature and freshness are checked.
+    """
+
+    def __init__(self, pipeline: Pipeline) -> None:
+        self.pipeline = pipeline
+
+    async def __call__(self, event: Event) -> None:
+        envelope = event.envelope
+        assert envelope is not None
+        if isinstance(envelope.body, Cancel):
+            found = self.pipeline.cancel(envelope.body.request_id)
+            state = "running" if found else "not running yet"
+            log.info("cancel of %s (%s)", envelope.body.request_id, state)
+            event.ack()
+            await event.settler.ack()
+            return
+        handler = self.pipeline.handlers.get(type(envelope.body))
+        event.handler = handler
+        if handler is None:
+            event.key = envelope.session_id  # refused in its lane, after the session's events
+        else:
+            # The store key: tool calls never queue behind the agent turn waiting for them.
+            event.key = handler.store_key(envelope)
+            event.dedup = handler.deduplicates(envelope)

@@ -1,0 +1,246 @@
+"""The event pipeline: what every stage shares, the two chains, and how replies go out.
+
+Every event passes two chains of layers (see `stages.py` for the list):
+
+- `receive`, on arrival: size, admission middleware (signatures), strict decode, routing.
+  Its verdict is an admitted, routed event, a refusal, or a control event already acted on.
+- `process`, in the event's session lane: middleware, then settle, dedup, deadline, delivery
+  limit, lease, commit and run. It ends with the message settled exactly once.
+
+A local worker and the Function Compute handler build the same pipeline; they differ only in
+how a message is settled (`Settler`) and in where deliveries are counted.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from contextlib import ExitStack
+
+import anyio
+
+from agentqueue.broker.base import Broker
+from agentqueue.broker.errors import QueueMissing
+from agentqueue.broker.topology import Topology
+from agentqueue.protocol.codec import encode, encode_dead_letter
+from agentqueue.protocol.ids import new_id
+from agentqueue.protocol.messages import AgentRequest, Body, DeadLetter, Envelope, ResultEvent
+from agentqueue.workers.handling import Emit, Handler, RunControl, failure_body
+from agentqueue.workers.pipeline.admit import Route
+from agentqueue.workers.pipeline.event import Event, Next
+from agentqueue.workers.pipeline.middleware import Middleware, overrides
+from agentqueue.workers.pipeline.stages import process_chain, receive_chain
+from agentqueue.workers.refusal import addressing, answer_refused
+from agentqueue.workers.retry import RetryPolicy
+from agentqueue.workers.session_store import SessionStore
+
+log = logging.getLogger("agentqueue.worker")
+
+REPLY_GRACE = 10.0  # how long a reply waits for its queue to come back (its owner reconnecting)
+GONE_FOR = 30.0  # after a reply queue stayed missing, its stream deltas are dropped this long
+
+
+class Pipeline:
+    """The stages of one worker (or FC instance) and what they share."""
+
+    def __init__(
+        self,
+        broker: Broker,
+        store: SessionStore,
+        handlers: dict[type, Handler],
+        *,
+        topology: Topology,
+        worker_id: str,
+        middleware: Sequence[Middleware] = (),
+        retry: RetryPolicy | None = None,
+        lease_ttl: float = 30.0,
+        delivery_limit: int = 20,
+        max_message_size: int,
+        count_deliveries_in_store: bool = False,
+        reply_grace: float = REPLY_GRACE,
+    ) -> None:
+        self.broker, self.store, self.handlers = broker, store, handlers
+        self.topology, self.worker_id = topology, worker_id
+        self.middleware = list(middleware)
+        self.retry = retry or RetryPolicy()
+        self.lease_ttl, self.delivery_limit = lease_ttl, delivery_limit
+        self.max_message_size, self.reply_grace = max_message_size, reply_grace
+        self.running: dict[str, RunControl] = {}  # request id -> its running handler
+        self.accepting = True  # False once shutting down: unstarted events are handed back
+        self._cancelled_early: dict[str, float] = {}
+        self._gone: dict[str, float] = {}  # reply queue -> when it was last found missing
+        self._publishing = [m for m in self.middleware if overrides(m, "publishing")]
+        self._retrying = [m for m in self.middleware if overrides(m, "retrying")]
+        self._dead_lettering = [m for m in self.middleware if overrides(m, "dead_lettering")]
+        self._admit: Next = _chain(receive_chain(self))
+        self._route = Route(self)
+        self.process: Next = _chain(process_chain(self, count_deliveries_in_store))
+
+    async def receive(self, event: Event) -> None:
+        """Admit and route an arrived event (see `Event.refusal` and `Event.decided`)."""
+        await self._admit(event)
+        if event.refusal is None:
+            await self._route(event)
+
+    # --- control -------------------------------------------------------------------------
+
+    def cancel(self, request_id: str) -> bool:
+        """Interrupt a running request, or remember to cancel it when it starts."""
+        control = self.running.get(request_id)
+        if control is not None:
+            control.interrupt("cancelled")
+            return True
+        now = time.monotonic()
+        self._cancelled_early = {k: t for k, t in self._cancelled_early.items() if now - t < 600}
+        self._cancelled_early[request_id] = now
+        return False
+
+    def control_for(self, envelope: Envelope) -> RunControl:
+        """A fresh `RunControl` for one run of `envelope`, already interrupted if cancelled."""
+        control = RunControl()
+        if self._cancelled_early.pop(envelope.id, None) is not None:
+            control.interrupt("cancelled")
+        return control
+
+    # --- replies -------------------------------------------------------------------------
+
+    def encode_reply(self, envelope: Envelope, body: Body) -> bytes:
+        """The reply envelope answering `envelope`, encoded."""
+        reply = Envelope(
+            id=new_id(),
+            session_id=envelope.session_id,
+            key=envelope.key,
+            correlation_id=envelope.correlation_id or envelope.id,
+            body=body,
+            created_at=time.time(),
+            trace=envelope.trace,
+        )
+        return encode(reply)
+
+    def failure_reply(self, event: Event, kind: str, error: str) -> bytes:
+        """The encoded `failed`/`timed_out`/`cancelled` answer to an event."""
+        assert event.envelope is not None
+        return self.encode_reply(event.envelope, failure_body(event.envelope, kind, error))
+
+    def emitter(self, event: Event) -> Emit:
+        """How a handler streams deltas to the caller (a no-op unless the caller streams)."""
+        envelope = event.envelope
+        assert envelope is not None
+        body = envelope.body
+        if not (isinstance(body, AgentRequest) and body.stream and envelope.reply_to):
+            return _no_emit
+        seq = 0
+
+        async def emit(text: str) -> None:
+            nonlocal seq
+            seq += 1
+            delta = ResultEvent(request_id=envelope.id, kind="delta", seq=seq, text=text)
+            await self.publish_reply(event, self.encode_reply(envelope, delta), delta=True)
+
+        return emit
+
+    async def publish_reply(self, event: Event, reply: bytes, *, delta: bool = False) -> bool:
+        """Publish to the event's `reply_to`; False when the queue stayed missing."""
+        assert event.envelope is not None
+        queue = event.envelope.reply_to
+        if not queue:
+            return True
+        gone_at = self._gone.get(queue)
+        if delta and gone_at is not None and time.monotonic() - gone_at < GONE_FOR:
+            return False  # its owner is gone: a stream delta is not worth a wait per chunk
+        give_up = time.monotonic() + self.reply_grace
+        if event.envelope.deadline is not None:
+            give_up = min(give_up, time.monotonic() + event.envelope.deadline - time.time())
+        pause = 0.25
+        while True:
+            try:
+                await self._publish(event, queue, reply)
+                self._gone.pop(queue, None)
+                return True
+            except QueueMissing as exc:
+                # The requester's queue is gone: it may be reconnecting (an exclusive queue is
+                # declared again after a reconnect) or gone for good. Wait a little for it.
+                if time.monotonic() + pause > give_up:
+                    log.warning("no one to answer %s: %s", event.envelope.id, exc)
+                    self._gone[queue] = time.monotonic()
+                    return False
+                await anyio.sleep(pause)
+                pause = min(pause * 2, 2.0)
+
+    async def _publish(self, event: Event, queue: str, reply: bytes) -> None:
+        if not self._publishing:
+            await self.broker.publish(queue, reply)
+            return
+        with ExitStack() as stack:
+            for middleware in self._publishing:
+                stack.enter_context(middleware.publishing(event, queue, reply))
+            await self.broker.publish(queue, reply)
+
+    async def park_reply(self, event: Event, reply: bytes) -> None:
+        """Keep an answer nobody could receive (and no store holds) on the dead-letter queue."""
+        assert event.envelope is not None
+        record = DeadLetter(
+            reason=f"no one to answer: reply queue {event.envelope.reply_to!r} does not exist",
+            queue=event.envelope.reply_to or "",
+            payload=reply,
+            failed_at=time.time(),
+            envelope_id=event.envelope.id,
+            session_id=event.envelope.session_id,
+        )
+        await self.broker.publish(
+            self.topology.dead_letter_queue, encode_dead_letter(record), sign=False
+        )
+
+    # --- giving up -----------------------------------------------------------------------
+
+    def notify_retry(self, event: Event, error: BaseException, attempt: int, delay: float) -> None:
+        """Tell middleware that an attempt failed and another follows."""
+        for middleware in self._retrying:
+            middleware.retrying(event, error, attempt, delay)
+
+    async def dead_letter(self, event: Event) -> None:
+        """Dead-letter an admitted event with its reason, then answer its caller `failed`."""
+        envelope = event.envelope
+        assert envelope is not None
+        log.error(
+            "dead-lettering event %s of session %r: %s",
+            envelope.id,
+            envelope.session_id,
+            event.reason,
+        )
+        for middleware in self._dead_lettering:
+            middleware.dead_lettering(event, event.reason)
+        await event.settler.dead_letter(event.reason, envelope.id, envelope.session_id)
+        await self.publish_reply(event, self.failure_reply(event, "failed", event.reason))
+
+    async def refuse(self, event: Event) -> None:
+        """Dead-letter bytes admission refused, and tell their caller if they name one."""
+        reason = event.refusal or "refused"
+        log.error("refusing a message on %s: %s", event.queue or "?", reason)
+        address = addressing(event.data)
+        await event.settler.dead_letter(reason, address.id, address.session_id)
+        await answer_refused(self.broker, address, reason)
+
+
+async def _no_emit(text: str) -> None:
+    return None
+
+
+def _chain(layers: Sequence[object]) -> Next:
+    """Bind layers `async (event, call_next)` into one `async (event)`, first layer outermost."""
+
+    async def end(event: Event) -> None:
+        return None
+
+    call: Next = end
+    for layer in reversed(layers):
+        call = _bind(layer, call)  # type: ignore[arg-type]
+    return call
+
+
+def _bind(layer: object, call_next: Next) -> Next:
+    async def call(event: Event) -> None:
+        await layer(event, call_next)  # type: ignore[operator]
+
+    return call

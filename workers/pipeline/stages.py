@@ -1,0 +1,58 @@
+"""The stages in order, and where middleware sits among them. Read this file to see the pipeline.
+
+    receive:  SizeLimit -> [middleware.admit …] -> Decode, then Route
+    process:  [observing middleware.process …] -> Settle -> [app middleware.process …]
+              -> Supported -> Dedup -> Deadline -> (CountDeliveries) -> DeliveryLimit
+              -> Lease -> Commit -> Run
+
+Observing middleware (tracing) wraps Settle, so its span covers the reply and the dead letter;
+the app's middleware sits inside Settle, so an event it refuses, or an exception it raises,
+is settled like any other (dead-lettered, or handed back to the broker).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from agentqueue.workers.pipeline.admit import Decode, SizeLimit
+from agentqueue.workers.pipeline.guards import (
+    CountDeliveries,
+    Deadline,
+    Dedup,
+    DeliveryLimit,
+    Supported,
+)
+from agentqueue.workers.pipeline.lease import Lease
+from agentqueue.workers.pipeline.middleware import overrides
+from agentqueue.workers.pipeline.run import Commit, Run
+from agentqueue.workers.pipeline.settle import Settle
+
+if TYPE_CHECKING:
+    from agentqueue.workers.pipeline.pipeline import Pipeline
+
+
+def receive_chain(p: Pipeline) -> list[object]:
+    """The layers an event passes on arrival, outermost first (Route follows the admitted)."""
+    admitting = [m.admit for m in p.middleware if overrides(m, "admit")]
+    return [SizeLimit(p), *admitting, Decode(p)]
+
+
+def process_chain(p: Pipeline, count_deliveries_in_store: bool) -> list[object]:
+    """The layers an event passes in its session lane, outermost first."""
+    processing = [m for m in p.middleware if overrides(m, "process")]
+    observing = [m.process for m in processing if m.wraps_settlement]
+    inner = [m.process for m in processing if not m.wraps_settlement]
+    counting = [CountDeliveries(p)] if count_deliveries_in_store else []
+    return [
+        *observing,
+        Settle(p),
+        *inner,
+        Supported(p),
+        Dedup(p),
+        Deadline(p),
+        *counting,
+        DeliveryLimit(p),
+        Lease(p),
+        Commit(p),
+        Run(p),
+    ]
