@@ -618,16 +618,11 @@ def _deploy(args: argparse.Namespace, settings: Settings) -> int:
     plan = build_plan(
         FCOptions(
             app=args.app,
-            store=settings.store,
+            settings=settings,
             region=args.region,
             account_id=args.account_id,
             function_name=args.function_name,
-            namespace=settings.namespace,
-            partitions=settings.partitions,
-            tool_partitions=settings.tool_partitions,
             broker=settings.broker,
-            max_attempts=settings.max_attempts,
-            lease_ttl=settings.lease_ttl,
             memory=args.memory,
             cpu=args.cpu,
             timeout=args.function_timeout,

@@ -9,11 +9,12 @@ from pathlib import Path
 
 import anyio
 
+from agentqueue.broker.base import Broker
 from agentqueue.broker.urls import open_broker, redact_url
 from agentqueue.settings import Settings
 from agentqueue.workers.app import App
 from agentqueue.workers.retry import RetryPolicy
-from agentqueue.workers.session_store import open_store
+from agentqueue.workers.session_store import SessionStore, open_store
 from agentqueue.workers.worker import Role, Worker
 
 log = logging.getLogger("agentqueue.worker")
@@ -33,18 +34,14 @@ async def serve_worker(
     store = open_store(settings.store)
     try:
         async with open_broker(settings.broker) as broker:
-            worker = Worker(
+            worker = worker_from_settings(
                 app,
                 broker,
                 store,
-                topology=settings.topology,
+                settings,
                 role=role,
                 partitions=partitions,
                 tool_partitions=tool_partitions,
-                concurrency=settings.concurrency,
-                retry=RetryPolicy(max_attempts=settings.max_attempts),
-                lease_ttl=settings.lease_ttl,
-                shutdown_grace=settings.shutdown_grace,
                 tracing=tracing,
                 balance=balance,
             )
@@ -61,6 +58,36 @@ async def serve_worker(
             )
     finally:
         await store.close()
+
+
+def worker_from_settings(
+    app: App,
+    broker: Broker,
+    store: SessionStore,
+    settings: Settings,
+    *,
+    role: Role = "all",
+    partitions: list[int] | None = None,
+    tool_partitions: list[int] | None = None,
+    tracing: bool | None = None,
+    balance: bool = True,
+) -> Worker:
+    """A worker configured by `settings` (what `agentqueue worker` runs)."""
+    return Worker(
+        app,
+        broker,
+        store,
+        topology=settings.topology,
+        role=role,
+        partitions=partitions,
+        tool_partitions=tool_partitions,
+        concurrency=settings.concurrency,
+        retry=RetryPolicy(max_attempts=settings.max_attempts),
+        lease_ttl=settings.lease_ttl,
+        shutdown_grace=settings.shutdown_grace,
+        tracing=tracing,
+        balance=balance,
+    )
 
 
 async def _stop_on_signal(worker: Worker) -> None:

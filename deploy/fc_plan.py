@@ -34,9 +34,10 @@ from urllib.parse import urlsplit
 
 from agentqueue.broker.mns_body import MAX_BODY_BYTES
 from agentqueue.broker.mns_config import ENV_ID, ENV_SECRET, ENV_TOKEN, parse_mns_url
-from agentqueue.broker.topology import REQUESTS, TOOLS, Topology
+from agentqueue.broker.topology import REQUESTS, TOOLS
 from agentqueue.broker.urls import redact_url
 from agentqueue.protocol.errors import AgentQueueError
+from agentqueue.workers.settings import Settings
 
 RUNTIME = "python3.12"
 PYTHON_VERSION = "3.12"  # of RUNTIME: what `fc_package` installs dependencies for
@@ -60,16 +61,11 @@ class FCOptions:
     """Everything a plan is computed from: the app, the settings and the function's sizing."""
 
     app: str
-    store: str
+    settings: Settings  # what the function's workers are told (store, partitions, limits, …)
     region: str = "cn-hangzhou"
     account_id: str | None = None
     function_name: str | None = None  # default `<namespace>-worker`
-    namespace: str = "aq"
-    partitions: int = 16
-    tool_partitions: int = 16
     broker: str | None = None  # default mnss://<account>.mns.<region>.aliyuncs.com
-    max_attempts: int = 3
-    lease_ttl: float = 30.0
     memory: int = 1024  # MB
     cpu: float | None = None  # vCPU; default 1 per GB of memory
     timeout: int = 900  # seconds one invocation (one batch) may take
@@ -218,13 +214,13 @@ def read_code(location: str) -> CodeSource:
 def build_plan(options: FCOptions, code: CodeSource | None = None) -> FCPlan:
     """Every resource the deployment needs; `problems` lists what must be fixed before --apply."""
     o = options
-    topology = Topology(o.namespace, o.partitions, o.tool_partitions)
-    if not o.namespace[:1].isalpha():
+    topology = o.settings.topology
+    if not o.settings.namespace[:1].isalpha():
         raise DeployError(
-            f"namespace {o.namespace!r} must start with a letter on FC"
+            f"namespace {o.settings.namespace!r} must start with a letter on FC"
             " (trigger names are the queue names and must)"
         )
-    name = o.function_name or f"{o.namespace}-worker"
+    name = o.function_name or f"{o.settings.namespace}-worker"
     if not _FUNCTION.match(name):
         raise DeployError(
             f"function name {name!r} must be 1-64 letters, digits, '_' or '-',"
@@ -263,9 +259,9 @@ def build_plan(options: FCOptions, code: CodeSource | None = None) -> FCPlan:
         else (f"mnss://{shown_account}.mns.{o.region}.aliyuncs.com")
     )
     visibility = parse_mns_url(broker).visibility
-    if urlsplit(o.store).scheme not in ("redis", "rediss"):
+    if urlsplit(o.settings.store).scheme not in ("redis", "rediss"):
         problems.append(
-            f"session store {redact_url(o.store)!r} is not shared by FC instances:"
+            f"session store {redact_url(o.settings.store)!r} is not shared by FC instances:"
             " pass --store redis://host:6379/0 (a Redis every instance reaches)"
         )
     for key in sorted(o.env):
@@ -280,16 +276,11 @@ def build_plan(options: FCOptions, code: CodeSource | None = None) -> FCPlan:
             f"no code package at {code.location}: build it with `agentqueue deploy fc --package`"
         )
 
-    role = _role(name, o.role_arn, shown_account, o.region, o.namespace)
+    role = _role(name, o.role_arn, shown_account, o.region, o.settings.namespace)
     env = {
         "AGENTQUEUE_APP": o.app,
         "AGENTQUEUE_BROKER": broker,
-        "AGENTQUEUE_STORE": o.store,
-        "AGENTQUEUE_NAMESPACE": o.namespace,
-        "AGENTQUEUE_PARTITIONS": str(o.partitions),
-        "AGENTQUEUE_TOOL_PARTITIONS": str(o.tool_partitions),
-        "AGENTQUEUE_MAX_ATTEMPTS": str(o.max_attempts),
-        "AGENTQUEUE_LEASE_TTL": _number(o.lease_ttl),
+        **o.settings.function_env(),
         **({"AGENTQUEUE_PRELOAD": o.preload} if o.preload else {}),
         **dict(o.env),
     }
@@ -347,8 +338,8 @@ def build_plan(options: FCOptions, code: CodeSource | None = None) -> FCPlan:
         "EventBridge must be activated in the region, with FC's EventBridge service-linked role"
         " authorized (once per account, in the FC console)",
         f"whoever runs --apply needs ram:PassRole on {role.arn}",
-        f"reply queues ({o.namespace}-reply-*) are created at run time by clients and workers;"
-        " --destroy leaves them",
+        f"reply queues ({o.settings.namespace}-reply-*) are created at run time by clients and"
+        " workers; --destroy leaves them",
     )
     return FCPlan(
         o.region,
@@ -437,10 +428,6 @@ def _role(function: str, role_arn: str | None, account: str, region: str, ns: st
 def _account_of(role_arn: str | None) -> str | None:
     match = re.match(r"^acs:ram::(\d+):role/", role_arn or "")
     return match.group(1) if match else None
-
-
-def _number(value: float) -> str:
-    return str(int(value)) if float(value).is_integer() else str(value)
 
 
 def render_plan(plan: FCPlan) -> str:

@@ -13,7 +13,7 @@ within the batch, the session store's dedup and lease, retries, dead letters, re
 
 A poison event (one that kills the instance or times the function out) would block its partition
 forever, as the trigger retries the batch in order. So each event's attempts are counted in the
-session store, and an event seen more than `delivery_limit` times (default 10) is dead-lettered
+session store, and an event seen more than `delivery_limit` times (default 20) is dead-lettered
 unrun. Not `max_attempts`: the events running beside a poison event in its batch die with it.
 
 Configuration comes from the function's environment: `AGENTQUEUE_APP` (module:attribute),
@@ -151,9 +151,9 @@ class FCInstance:
             topology=self.topology,
             worker_id=self.instance_id,
             middleware=[*middleware, *self.app.middleware],
-            retry=RetryPolicy(max_attempts=config.max_attempts),
-            lease_ttl=config.lease_ttl,
-            delivery_limit=config.delivery_limit,
+            retry=RetryPolicy(max_attempts=config.settings.max_attempts),
+            lease_ttl=config.settings.lease_ttl,
+            delivery_limit=config.settings.delivery_limit,
             max_message_size=DEFAULT_MAX_SIZE,
             # The trigger hands out no delivery count: count in the store (see module docs).
             count_deliveries_in_store=True,
@@ -210,7 +210,7 @@ class FCInstance:
     async def _handle(self, messages: list[TriggerMessage]) -> BatchOutcome:
         outcome = BatchOutcome()
         async with anyio.create_task_group() as tg:
-            lanes = SessionLanes(tg, self.config.concurrency)
+            lanes = SessionLanes(tg, self.config.settings.concurrency)
             for message in messages:
                 await self._dispatch(lanes, message, outcome)
         return outcome

@@ -1,0 +1,112 @@
+"""One settings object: from arguments, then `AGENTQUEUE_*` environment variables, then defaults.
+
+It is the one reader of `AGENTQUEUE_*` settings for the CLI, the client, local workers, the
+Function Compute handler (`fc_config`) and `deploy fc` (`function_env`), so a default lives here
+once. It sits with the workers, below the client, because the FC handler reads it too.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from agentqueue.broker.topology import Topology
+from agentqueue.broker.urls import redact_url
+
+SECRET_FIELDS = frozenset({"signing_keys"})
+# What a worker elsewhere (a Function Compute function) must be told to behave like this one.
+WORKER_FIELDS = (
+    "store",
+    "namespace",
+    "partitions",
+    "tool_partitions",
+    "concurrency",
+    "max_attempts",
+    "delivery_limit",
+    "lease_ttl",
+)
+
+
+@dataclass
+class Settings:
+    """Everything a client, worker or CLI command is configured with."""
+
+    broker: str = "memory://"
+    store: str = "sqlite:///.agentqueue/sessions.db"
+    namespace: str = "aq"
+    partitions: int = 16
+    tool_partitions: int = 16
+    concurrency: int = 32
+    max_attempts: int = 3
+    # Deliveries of one event before it is dead-lettered unrun as poison (it keeps killing its
+    # worker); also the partition queues' broker-side x-delivery-limit.
+    delivery_limit: int = 20
+    lease_ttl: float = 30.0
+    timeout: float = 300.0
+    shutdown_grace: float = 30.0
+    # Shown (masked) by `agentqueue config`; brokers read and parse it themselves
+    # (broker.urls.signing_keys_from_env), `@/path` included.
+    signing_keys: str | None = field(default=None, repr=False)
+    trace_file: str | None = None
+
+    @classmethod
+    def load(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Arguments (non-None `overrides`) win over `AGENTQUEUE_<FIELD>` variables and defaults."""
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            raw = overrides.get(f.name)
+            if raw is None:
+                raw = env.get(f"AGENTQUEUE_{f.name.upper()}")
+            if raw is None:
+                continue
+            values[f.name] = _convert(f.name, raw, f.type)
+        return cls(**values)
+
+    @property
+    def topology(self) -> Topology:
+        """The queue names these settings describe."""
+        return Topology(
+            self.namespace, self.partitions, self.tool_partitions, self.delivery_limit
+        )
+
+    def function_env(self) -> dict[str, str]:
+        """The `AGENTQUEUE_*` variables that give a Function Compute worker these settings."""
+        return {
+            f"AGENTQUEUE_{name.upper()}": _text(getattr(self, name))
+            for name in WORKER_FIELDS
+            if getattr(self, name) is not None
+        }
+
+    def masked(self) -> dict[str, Any]:
+        """The settings with secrets replaced by *** and URL passwords hidden, for printing."""
+        shown = dataclasses.asdict(self)
+        for name in SECRET_FIELDS:
+            if shown.get(name):
+                shown[name] = "***"
+        shown["broker"] = redact_url(self.broker)
+        shown["store"] = redact_url(self.store)
+        return shown
+
+
+def _convert(name: str, raw: Any, annotation: Any) -> Any:
+    text = str(annotation)
+    try:
+        if text.startswith("int"):
+            return int(raw)
+        if text.startswith("float"):
+            return float(raw)
+    except ValueError:
+        raise ValueError(
+            f"setting {name} (AGENTQUEUE_{name.upper()}) must be a number, got {raw!r}"
+        ) from None
+    return raw
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
