@@ -10,6 +10,7 @@ from urllib.parse import urlsplit
 
 import redis.asyncio as redis
 
+from agentqueue.broker.urls import redact_url
 from agentqueue.workers.errors import LeaseLost
 from agentqueue.workers.session_store import HANDLED_KEPT, Lease, SessionStore
 
@@ -77,7 +78,9 @@ class RedisSessionStore(SessionStore):
     def __init__(self, url: str, *, prefix: str = "agentqueue") -> None:
         self.url = url
         if not urlsplit(url).hostname:
-            raise ValueError(f"redis store URL {url!r} names no host; use redis://host:6379/0")
+            raise ValueError(
+                f"redis store URL {redact_url(url)!r} names no host; use redis://host:6379/0"
+            )
         self._redis = redis.Redis.from_url(url)
         self._prefix = prefix
         self._acquire = self._redis.register_script(_ACQUIRE)

@@ -15,6 +15,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
+from agentqueue.broker.urls import redact_url
 from agentqueue.workers.errors import LeaseLost
 
 HANDLED_KEPT = 1000  # handled ids remembered per session; redeliveries come long before this
@@ -81,7 +82,7 @@ def open_store(url: str) -> SessionStore:
 
         return RedisSessionStore(url)
     raise ValueError(
-        f"no session store for URL {url!r}; use memory://, sqlite:///path or redis://host:port/0"
+        f"no session store for URL {redact_url(url)!r}; use memory://, sqlite:///path or redis://host:port/0"
     )
 
 

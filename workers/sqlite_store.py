@@ -11,6 +11,7 @@ from urllib.parse import urlsplit
 
 import anyio
 
+from agentqueue.broker.urls import redact_url
 from agentqueue.workers.errors import LeaseLost
 from agentqueue.workers.session_store import HANDLED_KEPT, Lease, SessionStore
 
@@ -59,7 +60,9 @@ class SQLiteSessionStore(SessionStore):
         # sqlite:///rel/path -> "rel/path"; sqlite:////abs/path -> "/abs/path"
         self.path = Path(path[1:] if path.startswith("/") else path)
         if not str(self.path):
-            raise ValueError(f"sqlite store URL {url!r} names no file; use sqlite:///sessions.db")
+            raise ValueError(
+                f"sqlite store URL {redact_url(url)!r} names no file; use sqlite:///sessions.db"
+            )
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
         self._db = sqlite3.connect(
