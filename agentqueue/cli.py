@@ -615,7 +615,7 @@ def _deploy(args: argparse.Namespace, settings: Settings) -> int:
     if args.action == "package":
         from agentqueue.deploy.fc_package import build_package
 
-        print(build_package(args.app, args.output, with_deps=not args.no_deps).summary())
+        print(build_package(args.app, args.output, with_deps=not args.no_deps).listing())
         return 0
     env = {}
     for item in args.env:
