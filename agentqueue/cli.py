@@ -113,6 +113,16 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--host", default="127.0.0.1")
     m.add_argument("--port", type=int, default=9911)
     m.add_argument("--db", default=".agentqueue/mns.db", help="SQLite file for the queues")
+    m.add_argument(
+        "--access-key-id",
+        dest="access_key_id",
+        help="AccessKeyId to accept (ALIBABA_CLOUD_ACCESS_KEY_ID; default local-mns on loopback)",
+    )
+    m.add_argument(
+        "--access-key-secret",
+        dest="access_key_secret",
+        help="its secret (ALIBABA_CLOUD_ACCESS_KEY_SECRET; default local-mns-secret on loopback)",
+    )
     f = local_sub.add_parser("fc", help="emulate FC: MNS triggers, instance processes")
     _settings_args(f)
     f.add_argument("--app", default=DEFAULT_APP)
@@ -559,16 +569,14 @@ def _ingress(args: argparse.Namespace, settings: Settings) -> int:
 @command("local")
 def _local(args: argparse.Namespace, settings: Settings) -> int:
     if args.local_command == "mns":
-        from agentqueue.deploy.local_mns import DEFAULT_ACCESS_ID, DEFAULT_ACCESS_KEY, serve
+        from agentqueue.deploy.local_mns import serve, server_credentials
 
+        credentials = server_credentials(args.host, args.access_key_id, args.access_key_secret)
         os.makedirs(os.path.dirname(os.path.abspath(args.db)), exist_ok=True)
         print(
-            f"credentials: ALIBABA_CLOUD_ACCESS_KEY_ID={DEFAULT_ACCESS_ID}"
-            f" ALIBABA_CLOUD_ACCESS_KEY_SECRET={DEFAULT_ACCESS_KEY}; broker URL"
-            f" mns://{args.host}:{args.port}",
-            file=sys.stderr,
+            f"{credentials.describe()}; broker URL mns://{args.host}:{args.port}", file=sys.stderr
         )
-        serve(args.host, args.port, args.db)
+        serve(args.host, args.port, args.db, credentials.access_id, credentials.access_key)
         return 0
     from agentqueue.deploy.local_fc import TriggerConfig, serve_local_fc
 
@@ -607,7 +615,7 @@ def _deploy(args: argparse.Namespace, settings: Settings) -> int:
     if args.action == "package":
         from agentqueue.deploy.fc_package import build_package
 
-        print(build_package(args.app, args.output, with_deps=not args.no_deps).summary())
+        print(build_package(args.app, args.output, with_deps=not args.no_deps).listing())
         return 0
     env = {}
     for item in args.env:

@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 from agentqueue.broker.base import Broker, Delivery, QueueStats, Subscription
 from agentqueue.broker.errors import BrokerConnectionError, BrokerError, QueueMissing
 from agentqueue.broker.topology import Topology
+from agentqueue.broker.urls import redact_url
 
 _hubs: dict[str, _Hub] = {}
 
@@ -152,7 +153,9 @@ class MemoryBroker(Broker):
     @property
     def hub(self) -> _Hub:
         if self._hub is None:
-            raise BrokerConnectionError(f"broker {self.url} is not connected; call connect() first")
+            raise BrokerConnectionError(
+                f"broker {redact_url(self.url)} is not connected; call connect() first"
+            )
         return self._hub
 
     async def connect(self) -> None:

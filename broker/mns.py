@@ -49,6 +49,7 @@ from agentqueue.broker.mns_body import MAX_BODY_BYTES, from_wire, to_wire
 from agentqueue.broker.mns_config import Credentials, load_credentials, parse_mns_url
 from agentqueue.broker.mns_consumer import MNSDelivery, MNSSubscription
 from agentqueue.broker.topology import REQUESTS, TOOLS, Topology
+from agentqueue.broker.urls import redact_url
 from agentqueue.protocol.codec import encode_dead_letter
 from agentqueue.protocol.messages import DeadLetter
 
@@ -104,7 +105,9 @@ class MNSBroker(Broker):
     async def call(self, fn: Callable[..., T], *args: Any, long: bool = False) -> T:
         """Run a blocking SDK call in a worker thread, translating the SDK's errors."""
         if self._credentials is None:
-            raise BrokerConnectionError(f"broker {self.url} is not connected; call connect() first")
+            raise BrokerConnectionError(
+                f"broker {redact_url(self.url)} is not connected; call connect() first"
+            )
         try:
             return await anyio.to_thread.run_sync(
                 fn, *args, limiter=self._long if long else self._short
@@ -224,7 +227,9 @@ class MNSBroker(Broker):
             await self.call(lambda: self._account().list_queue(ret_number=1))
         except BrokerError as exc:
             self._credentials = None
-            raise BrokerConnectionError(f"cannot connect to MNS broker {self.url}: {exc}") from None
+            raise BrokerConnectionError(
+                f"cannot connect to MNS broker {redact_url(self.url)}: {exc}"
+            ) from None
         self._stop.clear()
         self._keep_alive = threading.Thread(
             target=self._keep_alive_loop, name="mns-keep-alive", daemon=True

@@ -23,6 +23,7 @@ from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 from agentqueue.broker.errors import BrokerError
+from agentqueue.broker.urls import redact_url
 
 MAX_WAIT_SECONDS = 30  # MNS caps a long poll at 30 s
 ENV_ID = "ALIBABA_CLOUD_ACCESS_KEY_ID"
@@ -55,7 +56,9 @@ def parse_mns_url(url: str) -> MNSEndpoint:
     """The endpoint and options of an `mns://` or `mnss://` URL; refuses embedded credentials."""
     parts = urlsplit(url)
     if parts.scheme not in ("mns", "mnss"):
-        raise BrokerError(f"{url!r} is not an MNS URL; use mns://host:port or mnss://host")
+        raise BrokerError(
+            f"{redact_url(url)!r} is not an MNS URL; use mns://host:port or mnss://host"
+        )
     if parts.username or parts.password:
         raise BrokerError(
             "MNS credentials do not go in the broker URL (it is logged and shown by"
@@ -63,14 +66,14 @@ def parse_mns_url(url: str) -> MNSEndpoint:
         )
     if not parts.hostname:
         raise BrokerError(
-            f"MNS URL {url!r} names no host; e.g. mnss://<account>.mns.<region>.aliyuncs.com"
+            f"MNS URL {redact_url(url)!r} names no host; e.g. mnss://<account>.mns.<region>.aliyuncs.com"
         )
     scheme = "https" if parts.scheme == "mnss" else "http"
     query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
     unknown = set(query) - {"wait", "visibility", "threads"}
     if unknown:
         raise BrokerError(
-            f"unknown option(s) {', '.join(sorted(unknown))} in MNS URL {url!r};"
+            f"unknown option(s) {', '.join(sorted(unknown))} in MNS URL {redact_url(url)!r};"
             " known: wait, visibility, threads"
         )
     wait = _int_option(url, query, "wait", 10, 1, MAX_WAIT_SECONDS)
@@ -91,7 +94,8 @@ def _int_option(
         value = low - 1
     if not low <= value <= high:
         raise BrokerError(
-            f"option {name}={raw!r} in MNS URL {url!r} must be a whole number {low}-{high}"
+            f"option {name}={raw!r} in MNS URL {redact_url(url)!r} must be a whole number"
+            f" {low}-{high}"
         )
     return value
 

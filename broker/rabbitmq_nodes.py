@@ -17,15 +17,16 @@ import aio_pika.abc
 from aio_pika.exceptions import CONNECTION_EXCEPTIONS
 from yarl import URL
 
-from agentqueue.broker.urls import redact_url
+from agentqueue.broker.urls import redact_url, split_url_list
 
 
 def split_node_urls(url: str) -> list[str]:
     """The node URLs of a comma-separated list (one URL gives a list of one)."""
-    urls = [part.strip() for part in url.split(",") if part.strip()]
+    urls = split_url_list(url)
     if not urls:
         raise ValueError(
-            f"broker URL {url!r} names no node; give amqp://host/ or a comma-separated list"
+            f"broker URL {redact_url(url)!r} names no node; give amqp://host/ or a"
+            " comma-separated list"
         )
     return urls
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -54,12 +55,57 @@ def _open(url: str) -> Broker:
     )
 
 
+# A comma starts the next URL of a list only when a scheme follows it; a comma anywhere else
+# (in a password, a query) is part of the URL it is in.
+_NEXT_URL = re.compile(r",\s*(?=[A-Za-z][A-Za-z0-9+.\-]*://|\s*$)")
+_SCHEME = re.compile(r"\s*[A-Za-z][A-Za-z0-9+.\-]*://")
+# Query parameters that carry credentials in DSNs (redis `?password=`, `?access_key=`, …).
+_SECRET_PARAM = re.compile(
+    r"(?i)^(password|passwd|pwd|pass|secret|token|auth|sig|signature|credentials?|key"
+    r"|.*[_-](key|secret|token|password))$"
+)
+
+
+def split_url_list(url: str) -> list[str]:
+    """The URLs of a comma-separated list such as a cluster's nodes (one URL: a list of one)."""
+    return [part.strip() for part in _NEXT_URL.split(url) if part.strip()]
+
+
 def redact_url(url: str) -> str:
-    """The URL with any password replaced by ***, for logs and errors."""
-    if "," in url:  # the node list of a RabbitMQ cluster
-        return ",".join(redact_url(part) for part in url.split(","))
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return parts._replace(netloc=netloc).geturl()
+    """The URL (or comma-separated list of URLs, or DSN) with every password shown as ***.
+
+    Works on text that is not a valid URL too (a password with `@`, `/`, `,` or `%` in it, an
+    unknown scheme, no scheme at all): the password is everything between the user name's `:`
+    and the last `@`, so an ambiguous URL loses more to *** than it should, never less.
+    Secret-looking query parameters (`password=`, `token=`, `*_key=`, …) are masked too.
+    """
+    parts = _NEXT_URL.split(url)
+    if len(parts) > 1:
+        return ",".join(_redact_one(part) for part in parts)
+    return _redact_one(url)
+
+
+def _redact_one(url: str) -> str:
+    scheme = _SCHEME.match(url)
+    head, rest = (url[: scheme.end()], url[scheme.end() :]) if scheme else ("", url)
+    at = rest.rfind("@")
+    if at >= 0:
+        user, colon, password = rest[:at].partition(":")
+        if colon and password:
+            rest = f"{user}:***{rest[at:]}"
+    query = rest.find("?")
+    if query >= 0:
+        rest = rest[: query + 1] + _redact_query(rest[query + 1 :])
+    return head + rest
+
+
+def _redact_query(query: str) -> str:
+    fragment = ""
+    if "#" in query:
+        query, hash_, tail = query.partition("#")
+        fragment = hash_ + tail
+    shown = []
+    for item in query.split("&"):
+        name, eq, value = item.partition("=")
+        shown.append(f"{name}=***" if eq and value and _SECRET_PARAM.match(name) else item)
+    return "&".join(shown) + fragment

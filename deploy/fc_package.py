@@ -6,6 +6,11 @@ Layout (FC unpacks it to /code, which is on `sys.path`):
     <app package or module>      e.g. examples/ for `examples.weather:app`
     <dependencies>               installed for FC's runtime: Python 3.12 on manylinux2014 x86_64
 
+That list is all that goes in: nothing else from the working folder. Within the two source
+trees, secrets, version-control folders, caches, what `.gitignore` ignores and symlinks out of
+the tree stay out (`package_files` has the rules); the report names every file that went in
+and everything left out, with the reason.
+
 Dependencies are agentqueue's own requirements, pinned to the versions installed here (so the
 function runs what was tested), installed with `uv pip install --target` for the FC platform,
 wheels only: FC cannot build a source distribution, so one without a matching wheel is an error
@@ -30,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from agentqueue.deploy.fc_plan import PYTHON_VERSION, DeployError
+from agentqueue.deploy.package_files import Skipped, tree_files
 
 PLATFORM = "manylinux2014_x86_64"
 UV_PLATFORM = "x86_64-manylinux2014"
@@ -62,6 +68,25 @@ class PackageReport:
     size: int
     sha256: str
     dependencies: tuple[str, ...]  # requirements installed into it; empty with --no-deps
+    sources: tuple[str, ...] = ()  # files from agentqueue and the app, as named in the zip
+    skipped: tuple[Skipped, ...] = ()  # what the source trees held that was left out
+    dependency_files: int = 0
+
+    def listing(self) -> str:
+        """What went in and what was left out (and why), then the summary line."""
+        lines = [f"from agentqueue and the app ({len(self.sources)} files):"]
+        lines += [f"  {name}" for name in self.sources]
+        if self.dependencies:
+            lines.append(
+                f"dependencies ({self.dependency_files} files, for Python {PYTHON_VERSION}"
+                f" {PLATFORM}):"
+            )
+            lines += [f"  {requirement}" for requirement in self.dependencies]
+        if self.skipped:
+            lines.append(f"left out ({len(self.skipped)}):")
+            lines += [f"  {s.path}  ({s.reason})" for s in self.skipped]
+        lines.append(self.summary())
+        return "\n".join(lines)
 
     def summary(self) -> str:
         """One line for people."""
@@ -79,16 +104,20 @@ class PackageReport:
 def build_package(app: str, output: str | Path, *, with_deps: bool = True) -> PackageReport:
     """Write the code zip for `app` (module:attribute) to `output`."""
     files: dict[str, Path] = {}
+    skipped: list[Skipped] = []
     for name in PACKAGES:
         root = _package_dir(name)
-        _add_tree(files, root, name.replace(".", "/"))
+        _add_tree(files, skipped, root, name.replace(".", "/"))
     module = app.partition(":")[0]
     top = module.split(".")[0]
     if top != "agentqueue":
-        _add_app(files, top, app)
+        _add_app(files, skipped, top, app)
+    sources = tuple(sorted(files))
     requirements: tuple[str, ...] = ()
     with tempfile.TemporaryDirectory(prefix="agentqueue-fc-") as staging:
         if with_deps:
+            # Wheels from the index, not files of this machine: only caches are left out
+            # (a dependency may need its *.pem, e.g. certifi's CA bundle).
             requirements = pinned_requirements()
             install_dependencies(requirements, Path(staging))
             for path in sorted(Path(staging).rglob("*")):
@@ -98,7 +127,16 @@ def build_package(app: str, output: str | Path, *, with_deps: bool = True) -> Pa
         out.parent.mkdir(parents=True, exist_ok=True)
         _write_zip(out, files)
     data = out.read_bytes()
-    return PackageReport(out, len(files), len(data), hashlib.sha256(data).hexdigest(), requirements)
+    return PackageReport(
+        out,
+        len(files),
+        len(data),
+        hashlib.sha256(data).hexdigest(),
+        requirements,
+        sources=sources,
+        skipped=tuple(skipped),
+        dependency_files=len(files) - len(sources),
+    )
 
 
 def pinned_requirements() -> tuple[str, ...]:
@@ -182,7 +220,7 @@ def _package_dir(name: str) -> Path:
     return Path(module.__file__).parent  # type: ignore[arg-type]
 
 
-def _add_app(files: dict[str, Path], top: str, app: str) -> None:
+def _add_app(files: dict[str, Path], skipped: list[Skipped], top: str, app: str) -> None:
     if os.getcwd() not in sys.path:  # like the CLI: an app next to you is importable
         sys.path.insert(0, os.getcwd())
     spec = importlib.util.find_spec(top)
@@ -192,7 +230,7 @@ def _add_app(files: dict[str, Path], top: str, app: str) -> None:
             " holds it, or put it on PYTHONPATH"
         )
     if spec.submodule_search_locations:
-        _add_tree(files, Path(next(iter(spec.submodule_search_locations))), top)
+        _add_tree(files, skipped, Path(next(iter(spec.submodule_search_locations))), top)
     elif spec.origin and spec.origin.endswith(".py"):
         files[f"{top}.py"] = Path(spec.origin)
     else:
@@ -201,14 +239,14 @@ def _add_app(files: dict[str, Path], top: str, app: str) -> None:
         )
 
 
-def _add_tree(files: dict[str, Path], root: Path, prefix: str) -> None:
-    for path in sorted(root.rglob("*")):
-        relative = path.relative_to(root)
-        if not path.is_file() or _SKIP_PARTS.intersection(relative.parts):
+def _add_tree(files: dict[str, Path], skipped: list[Skipped], root: Path, prefix: str) -> None:
+    for found in tree_files(root, prefix):
+        if isinstance(found, Skipped):
+            if found not in skipped:
+                skipped.append(found)
             continue
-        if path.suffix in (".pyc", ".pyo"):
-            continue
-        files.setdefault(f"{prefix}/{relative.as_posix()}", path)
+        arcname, path = found
+        files.setdefault(arcname, path)
 
 
 def _write_zip(out: Path, files: dict[str, Path]) -> None:

@@ -13,13 +13,15 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import ipaddress
 import logging
 import os
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -67,12 +69,26 @@ from agentqueue.deploy.mns_store import (
     StoredMessage,
 )
 
-__all__ = ["DEFAULT_ACCESS_ID", "DEFAULT_ACCESS_KEY", "LocalMNS", "MNSApp", "serve"]
+__all__ = [
+    "DEFAULT_ACCESS_ID",
+    "DEFAULT_ACCESS_KEY",
+    "LocalMNS",
+    "MNSApp",
+    "ServerCredentials",
+    "serve",
+    "server_credentials",
+]
 
 logger = logging.getLogger(__name__)
 
+# The documented credentials for tests and a first local run: anyone who reads this file knows
+# them, so `server_credentials` refuses them on an address other than loopback.
 DEFAULT_ACCESS_ID = "local-mns"
 DEFAULT_ACCESS_KEY = "local-mns-secret"
+# The variables the MNS broker reads its credentials from: a server and the workers started in
+# one shell agree without further setup.
+ENV_ACCESS_ID = "ALIBABA_CLOUD_ACCESS_KEY_ID"
+ENV_ACCESS_KEY = "ALIBABA_CLOUD_ACCESS_KEY_SECRET"
 
 MAX_REQUEST_BYTES = 4 * 1024 * 1024
 # MNS refuses requests whose Date is further than this from its clock.
@@ -443,6 +459,73 @@ class _Server(uvicorn.Server):
         """Release long polls, then shut down as uvicorn does."""
         self._mns_app.release_waiters()
         await super().shutdown(sockets=sockets)
+
+
+@dataclass(frozen=True)
+class ServerCredentials:
+    """The AccessKey pair a local MNS server accepts, and where it came from."""
+
+    access_id: str
+    access_key: str = field(repr=False)
+    source: str  # "flags", the variable names, or "the documented test defaults"
+
+    @property
+    def is_default(self) -> bool:
+        """True for the documented test pair (which may then be printed)."""
+        return (self.access_id, self.access_key) == (DEFAULT_ACCESS_ID, DEFAULT_ACCESS_KEY)
+
+    def describe(self) -> str:
+        """One line for the operator; shows the secret only when it is the documented one."""
+        if self.is_default:
+            return (
+                f"credentials: {ENV_ACCESS_ID}={self.access_id}"
+                f" {ENV_ACCESS_KEY}={self.access_key} (the documented test defaults)"
+            )
+        return f"credentials: AccessKeyId {self.access_id}, secret from {self.source} (not shown)"
+
+
+def server_credentials(
+    host: str,
+    access_id: str | None = None,
+    access_key: str | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> ServerCredentials:
+    """The pair to accept: flags, else the ALIBABA_CLOUD_* variables, else the test defaults.
+
+    The test defaults are public, so they are refused unless the server listens on loopback.
+    """
+    env = os.environ if environ is None else environ
+    if access_id or access_key:
+        if not (access_id and access_key):
+            raise ValueError(
+                "give both --access-key-id and --access-key-secret, or neither"
+                f" (then {ENV_ACCESS_ID} and {ENV_ACCESS_KEY} are used)"
+            )
+        credentials = ServerCredentials(access_id, access_key, "--access-key-secret")
+    elif env.get(ENV_ACCESS_ID) or env.get(ENV_ACCESS_KEY):
+        if not (env.get(ENV_ACCESS_ID) and env.get(ENV_ACCESS_KEY)):
+            raise ValueError(f"set both {ENV_ACCESS_ID} and {ENV_ACCESS_KEY}, or neither")
+        credentials = ServerCredentials(env[ENV_ACCESS_ID], env[ENV_ACCESS_KEY], ENV_ACCESS_KEY)
+    else:
+        credentials = ServerCredentials(
+            DEFAULT_ACCESS_ID, DEFAULT_ACCESS_KEY, "the documented test defaults"
+        )
+    if credentials.is_default and not _is_loopback(host):
+        raise ValueError(
+            f"local MNS on {host} with the documented test credentials: anyone who can reach"
+            " it could use them; pass --access-key-id and --access-key-secret (or set"
+            f" {ENV_ACCESS_ID} and {ENV_ACCESS_KEY}), or listen on 127.0.0.1"
+        )
+    return credentials
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def _bind(host: str, port: int) -> socket.socket:

@@ -6,6 +6,12 @@ topic, each computes the same assignment from the same live set, and a worker su
 to the partitions assigned to it. A partition changing hands is safe at every step: the old
 owner finishes what it started before it unsubscribes, the new owner's consumer stays
 standby until then, and the session lease guards the state throughout.
+
+When the broker has signing keys, heartbeats are signed like envelopes, and a heartbeat that is
+unsigned, forged, older than `max_age` or not newer than the last one from its worker is ignored
+and counted: a party on the broker without the keys can neither invent workers (to take
+partitions away from the real ones) nor keep a dead one alive by replaying its heartbeats.
+Peers silent for longer than `prune_after` are forgotten.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections import Counter
 from collections.abc import Iterable
 from hashlib import blake2b
 
@@ -22,8 +29,12 @@ import msgspec
 
 from agentqueue.broker.base import Broker
 from agentqueue.broker.errors import BrokerError
+from agentqueue.protocol.errors import ProtocolError
 
 log = logging.getLogger("agentqueue.membership")
+
+MAX_AGE = 30.0  # seconds a signed heartbeat stays acceptable: room for clock skew between hosts
+WARN_EVERY = 100  # after the first ignored heartbeat of a kind, warn again every this many
 
 
 class Heartbeat(msgspec.Struct, omit_defaults=True):
@@ -83,6 +94,8 @@ class Membership:
         *,
         interval: float = 1.0,
         expiry: float = 3.5,
+        max_age: float = MAX_AGE,
+        prune_after: float | None = None,
     ) -> None:
         self.broker = broker
         self.topic = topic
@@ -90,9 +103,14 @@ class Membership:
         self.eligible = eligible
         self.interval = interval
         self.expiry = expiry
+        self.max_age = max_age
+        # A peer is kept past its expiry for as long as a replay of its last heartbeat could
+        # still pass the age check, so the replay is recognised as not newer and ignored.
+        self.prune_after = max(expiry, max_age) if prune_after is None else prune_after
         self.owned: set[str] = set()
         self.peers: dict[str, Heartbeat] = {}
         self._seen_at: dict[str, float] = {}
+        self.ignored: Counter[str] = Counter()  # reason -> heartbeats ignored for it
         self.changed = anyio.Event()
 
     def live(self) -> dict[str, Heartbeat]:
@@ -125,8 +143,11 @@ class Membership:
         return Heartbeat(self.worker_id, self.eligible, sorted(self.owned), leaving, time.time())
 
     async def announce(self, leaving: bool = False) -> None:
-        """Broadcast one heartbeat now."""
-        await self.broker.broadcast(self.topic, _encoder.encode(self._heartbeat(leaving)))
+        """Broadcast one heartbeat now (signed when the broker has keys)."""
+        body = _encoder.encode(self._heartbeat(leaving))
+        if self.broker.signing is not None:
+            body = self.broker.signing.sign(body)
+        await self.broker.broadcast(self.topic, body)
 
     async def run(
         self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
@@ -149,14 +170,35 @@ class Membership:
                 await subscription.close()
 
     def _hear(self, body: bytes) -> None:
+        signing = self.broker.signing
+        if signing is not None:
+            try:
+                signing.verify(body)
+            except ProtocolError as exc:
+                kind = "forged" if b'"sig":' in body else "unsigned"
+                self._ignore(kind, str(exc))
+                return
         try:
             heartbeat = _decoder.decode(body)
-        except msgspec.MsgspecError:
-            log.warning("ignoring a malformed heartbeat on %s", self.topic)
+        except msgspec.MsgspecError as exc:
+            self._ignore("malformed", str(exc))
             return
         if heartbeat.worker_id == self.worker_id:
             return
         before = self.peers.get(heartbeat.worker_id)
+        if signing is not None:
+            age = time.time() - heartbeat.at
+            if age > self.max_age:
+                self._ignore(
+                    "stale",
+                    f"{heartbeat.worker_id!r} sent it {age:.0f} s ago (over {self.max_age:g} s)",
+                )
+                return
+            if before is not None and heartbeat.at <= before.at:
+                self._ignore(
+                    "replayed", f"not newer than the last one from {heartbeat.worker_id!r}"
+                )
+                return
         self.peers[heartbeat.worker_id] = heartbeat
         self._seen_at[heartbeat.worker_id] = time.monotonic()
         if (
@@ -165,6 +207,23 @@ class Membership:
             or before.eligible != heartbeat.eligible
         ):
             self._notify()
+
+    def _ignore(self, kind: str, reason: str) -> None:
+        self.ignored[kind] += 1
+        count = self.ignored[kind]
+        if count == 1 or count % WARN_EVERY == 0:
+            log.warning(
+                "ignored a heartbeat on %s (%s, %d so far): %s", self.topic, kind, count, reason
+            )
+
+    def prune(self, now: float | None = None) -> list[str]:
+        """Forget peers silent for over `prune_after` seconds (monotonic clock); returns them."""
+        now = time.monotonic() if now is None else now
+        gone = [w for w, seen in self._seen_at.items() if now - seen > self.prune_after]
+        for worker in gone:
+            del self._seen_at[worker]
+            self.peers.pop(worker, None)
+        return gone
 
     def _notify(self) -> None:
         self.changed.set()
@@ -184,6 +243,7 @@ class Membership:
         alive = set(self.live())
         while True:
             await anyio.sleep(self.interval / 2)
+            self.prune()
             now = set(self.live())
             if now != alive:
                 log.info("live workers changed: %s", ", ".join(sorted(now)))

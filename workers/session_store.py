@@ -5,6 +5,15 @@ may write the session, so a worker that stalled past its lease (or lost a partit
 overwrite what the new owner wrote. A write stores the new state together with the handled
 event's id and result in one atomic step; that id is how a redelivered event is answered from
 the stored result instead of being run again.
+
+Nothing is kept for ever. Handled-event records and attempt counts expire `retention` seconds
+(default 7 days, `DEFAULT_RETENTION`) after they were written: a redelivery comes within
+minutes (hours at most, MNS's longest visibility timeout being 12 h), long before. Session
+state expires only when a session idle TTL is set (`session_ttl`, off by default), after the
+session was neither leased nor written for that long, and never while a lease on it is live.
+Lease tokens start from the store's clock in microseconds, so a session that expired and came
+back gets tokens above every token handed out before: a worker that stalled through the expiry
+still cannot write.
 """
 
 from __future__ import annotations
@@ -15,9 +24,40 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
+from agentqueue.broker.urls import redact_url
 from agentqueue.workers.errors import LeaseLost
 
 HANDLED_KEPT = 1000  # handled ids remembered per session; redeliveries come long before this
+DEFAULT_RETENTION = 7 * 24 * 3600.0  # seconds handled records and attempt counts are kept
+PURGE_EVERY = 60.0  # stores that purge on writes do so at most this often (seconds)
+
+
+@dataclass(frozen=True, slots=True)
+class Expired:
+    """What one expiry pass deleted."""
+
+    handled: int = 0
+    attempts: int = 0
+    sessions: int = 0
+
+
+def check_ttls(retention: float, session_ttl: float | None) -> float | None:
+    """Refuse a TTL that is not a positive number of seconds; returns session_ttl (0 -> None)."""
+    if not retention > 0 or retention == float("inf"):
+        raise ValueError(
+            f"store retention must be a positive number of seconds, got {retention!r}"
+            f" (default {DEFAULT_RETENTION:.0f}, 7 days)"
+        )
+    if session_ttl is not None and (session_ttl < 0 or session_ttl != session_ttl):
+        raise ValueError(
+            f"session idle TTL must be a positive number of seconds or 0 (off), got {session_ttl!r}"
+        )
+    return session_ttl or None
+
+
+def first_token(now: float) -> int:
+    """The token a new session record starts from: microseconds of `now` (see the module doc)."""
+    return int(now * 1_000_000)
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,22 +106,35 @@ class SessionStore(abc.ABC):
     async def close(self) -> None:  # noqa: B027 - most stores have nothing to close
         """Release connections."""
 
+    retention: float = DEFAULT_RETENTION
+    session_ttl: float | None = None
 
-def open_store(url: str) -> SessionStore:
-    """A session store for `memory://`, `sqlite:///path` or `redis://host:port/db`."""
+    async def expire(self, now: float | None = None) -> Expired:
+        """Delete what is past its TTL as of `now` (unix seconds; default: now)."""
+        return Expired()
+
+
+def open_store(
+    url: str, *, retention: float = DEFAULT_RETENTION, session_ttl: float | None = None
+) -> SessionStore:
+    """A session store for `memory://`, `sqlite:///path` or `redis://host:port/db`.
+
+    `retention`: seconds handled-event records and attempt counts are kept; `session_ttl`:
+    seconds of idleness after which a session's state is deleted (None or 0: kept for ever).
+    """
     scheme = urlsplit(url).scheme
     if scheme == "memory":
-        return MemorySessionStore(url)
+        return MemorySessionStore(url, retention=retention, session_ttl=session_ttl)
     if scheme == "sqlite":
         from agentqueue.workers.sqlite_store import SQLiteSessionStore
 
-        return SQLiteSessionStore(url)
+        return SQLiteSessionStore(url, retention=retention, session_ttl=session_ttl)
     if scheme in ("redis", "rediss"):
         from agentqueue.workers.redis_store import RedisSessionStore
 
-        return RedisSessionStore(url)
+        return RedisSessionStore(url, retention=retention, session_ttl=session_ttl)
     raise ValueError(
-        f"no session store for URL {url!r}; use memory://, sqlite:///path or redis://host:port/0"
+        f"no session store for URL {redact_url(url)!r}; use memory://, sqlite:///path or redis://host:port/0"
     )
 
 
@@ -93,6 +146,9 @@ class _Session:
     expires_at: float = 0.0
     handled: OrderedDict[str, bytes] = field(default_factory=OrderedDict)
     attempts: dict[str, int] = field(default_factory=dict)
+    handled_at: dict[str, float] = field(default_factory=dict)
+    attempted_at: dict[str, float] = field(default_factory=dict)
+    touched_at: float = 0.0
 
 
 _memory_stores: dict[str, dict[str, _Session]] = {}
@@ -101,14 +157,23 @@ _memory_stores: dict[str, dict[str, _Session]] = {}
 class MemorySessionStore(SessionStore):
     """Sessions in this process's memory; stores opened on the same URL share them."""
 
-    def __init__(self, url: str = "memory://") -> None:
+    def __init__(
+        self,
+        url: str = "memory://",
+        *,
+        retention: float = DEFAULT_RETENTION,
+        session_ttl: float | None = None,
+    ) -> None:
         self.url = url
+        self.session_ttl = check_ttls(retention, session_ttl)
+        self.retention = retention
         self._sessions = _memory_stores.setdefault(urlsplit(url).netloc or "default", {})
+        self._next_purge = time.monotonic() + min(PURGE_EVERY, retention / 2)
 
     def _get(self, session_id: str) -> _Session:
         session = self._sessions.get(session_id)
         if session is None:
-            session = self._sessions[session_id] = _Session()
+            session = self._sessions[session_id] = _Session(token=first_token(time.time()))
         return session
 
     async def acquire(self, session_id: str, owner: str, ttl: float) -> Lease | None:
@@ -116,7 +181,7 @@ class MemorySessionStore(SessionStore):
         if s.owner not in (None, owner) and s.expires_at > now:
             return None
         s.token += 1
-        s.owner, s.expires_at = owner, now + ttl
+        s.owner, s.expires_at, s.touched_at = owner, now + ttl, now
         return Lease(session_id, owner, s.token, s.expires_at)
 
     def _check(self, lease: Lease) -> _Session:
@@ -130,7 +195,8 @@ class MemorySessionStore(SessionStore):
 
     async def renew(self, lease: Lease, ttl: float) -> Lease:
         s = self._check(lease)
-        s.expires_at = time.time() + ttl
+        s.touched_at = time.time()
+        s.expires_at = s.touched_at + ttl
         return Lease(lease.session_id, lease.owner, lease.token, s.expires_at)
 
     async def release(self, lease: Lease) -> None:
@@ -148,12 +214,45 @@ class MemorySessionStore(SessionStore):
         s = self._check(lease)
         if state is not None:
             s.state = state
+        s.touched_at = time.time()
         s.handled[event_id] = result
+        s.handled_at[event_id] = s.touched_at
         s.attempts.pop(event_id, None)
+        s.attempted_at.pop(event_id, None)
         while len(s.handled) > HANDLED_KEPT:
-            s.handled.popitem(last=False)
+            s.handled_at.pop(s.handled.popitem(last=False)[0], None)
+        await self._purge_now_and_then()
 
     async def count_attempt(self, session_id: str, event_id: str) -> int:
         s = self._get(session_id)
         s.attempts[event_id] = s.attempts.get(event_id, 0) + 1
-        return s.attempts[event_id]
+        s.attempted_at[event_id] = time.time()
+        count = s.attempts[event_id]
+        await self._purge_now_and_then()
+        return count
+
+    async def _purge_now_and_then(self) -> None:
+        if time.monotonic() >= self._next_purge:
+            self._next_purge = time.monotonic() + min(PURGE_EVERY, self.retention / 2)
+            await self.expire()
+
+    async def expire(self, now: float | None = None) -> Expired:
+        now = time.time() if now is None else now
+        cutoff = now - self.retention
+        handled = attempts = sessions = 0
+        for session_id, s in list(self._sessions.items()):
+            for event_id in [e for e, at in s.handled_at.items() if at < cutoff]:
+                del s.handled[event_id], s.handled_at[event_id]
+                handled += 1
+            for event_id in [e for e, at in s.attempted_at.items() if at < cutoff]:
+                del s.attempts[event_id], s.attempted_at[event_id]
+                attempts += 1
+            if s.expires_at > now:
+                continue  # leased: in use
+            idle = self.session_ttl is not None and s.touched_at < now - self.session_ttl
+            if idle and s.state is not None:
+                s.state = None
+                sessions += 1
+            if s.state is None and not s.handled and not s.attempts:
+                del self._sessions[session_id]  # nothing left but a token (see first_token)
+        return Expired(handled, attempts, sessions)

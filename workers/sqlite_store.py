@@ -11,8 +11,18 @@ from urllib.parse import urlsplit
 
 import anyio
 
+from agentqueue.broker.urls import redact_url
 from agentqueue.workers.errors import LeaseLost
-from agentqueue.workers.session_store import HANDLED_KEPT, Lease, SessionStore
+from agentqueue.workers.session_store import (
+    DEFAULT_RETENTION,
+    HANDLED_KEPT,
+    PURGE_EVERY,
+    Expired,
+    Lease,
+    SessionStore,
+    check_ttls,
+    first_token,
+)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS sessions (
@@ -20,22 +30,44 @@ CREATE TABLE IF NOT EXISTS sessions (
     state TEXT,
     token INTEGER NOT NULL DEFAULT 0,
     owner TEXT,
-    expires_at REAL NOT NULL DEFAULT 0
+    expires_at REAL NOT NULL DEFAULT 0,
+    touched_at REAL
 );
 CREATE TABLE IF NOT EXISTS handled (
     session_id TEXT NOT NULL,
     event_id TEXT NOT NULL,
     result BLOB NOT NULL,
     seq INTEGER NOT NULL,
+    at REAL,
     PRIMARY KEY (session_id, event_id)
 );
 CREATE TABLE IF NOT EXISTS attempts (
     session_id TEXT NOT NULL,
     event_id TEXT NOT NULL,
     count INTEGER NOT NULL,
+    at REAL,
     PRIMARY KEY (session_id, event_id)
 );
 """
+# When each row was last written, for the expiry passes; files from before they existed get the
+# columns, dated to when the file is first opened (so nothing is taken for years old).
+_TIMES = (("sessions", "touched_at"), ("handled", "at"), ("attempts", "at"))
+_TIME_INDEXES = (
+    "CREATE INDEX IF NOT EXISTS sessions_touched_at ON sessions(touched_at)",
+    "CREATE INDEX IF NOT EXISTS handled_at ON handled(at)",
+    "CREATE INDEX IF NOT EXISTS attempts_at ON attempts(at)",
+)
+
+
+def _add_times(db: sqlite3.Connection) -> None:
+    now = time.time()
+    for table, column in _TIMES:
+        columns = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+        if column not in columns:
+            db.execute(f"ALTER TABLE {table} ADD COLUMN {column} REAL")
+        db.execute(f"UPDATE {table} SET {column}=? WHERE {column} IS NULL", (now,))
+    for statement in _TIME_INDEXES:  # executescript would commit the open transaction
+        db.execute(statement)
 
 
 def _until_unlocked(statement: Callable[[], object], timeout: float = 10.0) -> None:
@@ -53,13 +85,25 @@ def _until_unlocked(statement: Callable[[], object], timeout: float = 10.0) -> N
 class SQLiteSessionStore(SessionStore):
     """One SQLite file (WAL mode) used from worker threads; safe across processes."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        retention: float = DEFAULT_RETENTION,
+        session_ttl: float | None = None,
+    ) -> None:
         self.url = url
+        self.session_ttl = check_ttls(retention, session_ttl)
+        self.retention = retention
+        self._purge_every = min(PURGE_EVERY, retention / 2)
+        self._next_purge = time.monotonic() + self._purge_every
         path = urlsplit(url).path
         # sqlite:///rel/path -> "rel/path"; sqlite:////abs/path -> "/abs/path"
         self.path = Path(path[1:] if path.startswith("/") else path)
         if not str(self.path):
-            raise ValueError(f"sqlite store URL {url!r} names no file; use sqlite:///sessions.db")
+            raise ValueError(
+                f"sqlite store URL {redact_url(url)!r} names no file; use sqlite:///sessions.db"
+            )
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
         self._db = sqlite3.connect(
@@ -71,6 +115,7 @@ class SQLiteSessionStore(SessionStore):
         _until_unlocked(lambda: self._db.execute("PRAGMA journal_mode=WAL"))
         self._db.execute("PRAGMA synchronous=NORMAL")
         _until_unlocked(lambda: self._db.executescript(_SCHEMA))
+        _until_unlocked(lambda: self._locked(_add_times))
 
     async def _run(self, fn, *args):  # type: ignore[no-untyped-def]
         return await anyio.to_thread.run_sync(self._locked, fn, *args)
@@ -89,15 +134,19 @@ class SQLiteSessionStore(SessionStore):
     async def acquire(self, session_id: str, owner: str, ttl: float) -> Lease | None:
         def op(db: sqlite3.Connection) -> Lease | None:
             now = time.time()
-            db.execute("INSERT OR IGNORE INTO sessions(session_id) VALUES (?)", (session_id,))
+            db.execute(
+                "INSERT OR IGNORE INTO sessions(session_id, token, touched_at) VALUES (?, ?, ?)",
+                (session_id, first_token(now), now),
+            )
             token, holder, expires = db.execute(
                 "SELECT token, owner, expires_at FROM sessions WHERE session_id=?", (session_id,)
             ).fetchone()
             if holder not in (None, owner) and expires > now:
                 return None
             db.execute(
-                "UPDATE sessions SET token=?, owner=?, expires_at=? WHERE session_id=?",
-                (token + 1, owner, now + ttl, session_id),
+                "UPDATE sessions SET token=?, owner=?, expires_at=?, touched_at=?"
+                " WHERE session_id=?",
+                (token + 1, owner, now + ttl, now, session_id),
             )
             return Lease(session_id, owner, token + 1, now + ttl)
 
@@ -118,9 +167,11 @@ class SQLiteSessionStore(SessionStore):
     async def renew(self, lease: Lease, ttl: float) -> Lease:
         def op(db: sqlite3.Connection) -> Lease:
             self._check(db, lease)
-            expires = time.time() + ttl
+            now = time.time()
+            expires = now + ttl
             db.execute(
-                "UPDATE sessions SET expires_at=? WHERE session_id=?", (expires, lease.session_id)
+                "UPDATE sessions SET expires_at=?, touched_at=? WHERE session_id=?",
+                (expires, now, lease.session_id),
             )
             return Lease(lease.session_id, lease.owner, lease.token, expires)
 
@@ -157,18 +208,19 @@ class SQLiteSessionStore(SessionStore):
     async def commit(self, lease: Lease, state: str | None, event_id: str, result: bytes) -> None:
         def op(db: sqlite3.Connection) -> None:
             self._check(db, lease)
-            if state is not None:
-                db.execute(
-                    "UPDATE sessions SET state=? WHERE session_id=?", (state, lease.session_id)
-                )
+            now = time.time()
+            db.execute(
+                "UPDATE sessions SET state=COALESCE(?, state), touched_at=? WHERE session_id=?",
+                (state, now, lease.session_id),
+            )
             seq = db.execute(
                 "SELECT COALESCE(MAX(seq), 0) + 1 FROM handled WHERE session_id=?",
                 (lease.session_id,),
             ).fetchone()[0]
             db.execute(
-                "INSERT OR REPLACE INTO handled(session_id, event_id, result, seq)"
-                " VALUES (?, ?, ?, ?)",
-                (lease.session_id, event_id, result, seq),
+                "INSERT OR REPLACE INTO handled(session_id, event_id, result, seq, at)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (lease.session_id, event_id, result, seq, now),
             )
             db.execute(
                 "DELETE FROM handled WHERE session_id=? AND seq <= ?",
@@ -178,23 +230,50 @@ class SQLiteSessionStore(SessionStore):
                 "DELETE FROM attempts WHERE session_id=? AND event_id=?",
                 (lease.session_id, event_id),
             )
+            self._purge_now_and_then(db, now)
 
         await self._run(op)
 
     async def count_attempt(self, session_id: str, event_id: str) -> int:
         def op(db: sqlite3.Connection) -> int:
+            now = time.time()
             db.execute(
-                "INSERT INTO attempts(session_id, event_id, count) VALUES (?, ?, 1)"
-                " ON CONFLICT(session_id, event_id) DO UPDATE SET count = count + 1",
-                (session_id, event_id),
+                "INSERT INTO attempts(session_id, event_id, count, at) VALUES (?, ?, 1, ?)"
+                " ON CONFLICT(session_id, event_id) DO UPDATE SET count = count + 1, at = ?",
+                (session_id, event_id, now, now),
             )
-            return db.execute(
+            count = db.execute(
                 "SELECT count FROM attempts WHERE session_id=? AND event_id=?",
                 (session_id, event_id),
             ).fetchone()[0]
+            self._purge_now_and_then(db, now)
+            return count
 
         return await self._run(op)
 
     async def close(self) -> None:
         with self._lock:
             self._db.close()
+
+    async def expire(self, now: float | None = None) -> Expired:
+        when = time.time() if now is None else now
+        return await self._run(self._purge, when)
+
+    def _purge_now_and_then(self, db: sqlite3.Connection, now: float) -> None:
+        # On the write path, in its transaction: every worker process purges now and then,
+        # so no task of its own is needed.
+        if time.monotonic() >= self._next_purge:
+            self._next_purge = time.monotonic() + self._purge_every
+            self._purge(db, now)
+
+    def _purge(self, db: sqlite3.Connection, now: float) -> Expired:
+        cutoff = now - self.retention
+        handled = db.execute("DELETE FROM handled WHERE at < ?", (cutoff,)).rowcount
+        attempts = db.execute("DELETE FROM attempts WHERE at < ?", (cutoff,)).rowcount
+        sessions = 0
+        if self.session_ttl is not None:
+            sessions = db.execute(
+                "DELETE FROM sessions WHERE touched_at < ? AND expires_at <= ?",
+                (now - self.session_ttl, now),
+            ).rowcount
+        return Expired(handled, attempts, sessions)

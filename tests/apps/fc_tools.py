@@ -42,3 +42,9 @@ def poison() -> str:
     """Kill this process, every time (test helper)."""
     os.kill(os.getpid(), signal.SIGKILL)
     return "unreachable"
+
+
+@app.tool("ping", timeout=30, idempotent=True)
+def ping(n: int) -> str:
+    """Answer `n` back; safe to run twice, so its calls are not recorded (test helper)."""
+    return f"pong {n}"

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import anyio
 import pytest
 from mns.mns_exception import MNSServerException
 from mns.queue import QueueMeta
@@ -15,8 +18,10 @@ from mns.queue import QueueMeta
 from agentqueue.broker.base import read_dead_letter
 from agentqueue.broker.mns_body import from_wire
 from agentqueue.deploy.local_mns import LocalMNS
-from agentqueue.protocol import Envelope, ToolResult, decode
+from agentqueue.protocol import Envelope, ToolCall, ToolResult, decode, encode
 from agentqueue.workers import fc
+from agentqueue.workers.session_store import DEFAULT_RETENTION, Expired
+from agentqueue.workers.sqlite_store import SQLiteSessionStore
 
 pytestmark = pytest.mark.broker
 
@@ -160,3 +165,42 @@ def test_a_tool_event_does_not_import_agentscope(effects: Path) -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
     )
     assert out.stdout.strip() == "False", out.stderr
+
+
+def test_attempt_counts_of_1000_idempotent_tool_calls_are_gone_after_a_ttl_pass(
+    effects: Path, local_mns: LocalMNS, tmp_path: Path
+) -> None:
+    def message(n: int) -> dict[str, str]:
+        envelope = Envelope(
+            id=f"ping-{n:04d}",
+            session_id=f"s{n % 7}",
+            correlation_id=f"ping-{n:04d}",
+            reply_to=REPLIES,
+            body=ToolCall("ping", {"n": n}, call_id=f"ping-{n:04d}"),
+            created_at=time.time(),
+        )
+        return {
+            "requestId": f"r{n}",
+            "messageId": f"m{n}",
+            "messageBody": encode(envelope).decode(),
+        }
+
+    for start in range(0, 1000, 100):
+        payload = json.dumps([message(n) for n in range(start, start + 100)])
+        assert json.loads(fc.handler(payload, None))["handled"] == 100
+    fc.shutdown()
+    database = tmp_path / "sessions.db"
+    with sqlite3.connect(database) as db:  # an idempotent call is never committed: no handled row
+        assert db.execute("SELECT COUNT(*) FROM attempts").fetchone()[0] == 1000
+        assert db.execute("SELECT COUNT(*) FROM handled").fetchone()[0] == 0
+
+    async def ttl_pass() -> Expired:
+        store = SQLiteSessionStore(f"sqlite:///{database}")
+        try:  # the pass as it runs once the default retention has gone by
+            return await store.expire(time.time() + DEFAULT_RETENTION + 1)
+        finally:
+            await store.close()
+
+    assert anyio.run(ttl_pass) == Expired(handled=0, attempts=1000, sessions=0)
+    with sqlite3.connect(database) as db:
+        assert db.execute("SELECT COUNT(*) FROM attempts").fetchone()[0] == 0
