@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from agentqueue.workers.models import default_model
+from agentqueue.workers.models import ModelRuntime, default_runtime
 from agentqueue.workers.toolkit import InvokeRemote, ToolSpec, build_toolkit
 
 if TYPE_CHECKING:
@@ -38,11 +38,16 @@ class AgentContext:
     invoke_remote: InvokeRemote | None = None
     tracing: bool = False
     model_factory: Callable[[], ChatModelBase] | None = None
-    """Overrides `default_model` (e.g. a scripted model with a delay in tests)."""
+    """Overrides the configured model (e.g. a scripted model with a delay in tests)."""
+    models: ModelRuntime | None = None
+    """The worker's configured model and its limits; None: the environment's."""
 
-    def model(self) -> ChatModelBase:
-        """A new chat model: `model_factory()` if set, else the environment's `default_model()`."""
-        return self.model_factory() if self.model_factory is not None else default_model()
+    def model(self, name: str | None = None) -> ChatModelBase:
+        """A new chat model: `model_factory()` if set, else the configured one (or the model
+        `name` at the configured provider), its calls retried and rate limited."""
+        if self.model_factory is not None:
+            return self.model_factory()
+        return (self.models or default_runtime()).model(name)
 
     def toolkit(self, *names: str) -> Toolkit:
         """A toolkit with the named tools, or with all tools when no name is given."""

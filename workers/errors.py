@@ -19,3 +19,15 @@ class PermanentError(WorkerError):
 
 class UnknownHandler(WorkerError, LookupError):
     """An event names an agent or tool that is not registered on this app."""
+
+
+class ModelConfigError(WorkerError, ValueError):
+    """The configured chat model cannot be used (a named model without a key, a bad setting)."""
+
+
+class ModelCallError(PermanentError):
+    """A model call failed for good; the message names the provider and model, never the key.
+
+    It is a `PermanentError`: the model layer has already retried what was worth retrying, so
+    the pipeline dead-letters the event at once instead of running the turn again.
+    """
