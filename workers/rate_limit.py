@@ -114,7 +114,8 @@ class Grant:
 
     id: str
     tokens: int
-    waited: float = 0.0
+    waited: float = 0.0  # seconds spent waiting for room (0: granted at the first try)
+    tries: int = 0  # times it was told to wait
 
 
 class LimitBackend(abc.ABC):
@@ -204,8 +205,10 @@ class ModelLimiter:
         while True:
             wait = await self.backend.try_acquire(self.key, grant.id, grant.tokens, self.limit)
             if wait <= 0:
-                grant.waited = time.monotonic() - started
+                if grant.tries:
+                    grant.waited = time.monotonic() - started
                 return grant
+            grant.tries += 1
             # Jitter, so the waiters of all workers do not all come back at the same instant.
             await asyncio.sleep(min(wait, self.limit.window) + random.uniform(0, 0.02))
 

@@ -37,7 +37,7 @@ if #old > 0 then
     redis.call('HDEL', KEYS[2], id)
   end
   redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', cutoff)
-  redis.call('HINCRBY', KEYS[3], 'charged', -freed)
+  if freed > 0 then redis.call('HINCRBY', KEYS[3], 'charged', 0 - freed) end
 end
 local count = redis.call('ZCARD', KEYS[1])
 if count == 0 then redis.call('HSET', KEYS[3], 'charged', 0) end
