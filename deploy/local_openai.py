@@ -36,6 +36,7 @@ from typing import Any
 import uvicorn
 
 DEFAULT_MODEL = "test-model"
+GATE_TIMEOUT = 60.0  # a gate never set still lets the answer finish, so the server can stop
 _PATHS = ("/v1/chat/completions", "/compatible-mode/v1/chat/completions")
 _MODEL_LIST_PATHS = ("/v1/models", "/compatible-mode/v1/models")
 
@@ -295,7 +296,7 @@ class _ChatApp:
             for _ in words[:-1]:
                 await asyncio.sleep(step.token_delay)
             if step.gate is not None:
-                await asyncio.to_thread(step.gate.wait)
+                await asyncio.to_thread(step.gate.wait, GATE_TIMEOUT)
             message["content"] = step.text
             finish = "stop"
             attempt.completion_tokens = len(words)
@@ -357,7 +358,7 @@ class _ChatApp:
                 if n:
                     await asyncio.sleep(step.token_delay)
                 if n == len(words) - 1 and step.gate is not None:
-                    await asyncio.to_thread(step.gate.wait)
+                    await asyncio.to_thread(step.gate.wait, GATE_TIMEOUT)
                 await chunk({"content": word})
             attempt.completion_tokens = len(words)
             finish = "stop"

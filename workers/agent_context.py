@@ -69,8 +69,15 @@ class AgentContext:
 
         return AgentState(session_id=self.session_id)
 
-    def build_agent(self, system_prompt: str, *, tools: Iterable[str] | None = None) -> Agent:
-        """An agent named `agent_name` with this context's model, tools, state and tracing."""
+    def build_agent(
+        self,
+        system_prompt: str,
+        *,
+        tools: Iterable[str] | None = None,
+        model: str | None = None,
+    ) -> Agent:
+        """An agent named `agent_name` with this context's model (or the model `model` at the
+        configured provider), tools, state and tracing."""
         from agentscope.agent import Agent, InjectionConfig, ReActConfig
 
         return Agent(
@@ -78,7 +85,7 @@ class AgentContext:
             # messages), so it must stay the same for the session's life.
             name=self.agent_name,
             system_prompt=system_prompt,
-            model=self.model(),
+            model=self.model(model),
             toolkit=build_toolkit(self._specs(tools), self.invoke_remote),
             middlewares=self.middlewares(),
             state=self.agent_state(),
