@@ -376,9 +376,15 @@ def _demo(args: argparse.Namespace, settings: Settings) -> int:
 def _worker(args: argparse.Namespace, settings: Settings) -> int:
     from agentqueue.protocol.partitioning import parse_partitions
     from agentqueue.serve import serve_worker
+    from agentqueue.workers import models
 
     if args.verbose == 0:
         logging.getLogger("agentqueue").setLevel(logging.INFO)
+    # Rate limits and usage live beside the sessions; a model that cannot be used stops the
+    # start here, with one line (ModelConfigError), before anything connects.
+    models.configure(store_url=settings.store, namespace=settings.namespace)
+    if args.role != "tools":
+        models.describe_model(settings.namespace)
     app = _load_app(args.app)
     partitions = parse_partitions(args.serve, settings.partitions)
     tool_partitions = parse_partitions(args.serve, settings.tool_partitions)

@@ -80,7 +80,7 @@ class Tracked:
             "error": final.error if final is not None else None,
             "output": msgspec.to_builtins(final.output) if final and final.output else None,
             "worker": final.worker if final is not None else None,
-            "usage": final.usage if final is not None else None,
+            "usage": msgspec.to_builtins(final.usage) if final and final.usage else None,
         }
 
 

@@ -27,6 +27,7 @@ from agentqueue.protocol.messages import (
     ToolCall,
     ToolResult,
     TraceContext,
+    Usage,
     user_message,
 )
 from agentqueue.protocol.partitioning import parse_partitions, partition_for
@@ -53,6 +54,7 @@ __all__ = [
     "ToolCall",
     "ToolResult",
     "TraceContext",
+    "Usage",
     "decode",
     "decode_dead_letter",
     "encode",

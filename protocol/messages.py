@@ -131,6 +131,20 @@ class ToolResult(msgspec.Struct, tag="tool_result", tag_field="type", omit_defau
     worker: str | None = None
 
 
+class Usage(msgspec.Struct, omit_defaults=True):
+    """The model tokens one request used, summed over its model calls."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    calls: int = 0  # model calls that finished (tries refused by the provider are not counted)
+    model: str | None = None  # the model called; several are joined with ", "
+
+    @property
+    def total_tokens(self) -> int:
+        """Prompt and completion tokens together."""
+        return self.prompt_tokens + self.completion_tokens
+
+
 ResultKind = Literal["delta", "final", "failed", "cancelled", "timed_out"]
 TERMINAL_KINDS: frozenset[str] = frozenset({"final", "failed", "cancelled", "timed_out"})
 
@@ -145,7 +159,7 @@ class ResultEvent(msgspec.Struct, tag="result", tag_field="type", omit_defaults=
     error: str | None = None
     output: list[Message] | None = None
     worker: str | None = None
-    usage: dict[str, Any] | None = None
+    usage: Usage | None = None  # on the final event of a turn that called a model
 
     @property
     def terminal(self) -> bool:

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from agentqueue.workers.models import default_model
+from agentqueue.workers.models import ModelRuntime, default_runtime
 from agentqueue.workers.toolkit import InvokeRemote, ToolSpec, build_toolkit
 
 if TYPE_CHECKING:
@@ -38,11 +38,16 @@ class AgentContext:
     invoke_remote: InvokeRemote | None = None
     tracing: bool = False
     model_factory: Callable[[], ChatModelBase] | None = None
-    """Overrides `default_model` (e.g. a scripted model with a delay in tests)."""
+    """Overrides the configured model (e.g. a scripted model with a delay in tests)."""
+    models: ModelRuntime | None = None
+    """The worker's configured model and its limits; None: the environment's."""
 
-    def model(self) -> ChatModelBase:
-        """A new chat model: `model_factory()` if set, else the environment's `default_model()`."""
-        return self.model_factory() if self.model_factory is not None else default_model()
+    def model(self, name: str | None = None) -> ChatModelBase:
+        """A new chat model: `model_factory()` if set, else the configured one (or the model
+        `name` at the configured provider), its calls retried and rate limited."""
+        if self.model_factory is not None:
+            return self.model_factory()
+        return (self.models or default_runtime()).model(name)
 
     def toolkit(self, *names: str) -> Toolkit:
         """A toolkit with the named tools, or with all tools when no name is given."""
@@ -64,8 +69,15 @@ class AgentContext:
 
         return AgentState(session_id=self.session_id)
 
-    def build_agent(self, system_prompt: str, *, tools: Iterable[str] | None = None) -> Agent:
-        """An agent named `agent_name` with this context's model, tools, state and tracing."""
+    def build_agent(
+        self,
+        system_prompt: str,
+        *,
+        tools: Iterable[str] | None = None,
+        model: str | None = None,
+    ) -> Agent:
+        """An agent named `agent_name` with this context's model (or the model `model` at the
+        configured provider), tools, state and tracing."""
         from agentscope.agent import Agent, InjectionConfig, ReActConfig
 
         return Agent(
@@ -73,7 +85,7 @@ class AgentContext:
             # messages), so it must stay the same for the session's life.
             name=self.agent_name,
             system_prompt=system_prompt,
-            model=self.model(),
+            model=self.model(model),
             toolkit=build_toolkit(self._specs(tools), self.invoke_remote),
             middlewares=self.middlewares(),
             state=self.agent_state(),

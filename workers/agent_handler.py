@@ -9,6 +9,7 @@ the first event it would stall the event loop (heartbeats, lease renewals) meanw
 from __future__ import annotations
 
 import importlib
+import logging
 from typing import TYPE_CHECKING
 
 import msgspec
@@ -16,9 +17,13 @@ import msgspec
 from agentqueue.protocol.messages import AgentRequest, Envelope, Message, ResultEvent, TextContent
 from agentqueue.workers.app import App
 from agentqueue.workers.handling import Emit, HandlerResult, RunControl
+from agentqueue.workers.models import ModelRuntime, default_runtime
+from agentqueue.workers.usage import record_on_span
 
 if TYPE_CHECKING:
     from agentqueue.workers.remote_tools import RemoteTools
+
+log = logging.getLogger("agentqueue.worker")
 
 
 # What a turn imports: the agent, the model base (the offline model too), tools and messages.
@@ -51,11 +56,17 @@ class AgentHandler:
         *,
         tracing: bool = False,
         worker_name: str | None = None,
+        models: ModelRuntime | None = None,
     ) -> None:
         self.app = app
         self.remote_tools = remote_tools
         self.tracing = tracing
         self.worker_name = worker_name
+        # Resolved here, when the worker starts: a model that cannot be used (a named model
+        # without its key) refuses the start instead of failing every request later.
+        namespace = remote_tools.topology.namespace if remote_tools is not None else None
+        self.models = models or default_runtime(namespace)
+        log.info("agents use the %s", self.models.describe())
 
     def store_key(self, envelope: Envelope) -> str:
         return envelope.session_id
@@ -81,6 +92,7 @@ class AgentHandler:
             tools=self.app.tools,
             invoke_remote=invoke_remote,
             tracing=self.tracing,
+            models=self.models,
         )
         agent = spec.factory(ctx)
         outcome = await run_turn(agent, msgspec.to_builtins(request.input), emit)
@@ -97,5 +109,7 @@ class AgentHandler:
             error=None if kind == "final" else f"request {kind.replace('_', ' ')}",
             output=[Message(role="assistant", content=[TextContent(text=outcome.text)])],
             worker=self.worker_name,
+            usage=outcome.usage,
         )
+        record_on_span(outcome.usage)
         return HandlerResult(result, outcome.state_json)

@@ -19,10 +19,14 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from agentqueue.workers.usage import UsageCounter
+
 if TYPE_CHECKING:
     from agentscope.agent import Agent
     from agentscope.message import DataBlock, Msg, TextBlock
     from agentscope.state import AgentState
+
+    from agentqueue.protocol.messages import Usage
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +56,7 @@ class TurnOutcome:
     finished_reason: str
     state_json: str
     tool_calls: tuple[str, ...]
+    usage: Usage | None = None  # tokens of the turn's model calls (None: no model was called)
 
 
 def load_state(state_json: str) -> AgentState:
@@ -155,12 +160,14 @@ class _Collector:
         self.end_reason: str | None = None
         self.tool_calls: list[str] = []
         self.interrupted = False
+        self.usage = UsageCounter()
 
     def add(self, item: Any) -> None:
         """Record one event or the final message."""
         from agentscope.event import ReplyEndEvent, ToolCallStartEvent
         from agentscope.message import Msg
 
+        self.usage.add(item)
         if isinstance(item, Msg):
             self.final = item
         elif isinstance(item, ReplyEndEvent):
@@ -184,6 +191,7 @@ class _Collector:
             finished_reason=reason or "parked",
             state_json=dump_state(agent),
             tool_calls=tuple(self.tool_calls),
+            usage=self.usage.usage(),
         )
 
 

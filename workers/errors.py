@@ -23,3 +23,15 @@ class UnknownHandler(WorkerError, LookupError):
 
 class Refused(WorkerError):
     """Raise from a middleware to refuse an event: it is dead-lettered with this reason unrun."""
+
+
+class ModelConfigError(WorkerError, ValueError):
+    """The configured chat model cannot be used (a named model without a key, a bad setting)."""
+
+
+class ModelCallError(PermanentError):
+    """A model call failed for good; the message names the provider and model, never the key.
+
+    It is a `PermanentError`: the model layer has already retried what was worth retrying, so
+    the pipeline dead-letters the event at once instead of running the turn again.
+    """

@@ -1,16 +1,39 @@
-"""Pick the chat model agents use, from the environment.
+"""Which chat model agents use, read once from the environment, and what it may cost them.
 
-DASHSCOPE_API_KEY selects DashScope, OPENAI_API_KEY or OPENAI_BASE_URL an
-OpenAI-compatible endpoint, and nothing the offline scripted model, so the
-default path needs no network. AGENTQUEUE_MODEL names the model; the value
-"scripted" forces the offline model even when keys are set.
+- `AGENTQUEUE_MODEL=scripted`, or nothing configured at all: the offline scripted model.
+- `DASHSCOPE_API_KEY` (and `DASHSCOPE_BASE_URL`): DashScope, default model qwen-plus.
+- `OPENAI_API_KEY` and/or `OPENAI_BASE_URL`: an OpenAI-compatible server (OpenAI, vLLM, Ollama,
+  a gateway), default model gpt-4o-mini; a local server needs no key.
+- `AGENTQUEUE_MODEL_PROVIDER=openai|dashscope` picks one when both are configured.
+- A model named (`AGENTQUEUE_MODEL=gpt-4o`) without its provider's key is a start-up error:
+  there is no quiet fall-back to canned answers.
+
+Calls are made by `model_guard` (`AGENTQUEUE_MODEL_ATTEMPTS`, default 4 tries;
+`AGENTQUEUE_MODEL_TIMEOUT`, default 60 s per try; `AGENTQUEUE_MODEL_MAX_WAIT`, the longest
+Retry-After honoured, default 60 s) under the shared budget of `rate_limit`
+(`AGENTQUEUE_RATE_LIMIT`, kept in `AGENTQUEUE_RATE_LIMIT_STORE`, default the worker's session
+store). AgentScope is imported only when a model is built.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
-from typing import TYPE_CHECKING
+import weakref
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Literal
+
+from agentqueue.workers.errors import ModelConfigError
+from agentqueue.workers.rate_limit import (
+    LimitBackend,
+    ModelLimiter,
+    RateLimit,
+    check_limit_store,
+    current_backend,
+    open_limit_backend,
+)
 
 if TYPE_CHECKING:
     from agentscope.model import ChatModelBase
@@ -20,59 +43,266 @@ logger = logging.getLogger(__name__)
 SCRIPTED = "scripted"
 DEFAULT_DASHSCOPE_MODEL = "qwen-plus"
 DEFAULT_OPENAI_MODEL = "gpt-4o-mini"
+DEFAULT_OPENAI_URL = "https://api.openai.com/v1"
+DEFAULT_DASHSCOPE_URL = "https://dashscope.aliyuncs.com/compatible-mode/v1"
 
-# An OpenAI-compatible server without auth (e.g. a local vLLM) still needs a
+# An OpenAI-compatible server without auth (a local vLLM or Ollama) still needs a
 # non-empty key for the client library.
 _NO_KEY = "not-needed"
 
+Provider = Literal["scripted", "openai", "dashscope"]
+
+
+@dataclass(frozen=True)
+class ModelChoice:
+    """The provider and model, and how patiently calls to it are made."""
+
+    provider: Provider
+    model: str
+    base_url: str | None = None
+    api_key: str | None = field(default=None, repr=False)
+    timeout: float = 60.0
+    attempts: int = 4
+    max_wait: float = 60.0
+
+    def describe(self) -> str:
+        """One line for the start-up log, e.g. "openai model 'gpt-4o' at https://… (…)"."""
+        if self.provider == SCRIPTED:
+            return "offline scripted model (AGENTQUEUE_MODEL=scripted, no network)"
+        key = "with a key" if self.api_key else "without a key"
+        return (
+            f"{self.provider} model {self.model!r} at {self.base_url} {key};"
+            f" {self.attempts} attempts per call, {self.timeout:g} s each"
+        )
+
+
+def choose_model(env: Mapping[str, str] | None = None) -> ModelChoice:
+    """The model the environment configures; `ModelConfigError` says what is missing."""
+    env = os.environ if env is None else env
+
+    def get(name: str) -> str | None:
+        value = env.get(name, "").strip()
+        return value or None
+
+    name, provider = get("AGENTQUEUE_MODEL"), get("AGENTQUEUE_MODEL_PROVIDER")
+    if name == SCRIPTED or provider == SCRIPTED:
+        return ModelChoice(SCRIPTED, SCRIPTED)
+    policy = {
+        "timeout": _number(get, "AGENTQUEUE_MODEL_TIMEOUT", 60.0, minimum=0.1),
+        "attempts": int(_number(get, "AGENTQUEUE_MODEL_ATTEMPTS", 4, minimum=1, integer=True)),
+        "max_wait": _number(get, "AGENTQUEUE_MODEL_MAX_WAIT", 60.0, minimum=0.0),
+    }
+    openai_key, openai_url = get("OPENAI_API_KEY"), get("OPENAI_BASE_URL")
+    dashscope_key, dashscope_url = get("DASHSCOPE_API_KEY"), get("DASHSCOPE_BASE_URL")
+    if provider is None:
+        if dashscope_key or dashscope_url:
+            provider = "dashscope"
+        elif openai_key or openai_url:
+            provider = "openai"
+        elif name is not None:
+            raise ModelConfigError(
+                f"AGENTQUEUE_MODEL={name} names a model, but no provider is configured: set"
+                " OPENAI_API_KEY (or OPENAI_BASE_URL for an OpenAI-compatible server such as"
+                " vLLM or Ollama) or DASHSCOPE_API_KEY; AGENTQUEUE_MODEL=scripted uses the"
+                " offline model"
+            )
+        else:
+            return ModelChoice(SCRIPTED, SCRIPTED)
+    if provider == "dashscope":
+        if not dashscope_key:
+            raise ModelConfigError(
+                f"DashScope model {name or DEFAULT_DASHSCOPE_MODEL!r} is configured, but"
+                " DASHSCOPE_API_KEY is not set; set it, or AGENTQUEUE_MODEL=scripted for the"
+                " offline model"
+            )
+        return ModelChoice(
+            "dashscope",
+            name or DEFAULT_DASHSCOPE_MODEL,
+            dashscope_url or DEFAULT_DASHSCOPE_URL,
+            dashscope_key,
+            **policy,
+        )
+    if provider == "openai":
+        if not (openai_key or openai_url):
+            raise ModelConfigError(
+                f"OpenAI model {name or DEFAULT_OPENAI_MODEL!r} is configured, but neither"
+                " OPENAI_API_KEY nor OPENAI_BASE_URL is set; set the key (or the URL of a local"
+                " OpenAI-compatible server), or AGENTQUEUE_MODEL=scripted for the offline model"
+            )
+        return ModelChoice(
+            "openai",
+            name or DEFAULT_OPENAI_MODEL,
+            openai_url or DEFAULT_OPENAI_URL,
+            openai_key,
+            **policy,
+        )
+    raise ModelConfigError(
+        f"AGENTQUEUE_MODEL_PROVIDER={provider} is not a provider; use openai or dashscope"
+    )
+
+
+def _number(get, name: str, default: float, *, minimum: float, integer: bool = False) -> float:  # type: ignore[no-untyped-def]
+    raw = get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw) if integer else float(raw)
+    except ValueError:
+        kind = "a whole number" if integer else "a number of seconds"
+        raise ModelConfigError(f"{name} must be {kind}, got {raw!r}") from None
+    if value < minimum:
+        raise ModelConfigError(f"{name} must be at least {minimum:g}, got {raw!r}")
+    return value
+
+
+_defaults: dict[str, str] = {}
+
+
+def configure(*, store_url: str | None = None, namespace: str | None = None) -> None:
+    """Where this process's workers keep rate limits and usage (the `agentqueue worker` store)."""
+    if store_url is not None:
+        _defaults["store_url"] = store_url
+    if namespace is not None:
+        _defaults["namespace"] = namespace
+
+
+class ModelRuntime:
+    """The model a worker's agents use, the policy its calls follow and their shared budget."""
+
+    def __init__(
+        self,
+        choice: ModelChoice,
+        *,
+        namespace: str = "aq",
+        limit: RateLimit | None = None,
+        store_url: str = "memory://",
+    ) -> None:
+        self.choice = choice
+        self.namespace = namespace
+        self.limit = limit
+        self.store_url = store_url
+        # Redis clients belong to one event loop: one backend per loop that makes calls.
+        self._backends: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, LimitBackend] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    @classmethod
+    def from_env(
+        cls,
+        *,
+        namespace: str | None = None,
+        store_url: str | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> ModelRuntime:
+        """The runtime the environment configures; `ModelConfigError` when it cannot be used."""
+        env = os.environ if env is None else env
+        choice = choose_model(env)
+        raw_limit = env.get("AGENTQUEUE_RATE_LIMIT", "").strip()
+        limit = RateLimit.parse(raw_limit) if raw_limit else None
+        store = (
+            env.get("AGENTQUEUE_RATE_LIMIT_STORE", "").strip()
+            or store_url
+            or _defaults.get("store_url")
+            or env.get("AGENTQUEUE_STORE", "").strip()
+            or "memory://"
+        )
+        ns = namespace or _defaults.get("namespace") or env.get("AGENTQUEUE_NAMESPACE") or "aq"
+        check_limit_store(store)  # at start: a URL that cannot hold limits is an error
+        return cls(choice, namespace=ns, limit=limit, store_url=store)
+
+    def describe(self) -> str:
+        """What the start-up line says: the model, and its rate limit when one is set."""
+        text = self.choice.describe()
+        if self.limit is not None and self.choice.provider != SCRIPTED:
+            text += f"; rate limit {self.limit.describe()} shared in {_redacted(self.store_url)}"
+        return text
+
+    def model(self, name: str | None = None, *, stream: bool = True) -> ChatModelBase:
+        """A new chat model: the configured one, or `name` at the same provider."""
+        choice = self.choice
+        if choice.provider == SCRIPTED:
+            from agentqueue.workers.scripted_model import ScriptedChatModel
+
+            return ScriptedChatModel(stream=stream)
+        from agentqueue.workers.model_guard import CallPolicy, Endpoint, build_model
+
+        assert choice.base_url is not None
+        dashscope = choice.provider == "dashscope"
+        endpoint = Endpoint(
+            provider=choice.provider,
+            base_url=choice.base_url,
+            key_variable="DASHSCOPE_API_KEY" if dashscope else "OPENAI_API_KEY",
+            url_variable="DASHSCOPE_BASE_URL" if dashscope else "OPENAI_BASE_URL",
+            secret=choice.api_key or "",
+        )
+        policy = CallPolicy(
+            timeout=choice.timeout, attempts=choice.attempts, max_wait=choice.max_wait
+        )
+        return build_model(
+            endpoint, name or choice.model, choice.api_key or _NO_KEY, policy, self, stream=stream
+        )
+
+    def limiter(self, provider: str, model: str) -> ModelLimiter | None:
+        """The shared budget (and usage counters) of one model, in this loop's backend."""
+        backend = current_backend() or self._backend()
+        return ModelLimiter(backend, self.namespace, provider, model, self.limit)
+
+    def _backend(self) -> LimitBackend:
+        loop = asyncio.get_running_loop()
+        backend = self._backends.get(loop)
+        if backend is None:
+            backend = self._backends[loop] = open_limit_backend(self.store_url)
+        return backend
+
+    async def aclose(self) -> None:
+        """Close this loop's backend connection."""
+        backend = self._backends.pop(asyncio.get_running_loop(), None)
+        if backend is not None:
+            await backend.close()
+
+
+def _redacted(url: str) -> str:
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if parts.password:
+        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+        return urlunsplit(parts._replace(netloc=netloc))
+    return url
+
+
+_runtimes: dict[tuple[object, ...], ModelRuntime] = {}
+
+
+def default_runtime(namespace: str | None = None) -> ModelRuntime:
+    """This process's runtime from the environment (one per configuration and namespace)."""
+    names = (
+        "AGENTQUEUE_MODEL",
+        "AGENTQUEUE_MODEL_PROVIDER",
+        "OPENAI_API_KEY",
+        "OPENAI_BASE_URL",
+        "DASHSCOPE_API_KEY",
+        "DASHSCOPE_BASE_URL",
+        "AGENTQUEUE_MODEL_TIMEOUT",
+        "AGENTQUEUE_MODEL_ATTEMPTS",
+        "AGENTQUEUE_MODEL_MAX_WAIT",
+        "AGENTQUEUE_RATE_LIMIT",
+        "AGENTQUEUE_RATE_LIMIT_STORE",
+        "AGENTQUEUE_STORE",
+        "AGENTQUEUE_NAMESPACE",
+    )
+    key = (namespace, tuple(_defaults.items()), *(os.environ.get(n) for n in names))
+    runtime = _runtimes.get(key)
+    if runtime is None:
+        runtime = _runtimes[key] = ModelRuntime.from_env(namespace=namespace)
+    return runtime
+
+
+def describe_model(namespace: str | None = None) -> str:
+    """The worker start-up line's description of the model agents use (raises when unusable)."""
+    return default_runtime(namespace).describe()
+
 
 def default_model() -> ChatModelBase:
-    """The chat model the environment asks for; the offline scripted model by default."""
-    name = _env("AGENTQUEUE_MODEL")
-    if name == SCRIPTED:
-        return _scripted()
-
-    dashscope_key = _env("DASHSCOPE_API_KEY")
-    if dashscope_key:
-        # Imported here: the provider SDKs take seconds to import.
-        from agentscope.credential import DashScopeCredential
-        from agentscope.model import DashScopeChatModel
-
-        base_url = _env("DASHSCOPE_BASE_URL")
-        credential = (
-            DashScopeCredential(api_key=dashscope_key, base_url=base_url)
-            if base_url
-            else DashScopeCredential(api_key=dashscope_key)
-        )
-        model = name or DEFAULT_DASHSCOPE_MODEL
-        logger.info("chat model: DashScope %s", model)
-        return DashScopeChatModel(credential=credential, model=model)
-
-    openai_key = _env("OPENAI_API_KEY")
-    openai_url = _env("OPENAI_BASE_URL")
-    if openai_key or openai_url:
-        from agentscope.credential import OpenAICredential
-        from agentscope.model import OpenAIChatModel
-
-        model = name or DEFAULT_OPENAI_MODEL
-        logger.info("chat model: OpenAI-compatible %s at %s", model, openai_url or "api.openai.com")
-        return OpenAIChatModel(
-            credential=OpenAICredential(api_key=openai_key or _NO_KEY, base_url=openai_url),
-            model=model,
-        )
-
-    return _scripted()
-
-
-def _scripted() -> ChatModelBase:
-    """The offline model."""
-    from agentqueue.workers.scripted_model import ScriptedChatModel
-
-    logger.info("chat model: offline scripted model")
-    return ScriptedChatModel()
-
-
-def _env(name: str) -> str | None:
-    """An environment variable, with blank treated as unset."""
-    value = os.environ.get(name, "").strip()
-    return value or None
+    """A new chat model as the environment asks; the offline scripted model by default."""
+    return default_runtime().model()

@@ -1,0 +1,130 @@
+"""The shared model budget on every backend: a sliding window of grants, token charges
+corrected to real usage, a 429's pause for everyone, and the usage counters."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import anyio
+import pytest
+
+from agentqueue.protocol import new_id
+from agentqueue.workers.errors import ModelConfigError
+from agentqueue.workers.rate_limit import (
+    LimitBackend,
+    ModelLimiter,
+    ModelUsage,
+    RateLimit,
+    open_limit_backend,
+)
+
+
+@pytest.fixture(params=["memory", "sqlite", "redis"])
+async def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "memory":
+        return f"memory://{new_id()[:8]}"
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/sessions.db"
+    return str(request.getfixturevalue("redis_url"))
+
+
+@pytest.fixture
+async def backends(url: str) -> AsyncIterator[tuple[LimitBackend, LimitBackend]]:
+    """Two connections to one store, as two workers hold them."""
+    first, second = open_limit_backend(url), open_limit_backend(url)
+    yield first, second
+    await first.close()
+    await second.close()
+
+
+def test_a_limit_is_read_from_its_setting_and_bad_ones_are_refused() -> None:
+    assert RateLimit.parse("requests=500, tokens=200000, window=60s") == RateLimit(500, 200000, 60)
+    assert RateLimit.parse("requests=2") == RateLimit(requests=2, window=60)
+    for text, error in [
+        ("requests=5,window=0.5", "rate limit window must be at least 1 s, got 0.5"),
+        ("window=10", "a rate limit needs requests=N, tokens=N or both"),
+        (
+            "rpm=5",
+            "AGENTQUEUE_RATE_LIMIT='rpm=5': cannot read 'rpm=5';"
+            ' write it like "requests=500,tokens=200000,window=60"',
+        ),
+    ]:
+        with pytest.raises(ModelConfigError) as caught:
+            RateLimit.parse(text)
+        assert str(caught.value) == error
+
+
+async def test_no_grant_beyond_the_request_limit_until_the_oldest_leaves_the_window(
+    backends: tuple[LimitBackend, LimitBackend],
+) -> None:
+    a, b = backends
+    key, limit = f"ns\x1fopenai\x1fm-{new_id()[:6]}", RateLimit(requests=3, window=1)
+    assert [await a.try_acquire(key, f"g{i}", 0, limit) for i in range(2)] == [0, 0]
+    assert await b.try_acquire(key, "g2", 0, limit) == 0
+    wait = await b.try_acquire(key, "g3", 0, limit)
+    assert 0 < wait <= 1  # sliding: the first grant leaves exactly one window after it was given
+    assert await a.try_acquire(key, "g3", 0, limit) > 0
+    await anyio.sleep(wait)
+    assert await a.try_acquire(key, "g3", 0, limit) == 0
+
+
+async def test_the_token_budget_charges_the_estimate_then_the_real_usage(
+    backends: tuple[LimitBackend, LimitBackend],
+) -> None:
+    a, b = backends
+    key, limit = f"ns\x1fopenai\x1fm-{new_id()[:6]}", RateLimit(tokens=100, window=5)
+    assert await a.try_acquire(key, "big", 60, limit) == 0
+    assert await b.try_acquire(key, "next", 50, limit) > 0  # 60 + 50 > 100
+    await a.settle(key, "big", 30)  # the call used less than estimated
+    assert await b.try_acquire(key, "next", 50, limit) == 0
+    assert await b.try_acquire(key, "more", 30, limit) > 0
+
+
+async def test_a_429_pauses_the_budget_for_every_worker(
+    backends: tuple[LimitBackend, LimitBackend],
+) -> None:
+    a, b = backends
+    model = f"m-{new_id()[:6]}"
+    limiter_a = ModelLimiter(a, "ns", "openai", model, RateLimit(requests=100, window=1))
+    limiter_b = ModelLimiter(b, "ns", "openai", model, RateLimit(requests=100, window=1))
+    await limiter_a.refused(retry_after=1.0)
+    assert 0 < await b.try_acquire(limiter_b.key, "g", 0, RateLimit(requests=100, window=1)) <= 1
+    with anyio.fail_after(10):
+        grant = await limiter_b.acquire(0)
+    assert grant.waited > 0
+
+
+async def test_callers_over_the_limit_wait_their_turn_instead_of_failing(
+    backends: tuple[LimitBackend, LimitBackend],
+) -> None:
+    model, limit = f"m-{new_id()[:6]}", RateLimit(requests=2, window=1)
+    limiters = [ModelLimiter(b, "ns", "openai", model, limit) for b in backends]
+    waited: list[float] = []
+
+    async def call(n: int) -> None:
+        grant = await limiters[n % 2].acquire(10)
+        waited.append(grant.waited)
+
+    with anyio.fail_after(20):
+        async with anyio.create_task_group() as tg:
+            for n in range(5):
+                tg.start_soon(call, n)
+    assert len(waited) == 5
+    assert sum(1 for w in waited if w == 0) == 2  # the first window's two; the rest waited
+
+
+async def test_usage_counters_add_up_per_model_within_the_namespace(
+    backends: tuple[LimitBackend, LimitBackend],
+) -> None:
+    a, b = backends
+    ns = f"ns-{new_id()[:6]}"
+    await a.record(ns, "openai", "big", 100, 20)
+    await b.record(ns, "openai", "big", 50, 5)
+    await b.record(ns, "dashscope", "small", 3, 1)
+    await a.record(f"{ns}-other", "openai", "big", 999, 999)
+    assert await a.usage(ns, 60) == [
+        ModelUsage("openai", "big", calls=2, prompt_tokens=150, completion_tokens=25),
+        ModelUsage("dashscope", "small", calls=1, prompt_tokens=3, completion_tokens=1),
+    ]
+    assert await b.usage(ns, 7200) == await a.usage(ns, 60)  # minute counters past an hour
