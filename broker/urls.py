@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import re
 from pathlib import Path
@@ -35,24 +36,28 @@ def open_broker(url: str, *, signing: KeyRing | bool | None = True) -> Broker:
     return broker
 
 
+# Broker implementations by URL scheme, as "module:class", imported only when used (aio-pika
+# and the MNS SDK are not loaded by a process that never opens such a broker).
+BROKERS: dict[str, str] = {
+    "memory": "agentqueue.broker.memory:MemoryBroker",
+    "amqp": "agentqueue.broker.rabbitmq:RabbitMQBroker",
+    "amqps": "agentqueue.broker.rabbitmq:RabbitMQBroker",
+    "mns": "agentqueue.broker.mns:MNSBroker",
+    "mnss": "agentqueue.broker.mns:MNSBroker",
+}
+
+
 def _open(url: str) -> Broker:
     scheme = urlsplit(url).scheme
-    if scheme == "memory":
-        from agentqueue.broker.memory import MemoryBroker
-
-        return MemoryBroker(url)
-    if scheme in ("amqp", "amqps"):
-        from agentqueue.broker.rabbitmq import RabbitMQBroker
-
-        return RabbitMQBroker(url)
-    if scheme in ("mns", "mnss"):
-        from agentqueue.broker.mns import MNSBroker
-
-        return MNSBroker(url)
-    raise UnknownBroker(
-        f"no broker for URL scheme {scheme!r} in {redact_url(url)!r};"
-        " use memory://, amqp://, amqps:// or mns://"
-    )
+    target = BROKERS.get(scheme)
+    if target is None:
+        raise UnknownBroker(
+            f"no broker for URL scheme {scheme!r} in {redact_url(url)!r};"
+            " use memory://, amqp://, amqps:// or mns://"
+        )
+    module, _, name = target.partition(":")
+    broker_class: type[Broker] = getattr(importlib.import_module(module), name)
+    return broker_class(url)  # type: ignore[call-arg]
 
 
 # A comma starts the next URL of a list only when a scheme follows it; a comma anywhere else

@@ -19,6 +19,7 @@ still cannot write.
 from __future__ import annotations
 
 import abc
+import importlib
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -114,6 +115,15 @@ class SessionStore(abc.ABC):
         return Expired()
 
 
+# Session store implementations by URL scheme, as "module:class", imported only when used.
+STORES: dict[str, str] = {
+    "memory": "agentqueue.workers.session_store:MemorySessionStore",
+    "sqlite": "agentqueue.workers.sqlite_store:SQLiteSessionStore",
+    "redis": "agentqueue.workers.redis_store:RedisSessionStore",
+    "rediss": "agentqueue.workers.redis_store:RedisSessionStore",
+}
+
+
 def open_store(
     url: str, *, retention: float = DEFAULT_RETENTION, session_ttl: float | None = None
 ) -> SessionStore:
@@ -123,19 +133,15 @@ def open_store(
     seconds of idleness after which a session's state is deleted (None or 0: kept for ever).
     """
     scheme = urlsplit(url).scheme
-    if scheme == "memory":
-        return MemorySessionStore(url, retention=retention, session_ttl=session_ttl)
-    if scheme == "sqlite":
-        from agentqueue.workers.sqlite_store import SQLiteSessionStore
-
-        return SQLiteSessionStore(url, retention=retention, session_ttl=session_ttl)
-    if scheme in ("redis", "rediss"):
-        from agentqueue.workers.redis_store import RedisSessionStore
-
-        return RedisSessionStore(url, retention=retention, session_ttl=session_ttl)
-    raise ValueError(
-        f"no session store for URL {redact_url(url)!r}; use memory://, sqlite:///path or redis://host:port/0"
-    )
+    target = STORES.get(scheme)
+    if target is None:
+        raise ValueError(
+            f"no session store for URL {redact_url(url)!r};"
+            " use memory://, sqlite:///path or redis://host:port/0"
+        )
+    module, _, name = target.partition(":")
+    store_class = getattr(importlib.import_module(module), name)
+    return store_class(url, retention=retention, session_ttl=session_ttl)  # type: ignore[no-any-return]
 
 
 @dataclass
