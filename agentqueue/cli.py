@@ -244,8 +244,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--signing-key",
         dest="signing_key",
         metavar="KEY",
-        help="require X-Signature: sha256=HMAC(KEY, body) (AGENTQUEUE_INGRESS_KEY;"
-        " @path reads it from a file)",
+        help="require Standard Webhooks signatures under this whsec_ secret, and bearer tokens"
+        " on GET/DELETE (AGENTQUEUE_INGRESS_KEY; @path reads it from a file)",
     )
     i.add_argument(
         "--max-body",
@@ -261,6 +261,27 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds a result stays readable (default 3600)",
     )
     i.add_argument("--agent", help="agent for requests that do not name one")
+    i.add_argument(
+        "--header-timeout",
+        dest="header_timeout",
+        type=float,
+        default=10.0,
+        help="seconds a connection has to send its request headers (default 10)",
+    )
+    i.add_argument(
+        "--body-timeout",
+        dest="body_timeout",
+        type=float,
+        default=30.0,
+        help="seconds a request has to send its body after the headers (default 30)",
+    )
+    i.add_argument(
+        "--max-connections",
+        dest="max_connections",
+        type=int,
+        default=512,
+        help="open connections at most; more are answered 503 (default 512)",
+    )
 
     p = sub.add_parser("deploy", help="provision the cloud for an app's workers")
     deploy_sub = p.add_subparsers(dest="deploy_target", required=True, metavar="TARGET")
@@ -551,22 +572,27 @@ def _batch(args: argparse.Namespace, settings: Settings) -> int:
 @command("ingress")
 def _ingress(args: argparse.Namespace, settings: Settings) -> int:
     from agentqueue.ingress import serve_ingress
+    from agentqueue.ingress_auth import WebhookKeys
+    from agentqueue.ingress_server import Limits
 
     _require_shared_broker(settings, "ingress http")
     key = args.signing_key or os.environ.get("AGENTQUEUE_INGRESS_KEY")
     if key and key.startswith("@"):
         with open(key[1:]) as f:
             key = f.read().strip()
+    keys = WebhookKeys.parse(key) if key else None
+    limits = Limits(args.header_timeout, args.body_timeout, args.max_connections)
     with _telemetry(settings, "agentqueue-ingress"):
         anyio.run(
             lambda: serve_ingress(
                 settings,
                 host=args.host,
                 port=args.port,
-                signing_key=key or None,
+                keys=keys,
                 max_body=args.max_body,
                 retention=args.retention,
                 agent=args.agent,
+                limits=limits,
             )
         )
     return 0

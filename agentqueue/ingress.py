@@ -9,6 +9,12 @@
 A POST is published as an `AgentRequest` through one `Client`; a task per request collects its
 events. Results are kept in this process's memory for `retention` seconds after they finish, so
 a GET must reach the ingress process that accepted the request (route by id, or run one).
+
+With signing keys (`WebhookKeys`), a POST must be a Standard Webhooks delivery (see
+`ingress_auth`): signed id, time and body, fresh, not seen before; its session and request id
+come from the signed content only; and every other endpoint but /healthz needs the request's
+bearer token, which the 202 answer carries. Every refusal is a 4xx (or 503 when the ingress
+itself is full) whose JSON body names the problem; nothing refused is published.
 """
 
 from __future__ import annotations
@@ -25,7 +31,8 @@ import anyio
 import anyio.abc
 import msgspec
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
@@ -33,18 +40,25 @@ from agentqueue.broker.base import Broker
 from agentqueue.broker.errors import BrokerError, MessageTooLarge
 from agentqueue.broker.topology import Topology
 from agentqueue.client import Client, RequestHandle
+from agentqueue.ingress_auth import ReplayWindow, Signed, WebhookKeys
 from agentqueue.ingress_requests import (
+    Incoming,
     IngressError,
-    check_signature,
+    content_kind,
     parse_incoming,
     request_id_for,
 )
+from agentqueue.ingress_server import Limits, server_config
 from agentqueue.protocol.messages import ResultEvent
 from agentqueue.settings import Settings
 
 log = logging.getLogger("agentqueue.ingress")
 
 KEEPALIVE = 15.0  # seconds between SSE comments, so idle proxies keep the stream open
+MAX_PENDING = 1000  # requests published and not yet answered, at most, before 429
+ROUTES = (
+    "POST /v1/requests, GET|DELETE /v1/requests/{id}, GET /v1/requests/{id}/events, GET /healthz"
+)
 _encoder = msgspec.json.Encoder()
 
 
@@ -89,6 +103,7 @@ class ResultCache:
 
     def __init__(self, retention: float) -> None:
         self.retention = retention
+        self.pending = 0  # tracked and not yet finished
         self._entries: OrderedDict[str, Tracked] = OrderedDict()
         self._finished: OrderedDict[str, float] = OrderedDict()  # id -> finish time, in order
 
@@ -96,10 +111,12 @@ class ResultCache:
         """Start tracking a request."""
         self.purge()
         entry = self._entries[request_id] = Tracked(request_id, session_id)
+        self.pending += 1
         return entry
 
     def finished(self, entry: Tracked) -> None:
         """Start the retention clock of a request that ended."""
+        self.pending -= 1
         self._finished[entry.id] = entry.finished_at or time.monotonic()
 
     def get(self, request_id: str) -> Tracked | None:
@@ -129,19 +146,23 @@ class Ingress:
         broker: str | Broker,
         *,
         topology: Topology | None = None,
-        signing_key: str | None = None,
+        keys: WebhookKeys | str | None = None,
         max_body: int = 256 * 1024,
         retention: float = 3600.0,
         timeout: float = 300.0,
         agent: str | None = None,
+        max_pending: int = MAX_PENDING,
+        replay_capacity: int = 100_000,
     ) -> None:
         self.broker = broker
         self.topology = topology or Topology()
-        self.signing_key = signing_key
+        self.keys = WebhookKeys.parse(keys) if isinstance(keys, str) else keys
         self.max_body = max_body
         self.timeout = timeout
         self.agent = agent
+        self.max_pending = max_pending
         self.results = ResultCache(retention)
+        self.replays = ReplayWindow(replay_capacity)
         self.client: Client | None = None
         self._tasks: anyio.abc.TaskGroup | None = None
         self.app = Starlette(
@@ -153,11 +174,17 @@ class Ingress:
                 Route("/healthz", self.health, methods=["GET"]),
             ],
             lifespan=self._lifespan,
+            exception_handlers={HTTPException: _http_error},
         )
 
     @contextlib.asynccontextmanager
     async def _lifespan(self, app: Starlette) -> AsyncIterator[None]:
-        client = Client(self.broker, topology=self.topology, default_timeout=self.timeout)
+        client = Client(
+            self.broker,
+            topology=self.topology,
+            default_timeout=self.timeout,
+            max_in_flight=self.max_pending,
+        )
         async with client, anyio.create_task_group() as tasks:
             self.client, self._tasks = client, tasks
             try:
@@ -174,47 +201,77 @@ class Ingress:
 
     async def post_request(self, request: Request) -> Response:
         """Accept one agent request; 202 with its id and session once the broker has it."""
+        signed: Signed | None = None
         try:
+            content_kind(request.headers)  # 415 before reading a body of the wrong kind
             body = await self._read_body(request)
-            if self.signing_key:
-                check_signature(self.signing_key, request.headers, body)
-            incoming = parse_incoming(request.headers, body)
+            if self.keys is not None:
+                signed = self.keys.verify(request.headers, body)
+            incoming = parse_incoming(request.headers, body, signed=signed is not None)
+            return await self._publish(incoming, signed)
         except IngressError as exc:
-            return JSONResponse(exc.to_dict(), status_code=exc.status)
+            return _refusal(exc)
+        except ClientDisconnect:  # nobody is left to answer
+            return Response(status_code=400)
+
+    async def _publish(self, incoming: Incoming, signed: Signed | None) -> Response:
         client, tasks = self.client, self._tasks
         if client is None or tasks is None:
-            return JSONResponse(
-                {"error": "the ingress is not started", "field": None}, status_code=503
-            )
-        request_id = request_id_for(incoming)
-        if request_id is not None:
-            known = self.results.get(request_id)
-            if known is not None:  # the same webhook or event delivered again: one request
-                return self._accepted(known)
-        agent_request = msgspec.structs.replace(incoming.request, id=request_id or None)
+            raise IngressError(503, "the ingress is not started yet; retry shortly")
+        request_id = self._request_id(incoming, signed)
+        if signed is not None:
+            self.replays.reserve(signed)  # 409 for a webhook-id accepted before
         try:
-            handle = await client.submit(
-                agent_request,
-                session_id=incoming.session_id or request_id,
-                agent=agent_request.agent or self.agent,
-            )
-        except MessageTooLarge as exc:
-            return JSONResponse({"error": str(exc), "field": "$"}, status_code=413)
-        except BrokerError as exc:
-            log.warning("could not publish a request: %s", exc)
-            return JSONResponse(
-                {"error": f"broker unavailable: {exc}", "field": None}, status_code=503
-            )
+            if request_id is not None:
+                known = self.results.get(request_id)
+                if known is not None:  # the same event delivered again: one request
+                    if signed is not None:
+                        self.replays.accepted(signed, known.id)
+                    return self._accepted(known)
+            if self.results.pending >= self.max_pending:
+                raise IngressError(
+                    429,
+                    f"{self.max_pending} requests are waiting for their answers, this"
+                    " ingress's limit; retry shortly",
+                )
+            agent_request = msgspec.structs.replace(incoming.request, id=request_id or None)
+            try:
+                handle = await client.submit(
+                    agent_request,
+                    session_id=incoming.session_id or request_id,
+                    agent=agent_request.agent or self.agent,
+                )
+            except MessageTooLarge as exc:
+                raise IngressError(413, str(exc), "$") from None
+            except BrokerError as exc:
+                log.warning("could not publish a request: %s", exc)
+                raise IngressError(503, f"broker unavailable: {exc}") from None
+        except BaseException:
+            if signed is not None:
+                self.replays.release(signed)  # not accepted: the sender may send it again
+            raise
+        if signed is not None:
+            self.replays.accepted(signed, handle.id)
         entry = self.results.add(handle.id, handle.session_id)
         tasks.start_soon(self._collect, handle, entry)
         return self._accepted(entry)
 
-    @staticmethod
-    def _accepted(entry: Tracked) -> Response:
+    def _request_id(self, incoming: Incoming, signed: Signed | None) -> str | None:
+        if self.keys is None or signed is None:
+            return request_id_for(incoming)
+        # Only signed content chooses it, and only holders of the key can predict it.
+        if incoming.request.id:
+            return incoming.request.id
+        if incoming.event_id is not None:
+            return self.keys.request_id("ce\0" + incoming.event_id)
+        return self.keys.request_id("webhook\0" + signed.webhook_id)
+
+    def _accepted(self, entry: Tracked) -> Response:
+        answer = {"id": entry.id, "session_id": entry.session_id}
+        if self.keys is not None:
+            answer["token"] = self.keys.token(entry.id)
         return JSONResponse(
-            {"id": entry.id, "session_id": entry.session_id},
-            status_code=202,
-            headers={"Location": f"/v1/requests/{entry.id}"},
+            answer, status_code=202, headers={"Location": f"/v1/requests/{entry.id}"}
         )
 
     async def _read_body(self, request: Request) -> bytes:
@@ -242,30 +299,43 @@ class Ingress:
                 entry.add(ResultEvent(entry.id, "cancelled", error="ingress stopped"))
             self.results.finished(entry)
 
-    def _lookup(self, request: Request) -> Tracked | None:
-        return self.results.get(request.path_params["request_id"])
+    def _lookup(self, request: Request) -> Tracked:
+        """The tracked request of the path; with keys, only for its bearer token (401 first)."""
+        request_id = request.path_params["request_id"]
+        if self.keys is not None:
+            self.keys.check_token(request.headers.get("authorization"), request_id)
+        entry = self.results.get(request_id)
+        if entry is None:
+            raise IngressError(
+                404,
+                f"no request {request_id[:200]!r} here (unknown, or its result is past retention)",
+            )
+        return entry
 
     async def get_request(self, request: Request) -> Response:
         """The request's status (`pending` or its terminal kind), text and error."""
-        entry = self._lookup(request)
-        if entry is None:
-            return _not_found(request)
+        try:
+            entry = self._lookup(request)
+        except IngressError as exc:
+            return _refusal(exc)
         return JSONResponse(entry.to_dict())
 
     async def cancel_request(self, request: Request) -> Response:
         """Ask the worker to stop a pending request (202); its result becomes `cancelled`."""
-        entry = self._lookup(request)
-        if entry is None:
-            return _not_found(request)
+        try:
+            entry = self._lookup(request)
+        except IngressError as exc:
+            return _refusal(exc)
         if entry.final is None and self.client is not None:
             await self.client.cancel(entry.id, session_id=entry.session_id)
         return JSONResponse(entry.to_dict(), status_code=202)
 
     async def get_events(self, request: Request) -> Response:
         """The request's events as Server-Sent Events: those so far, then each as it comes."""
-        entry = self._lookup(request)
-        if entry is None:
-            return _not_found(request)
+        try:
+            entry = self._lookup(request)
+        except IngressError as exc:
+            return _refusal(exc)
         return StreamingResponse(
             _sse(entry),
             media_type="text/event-stream",
@@ -290,14 +360,25 @@ async def _sse(entry: Tracked) -> AsyncIterator[bytes]:
             yield b": keep-alive\n\n"
 
 
-def _not_found(request: Request) -> Response:
-    request_id = request.path_params["request_id"]
+def _refusal(exc: IngressError) -> Response:
+    headers = {"Retry-After": "1"} if exc.status in (429, 503) else None
+    if exc.status == 401:
+        headers = {"WWW-Authenticate": 'Bearer realm="agentqueue-ingress"'}
+    return JSONResponse(exc.to_dict(), status_code=exc.status, headers=headers)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    """Starlette's own refusals (no such route, wrong method) as JSON that names the problem."""
+    assert isinstance(exc, HTTPException)
+    where = f"{request.method} {request.url.path[:200]}"
+    if exc.status_code == 404:
+        message = f"no endpoint {where}; the ingress serves {ROUTES}"
+    elif exc.status_code == 405:
+        message = f"method {request.method} is not served at {request.url.path[:200]}"
+    else:
+        message = f"{where}: {exc.detail}"
     return JSONResponse(
-        {
-            "error": f"no request {request_id!r} here (unknown, or its result is past retention)",
-            "field": None,
-        },
-        status_code=404,
+        {"error": message, "field": None}, status_code=exc.status_code, headers=exc.headers
     )
 
 
@@ -306,22 +387,28 @@ async def serve_ingress(
     *,
     host: str = "127.0.0.1",
     port: int = 8080,
-    signing_key: str | None = None,
+    keys: WebhookKeys | None = None,
     max_body: int = 256 * 1024,
     retention: float = 3600.0,
     agent: str | None = None,
+    limits: Limits | None = None,
 ) -> None:
-    """Serve the ingress with uvicorn until SIGINT or SIGTERM."""
+    """Serve the ingress (uvicorn behind the guard of `ingress_server`) until SIGINT or SIGTERM."""
     import uvicorn
 
+    if keys is None:
+        log.warning(
+            "the ingress accepts unsigned requests and shows any request's result to whoever"
+            " knows its id: set --signing-key (AGENTQUEUE_INGRESS_KEY) to a whsec_ secret"
+        )
     ingress = Ingress(
         settings.broker,
         topology=settings.topology,
-        signing_key=signing_key,
+        keys=keys,
         max_body=max_body,
         retention=retention,
         timeout=settings.timeout,
         agent=agent,
     )
-    config = uvicorn.Config(ingress.app, host=host, port=port, lifespan="on", log_level="info")
+    config = server_config(ingress.app, host, port, limits or Limits(), log_level="info")
     await uvicorn.Server(config).serve()
