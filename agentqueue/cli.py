@@ -156,8 +156,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--no-balance",
         dest="balance",
-        action="store_false",
-        help="serve every given partition instead of sharing them with the other live workers",
+        action="store_const",
+        const=False,
+        default=None,
+        help="serve every given partition instead of sharing them with the other live workers"
+        " (AGENTQUEUE_BALANCE=false)",
     )
 
     p = sub.add_parser("call", help="send one request and print the answer")
@@ -360,6 +363,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "tool_partitions": getattr(args, "tool_partition_count", None),
         "timeout": getattr(args, "timeout", None),
         "concurrency": getattr(args, "concurrency", None),
+        "balance": getattr(args, "balance", None),
         "trace_file": getattr(args, "trace_file", None),
     }
     try:
@@ -417,7 +421,6 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
                 role=args.role,
                 partitions=partitions,
                 tool_partitions=tool_partitions,
-                balance=args.balance,
             )
         )
     return 0

@@ -28,6 +28,7 @@ from agentqueue.protocol.messages import (
     ToolResult,
     user_message,
 )
+from agentqueue.settings import Settings
 
 if TYPE_CHECKING:
     from agentqueue.batch_report import BatchSummary
@@ -133,8 +134,9 @@ class Client:
 
     def __init__(
         self,
-        broker: str | Broker = "memory://",
+        broker: str | Broker | None = None,
         *,
+        settings: Settings | None = None,
         topology: Topology | None = None,
         client_id: str | None = None,
         reply_queue: str | None = None,
@@ -142,9 +144,12 @@ class Client:
         default_timeout: float | None = 300.0,
         max_in_flight: int = 1024,
     ) -> None:
+        # With no arguments, the same settings a worker takes (AGENTQUEUE_BROKER, _NAMESPACE, …).
+        settings = Settings.load() if settings is None else settings
+        broker = settings.broker if broker is None else broker
         self.broker = open_broker(broker) if isinstance(broker, str) else broker
         self._owns_broker = isinstance(broker, str)
-        self.topology = topology or Topology()
+        self.topology = topology or settings.topology
         self.client_id = client_id or new_id()[:12]
         self.reply_queue = reply_queue or self.topology.reply_queue(f"client-{self.client_id}")
         self.durable_replies = durable_replies

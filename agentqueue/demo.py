@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import sys
 import tempfile
@@ -61,13 +62,15 @@ async def run_demo(app: App, settings: Settings, *, out=sys.stdout) -> DemoRepor
     # AgentScope takes seconds to import; done up front so the trace shows the request, not that.
     await anyio.to_thread.run_sync(importlib.import_module, "agentscope.agent")
     async with open_broker(broker_url) as broker, anyio.create_task_group() as tg:
-        # Two workers split the partitions; each serves agents and tools.
+        # Two workers split the partitions between them (so no balancing); each serves agents
+        # and tools.
+        split = dataclasses.replace(settings, balance=False)
         workers = [
             Worker(
                 app,
                 broker,
                 stores[0],
-                topology=topology,
+                split,
                 partitions=range(0, half),
                 tool_partitions=range(0, topology.tool_partitions // 2),
                 worker_id="worker-a",
@@ -76,7 +79,7 @@ async def run_demo(app: App, settings: Settings, *, out=sys.stdout) -> DemoRepor
                 app,
                 broker,
                 stores[1],
-                topology=topology,
+                split,
                 partitions=range(half, topology.partitions),
                 tool_partitions=range(topology.tool_partitions // 2, topology.tool_partitions),
                 worker_id="worker-b",

@@ -13,7 +13,6 @@ from agentqueue.broker.base import Broker
 from agentqueue.broker.urls import open_broker, redact_url
 from agentqueue.settings import Settings
 from agentqueue.workers.app import App
-from agentqueue.workers.retry import RetryPolicy
 from agentqueue.workers.session_store import SessionStore, open_store
 from agentqueue.workers.worker import Role, Worker
 
@@ -28,7 +27,6 @@ async def serve_worker(
     partitions: list[int] | None = None,
     tool_partitions: list[int] | None = None,
     tracing: bool | None = None,
-    balance: bool = True,
 ) -> None:
     """Connect, serve until a signal, drain, disconnect."""
     store = open_store(settings.store)
@@ -43,7 +41,6 @@ async def serve_worker(
                 partitions=partitions,
                 tool_partitions=tool_partitions,
                 tracing=tracing,
-                balance=balance,
             )
             async with anyio.create_task_group() as tg:
                 tg.start_soon(_stop_on_signal, worker)
@@ -70,23 +67,17 @@ def worker_from_settings(
     partitions: list[int] | None = None,
     tool_partitions: list[int] | None = None,
     tracing: bool | None = None,
-    balance: bool = True,
 ) -> Worker:
     """A worker configured by `settings` (what `agentqueue worker` runs)."""
     return Worker(
         app,
         broker,
         store,
-        topology=settings.topology,
+        settings,
         role=role,
         partitions=partitions,
         tool_partitions=tool_partitions,
-        concurrency=settings.concurrency,
-        retry=RetryPolicy(max_attempts=settings.max_attempts),
-        lease_ttl=settings.lease_ttl,
-        shutdown_grace=settings.shutdown_grace,
         tracing=tracing,
-        balance=balance,
     )
 
 

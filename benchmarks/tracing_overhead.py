@@ -30,6 +30,7 @@ from agentqueue.broker.memory import MemoryBroker
 from agentqueue.broker.topology import Topology
 from agentqueue.broker.urls import open_broker, redact_url
 from agentqueue.protocol import Envelope, ToolCall, new_id
+from agentqueue.settings import Settings
 from agentqueue.workers.session_store import MemorySessionStore
 from agentqueue.workers.worker import Worker
 from benchmarks.apps import app
@@ -43,7 +44,10 @@ async def round_trips(url: str, calls: int, warmup: int) -> tuple[float, float]:
     async with open_broker(url) as broker:
         async with anyio.create_task_group() as tg:
             store = MemorySessionStore(f"memory://overhead-{new_id()[:8]}")
-            worker = Worker(app, broker, store, topology=topology, role="tools")
+            settings = Settings(
+                namespace=topology.namespace, partitions=4, tool_partitions=4, balance=False
+            )
+            worker = Worker(app, broker, store, settings, role="tools")
             await tg.start(worker.run)
             async with Client(broker, topology=topology) as client:
                 for i in range(warmup):

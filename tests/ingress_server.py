@@ -20,6 +20,7 @@ from agentqueue.protocol import new_id
 from agentqueue.workers.session_store import MemorySessionStore
 from agentqueue.workers.worker import Worker
 from examples.weather import app
+from tests.config import worker_settings
 
 SECRET = "whsec_" + base64.b64encode(b"ingress-test-secret-0123456789ab").decode()
 KEYS = WebhookKeys.parse(SECRET)
@@ -85,7 +86,9 @@ async def system(
     async with broker, anyio.create_task_group() as tg:
         await broker.declare(topology)
         if worker:
-            w = Worker(app, broker, MemorySessionStore(f"memory://{new_id()}"), topology=topology)
+            w = Worker(
+                app, broker, MemorySessionStore(f"memory://{new_id()}"), worker_settings(topology)
+            )
             await tg.start(w.run)
         ingress = Ingress(broker, topology=topology, **options)  # type: ignore[arg-type]
         async with serving(ingress, limits) as (http, _, _):

@@ -11,9 +11,9 @@ from agentqueue.admin import dlq_list, dlq_replay, dlq_show, print_status
 from agentqueue.broker.memory import MemoryBroker
 from agentqueue.broker.topology import Topology
 from agentqueue.protocol import new_id
-from agentqueue.workers.retry import RetryPolicy
 from agentqueue.workers.session_store import MemorySessionStore
 from agentqueue.workers.worker import Worker
+from tests.config import worker_settings
 
 
 async def test_a_dead_letter_can_be_listed_shown_and_replayed_once_its_cause_is_fixed() -> None:
@@ -39,10 +39,13 @@ async def test_a_dead_letter_can_be_listed_shown_and_replayed_once_its_cause_is_
             app,
             broker,
             MemorySessionStore(f"memory://{new_id()[:8]}"),
-            topology=topology,
-            retry=RetryPolicy(max_attempts=2, base_delay=0.01),
-            balance=True,
-            heartbeat_interval=0.2,
+            worker_settings(
+                topology,
+                max_attempts=2,
+                retry_base_delay=0.01,
+                balance=True,
+                heartbeat_interval=0.2,
+            ),
         )
         await tg.start(worker.run)
         async with Client(broker, topology=topology) as client:
@@ -99,8 +102,7 @@ async def test_a_poison_request_on_rabbitmq_is_dead_lettered_with_its_error_and_
             app,
             client.broker,
             MemorySessionStore(f"memory://{new_id()[:8]}"),
-            topology=topology,
-            retry=RetryPolicy(max_attempts=3, base_delay=0.01),
+            worker_settings(topology, max_attempts=3, retry_base_delay=0.01),
         )
         await tg.start(worker.run)
         handle = await client.submit("hello", session_id="s1", timeout=30)

@@ -12,6 +12,7 @@ from agentqueue.errors import QueueFull
 from agentqueue.protocol import new_id
 from agentqueue.workers.session_store import MemorySessionStore
 from agentqueue.workers.worker import Worker
+from tests.config import worker_settings
 
 
 async def test_a_slow_worker_makes_submit_wait_instead_of_piling_up_requests() -> None:
@@ -33,8 +34,7 @@ async def test_a_slow_worker_makes_submit_wait_instead_of_piling_up_requests() -
                 app,
                 broker,
                 MemorySessionStore(f"memory://{new_id()[:8]}"),
-                topology=topology,
-                concurrency=2,
+                worker_settings(topology, concurrency=2),
             ).run
         )
         async with Client(broker, topology=topology, max_in_flight=8) as client:

@@ -19,6 +19,7 @@ from agentqueue.protocol import new_id
 from agentqueue.workers.session_store import MemorySessionStore
 from agentqueue.workers.worker import Worker
 from examples.weather import app
+from tests.config import worker_settings
 
 
 def write_input(path: Path, lines: list[dict]) -> Path:
@@ -119,7 +120,9 @@ async def test_every_item_gets_exactly_one_result_line_and_a_rerun_sends_nothing
     ]
     source, output = write_input(tmp_path / "in.jsonl", items), tmp_path / "out.jsonl"
     async with MemoryBroker(url) as broker, anyio.create_task_group() as tg:
-        worker = Worker(app, broker, MemorySessionStore(f"memory://{new_id()}"), topology=topology)
+        worker = Worker(
+            app, broker, MemorySessionStore(f"memory://{new_id()}"), worker_settings(topology)
+        )
         await tg.start(worker.run)
         first = await run_batch(
             broker, source, output, topology=topology, progress=False, max_in_flight=8
@@ -152,7 +155,9 @@ async def test_a_failing_item_is_sent_again_up_to_the_retries_then_written_as_fa
     )
     output = tmp_path / "out.jsonl"
     async with MemoryBroker(url) as broker, anyio.create_task_group() as tg:
-        worker = Worker(app, broker, MemorySessionStore(f"memory://{new_id()}"), topology=topology)
+        worker = Worker(
+            app, broker, MemorySessionStore(f"memory://{new_id()}"), worker_settings(topology)
+        )
         await tg.start(worker.run)
         summary = await run_batch(
             broker, source, output, topology=topology, progress=False, retries=2
@@ -189,7 +194,7 @@ async def test_replies_that_arrive_while_no_client_listens_are_written_on_resume
         # The workers answer while nobody listens: the replies wait on the durable queue.
         async with anyio.create_task_group() as tg:
             worker = Worker(
-                app, broker, MemorySessionStore(f"memory://{new_id()}"), topology=topology
+                app, broker, MemorySessionStore(f"memory://{new_id()}"), worker_settings(topology)
             )
             await tg.start(worker.run)
             with anyio.fail_after(30):

@@ -11,6 +11,7 @@ from agentqueue.workers.session_store import MemorySessionStore
 from agentqueue.workers.worker import Worker
 from examples.research import app as research
 from examples.weather import app as weather
+from tests.config import worker_settings
 
 
 async def serve_and_call(app, prompts: list[str]) -> list[str]:  # type: ignore[no-untyped-def]
@@ -19,7 +20,13 @@ async def serve_and_call(app, prompts: list[str]) -> list[str]:  # type: ignore[
     async with MemoryBroker(url) as broker, anyio.create_task_group() as tg:
         for role in ("agents", "tools"):
             await tg.start(
-                Worker(app, broker, MemorySessionStore(f"memory://{new_id()[:8]}"), role=role).run
+                Worker(
+                    app,
+                    broker,
+                    MemorySessionStore(f"memory://{new_id()[:8]}"),
+                    worker_settings(),
+                    role=role,
+                ).run
             )
         async with Client(broker) as client:
             for prompt in prompts:
@@ -80,13 +87,20 @@ async def test_agent_turns_waiting_for_tools_never_starve_the_tools_on_the_same_
     """One worker serving agents and tools, more turns in flight than its concurrency."""
     url = f"memory://starve-{new_id()[:8]}"
     async with MemoryBroker(url) as broker, anyio.create_task_group() as tg:
-        worker = Worker(weather, broker, MemorySessionStore(f"memory://{new_id()[:8]}"), concurrency=2)
+        worker = Worker(
+            weather,
+            broker,
+            MemorySessionStore(f"memory://{new_id()[:8]}"),
+            worker_settings(concurrency=2),
+        )
         await tg.start(worker.run)
         async with Client(broker) as client:
             answers: list[str] = []
 
             async def ask(i: int) -> None:
-                result = await client.call("What's the weather in Paris?", session_id=f"s{i}", timeout=60)
+                result = await client.call(
+                    "What's the weather in Paris?", session_id=f"s{i}", timeout=60
+                )
                 answers.append(result.text)
 
             async with anyio.create_task_group() as asks:

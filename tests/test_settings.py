@@ -9,6 +9,7 @@ from pathlib import Path
 import anyio
 import pytest
 
+from agentqueue import Client
 from agentqueue.broker.memory import MemoryBroker
 from agentqueue.cli import main
 from agentqueue.protocol import new_id
@@ -18,6 +19,7 @@ from agentqueue.workers.app import load_app
 from agentqueue.workers.fc import FCInstance
 from agentqueue.workers.fc_config import FCConfig
 from agentqueue.workers.session_store import MemorySessionStore
+from agentqueue.workers.worker import Worker
 
 ENV = {
     "AGENTQUEUE_NAMESPACE": "cfg",
@@ -39,11 +41,11 @@ def environment(monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
 
 
 async def test_every_setting_reaches_a_local_worker(environment: dict[str, str]) -> None:
-    settings = Settings.load(broker=f"memory://cfg-{new_id()[:8]}")
+    settings = Settings.load(broker=f"memory://cfg-{new_id()[:8]}", balance=False)
     app = load_app("tests.apps.fc_tools:app")
     async with MemoryBroker(settings.broker) as broker, anyio.create_task_group() as tg:
         store = MemorySessionStore(f"memory://cfg-{new_id()[:8]}")
-        worker = worker_from_settings(app, broker, store, settings, balance=False)
+        worker = worker_from_settings(app, broker, store, settings)
         await tg.start(worker.run)
         pipeline = worker.pipeline
         assert pipeline is not None
@@ -121,3 +123,32 @@ def test_the_defaults_are_one_set_for_workers_and_functions() -> None:
         there.concurrency,
     )
     assert here.topology.delivery_limit == here.delivery_limit == 20
+
+
+async def test_a_client_with_no_arguments_takes_the_settings_a_worker_takes(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("AGENTQUEUE_TEST_LOG", str(tmp_path / "effects.log"))
+    monkeypatch.setenv("AGENTQUEUE_BROKER", f"memory://cfg-{new_id()[:8]}")
+    monkeypatch.setenv("AGENTQUEUE_NAMESPACE", "own-app")
+    monkeypatch.setenv("AGENTQUEUE_PARTITIONS", "4")
+    monkeypatch.setenv("AGENTQUEUE_BALANCE", "false")
+    app = load_app("tests.apps.fc_tools:app")
+    async with Client() as client, anyio.create_task_group() as tg:
+        store = MemorySessionStore(f"memory://cfg-{new_id()[:8]}")
+        worker = Worker(app, client.broker, store)  # type: ignore[arg-type]
+        await tg.start(worker.run)
+        assert client.topology == worker.topology
+        assert client.topology.queues("requests")[-1] == "own-app-requests-3"
+        assert worker.settings.balance is False
+        answer = await client.call_tool("record", {"session": "s", "seq": 1}, timeout=10)
+        worker.stop()
+    assert answer == "s:1"
+
+
+def test_a_setting_that_is_not_a_boolean_is_refused_naming_it() -> None:
+    with pytest.raises(ValueError) as caught:
+        Settings.load({"AGENTQUEUE_BALANCE": "sometimes"})
+    assert str(caught.value) == (
+        "setting balance (AGENTQUEUE_BALANCE) must be true or false, got 'sometimes'"
+    )

@@ -22,10 +22,10 @@ from agentqueue.broker.urls import open_broker
 from agentqueue.cli import main
 from agentqueue.protocol import new_id
 from agentqueue.trace_file import configure
-from agentqueue.workers.retry import RetryPolicy
 from agentqueue.workers.session_store import MemorySessionStore
 from agentqueue.workers.worker import Worker
 from examples.weather import app as weather_app
+from tests.config import worker_settings
 
 MESSAGING = (
     "messaging.system",
@@ -113,7 +113,7 @@ async def test_a_call_whose_agent_runs_a_remote_tool_is_one_trace_from_client_to
             weather_app,
             broker,
             MemorySessionStore(store_url),
-            topology=topology,
+            worker_settings(topology),
             role="agents",
             worker_id=f"agent-{ns}",
         )
@@ -121,7 +121,7 @@ async def test_a_call_whose_agent_runs_a_remote_tool_is_one_trace_from_client_to
             weather_app,
             broker,
             MemorySessionStore(store_url),
-            topology=topology,
+            worker_settings(topology),
             role="tools",
             worker_id=f"tool-{ns}",
         )
@@ -222,8 +222,9 @@ async def test_an_event_retried_before_it_succeeds_shows_each_retry_as_a_span_ev
             app,
             broker,
             MemorySessionStore(f"memory://rs-{new_id()[:8]}"),
-            topology=topology,
-            retry=RetryPolicy(max_attempts=3, base_delay=0.001, max_delay=0.002),
+            worker_settings(
+                topology, max_attempts=3, retry_base_delay=0.001, retry_max_delay=0.002
+            ),
         )
         await tg.start(worker.run)
         async with Client(broker, topology=topology) as client:
@@ -258,8 +259,9 @@ async def test_a_dead_lettered_event_has_status_error_with_the_exception_and_a_d
             app,
             broker,
             MemorySessionStore(f"memory://ds-{new_id()[:8]}"),
-            topology=topology,
-            retry=RetryPolicy(max_attempts=2, base_delay=0.001, max_delay=0.002),
+            worker_settings(
+                topology, max_attempts=2, retry_base_delay=0.001, retry_max_delay=0.002
+            ),
         )
         await tg.start(worker.run)
         async with Client(broker, topology=topology) as client:

@@ -15,6 +15,8 @@ from typing import Any
 
 from agentqueue.broker.topology import Topology
 from agentqueue.broker.urls import redact_url
+from agentqueue.protocol.codec import DEFAULT_MAX_SIZE
+from agentqueue.workers.retry import RetryPolicy
 
 SECRET_FIELDS = frozenset({"signing_keys"})
 # What a worker elsewhere (a Function Compute function) must be told to behave like this one.
@@ -45,8 +47,15 @@ class Settings:
     # worker); also the partition queues' broker-side x-delivery-limit.
     delivery_limit: int = 20
     lease_ttl: float = 30.0
+    retry_base_delay: float = 0.2  # seconds before the first retry; doubles, with jitter
+    retry_max_delay: float = 10.0
     timeout: float = 300.0
     shutdown_grace: float = 30.0
+    max_message_size: int = DEFAULT_MAX_SIZE  # bytes; larger messages are refused unread
+    freshness_window: float = 300.0  # seconds a signed envelope may take to arrive
+    queue_max_length: int | None = None  # partition depth past which publishes are refused
+    balance: bool = True  # share partitions with the other live workers of the namespace
+    heartbeat_interval: float = 1.0  # seconds between a balancing worker's heartbeats
     # Shown (masked) by `agentqueue config`; brokers read and parse it themselves
     # (broker.urls.signing_keys_from_env), `@/path` included.
     signing_keys: str | None = field(default=None, repr=False)
@@ -70,8 +79,17 @@ class Settings:
     def topology(self) -> Topology:
         """The queue names these settings describe."""
         return Topology(
-            self.namespace, self.partitions, self.tool_partitions, self.delivery_limit
+            self.namespace,
+            self.partitions,
+            self.tool_partitions,
+            self.delivery_limit,
+            self.queue_max_length,
         )
+
+    @property
+    def retry(self) -> RetryPolicy:
+        """How failing events are retried."""
+        return RetryPolicy(self.max_attempts, self.retry_base_delay, self.retry_max_delay)
 
     def function_env(self) -> dict[str, str]:
         """The `AGENTQUEUE_*` variables that give a Function Compute worker these settings."""
@@ -94,6 +112,17 @@ class Settings:
 
 def _convert(name: str, raw: Any, annotation: Any) -> Any:
     text = str(annotation)
+    if text.startswith("bool"):
+        if isinstance(raw, bool):
+            return raw
+        value = str(raw).strip().lower()
+        if value in ("1", "true", "yes", "on"):
+            return True
+        if value in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(
+            f"setting {name} (AGENTQUEUE_{name.upper()}) must be true or false, got {raw!r}"
+        )
     try:
         if text.startswith("int"):
             return int(raw)

@@ -21,8 +21,7 @@ from agentqueue.broker import tracing as otel
 from agentqueue.broker.base import Broker, Delivery, Subscription
 from agentqueue.broker.errors import BrokerConnectionError
 from agentqueue.broker.replies import ReplyRouter
-from agentqueue.broker.topology import REQUESTS, TOOLS, Topology
-from agentqueue.protocol.codec import DEFAULT_MAX_SIZE
+from agentqueue.broker.topology import REQUESTS, TOOLS
 from agentqueue.protocol.ids import new_id
 from agentqueue.protocol.messages import AgentRequest, ToolCall
 from agentqueue.workers.agent_handler import AgentHandler, import_agentscope
@@ -32,9 +31,9 @@ from agentqueue.workers.membership import Membership
 from agentqueue.workers.middleware import Signing, Tracing
 from agentqueue.workers.pipeline import Event, Middleware, Pipeline
 from agentqueue.workers.remote_tools import RemoteTools
-from agentqueue.workers.retry import RetryPolicy
 from agentqueue.workers.session_lane import SessionLanes
 from agentqueue.workers.session_store import SessionStore
+from agentqueue.workers.settings import Settings
 from agentqueue.workers.tool_handler import ToolHandler
 
 log = logging.getLogger("agentqueue.worker")
@@ -88,26 +87,20 @@ class Worker:
         app: App,
         broker: Broker,
         store: SessionStore,
+        settings: Settings | None = None,
         *,
-        topology: Topology | None = None,
         role: Role = "all",
         partitions: Sequence[int] | None = None,
         tool_partitions: Sequence[int] | None = None,
-        concurrency: int = 32,
-        retry: RetryPolicy | None = None,
-        lease_ttl: float = 30.0,
-        shutdown_grace: float = 30.0,
-        max_message_size: int = DEFAULT_MAX_SIZE,
-        freshness_window: float = 300.0,
         tracing: bool | None = None,  # AgentScope's spans; None: on when a tracer provider is set
-        balance: bool = False,
-        heartbeat_interval: float = 1.0,
         worker_id: str | None = None,
     ) -> None:
+        """A worker configured by `settings` (default: `Settings.load()`, the environment's)."""
+        self.settings = settings = Settings.load() if settings is None else settings
         self.app = app
         self.broker = broker
         self.store = store
-        self.topology = topology or Topology()
+        self.topology = settings.topology
         self.role = role
         self.partitions = (
             list(range(self.topology.partitions)) if partitions is None else list(partitions)
@@ -117,17 +110,11 @@ class Worker:
             if tool_partitions is None
             else list(tool_partitions)
         )
-        self.concurrency = concurrency
-        self.shutdown_grace = shutdown_grace
-        self.max_message_size = max_message_size
+        self.concurrency = settings.concurrency
         self.tracing = tracing
         self.worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}-{new_id()[:6]}"
         self.handled = 0
         self.dead_lettered = 0
-        self._retry = retry
-        self._lease_ttl = lease_ttl
-        self.balance = balance
-        self.heartbeat_interval = heartbeat_interval
         self._stop = anyio.Event()
         self._started = anyio.Event()
         self._consumers: dict[str, _Consumer] = {}
@@ -137,7 +124,6 @@ class Worker:
         self._tg: anyio.abc.TaskGroup | None = None
         self.membership: Membership | None = None
         self.pipeline: Pipeline | None = None
-        self._freshness_window = freshness_window
 
     def queues(self) -> list[str]:
         """The partition queues this worker consumes, by its role."""
@@ -186,10 +172,10 @@ class Worker:
             topology=self.topology,
             worker_id=self.worker_id,
             middleware=self._middleware(),
-            retry=self._retry,
-            lease_ttl=self._lease_ttl,
-            delivery_limit=self.topology.delivery_limit,
-            max_message_size=self.max_message_size,
+            retry=self.settings.retry,
+            lease_ttl=self.settings.lease_ttl,
+            delivery_limit=self.settings.delivery_limit,
+            max_message_size=self.settings.max_message_size,
         )
         async with anyio.create_task_group() as tg:
             self._tg = tg
@@ -199,14 +185,15 @@ class Worker:
             self._lanes = SessionLanes(tg, self.concurrency)
             self._tool_lanes = SessionLanes(tg, self.concurrency)
             await tg.start(router.run)
-            if self.balance:
+            if self.settings.balance:
+                interval = self.settings.heartbeat_interval
                 self.membership = Membership(
                     self.broker,
                     f"{self.topology.namespace}-control",
                     self.worker_id,
                     self._eligible(),
-                    interval=self.heartbeat_interval,
-                    expiry=self.heartbeat_interval * 3.5,
+                    interval=interval,
+                    expiry=interval * 3.5,
                 )
                 await tg.start(self.membership.run)
                 # Hear the peers that are already up before claiming partitions.
@@ -239,7 +226,8 @@ class Worker:
         """Tracing, signatures (when the broker has keys), then the app's own middleware."""
         middleware: list[Middleware] = [Tracing(self.broker, self.worker_id)]
         if self.broker.signing is not None:
-            middleware.append(Signing(self.broker.signing, window=self._freshness_window))
+            window = self.settings.freshness_window
+            middleware.append(Signing(self.broker.signing, window=window))
         return middleware + list(self.app.middleware)
 
     def _eligible(self) -> dict[str, list[str]]:
@@ -320,14 +308,15 @@ class Worker:
         self.pipeline.accepting = False  # jobs not started yet are left for the next owner
         for consumer in self._consumers.values():
             consumer.scope.cancel()
-        with anyio.move_on_after(self.shutdown_grace) as scope:
+        grace = self.settings.shutdown_grace
+        with anyio.move_on_after(grace) as scope:
             await self._lanes.wait_idle()
             assert self._tool_lanes is not None
             await self._tool_lanes.wait_idle()
         if scope.cancelled_caught:
             log.warning(
                 "shutdown grace of %.0f s ran out; unfinished events go back to the broker",
-                self.shutdown_grace,
+                grace,
             )
         with anyio.CancelScope(shield=True):
             for queue in list(self._consumers):

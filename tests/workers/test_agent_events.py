@@ -15,6 +15,7 @@ from agentqueue.protocol import new_id
 from agentqueue.workers.agent_context import AgentContext
 from agentqueue.workers.session_store import MemorySessionStore
 from agentqueue.workers.worker import Worker
+from tests.config import worker_settings
 
 app = App("agent-events")
 tool_runs: list[str] = []
@@ -53,8 +54,10 @@ async def serve(
     broker = MemoryBroker(url)
     await broker.connect()
     workers = [
-        Worker(app, broker, MemorySessionStore(store_url), topology=topology, role="agents"),
-        Worker(app, broker, MemorySessionStore(store_url), topology=topology, role="tools"),
+        Worker(
+            app, broker, MemorySessionStore(store_url), worker_settings(topology), role="agents"
+        ),
+        Worker(app, broker, MemorySessionStore(store_url), worker_settings(topology), role="tools"),
     ]
     for worker in workers:
         await tg.start(worker.run)

@@ -14,6 +14,7 @@ from agentqueue.protocol import new_id
 from agentqueue.workers.membership import assign
 from agentqueue.workers.session_store import MemorySessionStore
 from agentqueue.workers.worker import Worker
+from tests.config import worker_settings
 
 
 def test_assignment_is_balanced_and_moves_few_queues_when_a_worker_joins() -> None:
@@ -74,11 +75,8 @@ async def run_balance_scenario(broker_url: str, store_url: str, topology: Topolo
             app,
             broker,
             MemorySessionStore(store_url),
-            topology=topology,
+            worker_settings(topology, balance=True, heartbeat_interval=0.2, shutdown_grace=10),
             role="tools",
-            balance=True,
-            heartbeat_interval=0.2,
-            shutdown_grace=10,
         )
         workers.append(worker)
         await tg.start(worker.run)

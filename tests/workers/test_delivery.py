@@ -25,9 +25,9 @@ from agentqueue.protocol import (
     encode,
     new_id,
 )
-from agentqueue.workers.retry import RetryPolicy
 from agentqueue.workers.session_store import MemorySessionStore
 from agentqueue.workers.worker import Worker
+from tests.config import worker_settings
 
 
 class Recorder:
@@ -81,10 +81,12 @@ async def start_worker(
     broker: MemoryBroker,
     store_url: str,
     topology: Topology,
-    **options: object,
+    role: str = "all",
+    **fields: object,
 ) -> Worker:
     """A worker on the embedded broker and a memory store, serving once this returns."""
-    worker = Worker(app, broker, MemorySessionStore(store_url), topology=topology, **options)  # type: ignore[arg-type]
+    settings = worker_settings(topology, **fields)
+    worker = Worker(app, broker, MemorySessionStore(store_url), settings, role=role)  # type: ignore[arg-type]
     await task_group.start(worker.run)
     return worker
 
@@ -110,10 +112,9 @@ async def test_each_session_sees_its_events_in_order_and_one_at_a_time(
                 app,
                 broker,
                 MemorySessionStore(store_url),
-                topology=topology,
+                worker_settings(topology, concurrency=16),
                 role="tools",
                 tool_partitions=served,
-                concurrency=16,
             )
             await task_group.start(worker.run)
         reply_queue = topology.reply_queue("test")
@@ -155,7 +156,7 @@ async def test_an_event_whose_worker_vanishes_mid_run_is_redelivered_and_takes_e
     doomed_broker = MemoryBroker(url)
     await doomed_broker.connect()
     doomed = Worker(
-        app, doomed_broker, MemorySessionStore(store_url), topology=topology, role="tools"
+        app, doomed_broker, MemorySessionStore(store_url), worker_settings(topology), role="tools"
     )
     doomed_scope = anyio.CancelScope()
 
@@ -166,7 +167,7 @@ async def test_an_event_whose_worker_vanishes_mid_run_is_redelivered_and_takes_e
     async with MemoryBroker(url) as broker, background() as task_group:
         await task_group.start(run_doomed)
         survivor = Worker(
-            app, broker, MemorySessionStore(store_url), topology=topology, role="tools"
+            app, broker, MemorySessionStore(store_url), worker_settings(topology), role="tools"
         )
         await task_group.start(survivor.run)  # subscribed second: standby until the first goes
         async with Client(broker, topology=topology) as client:
@@ -204,7 +205,9 @@ async def test_a_redelivered_event_id_is_answered_from_the_stored_result_not_run
     topology = Topology(namespace="dedup", partitions=2, tool_partitions=2)
     async with MemoryBroker(url) as broker, background() as task_group:
         await task_group.start(
-            Worker(app, broker, MemorySessionStore(store_url), topology=topology, role="tools").run
+            Worker(
+                app, broker, MemorySessionStore(store_url), worker_settings(topology), role="tools"
+            ).run
         )
         reply_queue = topology.reply_queue("dedup")
         await broker.declare_reply_queue(reply_queue)
@@ -233,7 +236,7 @@ async def test_malformed_and_unknown_events_are_dead_lettered_and_the_worker_kee
     topology = Topology(namespace="bad", partitions=1, tool_partitions=1)
     async with MemoryBroker(url) as broker, background() as task_group:
         await task_group.start(
-            Worker(app, broker, MemorySessionStore(store_url), topology=topology).run
+            Worker(app, broker, MemorySessionStore(store_url), worker_settings(topology)).run
         )
         queue = topology.queue("requests", 0)
         await broker.publish(queue, b"{this is not json")
@@ -274,7 +277,8 @@ async def test_a_handler_that_always_fails_is_dead_lettered_after_max_attempts_a
             broker,
             store_url,
             topology,
-            retry=RetryPolicy(max_attempts=3, base_delay=0.01),
+            max_attempts=3,
+            retry_base_delay=0.01,
         )
         async with Client(broker, topology=topology) as client:
             with pytest.raises(RequestFailed) as info:
@@ -333,7 +337,8 @@ async def test_a_broker_outage_inside_a_handler_does_not_use_up_its_attempts(
             broker,
             store_url,
             topology,
-            retry=RetryPolicy(max_attempts=2, base_delay=0.01),
+            max_attempts=2,
+            retry_base_delay=0.01,
         )
         async with Client(broker, topology=topology) as client:
             answer = await client.call("hello", session_id="s1", timeout=60)

@@ -20,6 +20,7 @@ from agentqueue.workers.errors import Refused
 from agentqueue.workers.pipeline import Event, Middleware, Next
 from agentqueue.workers.session_store import MemorySessionStore
 from agentqueue.workers.worker import Worker
+from tests.config import worker_settings
 from tests.workers.test_delivery import background
 from tests.workers.test_fc_handler import drain, effects, lines, replies  # noqa: F401
 
@@ -61,7 +62,7 @@ async def test_app_middleware_sees_every_event_refuses_one_and_an_error_it_raise
     topology = Topology(namespace="mw", partitions=1, tool_partitions=1)
     async with MemoryBroker(f"memory://mw-{new_id()[:8]}") as broker, background() as tg:
         store = MemorySessionStore(f"memory://mw-{new_id()[:8]}")
-        await tg.start(Worker(app, broker, store, topology=topology).run)
+        await tg.start(Worker(app, broker, store, worker_settings(topology)).run)
         async with Client(broker, topology=topology) as client:
             assert await client.call_tool("work", {"tenant": "acme"}, timeout=10) == "done for acme"
             with pytest.raises(RequestFailed) as refused:

@@ -22,6 +22,7 @@ from agentqueue.workers.agent_context import AgentContext
 from agentqueue.workers.pipeline.pipeline import REPLY_GRACE
 from agentqueue.workers.session_store import MemorySessionStore
 from agentqueue.workers.worker import Worker
+from tests.config import worker_settings
 from tests.proxies import ThreadedProxy, port_of
 
 pytestmark = [pytest.mark.slow, pytest.mark.broker]
@@ -57,7 +58,7 @@ async def test_a_tool_result_sent_while_the_agent_worker_was_cut_off_reaches_the
         ):
             for broker, role in ((agent_side, "agents"), (tool_side, "tools")):
                 worker = Worker(
-                    app, broker, MemorySessionStore(store), topology=topology, role=role
+                    app, broker, MemorySessionStore(store), worker_settings(topology), role=role
                 )
                 await tg.start(worker.run)
             async with Client(rabbitmq_url, topology=topology) as client:

@@ -14,6 +14,7 @@ from agentqueue.protocol import Envelope, ToolCall, decode_dead_letter, encode, 
 from agentqueue.protocol.signing import KeyRing
 from agentqueue.workers.session_store import MemorySessionStore
 from agentqueue.workers.worker import Worker
+from tests.config import worker_settings
 
 CURRENT = ("k2", b"current-secret-0123456789")
 PREVIOUS = ("k1", b"previous-secret-0123456789")
@@ -56,7 +57,10 @@ async def refusals(publish: list[bytes], expected: int | None = None) -> list[st
         broker.signing = WORKER_KEYS
         await tg.start(
             Worker(
-                app, broker, MemorySessionStore(f"memory://{new_id()[:8]}"), topology=topology
+                app,
+                broker,
+                MemorySessionStore(f"memory://{new_id()[:8]}"),
+                worker_settings(topology),
             ).run
         )
         for data in publish:
@@ -117,7 +121,7 @@ async def test_a_client_signing_with_the_previous_key_is_still_served_during_rot
                 app,
                 worker_broker,
                 MemorySessionStore(f"memory://{new_id()[:8]}"),
-                topology=topology,
+                worker_settings(topology),
             ).run
         )
         client_broker = MemoryBroker(url)
