@@ -536,3 +536,18 @@ def test_a_secret_not_in_the_standard_webhooks_format_is_refused_without_showing
         WebhookKeys.parse(secret)
     assert str(caught.value).startswith(message)
     assert secret not in str(caught.value)
+
+
+def test_signatures_match_the_standard_webhooks_reference_vector() -> None:
+    # The vector the Standard Webhooks libraries test their signing with.
+    keys = WebhookKeys.parse("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")
+    body = b'{"test": 2432232314}'
+    expected = "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="
+    assert keys.sign("msg_p5jXN8AQM9LWM0D4loKWxJek", 1614265330, body) == expected
+    headers = {
+        "webhook-id": "msg_p5jXN8AQM9LWM0D4loKWxJek",
+        "webhook-timestamp": "1614265330",
+        "webhook-signature": f"v2,abc {expected} v1a,xyz",
+    }
+    signed = keys.verify(headers, body, now=1614265330 + 299)
+    assert (signed.webhook_id, signed.timestamp) == ("msg_p5jXN8AQM9LWM0D4loKWxJek", 1614265330)
