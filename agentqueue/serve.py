@@ -13,7 +13,7 @@ from agentqueue.broker.base import Broker
 from agentqueue.broker.urls import open_broker, redact_url
 from agentqueue.settings import Settings
 from agentqueue.workers.app import App
-from agentqueue.workers.session_store import SessionStore, open_store
+from agentqueue.workers.session_store import SessionStore
 from agentqueue.workers.worker import Role, Worker
 
 log = logging.getLogger("agentqueue.worker")
@@ -29,7 +29,7 @@ async def serve_worker(
     tracing: bool | None = None,
 ) -> None:
     """Connect, serve until a signal, drain, disconnect."""
-    store = open_store(settings.store)
+    store = settings.open_store()
     try:
         async with open_broker(settings.broker) as broker:
             worker = worker_from_settings(

@@ -29,6 +29,8 @@ ENV = {
     "AGENTQUEUE_MAX_ATTEMPTS": "5",
     "AGENTQUEUE_DELIVERY_LIMIT": "7",
     "AGENTQUEUE_LEASE_TTL": "12.5",
+    "AGENTQUEUE_STORE_RETENTION": "3600",
+    "AGENTQUEUE_SESSION_TTL": "86400",
     "AGENTQUEUE_STORE": "redis://r-agentqueue.example:6379/0",
 }
 
@@ -41,10 +43,13 @@ def environment(monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
 
 
 async def test_every_setting_reaches_a_local_worker(environment: dict[str, str]) -> None:
-    settings = Settings.load(broker=f"memory://cfg-{new_id()[:8]}", balance=False)
+    settings = Settings.load(
+        broker=f"memory://cfg-{new_id()[:8]}", store=f"memory://cfg-{new_id()[:8]}", balance=False
+    )
     app = load_app("tests.apps.fc_tools:app")
     async with MemoryBroker(settings.broker) as broker, anyio.create_task_group() as tg:
-        store = MemorySessionStore(f"memory://cfg-{new_id()[:8]}")
+        store = settings.open_store()
+        assert (store.retention, store.session_ttl) == (3600, 86400)  # type: ignore[attr-defined]
         worker = worker_from_settings(app, broker, store, settings)
         await tg.start(worker.run)
         pipeline = worker.pipeline
@@ -79,6 +84,7 @@ def test_every_setting_reaches_the_fc_handler(
         12.5,
     )
     assert instance.config.settings.concurrency == 9
+    assert (instance.store.retention, instance.store.session_ttl) == (3600, 86400)  # type: ignore[attr-defined]
     assert instance.topology.queues("requests") == [
         "cfg-requests-0",
         "cfg-requests-1",
@@ -105,7 +111,7 @@ def test_deploy_fc_plan_gives_the_function_every_setting(
     plan = json.loads(capsys.readouterr().out)
     env = plan["function"]["environmentVariables"]
     for name, value in ENV.items():
-        assert env[name] == ("12.5" if name.endswith("LEASE_TTL") else value), name
+        assert env[name] == value, name
     # What the function reads back is what the workers here run with.
     function_settings = FCConfig.from_env(env).settings
     assert function_settings == Settings.load(broker=env["AGENTQUEUE_BROKER"])

@@ -69,7 +69,7 @@ from agentqueue.workers.pipeline import Event, Middleware, Pipeline
 from agentqueue.workers.remote_tools import RemoteTools
 from agentqueue.workers.retry import RetryPolicy
 from agentqueue.workers.session_lane import SessionLanes
-from agentqueue.workers.session_store import SessionStore, open_store
+from agentqueue.workers.session_store import SessionStore
 from agentqueue.workers.tool_handler import ToolHandler
 
 log = logging.getLogger("agentqueue.fc")
@@ -131,7 +131,7 @@ class FCInstance:
         self.instance_id = f"fc-{socket.gethostname()}-{os.getpid()}-{new_id()[:6]}"
         self.app = load_app(config.app)
         self.broker: Broker = open_broker(config.broker)
-        self.store: SessionStore = open_store(config.store)
+        self.store: SessionStore = config.settings.open_store()
         self.router = ReplyRouter(self.broker, self.topology.reply_queue(self.instance_id))
         handlers: dict[type, Handler] = {
             AgentRequest: AgentHandler(

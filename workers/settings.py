@@ -17,6 +17,7 @@ from agentqueue.broker.topology import Topology
 from agentqueue.broker.urls import redact_url
 from agentqueue.protocol.codec import DEFAULT_MAX_SIZE
 from agentqueue.workers.retry import RetryPolicy
+from agentqueue.workers.session_store import DEFAULT_RETENTION, SessionStore, open_store
 
 SECRET_FIELDS = frozenset({"signing_keys"})
 # What a worker elsewhere (a Function Compute function) must be told to behave like this one.
@@ -29,6 +30,8 @@ WORKER_FIELDS = (
     "max_attempts",
     "delivery_limit",
     "lease_ttl",
+    "store_retention",
+    "session_ttl",
 )
 
 
@@ -47,6 +50,8 @@ class Settings:
     # worker); also the partition queues' broker-side x-delivery-limit.
     delivery_limit: int = 20
     lease_ttl: float = 30.0
+    store_retention: float = DEFAULT_RETENTION  # seconds handled-event records are kept
+    session_ttl: float | None = None  # seconds idle before a session's state is deleted; off
     retry_base_delay: float = 0.2  # seconds before the first retry; doubles, with jitter
     retry_max_delay: float = 10.0
     timeout: float = 300.0
@@ -85,6 +90,10 @@ class Settings:
             self.delivery_limit,
             self.queue_max_length,
         )
+
+    def open_store(self) -> SessionStore:
+        """The session store these settings name, with their retention."""
+        return open_store(self.store, retention=self.store_retention, session_ttl=self.session_ttl)
 
     @property
     def retry(self) -> RetryPolicy:
