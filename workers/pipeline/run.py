@@ -67,24 +67,9 @@ class Run:
                 event.dead_letter(str(exc), exc)
                 return
             except Exception as exc:
-                if isinstance(exc, BrokerConnectionError) and outages < MAX_OUTAGES:
-                    # The broker is away (restarting, the connection cut) while the handler
-                    # publishes a delta or a tool call: not the event's fault, so no attempt
-                    # is used up. The deadline, or MAX_OUTAGES, ends the waiting.
-                    attempt, outages = attempt - 1, outages + 1
-                    delay = min(OUTAGE_MAX_PAUSE, p.retry.delay(outages))
-                    log.warning(
-                        "event %s: the broker is away (%s); running it again in %.1f s",
-                        event.envelope.id,
-                        exc,
-                        delay,
-                    )
-                elif attempt >= p.retry.max_attempts:
-                    error = f"{type(exc).__name__}: {exc}"
-                    event.dead_letter(f"failed after {attempt} attempts: {error}", exc)
-                    return
-                else:
-                    delay = self._retry_later(event, exc, attempt)
+                delay, attempt, outages = self._failed(event, exc, attempt, outages)
+            if delay is None:
+                return  # out of attempts: dead-lettered
             await anyio.sleep(delay)
             if event.lease is not None:
                 event.lease = await p.store.renew(event.lease, p.lease_ttl)
@@ -94,18 +79,38 @@ class Run:
             result = HandlerResult(body)
         event.result = result
 
-    def _retry_later(self, event: Event, exc: Exception, attempt: int) -> float:
-        delay = self.pipeline.retry.delay(attempt)
-        self.pipeline.notify_retry(event, exc, attempt, delay)
+    def _failed(
+        self, event: Event, exc: Exception, attempt: int, outages: int
+    ) -> tuple[float | None, int, int]:
+        """After a failed attempt: the pause before the next (None: give up), and the counts."""
+        p = self.pipeline
+        envelope_id = event.envelope.id if event.envelope else "?"
+        if isinstance(exc, BrokerConnectionError) and outages < MAX_OUTAGES:
+            # The broker is away (restarting, the connection cut) while the handler publishes
+            # a delta or a tool call: not the event's fault, so no attempt is used up. The
+            # deadline, or MAX_OUTAGES, ends the waiting.
+            delay = min(OUTAGE_MAX_PAUSE, p.retry.delay(outages + 1))
+            log.warning(
+                "event %s: the broker is away (%s); running it again in %.1f s",
+                envelope_id,
+                exc,
+                delay,
+            )
+            return delay, attempt - 1, outages + 1
+        error = f"{type(exc).__name__}: {exc}"
+        if attempt >= p.retry.max_attempts:
+            event.dead_letter(f"failed after {attempt} attempts: {error}", exc)
+            return None, attempt, outages
+        delay = p.retry.delay(attempt)
+        p.notify_retry(event, exc, attempt, delay)
         log.warning(
-            "event %s attempt %d failed (%s: %s); retrying in %.2f s",
-            event.envelope.id if event.envelope else "?",
+            "event %s attempt %d failed (%s); retrying in %.2f s",
+            envelope_id,
             attempt,
-            type(exc).__name__,
-            exc,
+            error,
             delay,
         )
-        return delay
+        return delay, attempt, outages
 
     async def _attempt(
         self, event: Event, state: str | None, emit: Emit
