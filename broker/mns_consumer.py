@@ -43,7 +43,8 @@ class MNSDelivery(Delivery):
         visible_until: float,
         order: int,
     ) -> None:
-        super().__init__(body, subscription.queue, count)
+        # MNS counts the receives itself (DequeueCount); a publisher cannot set it.
+        super().__init__(body, subscription.queue, count, redelivered=count > 1)
         self._subscription = subscription
         self.handle = handle  # changes whenever the keep-alive extends the visibility
         self.visible_until = visible_until
