@@ -19,3 +19,7 @@ class PermanentError(WorkerError):
 
 class UnknownHandler(WorkerError, LookupError):
     """An event names an agent or tool that is not registered on this app."""
+
+
+class SigningRequired(WorkerError):
+    """A consumer was told to run only signed envelopes but has no signing keys."""

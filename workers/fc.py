@@ -54,8 +54,8 @@ import msgspec
 from agentqueue.broker.base import Broker
 from agentqueue.broker.replies import ReplyRouter
 from agentqueue.broker.urls import open_broker
-from agentqueue.protocol.codec import decode, encode_dead_letter
-from agentqueue.protocol.errors import ProtocolError
+from agentqueue.protocol.admission import Refusal
+from agentqueue.protocol.codec import encode_dead_letter
 from agentqueue.protocol.ids import new_id
 from agentqueue.protocol.messages import (
     AgentRequest,
@@ -64,13 +64,14 @@ from agentqueue.protocol.messages import (
     Envelope,
     ToolCall,
 )
+from agentqueue.workers.admission import Admission
 from agentqueue.workers.agent_handler import AgentHandler
 from agentqueue.workers.app import load_app
 from agentqueue.workers.errors import WorkerError
 from agentqueue.workers.fc_config import FCConfig
 from agentqueue.workers.fc_events import TriggerMessage, read_trigger_payload
 from agentqueue.workers.processing import EventProcessor, Handler
-from agentqueue.workers.refusal import addressing, answer_refused
+from agentqueue.workers.refusal import answer_refused
 from agentqueue.workers.remote_tools import RemoteTools
 from agentqueue.workers.retry import RetryPolicy
 from agentqueue.workers.session_lane import SessionLanes
@@ -224,12 +225,17 @@ class FCInstance:
     async def _dispatch(
         self, lanes: SessionLanes, message: TriggerMessage, outcome: BatchOutcome
     ) -> None:
-        try:
-            envelope = decode(message.body)
-        except ProtocolError as exc:
-            reason = str(exc)
-            lanes.submit("\0undecodable", lambda: self._refuse(message, reason, outcome))
+        # The trigger gives no dequeue count: a retried batch carries the same MNS message id,
+        # a copy published again gets a new one.
+        admission = Admission(self.broker.signing, store=self.store)
+        verdict = await admission.admit(
+            message.body, redelivered=False, message_id=message.message_id
+        )
+        if isinstance(verdict, Refusal):
+            refused = verdict
+            lanes.submit("\0undecodable", lambda: self._refuse(message, refused, outcome))
             return
+        envelope = verdict
         if isinstance(envelope.body, Cancel):
             # Reaches a request of the same batch (queued behind it in its lane) or running here.
             self.processor.cancel(envelope.body.request_id)
@@ -295,13 +301,16 @@ class FCInstance:
             self.topology.dead_letter_queue, encode_dead_letter(record), sign=False
         )
 
-    async def _refuse(self, message: TriggerMessage, reason: str, outcome: BatchOutcome) -> None:
-        log.error("dead-lettering an undecodable message from %s: %s", message.queue or "?", reason)
-        address = addressing(message.body)
+    async def _refuse(
+        self, message: TriggerMessage, refused: Refusal, outcome: BatchOutcome
+    ) -> None:
         queue = message.queue or "unknown"
-        await self.publish_dead_letter(message, queue, reason, 1, address.id, address.session_id)
-        outcome.dead_lettered.append(address.id or message.message_id or "?")
-        await answer_refused(self.broker, address, reason)
+        log.error("dead-lettering a message refused on %s: %s", queue, refused.reason)
+        await self.publish_dead_letter(
+            message, queue, refused.reason, 1, refused.id, refused.session_id
+        )
+        outcome.dead_lettered.append(refused.id or message.message_id or "?")
+        await answer_refused(self.broker, refused)
 
 
 _instance: FCInstance | None = None

@@ -66,6 +66,15 @@ class SessionStore(abc.ABC):
     async def close(self) -> None:  # noqa: B027 - most stores have nothing to close
         """Release connections."""
 
+    @abc.abstractmethod
+    async def first_sighting(self, key: str, message_id: str, ttl: float) -> bool:
+        """Record `key` for `ttl` seconds, atomically; False when it was recorded before with
+        another `message_id` (a copy the broker did not redeliver: a replay).
+
+        `key` identifies the signed bytes, `message_id` the broker's message. Every process
+        using this store shares the window.
+        """
+
 
 def open_store(url: str) -> SessionStore:
     """A session store for `memory://`, `sqlite:///path` or `redis://host:port/db`."""
@@ -157,3 +166,19 @@ class MemorySessionStore(SessionStore):
         s = self._get(session_id)
         s.attempts[event_id] = s.attempts.get(event_id, 0) + 1
         return s.attempts[event_id]
+
+    async def first_sighting(self, key: str, message_id: str, ttl: float) -> bool:
+        seen = _memory_seen.setdefault(urlsplit(self.url).netloc or "default", OrderedDict())
+        now = time.time()
+        # Oldest first: what expired is dropped from the front, so the window stays bounded.
+        while seen and next(iter(seen.values()))[1] <= now:
+            seen.popitem(last=False)
+        first = seen.get(key)
+        if first is not None and first[1] > now:
+            return first[0] == message_id
+        seen[key] = (message_id, now + ttl)
+        return True
+
+
+# Per store URL: signed message key -> (broker message id, expires at), in insertion order.
+_memory_seen: dict[str, OrderedDict[str, tuple[str, float]]] = {}

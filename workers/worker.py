@@ -22,8 +22,8 @@ from agentqueue.broker.base import Broker, Delivery, Subscription
 from agentqueue.broker.errors import BrokerConnectionError
 from agentqueue.broker.replies import ReplyRouter
 from agentqueue.broker.topology import REQUESTS, TOOLS, Topology
+from agentqueue.protocol.admission import Refusal
 from agentqueue.protocol.codec import DEFAULT_MAX_SIZE
-from agentqueue.protocol.errors import ProtocolError
 from agentqueue.protocol.ids import new_id
 from agentqueue.protocol.messages import (
     AgentRequest,
@@ -36,7 +36,7 @@ from agentqueue.workers.agent_handler import AgentHandler, import_agentscope
 from agentqueue.workers.app import App
 from agentqueue.workers.membership import Membership
 from agentqueue.workers.processing import EventProcessor, Handler
-from agentqueue.workers.refusal import addressing, answer_refused
+from agentqueue.workers.refusal import answer_refused
 from agentqueue.workers.remote_tools import RemoteTools
 from agentqueue.workers.retry import RetryPolicy
 from agentqueue.workers.session_lane import SessionLanes
@@ -146,7 +146,7 @@ class Worker:
         self.membership: Membership | None = None
         self.processor: EventProcessor | None = None
         self._admission = Admission(
-            broker.signing, max_size=max_message_size, window=freshness_window
+            broker.signing, store=store, max_size=max_message_size, window=freshness_window
         )
 
     def queues(self) -> list[str]:
@@ -335,12 +335,12 @@ class Worker:
 
     async def _accept(self, delivery: Delivery, consumer: _Consumer) -> None:
         assert self._lanes is not None and self.processor is not None
-        try:
-            envelope = self._admission.admit(delivery.body, delivery.delivery_count)
-        except ProtocolError as exc:
-            reason = str(exc)
-            self._lanes.submit("\0undecodable", lambda: self._refuse(delivery, reason))
+        verdict = await self._admission.admit(delivery.body, redelivered=delivery.redelivered)
+        if isinstance(verdict, Refusal):
+            refused = verdict
+            self._lanes.submit("\0undecodable", lambda: self._refuse(delivery, refused))
             return
+        envelope = verdict
         body = envelope.body
         if isinstance(body, Cancel):
             found = self.processor.cancel(body.request_id)
@@ -381,12 +381,15 @@ class Worker:
         assert lanes is not None
         lanes.submit(self.processor.lane_key(envelope), job)
 
-    async def _refuse(self, delivery: Delivery, reason: str) -> None:
-        """Dead-letter bytes that are not a valid envelope and tell the caller if we can."""
+    async def _refuse(self, delivery: Delivery, refused: Refusal) -> None:
+        """Dead-letter bytes that were not admitted and tell the caller if we may."""
         self.dead_lettered += 1
-        log.error("refusing a message on %s: %s", delivery.queue, reason)
-        address = addressing(delivery.body)
+        log.error("refusing a message on %s: %s", delivery.queue, refused.reason)
         await self.broker.dead_letter(
-            delivery, reason, self.topology, envelope_id=address.id, session_id=address.session_id
+            delivery,
+            refused.reason,
+            self.topology,
+            envelope_id=refused.id,
+            session_id=refused.session_id,
         )
-        await answer_refused(self.broker, address, reason)
+        await answer_refused(self.broker, refused)
