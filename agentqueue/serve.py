@@ -11,6 +11,7 @@ import anyio
 
 from agentqueue.broker.urls import open_broker, redact_url
 from agentqueue.settings import Settings
+from agentqueue.workers.admission import check_signing
 from agentqueue.workers.app import App
 from agentqueue.workers.retry import RetryPolicy
 from agentqueue.workers.session_store import open_store
@@ -33,6 +34,7 @@ async def serve_worker(
     store = open_store(settings.store)
     try:
         async with open_broker(settings.broker) as broker:
+            check_signing(broker.signing)  # says so, once, when envelopes run unsigned
             worker = Worker(
                 app,
                 broker,
