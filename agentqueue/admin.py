@@ -12,9 +12,12 @@ import msgspec
 
 from agentqueue.broker.base import Broker, Delivery, read_dead_letter
 from agentqueue.broker.topology import REQUESTS, TOOLS, Topology
-from agentqueue.protocol.codec import decode
+from agentqueue.protocol.admission import Refusal, admit
+from agentqueue.protocol.codec import decode, encode
 from agentqueue.protocol.errors import ProtocolError
-from agentqueue.protocol.messages import DeadLetter
+from agentqueue.protocol.ids import new_id
+from agentqueue.protocol.messages import DeadLetter, Envelope
+from agentqueue.protocol.signing import KeyRing
 from agentqueue.workers.membership import Heartbeat
 
 
@@ -61,11 +64,18 @@ class _Held:
 
 async def _hold_all(broker: Broker, topology: Topology, limit: int) -> list[_Held]:
     held: list[_Held] = []
-    while len(held) < limit:
-        delivery = await broker.get(topology.dead_letter_queue)
-        if delivery is None:
-            break
-        held.append(_Held(delivery, read_dead_letter(delivery.body, topology.dead_letter_queue)))
+    try:
+        while len(held) < limit:
+            delivery = await broker.get(topology.dead_letter_queue)
+            if delivery is None:
+                break
+            record = read_dead_letter(delivery.body, topology.dead_letter_queue)
+            held.append(_Held(delivery, record))
+    except BaseException:
+        # What was taken goes back, whatever went wrong: a dead letter is never lost to a look.
+        with anyio.CancelScope(shield=True):
+            await _give_back(held)
+        raise
     return held
 
 
@@ -124,19 +134,54 @@ async def dlq_show(broker: Broker, topology: Topology, key: str, out: TextIO) ->
 
 
 async def dlq_replay(broker: Broker, topology: Topology, key: str | None, out: TextIO) -> int:
-    """Publish dead letters (one by id/index, or all when `key` is None) back to their queues."""
+    """Replay dead letters (one by id/index, or all when `key` is None) as new envelopes.
+
+    Each replay is a new envelope (new id, created now, `replay_of` naming the dead one, the
+    same caller and time budget), signed with the broker's current key; the dead letter is
+    removed once it is published. A record whose payload is not an envelope, or is not signed
+    with one of the current keys while keys are set, stays where it is, with the reason why.
+    """
     held = await _hold_all(broker, topology, 10_000)
     replayed = 0
     try:
         for i, item in list(enumerate(held)):
             if key is not None and key not in (str(i), item.record.envelope_id):
                 continue
-            # The payload goes back as it was, signature included.
-            await broker.publish(item.record.queue, item.record.payload, sign=False)
+            fresh = replay_envelope(item.record, broker.signing)
+            if isinstance(fresh, Refusal):
+                print(f"not replayed {_label(item.record)}: {fresh.reason}", file=out)
+                continue
+            queue = topology.route(fresh)
+            await broker.publish(queue, encode(fresh))  # signed anew when the broker has keys
             await item.delivery.ack()
             held.remove(item)
             replayed += 1
-            print(f"replayed {_label(item.record)} to {item.record.queue}", file=out)
+            print(f"replayed {_label(item.record)} to {queue} as {fresh.id}", file=out)
     finally:
         await _give_back(held)
     return replayed
+
+
+def replay_envelope(
+    record: DeadLetter, keys: KeyRing | None, now: float | None = None
+) -> Envelope | Refusal:
+    """The new envelope that replays a dead letter, or the `Refusal` of its payload."""
+    # Verified, never just re-signed: re-signing whatever sits in the dead letters would turn
+    # a forged message into one the workers trust. Not checked for freshness: it is old.
+    verdict = admit(record.payload, keys, window=None)
+    if isinstance(verdict, Refusal):
+        return verdict
+    now = time.time() if now is None else now
+    deadline = verdict.deadline
+    if deadline is not None and 0 < verdict.created_at < deadline:
+        deadline = now + (deadline - verdict.created_at)  # the time budget it had
+    return msgspec.structs.replace(
+        verdict,
+        id=new_id(),
+        correlation_id=verdict.correlation_id or verdict.id,  # its caller still gets the answer
+        attempt=1,
+        created_at=now,
+        deadline=deadline,
+        replay_of=verdict.id,
+        sig=None,
+    )

@@ -162,6 +162,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="serve every given partition instead of sharing them with the other live workers"
         " (AGENTQUEUE_BALANCE=false)",
     )
+    p.add_argument(
+        "--require-signing",
+        dest="require_signing",
+        action="store_true",
+        help="refuse to start without signing keys (AGENTQUEUE_SIGNING_KEYS)",
+    )
 
     p = sub.add_parser("call", help="send one request and print the answer")
     _settings_args(p)
@@ -403,6 +409,16 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
     from agentqueue.serve import serve_worker
     from agentqueue.workers import models
 
+    if args.require_signing:
+        from agentqueue.broker.urls import signing_keys_from_env
+        from agentqueue.workers.admission import check_signing
+        from agentqueue.workers.errors import SigningRequired
+
+        try:
+            check_signing(signing_keys_from_env(), require=True)
+        except SigningRequired as exc:
+            print(f"agentqueue worker: {exc}", file=sys.stderr)
+            return 2
     if args.verbose == 0:
         logging.getLogger("agentqueue").setLevel(logging.INFO)
     # Rate limits and usage live beside the sessions; a model that cannot be used stops the

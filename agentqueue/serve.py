@@ -12,6 +12,7 @@ import anyio
 from agentqueue.broker.base import Broker
 from agentqueue.broker.urls import open_broker, redact_url
 from agentqueue.settings import Settings
+from agentqueue.workers.admission import check_signing
 from agentqueue.workers.app import App
 from agentqueue.workers.session_store import SessionStore
 from agentqueue.workers.worker import Role, Worker
@@ -32,6 +33,7 @@ async def serve_worker(
     store = settings.open_store()
     try:
         async with open_broker(settings.broker) as broker:
+            check_signing(broker.signing)  # says so, once, when envelopes run unsigned
             worker = worker_from_settings(
                 app,
                 broker,

@@ -24,17 +24,15 @@ from agentqueue.protocol.signing import KeyRing
 class Delivery(abc.ABC):
     """One message handed to a consumer; settle it exactly once with ack, nack or dead-letter."""
 
-    __slots__ = ("body", "delivery_count", "queue")
+    __slots__ = ("body", "delivery_count", "queue", "redelivered")
 
-    def __init__(self, body: bytes, queue: str, delivery_count: int) -> None:
+    def __init__(self, body: bytes, queue: str, delivery_count: int, redelivered: bool) -> None:
         self.body = body
         self.queue = queue
         self.delivery_count = delivery_count  # 1 on the first delivery, +1 per redelivery
-
-    @property
-    def redelivered(self) -> bool:
-        """True when this message was delivered before and not acked."""
-        return self.delivery_count > 1
+        # The broker's own word that it delivered this message before (and it was not acked):
+        # what tells a redelivery from a replayed copy, so never read from a publisher's header.
+        self.redelivered = redelivered
 
     @abc.abstractmethod
     async def ack(self) -> None:

@@ -78,7 +78,8 @@ class _MemoryDelivery(Delivery):
     __slots__ = ("_consumer", "_message")
 
     def __init__(self, consumer: _Consumer, message: _Message) -> None:
-        super().__init__(message.body, consumer.queue.name, message.delivery_count)
+        count = message.delivery_count
+        super().__init__(message.body, consumer.queue.name, count, redelivered=count > 1)
         self._consumer = consumer
         self._message = message
 

@@ -1,5 +1,5 @@
 """The metric instruments of the worker pipeline: events handled, handle time, queue wait,
-retries, dead letters and events in flight per worker (OpenTelemetry metrics API).
+retries, dead letters, events in flight per worker and replies refused (OpenTelemetry metrics API).
 
 None while no meter provider is installed, so recording costs nothing with metrics off.
 """
@@ -26,6 +26,7 @@ class Instruments:
     retries: metrics.Counter
     dead_letters: metrics.Counter
     in_flight: metrics.UpDownCounter
+    refused_replies: metrics.Counter
 
 
 class _Cache:
@@ -76,5 +77,10 @@ def _create(meter: metrics.Meter) -> Instruments:
         ),
         in_flight=meter.create_up_down_counter(
             "agentqueue.in_flight", "{event}", "Events being handled now"
+        ),
+        refused_replies=meter.create_counter(
+            "agentqueue.replies.refused",
+            "{reply}",
+            "Replies dropped because they failed admission (unsigned, forged, undecodable)",
         ),
     )

@@ -376,6 +376,7 @@ class MNSBroker(Broker):
             m.receipt_handle,
             float(m.next_visible_time) / 1000,
             order,
+            m.message_id,
         )
         subscription._outstanding[order] = delivery
         return delivery

@@ -32,7 +32,16 @@ DELETE_TRIES = 6  # a delete meeting a dropped connection is tried again, over a
 
 
 class MNSDelivery(Delivery):
-    __slots__ = ("_subscription", "done", "handle", "lock", "order", "settled", "visible_until")
+    __slots__ = (
+        "_subscription",
+        "done",
+        "handle",
+        "lock",
+        "message_id",
+        "order",
+        "settled",
+        "visible_until",
+    )
 
     def __init__(
         self,
@@ -42,8 +51,11 @@ class MNSDelivery(Delivery):
         handle: str,
         visible_until: float,
         order: int,
+        message_id: str | None = None,
     ) -> None:
-        super().__init__(body, subscription.queue, count)
+        # MNS counts the receives itself (DequeueCount); a publisher cannot set it.
+        super().__init__(body, subscription.queue, count, redelivered=count > 1)
+        self.message_id = message_id or None  # MNS's MessageId: the same on every receive
         self._subscription = subscription
         self.handle = handle  # changes whenever the keep-alive extends the visibility
         self.visible_until = visible_until
@@ -134,6 +146,7 @@ class MNSSubscription(Subscription):
                     m.receipt_handle,
                     float(m.next_visible_time) / 1000,
                     order,
+                    m.message_id,
                 )
                 self._outstanding[order] = delivery
                 self._pending.append(delivery)

@@ -59,12 +59,16 @@ class _RabbitDelivery(Delivery):
     __slots__ = ("_message",)
 
     def __init__(self, message: aio_pika.abc.AbstractIncomingMessage, queue: str) -> None:
-        count = (message.headers or {}).get("x-delivery-count")
-        if isinstance(count, int):
+        redelivered = bool(message.redelivered)  # the AMQP flag: set by RabbitMQ alone
+        # A quorum queue counts redeliveries in `x-delivery-count`, but a publisher can set that
+        # header too: it may only count attempts (towards the delivery limit) of a message the
+        # broker says it redelivered, and never marks a first delivery as a redelivery.
+        count = (message.headers or {}).get("x-delivery-count") if redelivered else None
+        if isinstance(count, int) and count >= 1:
             delivery_count = count + 1
         else:
-            delivery_count = 2 if message.redelivered else 1
-        super().__init__(message.body, queue, delivery_count)
+            delivery_count = 2 if redelivered else 1
+        super().__init__(message.body, queue, delivery_count, redelivered=redelivered)
         self._message = message
 
     async def ack(self) -> None:

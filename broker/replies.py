@@ -8,10 +8,10 @@ from collections.abc import Awaitable, Callable
 
 import anyio
 
-from agentqueue.broker.base import Broker
+from agentqueue.broker.base import Broker, Delivery
 from agentqueue.broker.errors import BrokerConnectionError
-from agentqueue.protocol.codec import decode
-from agentqueue.protocol.errors import ProtocolError
+from agentqueue.broker.metrics import instruments
+from agentqueue.protocol.admission import Refusal, admit
 from agentqueue.protocol.messages import Envelope, ResultEvent
 
 log = logging.getLogger("agentqueue.replies")
@@ -23,6 +23,8 @@ class ReplyRouter:
     Replies are delivered at least once: a terminal `ResultEvent` is passed on once per
     correlation id and stream deltas once per sequence number, so a redelivered reply never
     reaches a caller twice. Replies nobody waits for go to `on_unmatched`, or are dropped.
+    A reply that fails admission (unsigned or forged while the broker has keys, undecodable)
+    is dropped and counted in `refused`.
     """
 
     def __init__(
@@ -39,6 +41,7 @@ class ReplyRouter:
         self.on_unmatched = on_unmatched
         self._inboxes: dict[str, asyncio.Queue[Envelope]] = {}
         self._seen_seq: dict[str, set[int]] = {}
+        self.refused = 0  # replies dropped because they failed admission
 
     def expect(self, correlation_id: str) -> asyncio.Queue[Envelope]:
         """Open the inbox for one correlation id (before publishing the request)."""
@@ -64,19 +67,40 @@ class ReplyRouter:
         async with await self.broker.consume(self.queue, prefetch=self.prefetch) as subscription:
             task_status.started()
             async for delivery in subscription:
-                try:
-                    envelope = decode(delivery.body)
-                except ProtocolError as exc:
-                    log.warning("dropping undecodable reply on %s: %s", self.queue, exc)
-                    await delivery.ack()
+                # Replies pass the same admission as events: signed by one of our keys (when
+                # the broker has keys) and strictly decoded. No freshness window: a reply kept
+                # in the store may rightly be sent again long after it was made (a redelivered
+                # request answered from its stored result), and a stale copy of an answer
+                # reaches no one, as each correlation id takes one terminal answer.
+                verdict = admit(delivery.body, self.broker.signing, window=None)
+                if isinstance(verdict, Refusal):
+                    self._refuse(verdict)
+                    await self._settle(delivery)
                     continue
-                await self._route(envelope)
-                try:
-                    await delivery.ack()
-                except BrokerConnectionError as exc:
-                    # The connection dropped under it: the broker hands the reply out again
-                    # and the second copy is dropped above. Keep consuming (it reconnects).
-                    log.info("reply on %s left un-acked: %s", self.queue, exc)
+                await self._route(verdict)
+                await self._settle(delivery)
+
+    async def _settle(self, delivery: Delivery) -> None:
+        try:
+            await delivery.ack()
+        except BrokerConnectionError as exc:
+            # The connection dropped under it: the broker hands the reply out again and the
+            # second copy is dropped. Keep consuming (it reconnects).
+            log.info("reply on %s left un-acked: %s", self.queue, exc)
+
+    def _refuse(self, refused: Refusal) -> None:
+        # Dropped, not dead-lettered: no one is owed a forged or unsigned reply. Counted and
+        # logged, so a flood of them (or a key missing from this ring) shows.
+        self.refused += 1
+        log.warning(
+            "dropping a reply on %s that failed admission (%s refused so far): %s",
+            self.queue,
+            self.refused,
+            refused.reason,
+        )
+        meters = instruments()
+        if meters is not None:
+            meters.refused_replies.add(1, {"messaging.destination.name": self.queue})
 
     async def _route(self, envelope: Envelope) -> None:
         key = envelope.correlation_id or ""

@@ -208,7 +208,14 @@ class LocalFC:
                 await self._deliver(queue, batch)
 
     async def _deliver(self, queue: str, batch: list[Delivery]) -> None:
-        events = [cloud_event(queue, uuid.uuid4().hex.upper(), to_wire(d.body)) for d in batch]
+        # The MNS message id, as EventBridge passes it: the same when MNS delivers the message
+        # again, so the function tells a redelivery from a copy published again.
+        events = [
+            cloud_event(
+                queue, getattr(d, "message_id", None) or uuid.uuid4().hex.upper(), to_wire(d.body)
+            )
+            for d in batch
+        ]
         payload = json.dumps(events, ensure_ascii=False)
         failures = 0
         while True:

@@ -58,7 +58,7 @@ def decode_dead_letter(data: bytes) -> DeadLetter:
     """Bytes from a dead-letter queue to a `DeadLetter`, or `ProtocolError`."""
     try:
         return _dead_letter_decoder.decode(data)
-    except (msgspec.MsgspecError, RecursionError) as exc:
+    except (msgspec.MsgspecError, RecursionError, UnicodeDecodeError) as exc:
         raise ProtocolError(f"not a dead-letter record: {exc}", field="$") from None
 
 

@@ -198,6 +198,7 @@ class Envelope(msgspec.Struct, omit_defaults=True):
     created_at: float = 0.0  # unix seconds
     deadline: float | None = None  # unix seconds
     trace: TraceContext | None = None
+    replay_of: str | None = None  # the id of the dead letter this envelope replays (`dlq replay`)
     sig: str | None = None  # "<key id>:<hex HMAC>", appended last by a KeyRing (see signing.py)
 
     @property

@@ -76,13 +76,17 @@ class KeyRing:
                 f" its keys ({accepted})",
                 field="$.sig",
             )
-        key_id, _, mac = data[at + len(_MARK) : -2].decode("ascii", "replace").partition(":")
+        # Bytes, never text: the member comes from the wire and may hold any byte (non-ASCII,
+        # invalid UTF-8), which `hmac.compare_digest` refuses to compare as `str`.
+        raw_id, _, mac = data[at + len(_MARK) : -2].partition(b":")
+        key_id = raw_id.decode("ascii", "backslashreplace")
         if key_id not in self._keys:
+            shown = repr(key_id) if len(key_id) <= 40 else repr(key_id[:40]) + "…"
             raise ProtocolError(
-                f"envelope signed with unknown key id {key_id!r} (this worker accepts {accepted})",
+                f"envelope signed with unknown key id {shown} (this worker accepts {accepted})",
                 field="$.sig",
             )
-        expected = self._mac(key_id, data[:at] + b"}")
+        expected = self._mac(key_id, data[:at] + b"}").encode()
         if not hmac.compare_digest(expected, mac):
             raise ProtocolError(
                 f"bad signature for key id {key_id!r}: the envelope was altered or signed with"

@@ -3,14 +3,26 @@
 from __future__ import annotations
 
 import io
+import time
 
 import anyio
 
 from agentqueue import App, Client, RequestFailed
-from agentqueue.admin import dlq_list, dlq_replay, dlq_show, print_status
+from agentqueue.admin import dlq_list, dlq_replay, dlq_show, print_status, replay_envelope
 from agentqueue.broker.memory import MemoryBroker
+from agentqueue.broker.replies import ReplyRouter
 from agentqueue.broker.topology import Topology
-from agentqueue.protocol import new_id
+from agentqueue.protocol import (
+    DeadLetter,
+    Envelope,
+    ToolCall,
+    ToolResult,
+    encode,
+    encode_dead_letter,
+    new_id,
+)
+from agentqueue.protocol.admission import admit
+from agentqueue.protocol.signing import KeyRing
 from agentqueue.workers.session_store import MemorySessionStore
 from agentqueue.workers.worker import Worker
 from tests.config import worker_settings
@@ -121,3 +133,146 @@ async def test_a_poison_request_on_rabbitmq_is_dead_lettered_with_its_error_and_
             in listing.getvalue()
         )
         worker.stop()
+
+
+# --- dead letters that are garbage, and replays under signing -----------------------------------
+
+KEYS = KeyRing([("k2", b"current-secret-0123456789"), ("k1", b"previous-secret-0123456789")])
+ran: list[str] = []
+signed_app = App("signed-admin")
+
+
+@signed_app.tool("transfer")
+async def transfer(account: str) -> str:
+    """Move money (test tool)."""
+    ran.append(account)
+    return f"moved from {account}"
+
+
+def transfer_call(account: str, *, created_at: float, reply_to: str | None = None) -> Envelope:
+    call_id = new_id()
+    return Envelope(
+        id=call_id,
+        session_id=account,
+        correlation_id=call_id,
+        reply_to=reply_to,
+        body=ToolCall(name="transfer", arguments={"account": account}, call_id=call_id),
+        created_at=created_at,
+        deadline=created_at + 60,
+    )
+
+
+async def test_records_with_invalid_utf8_are_listed_shown_and_kept_not_crashed_on_or_lost() -> None:
+    topology = Topology(namespace="dlu", partitions=1, tool_partitions=1)
+    async with MemoryBroker(f"memory://dlq-{new_id()[:8]}") as broker:
+        await broker.declare(topology)
+        dlq = topology.dead_letter_queue
+        # The finding: a record with invalid UTF-8 made list/show/replay crash, and on the memory
+        # broker the records taken so far were never given back.
+        good = DeadLetter(
+            reason="failed after 3 attempts: x", queue="dlu-tools-0", payload=b"{}", failed_at=1.0
+        )
+        await broker.publish(dlq, encode_dead_letter(good), sign=False)
+        await broker.publish(dlq, b'{"reason":"bad \xff","queue":"q","payload":"","failed_at":1}')
+        bad_payload = DeadLetter(
+            reason="not a JSON envelope", queue="dlu-tools-0", payload=b"\xff\xfe{", failed_at=2.0
+        )
+        await broker.publish(dlq, encode_dead_letter(bad_payload), sign=False)
+        for _ in range(2):
+            listing = io.StringIO()
+            assert await dlq_list(broker, topology, listing) == 3
+            assert "dead-lettered by the broker" in listing.getvalue()
+        shown = io.StringIO()
+        assert await dlq_show(broker, topology, "2", shown)
+        assert "payload (3 bytes, not an envelope): b'\\xff\\xfe{'" in shown.getvalue()
+        replayed = io.StringIO()
+        assert await dlq_replay(broker, topology, None, replayed) == 0
+        missing_id = "not replayed (no id): invalid envelope: Object missing required field `id`"
+        assert replayed.getvalue().splitlines() == [
+            missing_id,  # the good record's payload, `{}`
+            missing_id,  # the raw bytes the broker would have dead-lettered by itself
+            "not replayed (no id): not a JSON envelope: JSON is malformed: invalid character"
+            " (byte 0)",
+        ]
+        assert (await broker.stats(dlq)).ready == 3  # every record is still there
+
+
+async def test_dlq_replay_under_signing_sends_a_new_signed_envelope_that_runs_once() -> None:
+    ran.clear()
+    topology = Topology(namespace="dlr", partitions=1, tool_partitions=1)
+    async with (
+        MemoryBroker(f"memory://dlq-{new_id()[:8]}") as broker,
+        anyio.create_task_group() as tg,
+    ):
+        broker.signing = KEYS
+        worker = Worker(
+            signed_app,
+            broker,
+            MemorySessionStore(f"memory://{new_id()[:8]}"),
+            worker_settings(topology),
+        )
+        await tg.start(worker.run)
+        replies = topology.reply_queue("dlr")
+        await broker.declare_reply_queue(replies)
+        router = ReplyRouter(broker, replies)
+        await tg.start(router.run)
+        stale = transfer_call("acct-1", created_at=time.time() - 3600, reply_to=replies)
+        await broker.publish(topology.route(stale), encode(stale))  # signed, but an hour old
+        with anyio.fail_after(20):
+            while (await broker.stats(topology.dead_letter_queue)).ready == 0:
+                await anyio.sleep(0.02)
+        # The finding: replayed bytes were refused again, as replays or as stale.
+        inbox = router.expect(stale.id)  # the replay answers the original caller
+        out = io.StringIO()
+        assert await dlq_replay(broker, topology, stale.id, out) == 1
+        line = out.getvalue().strip()
+        assert line.startswith(f"replayed {stale.id} to dlr-tools-0 as ")
+        new_id_ = line.rsplit(" as ", 1)[1]
+        assert new_id_ != stale.id and len(new_id_) == 32
+        with anyio.fail_after(20):
+            reply = await inbox.get()
+        assert isinstance(reply.body, ToolResult) and reply.body.ok
+        assert reply.body.output == "moved from acct-1"
+        assert ran == ["acct-1"]
+        assert (await broker.stats(topology.dead_letter_queue)).ready == 0
+        worker.stop()
+        tg.cancel_scope.cancel()
+
+
+async def test_dlq_replay_does_not_re_sign_a_forged_payload() -> None:
+    topology = Topology(namespace="dlf", partitions=1, tool_partitions=1)
+    async with MemoryBroker(f"memory://dlq-{new_id()[:8]}") as broker:
+        await broker.declare(topology)
+        broker.signing = KEYS
+        forger = KeyRing([("k2", b"an-attackers-guess-of-the-key")])
+        forged = transfer_call("acct-2", created_at=time.time())
+        record = DeadLetter(
+            reason="bad signature",
+            queue="dlf-tools-0",
+            payload=forger.sign(encode(forged)),
+            failed_at=1.0,
+            envelope_id=forged.id,
+        )
+        await broker.publish(topology.dead_letter_queue, encode_dead_letter(record), sign=False)
+        out = io.StringIO()
+        assert await dlq_replay(broker, topology, forged.id, out) == 0
+        assert out.getvalue() == (
+            f"not replayed {forged.id}: bad signature for key id 'k2': the envelope was altered"
+            " or signed with another secret\n"
+        )
+        assert (await broker.stats(topology.dead_letter_queue)).ready == 1
+        assert (await broker.stats("dlf-tools-0")).ready == 0
+
+
+def test_a_replay_is_a_new_envelope_made_now_signed_anew_and_naming_the_original() -> None:
+    original = transfer_call("acct-3", created_at=1_000.0)
+    record = DeadLetter(
+        reason="stale", queue="q", payload=KEYS.sign(encode(original)), failed_at=2_000.0
+    )
+    replay = replay_envelope(record, KEYS, now=5_000.0)
+    assert isinstance(replay, Envelope)
+    assert replay.id != original.id and replay.replay_of == original.id
+    assert replay.correlation_id == original.id and replay.body == original.body
+    assert (replay.created_at, replay.deadline, replay.sig) == (5_000.0, 5_060.0, None)
+    admitted = admit(KEYS.sign(encode(replay)), KEYS, now=5_000.0)
+    assert isinstance(admitted, Envelope) and admitted.replay_of == original.id

@@ -79,8 +79,13 @@ class App:
         remote: bool = True,
         timeout: float | None = 60.0,
         idempotent: bool = False,
+        retry_on: tuple[type[Exception], ...] = (),
     ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-        """Expose a typed function as a tool; `remote=True` runs it on tool workers as events."""
+        """Expose a typed function as a tool; `remote=True` runs it on tool workers as events.
+
+        `timeout` is the most a call may run (a caller may ask for less); exceptions in
+        `retry_on` are transient: the call is retried with backoff instead of failing at once.
+        """
 
         def register(func: Callable[..., Any]) -> Callable[..., Any]:
             tool_name = name or func.__name__
@@ -93,6 +98,7 @@ class App:
                 remote=remote,
                 timeout=timeout,
                 idempotent=idempotent,
+                retry_on=retry_on,
             )
             return func
 

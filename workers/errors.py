@@ -35,3 +35,7 @@ class ModelCallError(PermanentError):
     It is a `PermanentError`: the model layer has already retried what was worth retrying, so
     the pipeline dead-letters the event at once instead of running the turn again.
     """
+
+
+class SigningRequired(WorkerError):
+    """A consumer was told to run only signed envelopes but has no signing keys."""

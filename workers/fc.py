@@ -55,9 +55,10 @@ import msgspec
 from agentqueue.broker.base import Broker
 from agentqueue.broker.replies import ReplyRouter
 from agentqueue.broker.urls import open_broker
-from agentqueue.protocol.codec import DEFAULT_MAX_SIZE, encode_dead_letter
+from agentqueue.protocol.codec import encode_dead_letter
 from agentqueue.protocol.ids import new_id
 from agentqueue.protocol.messages import AgentRequest, DeadLetter, ToolCall
+from agentqueue.workers.admission import check_signing
 from agentqueue.workers.agent_handler import AgentHandler
 from agentqueue.workers.app import load_app
 from agentqueue.workers.errors import WorkerError
@@ -143,7 +144,13 @@ class FCInstance:
         }
         middleware: list[Middleware] = [Tracing(self.broker, self.instance_id)]
         if self.broker.signing is not None:
-            middleware.append(Signing(self.broker.signing))
+            signing = Signing(
+                self.broker.signing,
+                store=self.store,
+                max_size=config.settings.max_message_size,
+                window=config.settings.freshness_window,
+            )
+            middleware.append(signing)
         self.pipeline = Pipeline(
             self.broker,
             self.store,
@@ -154,7 +161,7 @@ class FCInstance:
             retry=RetryPolicy(max_attempts=config.settings.max_attempts),
             lease_ttl=config.settings.lease_ttl,
             delivery_limit=config.settings.delivery_limit,
-            max_message_size=DEFAULT_MAX_SIZE,
+            max_message_size=config.settings.max_message_size,
             # The trigger hands out no delivery count: count in the store (see module docs).
             count_deliveries_in_store=True,
         )
@@ -166,6 +173,7 @@ class FCInstance:
 
     def start(self) -> FCInstance:
         """Start the event loop thread and connect to the broker."""
+        check_signing(self.broker.signing, who="function")
         self._portal_cm = anyio.from_thread.start_blocking_portal()
         self._portal = self._portal_cm.__enter__()
         try:

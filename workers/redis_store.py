@@ -15,6 +15,7 @@ from __future__ import annotations
 from urllib.parse import urlsplit
 
 import redis.asyncio as redis
+from redis.commands.core import AsyncScript
 
 from agentqueue.broker.urls import redact_url
 from agentqueue.workers.errors import LeaseLost
@@ -209,3 +210,25 @@ class RedisSessionStore(SessionStore):
     async def expire(self, now: float | None = None) -> Expired:
         """Nothing to do: Redis expires the keys itself (see the module doc)."""
         return Expired()
+
+    _first_sighting: AsyncScript | None = None  # registered on first use
+
+    async def first_sighting(self, key: str, message_id: str, ttl: float) -> bool:
+        if self._first_sighting is None:
+            self._first_sighting = self._redis.register_script(_FIRST_SIGHTING)
+        first = await self._first_sighting(
+            keys=[f"{self._prefix}:seen:{key}"], args=[message_id, max(1, int(ttl * 1000))]
+        )
+        return int(first) == 1
+
+
+# KEYS: the seen key; ARGV: message id, ttl in ms. Redis expires the key: the window is bounded.
+_FIRST_SIGHTING = """
+local first = redis.call('GET', KEYS[1])
+if not first then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
+end
+if first == ARGV[1] then return 1 end
+return 0
+"""

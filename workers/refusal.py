@@ -1,46 +1,37 @@
-"""Answering the caller of a message that was refused before it could be decoded."""
+"""Answering the caller of a message that was refused before it could run."""
 
 from __future__ import annotations
 
+import logging
 import time
 
-import msgspec
-
 from agentqueue.broker.base import Broker
+from agentqueue.protocol.admission import Addressing, Refusal, addressing
 from agentqueue.protocol.codec import encode
 from agentqueue.protocol.ids import new_id
 from agentqueue.protocol.messages import Envelope, ResultEvent
 
+log = logging.getLogger("agentqueue.worker")
 
-class Addressing(msgspec.Struct):
-    """The fields needed to answer a refused message, read leniently from its bytes."""
-
-    id: str | None = None
-    session_id: str | None = None
-    correlation_id: str | None = None
-    reply_to: str | None = None
+__all__ = ["Addressing", "addressing", "answer_refused"]
 
 
-_addressing = msgspec.json.Decoder(Addressing)
+async def answer_refused(broker: Broker, refused: Refusal) -> None:
+    """Send the caller a `failed` result carrying the refusal reason, when it may be answered.
 
-
-def addressing(data: bytes) -> Addressing:
-    """Whatever addressing fields the bytes have; empty when they are not JSON at all."""
-    try:
-        return _addressing.decode(data)
-    except (msgspec.MsgspecError, RecursionError):
-        return Addressing()
-
-
-async def answer_refused(broker: Broker, address: Addressing, reason: str) -> None:
-    """Send the caller a `failed` result carrying the refusal reason, if it named a reply queue."""
-    if not (address.reply_to and address.id):
+    Never raises: the refused message is already dead-lettered with its reason, so an answer
+    that cannot be sent (a reply queue that is gone, a name no broker takes) is only logged.
+    """
+    if not (refused.answerable and refused.reply_to and refused.id):
         return
     reply = Envelope(
         id=new_id(),
-        session_id=address.session_id or "",
-        correlation_id=address.correlation_id or address.id,
-        body=ResultEvent(request_id=address.id, kind="failed", error=reason),
+        session_id=refused.session_id or "",
+        correlation_id=refused.correlation_id or refused.id,
+        body=ResultEvent(request_id=refused.id, kind="failed", error=refused.reason),
         created_at=time.time(),
     )
-    await broker.publish(address.reply_to, encode(reply))
+    try:
+        await broker.publish(refused.reply_to, encode(reply))
+    except Exception as exc:
+        log.warning("could not tell %r that %s was refused: %s", refused.reply_to, refused.id, exc)

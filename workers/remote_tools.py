@@ -8,6 +8,7 @@ import time
 from typing import Any
 
 import anyio
+import msgspec
 
 from agentqueue.broker import tracing
 from agentqueue.broker.base import Broker
@@ -65,9 +66,8 @@ class RemoteTools:
                     # encoded inside). Tracing off, request.trace passes through.
                     reconnects = self.broker.reconnects
                     with tracing.publishing(self.broker, queue, envelope):
-                        body = encode(envelope)
-                        await self._publish(queue, body)
-                    reply = await self._await_result(inbox, queue, body, call_id, reconnects)
+                        await self._publish(queue, encode(envelope))
+                    reply = await self._await_result(inbox, queue, envelope, reconnects)
             except TimeoutError:
                 raise ToolError(
                     f"tool {name} timed out after {timeout} s (no tool worker answered)"
@@ -84,19 +84,23 @@ class RemoteTools:
         return invoke_remote
 
     async def _await_result(
-        self, inbox: asyncio.Queue[Envelope], queue: str, body: bytes, call_id: str, seen: int
+        self, inbox: asyncio.Queue[Envelope], queue: str, envelope: Envelope, seen: int
     ) -> Envelope:
         # A result that sat in our reply queue when the connection dropped is gone with it (an
         # exclusive queue dies with its connection): after each reconnect since the call went
         # out (`seen` counted before), ask again with the same call id; the tool worker answers
-        # a call it has run from its store.
+        # a call it has run from its store. Asked as a new attempt, made now: the same bytes
+        # again would be refused by a signing tool worker as a replay (or, later, as stale).
         while True:
             with anyio.move_on_after(REASK_CHECK):
                 return await inbox.get()
             if self.broker.reconnects != seen:
                 seen = self.broker.reconnects
-                log.info("reconnected while waiting for tool call %s; asking again", call_id)
-                await self._publish(queue, body)
+                log.info("reconnected while waiting for tool call %s; asking again", envelope.id)
+                envelope = msgspec.structs.replace(
+                    envelope, attempt=envelope.attempt + 1, created_at=time.time()
+                )
+                await self._publish(queue, encode(envelope))
 
     async def _publish(self, queue: str, body: bytes) -> None:
         # A broker away for a moment (restarting, a cut connection) must not fail the tool

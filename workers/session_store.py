@@ -110,6 +110,15 @@ class SessionStore(abc.ABC):
     retention: float = DEFAULT_RETENTION
     session_ttl: float | None = None
 
+    @abc.abstractmethod
+    async def first_sighting(self, key: str, message_id: str, ttl: float) -> bool:
+        """Record `key` for `ttl` seconds, atomically; False when it was recorded before with
+        another `message_id` (a copy the broker did not redeliver: a replay).
+
+        `key` identifies the signed bytes, `message_id` the broker's message. Every process
+        using this store shares the window.
+        """
+
     async def expire(self, now: float | None = None) -> Expired:
         """Delete what is past its TTL as of `now` (unix seconds; default: now)."""
         return Expired()
@@ -262,3 +271,19 @@ class MemorySessionStore(SessionStore):
             if s.state is None and not s.handled and not s.attempts:
                 del self._sessions[session_id]  # nothing left but a token (see first_token)
         return Expired(handled, attempts, sessions)
+
+    async def first_sighting(self, key: str, message_id: str, ttl: float) -> bool:
+        seen = _memory_seen.setdefault(urlsplit(self.url).netloc or "default", OrderedDict())
+        now = time.time()
+        # Oldest first: what expired is dropped from the front, so the window stays bounded.
+        while seen and next(iter(seen.values()))[1] <= now:
+            seen.popitem(last=False)
+        first = seen.get(key)
+        if first is not None and first[1] > now:
+            return first[0] == message_id
+        seen[key] = (message_id, now + ttl)
+        return True
+
+
+# Per store URL: signed message key -> (broker message id, expires at), in insertion order.
+_memory_seen: dict[str, OrderedDict[str, tuple[str, float]]] = {}

@@ -277,3 +277,32 @@ class SQLiteSessionStore(SessionStore):
                 (now - self.session_ttl, now),
             ).rowcount
         return Expired(handled, attempts, sessions)
+
+    _seen_ready = False  # the `seen` table exists (made on first use)
+
+    async def first_sighting(self, key: str, message_id: str, ttl: float) -> bool:
+        def op(db: sqlite3.Connection) -> bool:
+            if not self._seen_ready:
+                db.execute(_SEEN_SCHEMA)
+                db.execute(_SEEN_INDEX)
+                self._seen_ready = True
+            now = time.time()
+            db.execute("DELETE FROM seen WHERE expires_at <= ?", (now,))
+            row = db.execute("SELECT message_id FROM seen WHERE key=?", (key,)).fetchone()
+            if row is not None:
+                return bool(row[0] == message_id)
+            db.execute(
+                "INSERT INTO seen(key, message_id, expires_at) VALUES (?, ?, ?)",
+                (key, message_id, now + ttl),
+            )
+            return True
+
+        return bool(await self._run(op))
+
+
+# The replay window of signed messages (see SessionStore.first_sighting); entries expire.
+_SEEN_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS seen ("
+    " key TEXT PRIMARY KEY, message_id TEXT NOT NULL, expires_at REAL NOT NULL)"
+)
+_SEEN_INDEX = "CREATE INDEX IF NOT EXISTS seen_expiry ON seen(expires_at)"

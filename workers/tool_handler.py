@@ -1,10 +1,16 @@
-"""Runs `ToolCall` events on a tool worker: registered tools only, errors become tool results."""
+"""Runs `ToolCall` events on a tool worker: registered tools only, errors become tool results.
+
+A tool's own timeout is the ceiling (a caller may only shorten it). Exceptions a tool declares
+transient (`retry_on`) are raised to the pipeline, which retries the call with backoff;
+`PermanentError` dead-letters it at once; any other exception is the call's failed result.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import functools
 import inspect
+import math
 import os
 from typing import Any
 
@@ -49,7 +55,7 @@ class ToolHandler:
                 " refusing to run it"
             )
         call_id = call.call_id or envelope.id
-        timeout = call.timeout if call.timeout is not None else spec.timeout
+        timeout = effective_timeout(call.name, call.timeout, spec.timeout)
         try:
             arguments = validate_arguments(spec.func, call.arguments)
         except (TypeError, msgspec.ValidationError) as exc:
@@ -59,16 +65,16 @@ class ToolHandler:
         try:
             async with asyncio.timeout(timeout):
                 output = await _call(spec.func, arguments)
-        except TimeoutError:
-            return HandlerResult(
-                self._result(call, call_id, False, f"tool {call.name} timed out after {timeout} s")
-            )
+        except PermanentError:
+            raise  # dead-lettered at once, as PermanentError promises
         except Exception as exc:
-            return HandlerResult(
-                self._result(
-                    call, call_id, False, f"tool {call.name} failed: {type(exc).__name__}: {exc}"
-                )
-            )
+            if isinstance(exc, spec.retry_on):
+                raise  # a transient error the tool declared: the pipeline retries with backoff
+            if isinstance(exc, TimeoutError):
+                text = f"tool {call.name} timed out after {timeout} s"
+            else:
+                text = f"tool {call.name} failed: {type(exc).__name__}: {exc}"
+            return HandlerResult(self._result(call, call_id, False, text))
         text = output if isinstance(output, str) else msgspec.json.encode(output).decode()
         return HandlerResult(self._result(call, call_id, True, text))
 
@@ -76,6 +82,22 @@ class ToolHandler:
         return ToolResult(
             call_id=call_id, name=call.name, ok=ok, output=output, worker=self.worker_name
         )
+
+
+def effective_timeout(name: str, requested: float | None, ceiling: float | None) -> float | None:
+    """The seconds a call may run: the tool's own timeout, or a shorter one the caller asks for.
+
+    Raises `PermanentError` for a requested timeout that is not a positive finite number.
+    """
+    if requested is None:
+        return ceiling
+    if not (math.isfinite(requested) and requested > 0):
+        limit = "no limit" if ceiling is None else f"{ceiling} s"
+        raise PermanentError(
+            f"tool call timeout {requested!r} for tool {name!r} refused: give a finite number of"
+            f" seconds above 0 (the tool's own limit, {limit}, is the most it gets), or none"
+        )
+    return requested if ceiling is None else min(requested, ceiling)
 
 
 @functools.lru_cache(maxsize=1024)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import inspect
+import math
 import re
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
@@ -48,16 +49,33 @@ class ToolSpec:
     """Seconds; a local tool is stopped after it, a remote one gets it passed to invoke_remote."""
     idempotent: bool = False
     """A pure tool: a repeated call may simply run again, so no result is stored for it."""
+    retry_on: tuple[type[BaseException], ...] = ()
+    """Exceptions that are transient: a call failing with one is retried with backoff (up to
+    the worker's max_attempts) instead of answering the error at once. Remote tools only."""
 
     def __post_init__(self) -> None:
-        """Reject names providers refuse and non-positive timeouts."""
+        """Reject names providers refuse, timeouts that are not positive and finite, and
+        `retry_on` that is not a tuple of exception types of a remote tool."""
         if not _TOOL_NAME.match(self.name):
             raise ValueError(
                 f"tool name {self.name!r} is invalid: use 1-64 letters, digits, '_' or '-'"
             )
-        if self.timeout is not None and self.timeout <= 0:
+        if self.timeout is not None and not (math.isfinite(self.timeout) and self.timeout > 0):
             raise ValueError(
-                f"tool {self.name} timeout must be > 0 seconds or None, got {self.timeout!r}"
+                f"tool {self.name} timeout must be a finite number of seconds > 0, or None,"
+                f" got {self.timeout!r}"
+            )
+        if not isinstance(self.retry_on, tuple) or not all(
+            isinstance(t, type) and issubclass(t, Exception) for t in self.retry_on
+        ):
+            raise ValueError(
+                f"tool {self.name} retry_on must be a tuple of exception classes,"
+                f" got {self.retry_on!r}"
+            )
+        if self.retry_on and not self.remote:
+            raise ValueError(
+                f"tool {self.name} has retry_on but runs in the agent's process (remote=False):"
+                " retries are made by tool workers; make it remote=True or drop retry_on"
             )
 
 

@@ -226,8 +226,13 @@ class Worker:
         """Tracing, signatures (when the broker has keys), then the app's own middleware."""
         middleware: list[Middleware] = [Tracing(self.broker, self.worker_id)]
         if self.broker.signing is not None:
-            window = self.settings.freshness_window
-            middleware.append(Signing(self.broker.signing, window=window))
+            signing = Signing(
+                self.broker.signing,
+                store=self.store,
+                max_size=self.settings.max_message_size,
+                window=self.settings.freshness_window,
+            )
+            middleware.append(signing)
         return middleware + list(self.app.middleware)
 
     def _eligible(self) -> dict[str, list[str]]:

@@ -156,3 +156,21 @@ async def test_a_publish_no_queue_takes_fails_as_a_missing_queue_not_dropped(
     async with await broker.consume(missing) as sub:
         (delivery,) = await take(sub, 1, ack=True)
     assert delivery.body == b"an answer for a caller that came back"
+
+
+async def test_a_copy_published_again_is_a_first_delivery_and_only_a_redelivery_is_redelivered(
+    broker: Broker, topology: Topology
+) -> None:
+    # What tells a replay from a redelivery is the broker's own flag: never set on a copy a
+    # publisher sent again, always set when the broker hands a message out a second time.
+    queue = topology.queue("tools", 1)
+    await broker.publish(queue, b"same bytes")
+    await broker.publish(queue, b"same bytes")
+    async with await broker.consume(queue, prefetch=2) as sub:
+        first, copy = await take(sub, 2)
+        assert not first.redelivered and not copy.redelivered
+        await first.ack()
+        await copy.nack(requeue=True)
+        (again,) = await take(sub, 1)
+        assert again.body == b"same bytes" and again.redelivered
+        await again.ack()

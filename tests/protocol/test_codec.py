@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import msgspec
 import pytest
@@ -98,3 +99,15 @@ def test_the_json_schema_covers_every_body_type() -> None:
     schema = json.dumps(envelope_schema())
     for tag in ("agent_request", "tool_call", "tool_result", "result", "cancel"):
         assert f'"{tag}"' in schema
+
+
+def test_the_json_schema_and_the_readme_name_every_envelope_field() -> None:
+    fields = set(Envelope.__struct_fields__)
+    assert "replay_of" in fields  # `dlq replay`'s link to the dead letter, optional (additive)
+    schema = envelope_schema()
+    envelope = schema["$defs"]["Envelope"]
+    assert set(envelope["properties"]) == fields
+    assert "replay_of" not in envelope["required"]
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    listed = readme.split("One message is one JSON `Envelope` (", 1)[1].split(")", 1)[0]
+    assert {name.strip(" `\n") for name in listed.split(",")} == fields

@@ -16,10 +16,12 @@ from mns.mns_exception import MNSServerException
 from mns.queue import QueueMeta
 
 from agentqueue.broker.base import read_dead_letter
-from agentqueue.broker.mns_body import from_wire
+from agentqueue.broker.mns_body import from_wire, to_wire
 from agentqueue.deploy.local_mns import LocalMNS
 from agentqueue.protocol import Envelope, ToolCall, ToolResult, decode, encode
+from agentqueue.protocol.signing import KeyRing
 from agentqueue.workers import fc
+from agentqueue.workers.fc_events import cloud_event
 from agentqueue.workers.session_store import DEFAULT_RETENTION, Expired
 from agentqueue.workers.sqlite_store import SQLiteSessionStore
 
@@ -204,3 +206,91 @@ def test_attempt_counts_of_1000_idempotent_tool_calls_are_gone_after_a_ttl_pass(
     assert anyio.run(ttl_pass) == Expired(handled=0, attempts=1000, sessions=0)
     with sqlite3.connect(database) as db:
         assert db.execute("SELECT COUNT(*) FROM attempts").fetchone()[0] == 0
+
+
+# --- admission on FC: signatures, replays, garbage ----------------------------------------------
+
+SIGNING_KEYS = "k2:current-secret-0123456789,k1:previous-secret-0123456789"
+
+
+def record_call(event_id: str, seq: int, *, created_at: float | None = None) -> bytes:
+    return encode(
+        Envelope(
+            id=event_id,
+            session_id="alpha",
+            correlation_id=event_id,
+            reply_to=REPLIES,
+            body=ToolCall(name="record", arguments={"session": "alpha", "seq": seq}),
+            created_at=time.time() if created_at is None else created_at,
+        )
+    )
+
+
+def batch(*messages: tuple[str, bytes]) -> bytes:
+    return json.dumps(
+        [cloud_event("fcx-tools-0", mid, to_wire(body)) for mid, body in messages]
+    ).encode()
+
+
+def test_with_signing_keys_an_unsigned_tool_call_on_fc_is_dead_lettered_and_never_runs(
+    effects: Path, local_mns: LocalMNS, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AGENTQUEUE_SIGNING_KEYS", SIGNING_KEYS)
+    keys = KeyRing.parse(SIGNING_KEYS)
+    # The finding: the FC entrypoint decoded without admission, so this ran.
+    unsigned = record_call("unsigned-1", 1, created_at=0.0)
+    signed = keys.sign(record_call("signed-2", 2))
+    result = json.loads(fc.handler(batch(("MSG-1", unsigned), ("MSG-2", signed)), None))
+    assert result == {"handled": 1, "dead_lettered": 1, "handed_back": 0, "failed": 0}
+    (dead,) = drain(local_mns, "fcx-dead-letters")
+    record = read_dead_letter(dead, "fcx-dead-letters")
+    assert record.reason == (
+        "unsigned envelope refused: this worker runs only envelopes signed with one of its keys"
+        " (k2, k1)"
+    )
+    assert record.envelope_id == "unsigned-1"
+    assert [line.split()[:2] for line in lines(effects)] == [["alpha", "2"]]
+    assert sorted(replies(local_mns)) == ["signed-2"]  # the unsigned sender is not answered
+
+
+def test_on_fc_a_trigger_retry_is_answered_and_a_copy_published_again_is_a_replay(
+    effects: Path, local_mns: LocalMNS, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AGENTQUEUE_SIGNING_KEYS", SIGNING_KEYS)
+    signed = KeyRing.parse(SIGNING_KEYS).sign(record_call("signed-3", 3))
+    assert json.loads(fc.handler(batch(("MSG-3", signed)), None))["handled"] == 1
+    retried = json.loads(fc.handler(batch(("MSG-3", signed)), None))  # same MNS message id
+    assert retried["handled"] == 1
+    again = json.loads(fc.handler(batch(("MSG-4", signed)), None))  # published again
+    assert again == {"handled": 0, "dead_lettered": 1, "handed_back": 0, "failed": 0}
+    (dead,) = drain(local_mns, "fcx-dead-letters")
+    assert read_dead_letter(dead, "fcx-dead-letters").reason == (
+        "replayed envelope refused: signed-3 with this signature was already received"
+    )
+    assert len(lines(effects)) == 1  # it ran once
+
+
+def test_on_fc_invalid_utf8_in_a_field_is_dead_lettered_and_the_batch_still_returns(
+    effects: Path, local_mns: LocalMNS, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("AGENTQUEUE_SIGNING_KEYS", raising=False)
+    # The finding: addressing() raised on it, so the message vanished or the batch raised.
+    garbage = (
+        b'{"id":"utf8-1","session_id":"\xffalpha","reply_to":"%s","body":{"type":"tool_call",'
+        b'"name":"record","arguments":{"session":"alpha","seq":9}}}' % REPLIES.encode()
+    )
+    result = json.loads(
+        fc.handler(batch(("MSG-5", garbage), ("MSG-6", record_call("ok-4", 4))), None)
+    )
+    assert result == {"handled": 1, "dead_lettered": 1, "handed_back": 0, "failed": 0}
+    (dead,) = drain(local_mns, "fcx-dead-letters")
+    record = read_dead_letter(dead, "fcx-dead-letters")
+    assert record.payload == garbage and record.envelope_id == "utf8-1"
+    assert record.reason == (
+        "not a JSON envelope: 'utf-8' codec can't decode byte 0xff in position 0:"
+        " invalid start byte"
+    )
+    got = replies(local_mns)
+    assert sorted(got) == ["ok-4", "utf8-1"]  # the caller is told why (unsigned mode)
+    assert got["utf8-1"].body.error == record.reason  # type: ignore[union-attr]
+    assert [line.split()[:2] for line in lines(effects)] == [["alpha", "4"]]

@@ -125,7 +125,9 @@ async def test_a_client_signing_with_the_previous_key_is_still_served_during_rot
             ).run
         )
         client_broker = MemoryBroker(url)
-        client_broker.signing = KeyRing([PREVIOUS])
+        # Mid-rotation: the client still signs with the previous key and already accepts the
+        # current one, which the worker signs its replies with (replies are verified too).
+        client_broker.signing = KeyRing([PREVIOUS, CURRENT])
         await client_broker.connect()
         async with Client(client_broker, topology=topology) as client:
             assert (

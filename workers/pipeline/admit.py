@@ -5,8 +5,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
-from agentqueue.protocol.codec import decode
-from agentqueue.protocol.errors import ProtocolError
+from agentqueue.protocol.admission import Refusal, admit, refusal
 from agentqueue.protocol.messages import Cancel
 from agentqueue.workers.pipeline.event import Event, Next
 
@@ -21,30 +20,35 @@ class SizeLimit:
 
     def __init__(self, pipeline: Pipeline) -> None:
         self.limit = pipeline.max_message_size
+        # Signed bytes this large are never verified, so the caller they name is not trusted.
+        self.answerable = pipeline.broker.signing is None
 
     async def __call__(self, event: Event, call_next: Next) -> None:
         size = len(event.data)
         if size > self.limit:
-            event.refuse(
+            reason = (
                 f"message is {size} bytes, over the {self.limit} byte limit;"
                 " send large inputs by reference (a URL) instead"
             )
+            event.refuse(refusal(event.data, reason, field="$", answerable=self.answerable))
             return
         await call_next(event)
 
 
 class Decode:
-    """Strictly decodes the envelope; a wrong type or field is refused naming the field."""
+    """Strictly decodes the envelope (unless an admission middleware has: bytes are decoded
+    once); a wrong type or field is refused naming the field."""
 
     def __init__(self, pipeline: Pipeline) -> None:
         self.limit = pipeline.max_message_size
 
     async def __call__(self, event: Event, call_next: Next) -> None:
-        try:
-            event.envelope = decode(event.data, max_size=self.limit)
-        except ProtocolError as exc:
-            event.refuse(str(exc))
-            return
+        if event.envelope is None:
+            verdict = admit(event.data, max_size=self.limit)
+            if isinstance(verdict, Refusal):
+                event.refuse(verdict)
+                return
+            event.envelope = verdict
         await call_next(event)
 
 

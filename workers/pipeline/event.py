@@ -6,6 +6,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
+from agentqueue.protocol.admission import Refusal
 from agentqueue.protocol.messages import Envelope
 from agentqueue.workers.handling import Handler, HandlerResult
 from agentqueue.workers.session_store import Lease
@@ -40,7 +41,7 @@ class Event:
     redelivered: bool = False  # set by the broker itself, never by a publisher
     message_id: str | None = None  # the broker's own id of the message, where it has one
     envelope: Envelope | None = None  # once admitted
-    refusal: str | None = None  # why admission refused it
+    refusal: Refusal | None = None  # why admission refused it, and whom to tell
     handler: Handler | None = None
     key: str = ""  # the session lane and store record
     dedup: bool = False
@@ -53,9 +54,9 @@ class Event:
     error: BaseException | None = None  # the exception behind a dead letter, if any
     extra: dict[str, Any] = field(default_factory=dict)  # room for middleware
 
-    def refuse(self, reason: str) -> None:
-        """Admission's verdict: not run, dead-lettered with `reason`."""
-        self.refusal = reason
+    def refuse(self, refusal: Refusal) -> None:
+        """Admission's verdict: not run, dead-lettered with the refusal's reason."""
+        self.refusal = refusal
 
     def ack(self, reply: bytes | None = None) -> None:
         """Done: publish `reply` (if any) to the caller, then ack."""

@@ -31,7 +31,7 @@ from agentqueue.workers.pipeline.admit import Route
 from agentqueue.workers.pipeline.event import Event, Next
 from agentqueue.workers.pipeline.middleware import Middleware, overrides
 from agentqueue.workers.pipeline.stages import process_chain, receive_chain
-from agentqueue.workers.refusal import addressing, answer_refused
+from agentqueue.workers.refusal import answer_refused
 from agentqueue.workers.retry import RetryPolicy
 from agentqueue.workers.session_store import SessionStore
 
@@ -215,12 +215,12 @@ class Pipeline:
         await self.publish_reply(event, self.failure_reply(event, "failed", event.reason))
 
     async def refuse(self, event: Event) -> None:
-        """Dead-letter bytes admission refused, and tell their caller if they name one."""
-        reason = event.refusal or "refused"
-        log.error("refusing a message on %s: %s", event.queue or "?", reason)
-        address = addressing(event.data)
-        await event.settler.dead_letter(reason, address.id, address.session_id)
-        await answer_refused(self.broker, address, reason)
+        """Dead-letter bytes admission refused, and tell their caller when that is safe."""
+        refused = event.refusal
+        assert refused is not None
+        log.error("refusing a message on %s: %s", event.queue or "?", refused.reason)
+        await event.settler.dead_letter(refused.reason, refused.id, refused.session_id)
+        await answer_refused(self.broker, refused)
 
 
 async def _no_emit(text: str) -> None:
