@@ -8,7 +8,7 @@ content blocks, `session_id`, `user_id`, sampling options); unknown extra fields
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 
@@ -184,6 +184,11 @@ class TraceContext(msgspec.Struct, omit_defaults=True):
     tracestate: str | None = None
 
 
+# A queue a reply may be sent to: ASCII letters, digits and `-_.:` (what RabbitMQ and MNS both
+# take). Anything else is refused at decode, so an answer is never owed to a queue that cannot be.
+QueueName = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,254}$")]
+
+
 class Envelope(msgspec.Struct, omit_defaults=True):
     """One message on any queue: routing, delivery and trace metadata around one body."""
 
@@ -193,7 +198,7 @@ class Envelope(msgspec.Struct, omit_defaults=True):
     v: int = PROTOCOL_VERSION
     key: str | None = None  # partition key; None means the session id
     correlation_id: str | None = None
-    reply_to: str | None = None
+    reply_to: QueueName | None = None
     attempt: int = 1
     created_at: float = 0.0  # unix seconds
     deadline: float | None = None  # unix seconds

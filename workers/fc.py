@@ -162,6 +162,7 @@ class FCInstance:
             lease_ttl=config.settings.lease_ttl,
             delivery_limit=config.settings.delivery_limit,
             max_message_size=config.settings.max_message_size,
+            reply_grace=config.settings.reply_grace,
             # The trigger hands out no delivery count: count in the store (see module docs).
             count_deliveries_in_store=True,
         )

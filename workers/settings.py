@@ -56,6 +56,7 @@ class Settings:
     retry_max_delay: float = 10.0
     timeout: float = 300.0
     shutdown_grace: float = 30.0
+    reply_grace: float = 10.0  # seconds an answer waits for its missing reply queue to return
     max_message_size: int = DEFAULT_MAX_SIZE  # bytes; larger messages are refused unread
     freshness_window: float = 300.0  # seconds a signed envelope may take to arrive
     queue_max_length: int | None = None  # partition depth past which publishes are refused

@@ -176,6 +176,7 @@ class Worker:
             lease_ttl=self.settings.lease_ttl,
             delivery_limit=self.settings.delivery_limit,
             max_message_size=self.settings.max_message_size,
+            reply_grace=self.settings.reply_grace,
         )
         async with anyio.create_task_group() as tg:
             self._tg = tg

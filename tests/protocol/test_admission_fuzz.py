@@ -224,6 +224,10 @@ def generated(rng: random.Random) -> Envelope:
     def maybe(value: object) -> object:
         return value if rng.random() < 0.5 else None
 
+    def queue_name() -> str:  # what a reply queue may be called: ASCII letters, digits, -_.:
+        tail = "".join(rng.choice("abcXYZ019-_.:") for _ in range(rng.randint(0, 30)))
+        return rng.choice("aZ0") + tail
+
     def value(depth: int = 0) -> object:
         pick = rng.randint(0, 7 if depth < 2 else 4)
         if pick == 0:
@@ -280,7 +284,7 @@ def generated(rng: random.Random) -> Envelope:
         body=body,  # type: ignore[arg-type]
         key=maybe(text()),  # type: ignore[arg-type]
         correlation_id=maybe(ident()),  # type: ignore[arg-type]
-        reply_to=maybe(ident()),  # type: ignore[arg-type]
+        reply_to=maybe(queue_name()),  # type: ignore[arg-type]
         attempt=rng.randint(1, 100),
         created_at=NOW + rng.uniform(-299, 299),
         deadline=maybe(NOW + rng.uniform(0, 86_400)),  # type: ignore[arg-type]

@@ -111,3 +111,17 @@ def test_the_json_schema_and_the_readme_name_every_envelope_field() -> None:
     readme = (Path(__file__).parents[2] / "README.md").read_text()
     listed = readme.split("One message is one JSON `Envelope` (", 1)[1].split(")", 1)[0]
     assert {name.strip(" `\n") for name in listed.split(",")} == fields
+
+
+def test_an_envelope_naming_a_reply_queue_no_broker_takes_is_refused_naming_the_field() -> None:
+    data = (
+        b'{"id":"e1","session_id":"s","reply_to":"caf\xc3\xa9 queue",'
+        b'"body":{"type":"cancel","request_id":"x"}}'
+    )
+    with pytest.raises(ProtocolError) as caught:
+        decode(data)
+    assert caught.value.field == "$.reply_to"
+    assert str(caught.value) == (
+        "invalid envelope: Expected `str` matching regex '^[A-Za-z0-9][A-Za-z0-9._:-]{0,254}$'"
+        " - at `$.reply_to`"
+    )

@@ -21,7 +21,7 @@ from contextlib import ExitStack
 import anyio
 
 from agentqueue.broker.base import Broker
-from agentqueue.broker.errors import QueueMissing
+from agentqueue.broker.errors import BrokerConnectionError, BrokerError, QueueMissing
 from agentqueue.broker.topology import Topology
 from agentqueue.protocol.codec import encode, encode_dead_letter
 from agentqueue.protocol.ids import new_id
@@ -167,6 +167,13 @@ class Pipeline:
                     return False
                 await anyio.sleep(pause)
                 pause = min(pause * 2, 2.0)
+            except BrokerConnectionError:
+                raise  # the broker is away: not the answer's fault, the event runs again
+            except BrokerError as exc:
+                # The broker refuses this queue for good (a name it does not take, a full
+                # queue): waiting changes nothing, so the answer is kept elsewhere.
+                log.warning("cannot answer %s on %r: %s", event.envelope.id, queue, exc)
+                return False
 
     async def _publish(self, event: Event, queue: str, reply: bytes) -> None:
         if not self._publishing:
