@@ -9,12 +9,10 @@ from pathlib import Path
 
 import anyio
 
-from agentqueue.broker.base import Broker
 from agentqueue.broker.urls import open_broker, redact_url
 from agentqueue.settings import Settings
 from agentqueue.workers.admission import check_signing
 from agentqueue.workers.app import App
-from agentqueue.workers.session_store import SessionStore
 from agentqueue.workers.worker import Role, Worker
 
 log = logging.getLogger("agentqueue.worker")
@@ -34,7 +32,7 @@ async def serve_worker(
     try:
         async with open_broker(settings.broker) as broker:
             check_signing(broker.signing)  # says so, once, when envelopes run unsigned
-            worker = worker_from_settings(
+            worker = Worker(
                 app,
                 broker,
                 store,
@@ -57,30 +55,6 @@ async def serve_worker(
             )
     finally:
         await store.close()
-
-
-def worker_from_settings(
-    app: App,
-    broker: Broker,
-    store: SessionStore,
-    settings: Settings,
-    *,
-    role: Role = "all",
-    partitions: list[int] | None = None,
-    tool_partitions: list[int] | None = None,
-    tracing: bool | None = None,
-) -> Worker:
-    """A worker configured by `settings` (what `agentqueue worker` runs)."""
-    return Worker(
-        app,
-        broker,
-        store,
-        settings,
-        role=role,
-        partitions=partitions,
-        tool_partitions=tool_partitions,
-        tracing=tracing,
-    )
 
 
 async def _stop_on_signal(worker: Worker) -> None:

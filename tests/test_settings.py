@@ -13,7 +13,6 @@ from agentqueue import Client
 from agentqueue.broker.memory import MemoryBroker
 from agentqueue.cli import main
 from agentqueue.protocol import new_id
-from agentqueue.serve import worker_from_settings
 from agentqueue.settings import Settings
 from agentqueue.workers.app import load_app
 from agentqueue.workers.fc import FCInstance
@@ -50,7 +49,7 @@ async def test_every_setting_reaches_a_local_worker(environment: dict[str, str])
     async with MemoryBroker(settings.broker) as broker, anyio.create_task_group() as tg:
         store = settings.open_store()
         assert (store.retention, store.session_ttl) == (3600, 86400)  # type: ignore[attr-defined]
-        worker = worker_from_settings(app, broker, store, settings)
+        worker = Worker(app, broker, store, settings)  # as `agentqueue worker` makes it
         await tg.start(worker.run)
         pipeline = worker.pipeline
         assert pipeline is not None

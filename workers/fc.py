@@ -61,14 +61,13 @@ from agentqueue.protocol.messages import AgentRequest, DeadLetter, ToolCall
 from agentqueue.workers.admission import check_signing
 from agentqueue.workers.agent_handler import AgentHandler
 from agentqueue.workers.app import load_app
+from agentqueue.workers.assembly import assemble_pipeline
 from agentqueue.workers.errors import WorkerError
 from agentqueue.workers.fc_config import FCConfig
 from agentqueue.workers.fc_events import TriggerMessage, read_trigger_payload
 from agentqueue.workers.handling import Handler
-from agentqueue.workers.middleware import Signing, Tracing
-from agentqueue.workers.pipeline import Event, Middleware, Pipeline
+from agentqueue.workers.pipeline import Event
 from agentqueue.workers.remote_tools import RemoteTools
-from agentqueue.workers.retry import RetryPolicy
 from agentqueue.workers.session_lane import SessionLanes
 from agentqueue.workers.session_store import SessionStore
 from agentqueue.workers.tool_handler import ToolHandler
@@ -142,28 +141,14 @@ class FCInstance:
             ),
             ToolCall: ToolHandler(self.app, worker_name=self.instance_id),
         }
-        middleware: list[Middleware] = [Tracing(self.broker, self.instance_id)]
-        if self.broker.signing is not None:
-            signing = Signing(
-                self.broker.signing,
-                store=self.store,
-                max_size=config.settings.max_message_size,
-                window=config.settings.freshness_window,
-            )
-            middleware.append(signing)
-        self.pipeline = Pipeline(
+        # The trigger hands out no delivery count: count in the store (see module docs).
+        self.pipeline = assemble_pipeline(
+            self.app,
             self.broker,
             self.store,
             handlers,
-            topology=self.topology,
+            config.settings,
             worker_id=self.instance_id,
-            middleware=[*middleware, *self.app.middleware],
-            retry=RetryPolicy(max_attempts=config.settings.max_attempts),
-            lease_ttl=config.settings.lease_ttl,
-            delivery_limit=config.settings.delivery_limit,
-            max_message_size=config.settings.max_message_size,
-            reply_grace=config.settings.reply_grace,
-            # The trigger hands out no delivery count: count in the store (see module docs).
             count_deliveries_in_store=True,
         )
         self.invocations = 0

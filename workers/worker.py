@@ -26,10 +26,10 @@ from agentqueue.protocol.ids import new_id
 from agentqueue.protocol.messages import AgentRequest, ToolCall
 from agentqueue.workers.agent_handler import AgentHandler, import_agentscope
 from agentqueue.workers.app import App
+from agentqueue.workers.assembly import assemble_pipeline
 from agentqueue.workers.handling import Handler
 from agentqueue.workers.membership import Membership
-from agentqueue.workers.middleware import Signing, Tracing
-from agentqueue.workers.pipeline import Event, Middleware, Pipeline
+from agentqueue.workers.pipeline import Event, Pipeline
 from agentqueue.workers.remote_tools import RemoteTools
 from agentqueue.workers.session_lane import SessionLanes
 from agentqueue.workers.session_store import SessionStore
@@ -165,18 +165,8 @@ class Worker:
             )
         if self.role in ("tools", "all"):
             handlers[ToolCall] = ToolHandler(self.app, worker_name=self.worker_id)
-        self.pipeline = Pipeline(
-            self.broker,
-            self.store,
-            handlers,
-            topology=self.topology,
-            worker_id=self.worker_id,
-            middleware=self._middleware(),
-            retry=self.settings.retry,
-            lease_ttl=self.settings.lease_ttl,
-            delivery_limit=self.settings.delivery_limit,
-            max_message_size=self.settings.max_message_size,
-            reply_grace=self.settings.reply_grace,
+        self.pipeline = assemble_pipeline(
+            self.app, self.broker, self.store, handlers, self.settings, worker_id=self.worker_id
         )
         async with anyio.create_task_group() as tg:
             self._tg = tg
@@ -222,19 +212,6 @@ class Worker:
                     await self.membership.announce(leaving=True)
             await self._drain()
             tg.cancel_scope.cancel()
-
-    def _middleware(self) -> list[Middleware]:
-        """Tracing, signatures (when the broker has keys), then the app's own middleware."""
-        middleware: list[Middleware] = [Tracing(self.broker, self.worker_id)]
-        if self.broker.signing is not None:
-            signing = Signing(
-                self.broker.signing,
-                store=self.store,
-                max_size=self.settings.max_message_size,
-                window=self.settings.freshness_window,
-            )
-            middleware.append(signing)
-        return middleware + list(self.app.middleware)
 
     def _eligible(self) -> dict[str, list[str]]:
         eligible: dict[str, list[str]] = {}

@@ -1,0 +1,48 @@
+"""The pipeline a consumer runs, assembled from its settings: the one place both the local
+worker and the Function Compute handler build it, so they cannot drift apart."""
+
+from __future__ import annotations
+
+from agentqueue.broker.base import Broker
+from agentqueue.workers.app import App
+from agentqueue.workers.handling import Handler
+from agentqueue.workers.middleware import Signing, Tracing
+from agentqueue.workers.pipeline import Middleware, Pipeline
+from agentqueue.workers.session_store import SessionStore
+from agentqueue.workers.settings import Settings
+
+
+def assemble_pipeline(
+    app: App,
+    broker: Broker,
+    store: SessionStore,
+    handlers: dict[type, Handler],
+    settings: Settings,
+    *,
+    worker_id: str,
+    count_deliveries_in_store: bool = False,
+) -> Pipeline:
+    """Tracing, signatures (when the broker has keys), the app's middleware, then the stages."""
+    middleware: list[Middleware] = [Tracing(broker, worker_id)]
+    if broker.signing is not None:
+        signing = Signing(
+            broker.signing,
+            store=store,
+            max_size=settings.max_message_size,
+            window=settings.freshness_window,
+        )
+        middleware.append(signing)
+    return Pipeline(
+        broker,
+        store,
+        handlers,
+        topology=settings.topology,
+        worker_id=worker_id,
+        middleware=[*middleware, *app.middleware],
+        retry=settings.retry,
+        lease_ttl=settings.lease_ttl,
+        delivery_limit=settings.delivery_limit,
+        max_message_size=settings.max_message_size,
+        reply_grace=settings.reply_grace,
+        count_deliveries_in_store=count_deliveries_in_store,
+    )
