@@ -40,11 +40,11 @@ from agentqueue.broker import tracing
 from agentqueue.broker.base import Broker
 from agentqueue.broker.errors import BrokerError
 from agentqueue.broker.topology import Topology
-from agentqueue.broker.urls import open_broker
 from agentqueue.client import ANSWER_GRACE, Client
 from agentqueue.errors import BatchInputError
 from agentqueue.protocol.codec import encode
 from agentqueue.protocol.messages import Envelope, ResultEvent
+from agentqueue.settings import Settings
 
 log = logging.getLogger("agentqueue.batch")
 
@@ -282,7 +282,7 @@ async def run_batch(
             )
         async with contextlib.AsyncExitStack() as stack:
             if isinstance(broker, str):
-                broker = await stack.enter_async_context(open_broker(broker))
+                broker = await stack.enter_async_context(Settings.load().open_broker(broker))
             run = await _run(
                 broker,
                 topology,

@@ -410,12 +410,11 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
     from agentqueue.workers import models
 
     if args.require_signing:
-        from agentqueue.broker.urls import signing_keys_from_env
         from agentqueue.workers.admission import check_signing
         from agentqueue.workers.errors import SigningRequired
 
         try:
-            check_signing(signing_keys_from_env(), require=True)
+            check_signing(settings.key_ring(), require=True)
         except SigningRequired as exc:
             print(f"agentqueue worker: {exc}", file=sys.stderr)
             return 2
@@ -489,10 +488,9 @@ def _cancel(args: argparse.Namespace, settings: Settings) -> int:
 @command("status")
 def _status(args: argparse.Namespace, settings: Settings) -> int:
     from agentqueue.admin import print_status
-    from agentqueue.broker.urls import open_broker
 
     async def go() -> None:
-        async with open_broker(settings.broker) as broker:
+        async with settings.open_broker() as broker:
             await broker.declare(settings.topology)
             await print_status(broker, settings.topology, sys.stdout)
 
@@ -503,10 +501,9 @@ def _status(args: argparse.Namespace, settings: Settings) -> int:
 @command("dlq")
 def _dlq(args: argparse.Namespace, settings: Settings) -> int:
     from agentqueue import admin
-    from agentqueue.broker.urls import open_broker
 
     async def go() -> int:
-        async with open_broker(settings.broker) as broker:
+        async with settings.open_broker() as broker:
             await broker.declare(settings.topology)
             if args.action == "list":
                 await admin.dlq_list(broker, settings.topology, sys.stdout, args.limit)

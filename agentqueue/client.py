@@ -15,7 +15,6 @@ from agentqueue.broker import tracing
 from agentqueue.broker.base import Broker
 from agentqueue.broker.replies import ReplyRouter
 from agentqueue.broker.topology import Topology
-from agentqueue.broker.urls import open_broker
 from agentqueue.errors import RequestCancelled, RequestFailed, RequestTimedOut
 from agentqueue.protocol.codec import encode
 from agentqueue.protocol.ids import new_id
@@ -147,7 +146,7 @@ class Client:
         # With no arguments, the same settings a worker takes (AGENTQUEUE_BROKER, _NAMESPACE, …).
         settings = Settings.load() if settings is None else settings
         broker = settings.broker if broker is None else broker
-        self.broker = open_broker(broker) if isinstance(broker, str) else broker
+        self.broker = settings.open_broker(broker) if isinstance(broker, str) else broker
         self._owns_broker = isinstance(broker, str)
         self.topology = topology or settings.topology
         self.client_id = client_id or new_id()[:12]

@@ -10,7 +10,6 @@ from dataclasses import dataclass
 
 import anyio
 
-from agentqueue.broker.urls import open_broker
 from agentqueue.client import Client
 from agentqueue.errors import RequestError
 from agentqueue.protocol.ids import new_id
@@ -61,7 +60,7 @@ async def run_demo(app: App, settings: Settings, *, out=sys.stdout) -> DemoRepor
     spans = collect_spans("agentqueue-demo")  # before the workers: they trace if a provider is set
     # AgentScope takes seconds to import; done up front so the trace shows the request, not that.
     await anyio.to_thread.run_sync(importlib.import_module, "agentscope.agent")
-    async with open_broker(broker_url) as broker, anyio.create_task_group() as tg:
+    async with settings.open_broker(broker_url) as broker, anyio.create_task_group() as tg:
         # Two workers split the partitions between them (so no balancing); each serves agents
         # and tools.
         split = dataclasses.replace(settings, balance=False)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import anyio
 
-from agentqueue.broker.urls import open_broker, redact_url
+from agentqueue.broker.urls import redact_url
 from agentqueue.settings import Settings
 from agentqueue.workers.admission import check_signing
 from agentqueue.workers.app import App
@@ -30,7 +30,7 @@ async def serve_worker(
     """Connect, serve until a signal, drain, disconnect."""
     store = settings.open_store()
     try:
-        async with open_broker(settings.broker) as broker:
+        async with settings.open_broker() as broker:
             check_signing(broker.signing)  # says so, once, when envelopes run unsigned
             worker = Worker(
                 app,

@@ -261,9 +261,7 @@ def record_retry(envelope: Envelope, error: BaseException, attempt: int, delay: 
         )
 
 
-def record_dead_letter(
-    envelope: Envelope, reason: str, error: BaseException | None = None
-) -> None:
+def record_dead_letter(envelope: Envelope, reason: str, error: BaseException | None = None) -> None:
     """Mark the current span ERROR with a `dead_letter` event (and the error behind it)."""
     meters = instruments()
     if meters is not None:

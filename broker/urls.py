@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib
-import os
 import re
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -15,9 +14,12 @@ from agentqueue.protocol.signing import KeyRing
 SIGNING_KEYS_ENV = "AGENTQUEUE_SIGNING_KEYS"
 
 
-def signing_keys_from_env() -> KeyRing | None:
-    """The key ring in AGENTQUEUE_SIGNING_KEYS (`id:secret,…`, or `@/path/to/file` holding it)."""
-    value = os.environ.get(SIGNING_KEYS_ENV, "").strip()
+def key_ring(spec: str | None) -> KeyRing | None:
+    """The key ring `spec` names (`id:secret,…`, or `@/path/to/file` holding that); None if blank.
+
+    `Settings.signing_keys` is where a spec comes from (AGENTQUEUE_SIGNING_KEYS).
+    """
+    value = (spec or "").strip()
     if not value:
         return None
     if value.startswith("@"):
@@ -25,14 +27,14 @@ def signing_keys_from_env() -> KeyRing | None:
     return KeyRing.parse(value)
 
 
-def open_broker(url: str, *, signing: KeyRing | bool | None = True) -> Broker:
+def open_broker(url: str, *, signing: KeyRing | None = None) -> Broker:
     """A (not yet connected) broker for `url`; the scheme picks the implementation.
 
-    `signing=True` takes the key ring from AGENTQUEUE_SIGNING_KEYS (none when unset): every
-    envelope published through the broker is then signed, and workers refuse unsigned ones.
+    With `signing`, every envelope published through the broker is signed, and consumers on it
+    refuse unsigned ones. `Settings.open_broker()` passes the configured keys.
     """
     broker = _open(url)
-    broker.signing = signing_keys_from_env() if signing is True else (signing or None)
+    broker.signing = signing
     return broker
 
 

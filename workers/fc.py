@@ -54,7 +54,6 @@ import msgspec
 
 from agentqueue.broker.base import Broker
 from agentqueue.broker.replies import ReplyRouter
-from agentqueue.broker.urls import open_broker
 from agentqueue.protocol.codec import encode_dead_letter
 from agentqueue.protocol.ids import new_id
 from agentqueue.protocol.messages import AgentRequest, DeadLetter, ToolCall
@@ -130,7 +129,7 @@ class FCInstance:
         self.topology = config.topology
         self.instance_id = f"fc-{socket.gethostname()}-{os.getpid()}-{new_id()[:6]}"
         self.app = load_app(config.app)
-        self.broker: Broker = open_broker(config.broker)
+        self.broker: Broker = config.settings.open_broker()
         self.store: SessionStore = config.settings.open_store()
         self.router = ReplyRouter(self.broker, self.topology.reply_queue(self.instance_id))
         handlers: dict[type, Handler] = {

@@ -13,9 +13,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from agentqueue.broker.base import Broker
 from agentqueue.broker.topology import Topology
-from agentqueue.broker.urls import redact_url
+from agentqueue.broker.urls import key_ring, open_broker, redact_url
 from agentqueue.protocol.codec import DEFAULT_MAX_SIZE
+from agentqueue.protocol.signing import KeyRing
 from agentqueue.workers.retry import RetryPolicy
 from agentqueue.workers.session_store import DEFAULT_RETENTION, SessionStore, open_store
 
@@ -62,8 +64,7 @@ class Settings:
     queue_max_length: int | None = None  # partition depth past which publishes are refused
     balance: bool = True  # share partitions with the other live workers of the namespace
     heartbeat_interval: float = 1.0  # seconds between a balancing worker's heartbeats
-    # Shown (masked) by `agentqueue config`; brokers read and parse it themselves
-    # (broker.urls.signing_keys_from_env), `@/path` included.
+    # `id:secret,…` or `@/path/to/file`; shown masked by `agentqueue config`.
     signing_keys: str | None = field(default=None, repr=False)
     trace_file: str | None = None
 
@@ -91,6 +92,14 @@ class Settings:
             self.delivery_limit,
             self.queue_max_length,
         )
+
+    def key_ring(self) -> KeyRing | None:
+        """The signing keys these settings name (None: envelopes go unsigned)."""
+        return key_ring(self.signing_keys)
+
+    def open_broker(self, url: str | None = None) -> Broker:
+        """A broker for `url` (default: these settings' broker), signing with their keys."""
+        return open_broker(self.broker if url is None else url, signing=self.key_ring())
 
     def open_store(self) -> SessionStore:
         """The session store these settings name, with their retention."""

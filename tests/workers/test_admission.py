@@ -107,7 +107,7 @@ async def serving(
     keys: KeyRing | None, *, url: str | None = None, store: SessionStore | None = None
 ) -> AsyncIterator[Served]:
     topology = Topology(namespace=f"adm{new_id()[:6]}", partitions=1, tool_partitions=1)
-    broker = open_broker(url or f"memory://adm-{new_id()[:8]}", signing=keys or False)
+    broker = open_broker(url or f"memory://adm-{new_id()[:8]}", signing=keys)
     async with broker, anyio.create_task_group() as tg:
         worker = Worker(
             app,
