@@ -592,7 +592,7 @@ def _ingress(args: argparse.Namespace, settings: Settings) -> int:
     from agentqueue.ingress_server import Limits
 
     _require_shared_broker(settings, "ingress http")
-    key = args.signing_key or os.environ.get("AGENTQUEUE_INGRESS_KEY")
+    key = args.signing_key or settings.ingress_key
     if key and key.startswith("@"):
         with open(key[1:]) as f:
             key = f.read().strip()
@@ -713,8 +713,10 @@ def _schema(args: argparse.Namespace, settings: Settings) -> int:
 
 @command("config")
 def _config(args: argparse.Namespace, settings: Settings) -> int:
-    for key, value in settings.masked().items():
-        print(f"{key:16} {value}")
+    shown = settings.masked()
+    width = max(map(len, shown))
+    for key, value in shown.items():
+        print(f"{key:{width}}  {value}")
     return 0
 
 

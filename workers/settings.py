@@ -21,7 +21,7 @@ from agentqueue.protocol.signing import KeyRing
 from agentqueue.workers.retry import RetryPolicy
 from agentqueue.workers.session_store import DEFAULT_RETENTION, SessionStore, open_store
 
-SECRET_FIELDS = frozenset({"signing_keys"})
+SECRET_FIELDS = frozenset({"signing_keys", "ingress_key"})
 # What a worker elsewhere (a Function Compute function) must be told to behave like this one.
 WORKER_FIELDS = (
     "store",
@@ -66,6 +66,8 @@ class Settings:
     heartbeat_interval: float = 1.0  # seconds between a balancing worker's heartbeats
     # `id:secret,…` or `@/path/to/file`; shown masked by `agentqueue config`.
     signing_keys: str | None = field(default=None, repr=False)
+    # The ingress's Standard Webhooks secret (`whsec_…`, or `@/path/to/file`); shown masked.
+    ingress_key: str | None = field(default=None, repr=False)
     trace_file: str | None = None
 
     @classmethod
