@@ -121,5 +121,5 @@ def test_config_shows_the_broker_and_store_with_passwords_masked(
     out = capsys.readouterr().out
     assert code == 0
     assert "pa,ss" not in out and "p@ss" not in out and "hunter" not in out
-    assert "broker           amqp://u:***@h1/,amqp://u:***@h2/" in out
-    assert "store            redis://:***@r:6379/0?password=***" in out
+    assert "broker              amqp://u:***@h1/,amqp://u:***@h2/" in out
+    assert "store               redis://:***@r:6379/0?password=***" in out
