@@ -8,6 +8,7 @@ from agentqueue.client import Client, RequestHandle
 from agentqueue.errors import (
     AgentQueueError,
     ProtocolError,
+    RequestBusy,
     RequestCancelled,
     RequestError,
     RequestFailed,
@@ -25,6 +26,7 @@ __all__ = [
     "Envelope",
     "Message",
     "ProtocolError",
+    "RequestBusy",
     "RequestCancelled",
     "RequestError",
     "RequestFailed",

@@ -15,13 +15,15 @@ from agentqueue.broker import tracing
 from agentqueue.broker.base import Broker
 from agentqueue.broker.replies import ReplyRouter
 from agentqueue.broker.topology import Topology
-from agentqueue.errors import RequestCancelled, RequestFailed, RequestTimedOut
+from agentqueue.errors import RequestBusy, RequestCancelled, RequestFailed, RequestTimedOut
 from agentqueue.protocol.codec import encode
 from agentqueue.protocol.ids import new_id
 from agentqueue.protocol.messages import (
+    RESULT_KINDS,
     AgentRequest,
     Cancel,
     Envelope,
+    OnBusy,
     ResultEvent,
     ToolCall,
     ToolResult,
@@ -118,6 +120,11 @@ def raise_for_kind(event: ResultEvent) -> ResultEvent:
         raise RequestTimedOut(error, request_id=event.request_id)
     if event.kind == "cancelled":
         raise RequestCancelled(error, request_id=event.request_id)
+    if event.kind in ("rejected", "interrupted", "superseded"):
+        raise RequestBusy(error, request_id=event.request_id, kind=event.kind)
+    if event.kind not in RESULT_KINDS:  # a kind added after this client: name it, never drop it
+        error = f"the worker answered {event.kind!r}, a result kind this client does not know:"
+        error += f" {event.error or 'no error text'}"
     raise RequestFailed(error, request_id=event.request_id)
 
 
@@ -188,6 +195,7 @@ class Client:
         agent: str | None,
         timeout: float | None,
         user_id: str | None,
+        on_busy: OnBusy | None = None,
     ) -> Envelope:
         if isinstance(request, str):
             request = AgentRequest(input=[user_message(request)])
@@ -197,6 +205,7 @@ class Client:
             session_id=session,
             agent=request.agent if agent is None else agent,
             user_id=request.user_id if user_id is None else user_id,
+            on_busy=request.on_busy if on_busy is None else on_busy,
         )
         now = time.time()
         timeout = self.default_timeout if timeout is None else timeout
@@ -219,9 +228,13 @@ class Client:
         agent: str | None = None,
         timeout: float | None = None,
         user_id: str | None = None,
+        on_busy: OnBusy | None = None,
     ) -> RequestHandle:
-        """Publish a request (confirmed by the broker) and return a handle to its events."""
-        envelope = self._request(request, session_id, agent, timeout, user_id)
+        """Publish a request (confirmed by the broker) and return a handle to its events.
+
+        `on_busy`: what it does if its session is busy (default: the agent's, `enqueue`).
+        """
+        envelope = self._request(request, session_id, agent, timeout, user_id, on_busy)
         await self._slots.acquire()  # released when the handle's terminal event is read
         inbox = self.router.expect(envelope.id)
         queue = self.topology.route(envelope)
@@ -242,11 +255,17 @@ class Client:
         agent: str | None = None,
         timeout: float | None = None,
         user_id: str | None = None,
+        on_busy: OnBusy | None = None,
     ) -> ResultEvent:
         """Run a request and return its `final` event; raises `RequestError` otherwise."""
         with tracing.round_trip("call", agent) as trip, trip.current():
             handle = await self.submit(
-                request, session_id=session_id, agent=agent, timeout=timeout, user_id=user_id
+                request,
+                session_id=session_id,
+                agent=agent,
+                timeout=timeout,
+                user_id=user_id,
+                on_busy=on_busy,
             )
             return await handle.final()
 
@@ -258,12 +277,18 @@ class Client:
         agent: str | None = None,
         timeout: float | None = None,
         user_id: str | None = None,
+        on_busy: OnBusy | None = None,
     ) -> AsyncIterator[ResultEvent]:
         """Run a request and yield its events as they come: deltas, then the terminal one."""
         with tracing.round_trip("stream", agent) as trip:
             with trip.current():  # never across a yield: the caller's code is not ours to trace
                 handle = await self.submit(
-                    request, session_id=session_id, agent=agent, timeout=timeout, user_id=user_id
+                    request,
+                    session_id=session_id,
+                    agent=agent,
+                    timeout=timeout,
+                    user_id=user_id,
+                    on_busy=on_busy,
                 )
             async for event in handle.events():
                 trip.result(event)

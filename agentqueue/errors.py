@@ -9,7 +9,8 @@ AgentQueueError
 ├── RequestError           a request did not end with a final answer
 │   ├── RequestFailed      the worker gave up (the dead-letter reason is the message)
 │   ├── RequestTimedOut    its deadline passed
-│   └── RequestCancelled   it was cancelled
+│   ├── RequestCancelled   it was cancelled
+│   └── RequestBusy        a newer turn of its session rejected, interrupted or superseded it
 └── BatchInputError        a batch input or results file that cannot be used (names the line)
 """
 
@@ -48,6 +49,16 @@ class RequestCancelled(RequestError):
     """The request was cancelled."""
 
 
+class RequestBusy(RequestError):
+    """A newer turn of the session decided this one's fate (on_busy): `kind` says how —
+    `rejected` (the session was busy), `interrupted` (stopped by a newer turn) or `superseded`
+    (replaced by a newer turn before it started)."""
+
+    def __init__(self, message: str, *, request_id: str, kind: str) -> None:
+        super().__init__(message, request_id=request_id)
+        self.kind = kind
+
+
 class BatchInputError(AgentQueueError, ValueError):
     """A batch input line or results file that cannot be used; the message names file and line."""
 
@@ -64,6 +75,7 @@ __all__ = [
     "QueueFull",
     "QueueMissing",
     "QueueUnavailable",
+    "RequestBusy",
     "RequestCancelled",
     "RequestError",
     "RequestFailed",

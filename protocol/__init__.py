@@ -11,6 +11,7 @@ from agentqueue.protocol.errors import AgentQueueError, ProtocolError
 from agentqueue.protocol.ids import new_id
 from agentqueue.protocol.messages import (
     PROTOCOL_VERSION,
+    RESULT_KINDS,
     TERMINAL_KINDS,
     AgentRequest,
     Body,
@@ -21,6 +22,7 @@ from agentqueue.protocol.messages import (
     Envelope,
     ImageContent,
     Message,
+    OnBusy,
     ResultEvent,
     ResultKind,
     TextContent,
@@ -36,6 +38,7 @@ from agentqueue.protocol.schema import envelope_schema
 __all__ = [
     "DEFAULT_MAX_SIZE",
     "PROTOCOL_VERSION",
+    "RESULT_KINDS",
     "TERMINAL_KINDS",
     "AgentQueueError",
     "AgentRequest",
@@ -47,6 +50,7 @@ __all__ = [
     "Envelope",
     "ImageContent",
     "Message",
+    "OnBusy",
     "ProtocolError",
     "ResultEvent",
     "ResultKind",

@@ -110,6 +110,7 @@ class AgentRequest(msgspec.Struct, tag="agent_request", tag_field="type", omit_d
     tools: list[dict[str, Any]] | None = None
     session_id: str | None = None
     user_id: str | None = None
+    on_busy: OnBusy | None = None  # None: the agent's default (see App.agent)
 
 
 class ToolCall(msgspec.Struct, tag="tool_call", tag_field="type", omit_defaults=True):
@@ -145,8 +146,22 @@ class Usage(msgspec.Struct, omit_defaults=True):
         return self.prompt_tokens + self.completion_tokens
 
 
-ResultKind = Literal["delta", "final", "failed", "cancelled", "timed_out"]
-TERMINAL_KINDS: frozenset[str] = frozenset({"final", "failed", "cancelled", "timed_out"})
+# Result kinds this version sends. The field is a plain string so that a reader meets a kind
+# added later as what it is — a terminal result naming it — instead of refusing the reply.
+RESULT_KINDS = (
+    "delta",  # a piece of the streamed answer
+    "final",  # the answer
+    "failed",  # dead-lettered: `error` says why
+    "cancelled",  # a Cancel interrupted it
+    "timed_out",  # its deadline passed
+    "rejected",  # on_busy="reject" and its session was busy
+    "interrupted",  # a newer turn interrupted it (on_busy="interrupt" or "rollback")
+    "superseded",  # a newer turn replaced it before it started (on_busy="latest")
+)
+ResultKind = str
+TERMINAL_KINDS: frozenset[str] = frozenset(RESULT_KINDS) - {"delta"}
+# What a new turn does when its session is busy (see docs/architecture.md, "Busy sessions").
+OnBusy = Literal["enqueue", "reject", "interrupt", "rollback", "latest"]
 
 
 class ResultEvent(msgspec.Struct, tag="result", tag_field="type", omit_defaults=True):
@@ -163,8 +178,9 @@ class ResultEvent(msgspec.Struct, tag="result", tag_field="type", omit_defaults=
 
     @property
     def terminal(self) -> bool:
-        """True for the one event that ends the request (not a `delta`)."""
-        return self.kind in TERMINAL_KINDS
+        """True for the one event that ends the request: every kind but `delta`, including
+        kinds this version does not know yet."""
+        return self.kind != "delta"
 
 
 class Cancel(msgspec.Struct, tag="cancel", tag_field="type", omit_defaults=True):

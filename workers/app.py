@@ -5,8 +5,9 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, get_args
 
+from agentqueue.protocol.messages import OnBusy
 from agentqueue.workers.errors import UnknownHandler
 from agentqueue.workers.pipeline.middleware import Middleware
 from agentqueue.workers.toolkit import ToolSpec
@@ -21,6 +22,7 @@ class AgentSpec:
     name: str
     factory: AgentFactory
     description: str = ""
+    on_busy: OnBusy = "enqueue"  # what a new turn does while the session is busy
 
 
 class App:
@@ -58,15 +60,22 @@ class App:
         return middleware
 
     def agent(
-        self, name: str | None = None, *, description: str = ""
+        self, name: str | None = None, *, description: str = "", on_busy: OnBusy = "enqueue"
     ) -> Callable[[AgentFactory], AgentFactory]:
-        """Register an agent factory `(ctx: AgentContext) -> Agent` under `name`."""
+        """Register an agent factory `(ctx: AgentContext) -> Agent` under `name`.
+
+        `on_busy` is the default for its requests that do not say (see `OnBusy`).
+        """
+        if on_busy not in get_args(OnBusy):
+            raise ValueError(
+                f"on_busy must be one of {', '.join(get_args(OnBusy))}, got {on_busy!r}"
+            )
 
         def register(factory: AgentFactory) -> AgentFactory:
             agent_name = name or factory.__name__
             if agent_name in self.agents:
                 raise ValueError(f"agent {agent_name!r} is already registered on app {self.name!r}")
-            self.agents[agent_name] = AgentSpec(agent_name, factory, description)
+            self.agents[agent_name] = AgentSpec(agent_name, factory, description, on_busy)
             return factory
 
         return register

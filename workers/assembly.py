@@ -6,7 +6,7 @@ from __future__ import annotations
 from agentqueue.broker.base import Broker
 from agentqueue.workers.app import App
 from agentqueue.workers.handling import Handler
-from agentqueue.workers.middleware import Signing, Tracing
+from agentqueue.workers.middleware import BusySessions, Signing, Tracing
 from agentqueue.workers.pipeline import Middleware, Pipeline
 from agentqueue.workers.session_store import SessionStore
 from agentqueue.workers.settings import Settings
@@ -20,9 +20,11 @@ def assemble_pipeline(
     settings: Settings,
     *,
     worker_id: str,
-    count_deliveries_in_store: bool = False,
+    function_compute: bool = False,
 ) -> Pipeline:
-    """Tracing, signatures (when the broker has keys), the app's middleware, then the stages."""
+    """Tracing, signatures (when the broker has keys), busy-session policies, the app's
+    middleware, then the stages. `function_compute`: for the FC handler, whose trigger hands
+    out batches with no delivery count (counted in the store instead)."""
     middleware: list[Middleware] = [Tracing(broker, worker_id)]
     if broker.signing is not None:
         signing = Signing(
@@ -32,6 +34,7 @@ def assemble_pipeline(
             window=settings.freshness_window,
         )
         middleware.append(signing)
+    middleware.append(BusySessions(app, interrupts=not function_compute))
     return Pipeline(
         broker,
         store,
@@ -44,5 +47,5 @@ def assemble_pipeline(
         delivery_limit=settings.delivery_limit,
         max_message_size=settings.max_message_size,
         reply_grace=settings.reply_grace,
-        count_deliveries_in_store=count_deliveries_in_store,
+        count_deliveries_in_store=function_compute,
     )

@@ -140,7 +140,6 @@ class FCInstance:
             ),
             ToolCall: ToolHandler(self.app, worker_name=self.instance_id),
         }
-        # The trigger hands out no delivery count: count in the store (see module docs).
         self.pipeline = assemble_pipeline(
             self.app,
             self.broker,
@@ -148,7 +147,7 @@ class FCInstance:
             handlers,
             config.settings,
             worker_id=self.instance_id,
-            count_deliveries_in_store=True,
+            function_compute=True,  # no delivery count from the trigger: counted in the store
         )
         self.invocations = 0
         self._portal_cm: AbstractContextManager[anyio.from_thread.BlockingPortal] | None = None

@@ -28,13 +28,15 @@ class RunControl:
     """Lets a `Cancel` or a deadline interrupt a running handler, and tells the handler why."""
 
     def __init__(self) -> None:
-        self.reason: str | None = None  # "cancelled" or "timed_out" once interrupted
+        self.reason: str | None = None  # "cancelled", "timed_out" or "interrupted" once stopped
+        self.discard_state = False  # a rollback: the session's state is not saved
         self._task: asyncio.Task[HandlerResult] | None = None
 
-    def interrupt(self, reason: str) -> None:
-        """Stop the handler; the first reason wins."""
+    def interrupt(self, reason: str, *, discard_state: bool = False) -> None:
+        """Stop the handler; the first reason wins. `discard_state` drops its state changes."""
         if self.reason is None:
             self.reason = reason
+            self.discard_state = discard_state
             if self._task is not None:
                 self._task.cancel()
 

@@ -333,6 +333,7 @@ class Worker:
             assert self.pipeline is not None
             if consumer.releasing or not self.pipeline.accepting:
                 # Left un-acked on purpose: closing the subscription hands it back in order.
+                self.pipeline.abandon(event)
                 return
             consumer.running += 1
             try:

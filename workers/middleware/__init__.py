@@ -1,6 +1,8 @@
-"""Middleware that ships with agentqueue: tracing and metrics, envelope signatures."""
+"""Middleware that ships with agentqueue: tracing and metrics, envelope signatures, busy
+sessions."""
 
+from agentqueue.workers.middleware.busy import BusySessions
 from agentqueue.workers.middleware.signing import Signing
 from agentqueue.workers.middleware.tracing import Tracing
 
-__all__ = ["Signing", "Tracing"]
+__all__ = ["BusySessions", "Signing", "Tracing"]

@@ -55,14 +55,14 @@ class Decode:
 class Route:
     """Acts on control events at once; gives every other event its handler and session lane.
 
-    Not a layer: it runs after admission (and its middleware) has passed the event, so a
-    control event is never acted on before its signature and freshness are checked.
+    The innermost receiving layer: admission middleware has checked signature and freshness
+    before a control event is acted on, and sees the routed event after `call_next`.
     """
 
     def __init__(self, pipeline: Pipeline) -> None:
         self.pipeline = pipeline
 
-    async def __call__(self, event: Event) -> None:
+    async def __call__(self, event: Event, call_next: Next) -> None:
         envelope = event.envelope
         assert envelope is not None
         if isinstance(envelope.body, Cancel):
@@ -80,3 +80,4 @@ class Route:
             # The store key: tool calls never queue behind the agent turn waiting for them.
             event.key = handler.store_key(envelope)
             event.dedup = handler.deduplicates(envelope)
+        await call_next(event)

@@ -10,22 +10,28 @@ Two layers and three notifications, each optional (the defaults pass through and
 of the chain, so a middleware costs only what it overrides):
 
 - `admit(event, call_next)`: on receipt, before the event has a session lane. The envelope is
-  not decoded yet when it starts (`event.data` only) and is set after `call_next` returns,
-  unless a stage refused it (`event.refusal`). Signature checks live here.
+  not decoded yet when it starts (`event.data` only); after `call_next` it is decoded and
+  routed (`event.key` is its lane), unless a stage refused it (`event.refusal`) or acted on it
+  already (`event.decided`: a cancel). Signature checks and busy-session policies live here.
 - `process(event, call_next)`: in the session lane, around routing, dedup, lease, run and
   commit; `event.envelope` is set. After `call_next` the outcome is decided
   (`event.outcome`, `event.reply`, `event.reason`) but not yet carried out.
 - `publishing(event, queue, message)`: a context manager around each reply published.
-- `retrying(event, error, attempt, delay)` and `dead_lettering(event, reason)`: notices.
+- `retrying(event, error, attempt, delay)`, `dead_lettering(event, reason)` and
+  `abandoned(event)` (received, then handed back unprocessed): notices.
 """
 
 from __future__ import annotations
 
 import contextlib
 from contextlib import AbstractContextManager
+from typing import TYPE_CHECKING
 
 from agentqueue.workers.errors import Refused
 from agentqueue.workers.pipeline.event import Event, Next
+
+if TYPE_CHECKING:
+    from agentqueue.workers.pipeline.pipeline import Pipeline
 
 _NULL: AbstractContextManager[None] = contextlib.nullcontext()
 
@@ -37,8 +43,11 @@ class Middleware:
     # letter belong in its span). Such middleware must not refuse events.
     wraps_settlement: bool = False
 
+    def bind(self, pipeline: Pipeline) -> None:
+        """Called once with the pipeline this middleware is part of (to reach what it shares)."""
+
     async def admit(self, event: Event, call_next: Next) -> None:
-        """Around admission of the raw bytes (before decoding)."""
+        """Around admission of the raw bytes (before decoding), and routing."""
         await call_next(event)
 
     async def process(self, event: Event, call_next: Next) -> None:
@@ -54,6 +63,9 @@ class Middleware:
 
     def dead_lettering(self, event: Event, reason: str) -> None:
         """The event is about to be dead-lettered with `reason`."""
+
+    def abandoned(self, event: Event) -> None:
+        """A received event goes back to the broker unprocessed (its queue is being let go)."""
 
 
 def overrides(middleware: Middleware, hook: str) -> bool:

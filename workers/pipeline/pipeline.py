@@ -27,7 +27,6 @@ from agentqueue.protocol.codec import encode, encode_dead_letter
 from agentqueue.protocol.ids import new_id
 from agentqueue.protocol.messages import AgentRequest, Body, DeadLetter, Envelope, ResultEvent
 from agentqueue.workers.handling import Emit, Handler, RunControl, failure_body
-from agentqueue.workers.pipeline.admit import Route
 from agentqueue.workers.pipeline.event import Event, Next
 from agentqueue.workers.pipeline.middleware import Middleware, overrides
 from agentqueue.workers.pipeline.stages import process_chain, receive_chain
@@ -68,40 +67,48 @@ class Pipeline:
         self.max_message_size, self.reply_grace = max_message_size, reply_grace
         self.running: dict[str, RunControl] = {}  # request id -> its running handler
         self.accepting = True  # False once shutting down: unstarted events are handed back
-        self._cancelled_early: dict[str, float] = {}
+        self._stop_early: dict[str, tuple[str, bool, float]] = {}  # id -> reason, discard, at
         self._gone: dict[str, float] = {}  # reply queue -> when it was last found missing
         self._publishing = [m for m in self.middleware if overrides(m, "publishing")]
         self._retrying = [m for m in self.middleware if overrides(m, "retrying")]
         self._dead_lettering = [m for m in self.middleware if overrides(m, "dead_lettering")]
-        self._admit: Next = _chain(receive_chain(self))
-        self._route = Route(self)
+        self._abandoning = [m for m in self.middleware if overrides(m, "abandoned")]
+        for middleware in self.middleware:
+            middleware.bind(self)
+        # Admit and route an arrived event (then see `Event.refusal` and `Event.decided`).
+        self.receive: Next = _chain(receive_chain(self))
+        # Handle an admitted event in its session lane, and settle it.
         self.process: Next = _chain(process_chain(self, count_deliveries_in_store))
-
-    async def receive(self, event: Event) -> None:
-        """Admit and route an arrived event (see `Event.refusal` and `Event.decided`)."""
-        await self._admit(event)
-        if event.refusal is None:
-            await self._route(event)
 
     # --- control -------------------------------------------------------------------------
 
     def cancel(self, request_id: str) -> bool:
         """Interrupt a running request, or remember to cancel it when it starts."""
+        return self.interrupt(request_id, "cancelled")
+
+    def interrupt(self, request_id: str, reason: str, *, discard_state: bool = False) -> bool:
+        """Stop a running request with `reason` (True), or stop it as soon as it starts."""
         control = self.running.get(request_id)
         if control is not None:
-            control.interrupt("cancelled")
+            control.interrupt(reason, discard_state=discard_state)
             return True
         now = time.monotonic()
-        self._cancelled_early = {k: t for k, t in self._cancelled_early.items() if now - t < 600}
-        self._cancelled_early[request_id] = now
+        self._stop_early = {k: v for k, v in self._stop_early.items() if now - v[2] < 600}
+        self._stop_early[request_id] = (reason, discard_state, now)
         return False
 
     def control_for(self, envelope: Envelope) -> RunControl:
-        """A fresh `RunControl` for one run of `envelope`, already interrupted if cancelled."""
+        """A fresh `RunControl` for one run of `envelope`, already stopped if asked to be."""
         control = RunControl()
-        if self._cancelled_early.pop(envelope.id, None) is not None:
-            control.interrupt("cancelled")
+        early = self._stop_early.pop(envelope.id, None)
+        if early is not None:
+            control.interrupt(early[0], discard_state=early[1])
         return control
+
+    def abandon(self, event: Event) -> None:
+        """The runtime hands `event` back unrun (it is letting its queue go): tell middleware."""
+        for middleware in self._abandoning:
+            middleware.abandoned(event)
 
     # --- replies -------------------------------------------------------------------------
 

@@ -77,6 +77,8 @@ class Run:
             reason = control.reason or "cancelled"
             body = failure_body(event.envelope, reason, f"request {reason.replace('_', ' ')}")
             result = HandlerResult(body)
+        elif control.discard_state:  # rolled back: the turn's answer, not its memory
+            result = HandlerResult(result.body)
         event.result = result
 
     def _failed(

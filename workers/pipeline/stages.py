@@ -1,6 +1,6 @@
 """The stages in order, and where middleware sits among them. Read this file to see the pipeline.
 
-    receive:  SizeLimit -> [middleware.admit …] -> Decode, then Route
+    receive:  SizeLimit -> [middleware.admit …] -> Decode -> Route
     process:  [observing middleware.process …] -> Settle -> [app middleware.process …]
               -> Supported -> Dedup -> Deadline -> (CountDeliveries) -> DeliveryLimit
               -> Lease -> Commit -> Run
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from agentqueue.workers.pipeline.admit import Decode, SizeLimit
+from agentqueue.workers.pipeline.admit import Decode, Route, SizeLimit
 from agentqueue.workers.pipeline.guards import (
     CountDeliveries,
     Deadline,
@@ -32,9 +32,9 @@ if TYPE_CHECKING:
 
 
 def receive_chain(p: Pipeline) -> list[object]:
-    """The layers an event passes on arrival, outermost first (Route follows the admitted)."""
+    """The layers an event passes on arrival, outermost first."""
     admitting = [m.admit for m in p.middleware if overrides(m, "admit")]
-    return [SizeLimit(p), *admitting, Decode(p)]
+    return [SizeLimit(p), *admitting, Decode(p), Route(p)]
 
 
 def process_chain(p: Pipeline, count_deliveries_in_store: bool) -> list[object]:
