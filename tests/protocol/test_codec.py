@@ -125,3 +125,20 @@ def test_an_envelope_naming_a_reply_queue_no_broker_takes_is_refused_naming_the_
         "invalid envelope: Expected `str` matching regex '^[A-Za-z0-9][A-Za-z0-9._:-]{0,254}$'"
         " - at `$.reply_to`"
     )
+
+
+def test_a_result_kind_added_later_decodes_as_a_terminal_result_naming_it() -> None:
+    from agentqueue.client import raise_for_kind
+    from agentqueue.errors import RequestFailed
+
+    data = (
+        b'{"id":"r1","session_id":"s","correlation_id":"q1",'
+        b'"body":{"type":"result","request_id":"q1","kind":"paused","error":"awaiting approval"}}'
+    )
+    event = decode(data).body
+    assert event.terminal  # type: ignore[union-attr]
+    with pytest.raises(RequestFailed) as caught:
+        raise_for_kind(event)  # type: ignore[arg-type]
+    assert str(caught.value) == (
+        "the worker answered 'paused', a result kind this client does not know: awaiting approval"
+    )
