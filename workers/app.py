@@ -112,6 +112,7 @@ class App:
         idle_ttl: float = 600.0,
         call_timeout: float = 30.0,
         share_net: bool = False,
+        pids_max: int = 128,
     ) -> Any:
         """Register sandboxed tool sets (`"base"`, `"filesystem"`) that run per session in bwrap.
 
@@ -130,6 +131,7 @@ class App:
             idle_ttl=idle_ttl,
             call_timeout=call_timeout,
             share_net=share_net,
+            pids_max=pids_max,
         )
         return sandbox_tools.register(self, types, config)
 

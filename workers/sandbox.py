@@ -53,15 +53,17 @@ class SandboxConfig:
     idle_ttl: float = 600.0
     call_timeout: float = 30.0
     share_net: bool = False
+    pids_max: int = 128  # enforced by the pids cgroup: RLIMIT_NPROC does not bind host root
     limits: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_LIMITS))
 
 
 class Sandbox:
     """One bwrap process bound to one workspace directory; requests run one at a time."""
 
-    def __init__(self, workspace: Path, process: asyncio.subprocess.Process) -> None:
+    def __init__(self, workspace: Path, process: asyncio.subprocess.Process, cgroup: Path) -> None:
         self.workspace = workspace
         self.process = process
+        self.cgroup = cgroup
         self.started_at = time.time()
         self.last_used = time.monotonic()
         self.from_pool = False
@@ -71,7 +73,15 @@ class Sandbox:
     async def start(cls, workspace: Path, config: SandboxConfig) -> Sandbox:
         """Start bwrap over `workspace` and wait for the server inside to say it is ready."""
         await asyncio.to_thread(workspace.mkdir, parents=True, exist_ok=True)
+        cgroup = await asyncio.to_thread(pids_cgroup, config.pids_max)
+        # sh joins the cgroup before exec'ing bwrap, so every process of the sandbox is in it.
+        join = 'echo $$ > "$1" && shift && exec "$@"'
         process = await asyncio.create_subprocess_exec(
+            "/bin/sh",
+            "-c",
+            join,
+            "sh",
+            str(cgroup / "cgroup.procs"),
             *bwrap_command(workspace, config),
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
@@ -84,7 +94,7 @@ class Sandbox:
         if not line:
             err = (await process.stderr.read()).decode(errors="replace") if process.stderr else ""
             raise SandboxError(f"sandbox failed to start: {err.strip() or 'no output'}")
-        return cls(workspace, process)
+        return cls(workspace, process, cgroup)
 
     async def request(self, op: str, args: dict[str, object], timeout: float) -> tuple[bool, str]:
         """Run one operation; past `timeout` the whole sandbox is killed and SandboxError raised."""
@@ -130,6 +140,53 @@ class Sandbox:
         """Kill the sandbox's whole process group and reap it."""
         self.kill()
         await self.process.wait()
+        await release_cgroup(self.cgroup)
+
+
+PIDS_ROOTS = (Path("/sys/fs/cgroup/pids"), Path("/sys/fs/cgroup"))  # cgroup v1, then v2
+
+
+def pids_cgroup(pids_max: int) -> Path:
+    """A fresh pids cgroup limited to `pids_max` tasks; refused when none can be made."""
+    for base in PIDS_ROOTS:
+        v1 = base.name == "pids" and (base / "tasks").exists()
+        v2 = (base / "cgroup.controllers").exists() and "pids" in (
+            base / "cgroup.controllers"
+        ).read_text().split()
+        if v1 or v2:
+            group = base / f"agentqueue-sandbox-{uuid.uuid4().hex[:12]}"
+            try:
+                group.mkdir()
+                (group / "pids.max").write_text(f"{pids_max}\n")
+            except OSError as exc:
+                raise SandboxError(
+                    f"cannot create a pids cgroup under {base} ({exc}): sandboxes need the pids"
+                    " controller writable by the worker to cap their process count"
+                ) from None
+            return group
+    raise SandboxError(
+        f"no pids cgroup controller found under {', '.join(map(str, PIDS_ROOTS))}: sandboxes"
+        " need it to cap their process count; mount the pids controller"
+    )
+
+
+async def release_cgroup(group: Path, within: float = 5.0) -> None:
+    """Kill what is left in `group` (a child outliving bwrap), wait until empty, remove it."""
+    procs = group / "cgroup.procs"
+    async with asyncio.timeout(within):
+        while True:
+            try:
+                pids = (await asyncio.to_thread(procs.read_text)).split()
+            except FileNotFoundError:
+                return
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(int(pid), 9)
+            if not pids:
+                with contextlib.suppress(FileNotFoundError):
+                    await asyncio.to_thread(group.rmdir)
+                return
+            await asyncio.sleep(0.01)  # the kernel is reaping the killed tasks
 
 
 def bwrap_command(workspace: Path, config: SandboxConfig) -> list[str]:
@@ -187,6 +244,8 @@ class SandboxManager:
             box = self.sessions.get(session_id)
             if box is not None and box.alive:
                 return box
+            if box is not None:
+                await box.close()  # a sandbox that died or was killed: reap it and its cgroup
             workspace = self.config.root / workspace_name(session_id)
             box = None
             if not await asyncio.to_thread(workspace.exists):

@@ -202,6 +202,26 @@ async def test_a_runaway_loop_is_killed_at_the_wall_clock_limit_and_the_files_st
         await close_all(boxes)
 
 
+async def test_a_process_flood_and_a_memory_hog_are_stopped_while_other_sessions_keep_serving(
+    tmp_path: Path,
+) -> None:
+    app, boxes = sandboxed_app(tmp_path, pool_size=0, pids_max=32)
+    try:
+        async with harness(app, "w1") as (h, _):
+            flood = await h.call(
+                "s-flood",
+                "run_shell_command",
+                command="for i in $(seq 1 100); do sleep 3 & done 2>&1 | tail -1; echo contained",
+            )
+            assert (flood.ok, flood.output) == (True, "/bin/sh: 0: Cannot fork\ncontained\n")
+            hog = await h.call("s-flood", "run_ipython_cell", code="x = bytearray(2 << 30)")
+            assert hog.output.endswith('File "<cell>", line 1, in <module>\nMemoryError\n')
+            other = await h.call("s-calm", "run_shell_command", command="echo still serving")
+            assert (other.ok, other.output) == (True, "still serving\n")
+    finally:
+        await close_all(boxes)
+
+
 async def test_an_idle_sandbox_is_reclaimed_after_its_ttl(tmp_path: Path) -> None:
     app, boxes = sandboxed_app(tmp_path, pool_size=1, idle_ttl=0.2)
     try:
