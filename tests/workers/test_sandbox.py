@@ -14,9 +14,10 @@ import anyio
 import pytest
 
 from agentqueue import App
-from agentqueue.broker.memory import MemoryBroker
+from agentqueue.broker.base import Broker
 from agentqueue.broker.replies import ReplyRouter
 from agentqueue.broker.topology import Topology
+from agentqueue.broker.urls import open_broker
 from agentqueue.protocol import Envelope, ToolCall, ToolResult, encode, new_id
 from agentqueue.workers.sandbox_tools import Sandboxes
 from agentqueue.workers.session_store import MemorySessionStore
@@ -35,7 +36,7 @@ def bwrap() -> None:
 
 
 class Harness:
-    def __init__(self, broker: MemoryBroker, topology: Topology, router: ReplyRouter) -> None:
+    def __init__(self, broker: Broker, topology: Topology, router: ReplyRouter) -> None:
         self.broker, self.topology, self.router = broker, topology, router
 
     async def call(self, session_id: str, name: str, **arguments: object) -> ToolResult:
@@ -58,11 +59,14 @@ class Harness:
 
 
 @asynccontextmanager
-async def harness(app: App, *worker_ids: str) -> AsyncIterator[tuple[Harness, list[Worker]]]:
-    """A memory broker and one tool worker per id (the first owns the partition until stopped)."""
+async def harness(
+    app: App, *worker_ids: str, broker_url: str | None = None
+) -> AsyncIterator[tuple[Harness, list[Worker]]]:
+    """A broker (memory unless given) and one tool worker per id (the first owns the partition)."""
     topology = Topology(namespace=f"sbx{new_id()[:6]}", partitions=1, tool_partitions=1)
+    url = broker_url or f"memory://sbx-{new_id()[:8]}"
     async with (
-        MemoryBroker(f"memory://sbx-{new_id()[:8]}") as broker,
+        open_broker(url) as broker,
         anyio.create_task_group() as tg,
     ):
         workers = [
@@ -274,5 +278,29 @@ async def test_a_sessions_files_follow_it_to_a_second_worker_sharing_the_root(
                 result = await h.call("s-move", "read_file", path="data.csv")
                 assert (result.ok, result.output, result.worker) == (True, "a,b\n1,2\n", "w2")
                 workers[1].stop()
+    finally:
+        await close_all(boxes)
+
+
+async def test_over_rabbitmq_the_sandbox_hides_the_env_other_sessions_and_the_brokers_port(
+    tmp_path: Path, rabbitmq_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SECRET", "hunter2")
+    port = int(rabbitmq_url.rsplit(":", 1)[1].split("/")[0])
+    app, boxes = sandboxed_app(tmp_path, pool_size=1)
+    try:
+        async with harness(app, "w1", broker_url=rabbitmq_url) as (h, _):
+            await h.call("s-one", "write_file", path="mine.txt", content="one")
+            env = await h.call("s-two", "run_shell_command", command="env | grep -c SECRET")
+            assert env.output == "0\n\n[exit code 1]"
+            peek = await h.call("s-two", "run_shell_command", command=f"ls {tmp_path}")
+            assert peek.output.endswith("No such file or directory\n\n[exit code 2]")
+            code = (
+                "import socket\n"
+                f"try:\n    socket.create_connection(('127.0.0.1', {port}), timeout=2)\n"
+                "except OSError as exc:\n    print(type(exc).__name__)\n"
+            )
+            broker = await h.call("s-two", "run_ipython_cell", code=code)
+            assert broker.output == "ConnectionRefusedError\n"
     finally:
         await close_all(boxes)
