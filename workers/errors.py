@@ -43,3 +43,7 @@ class SigningRequired(WorkerError):
 
 class SandboxError(WorkerError):
     """A sandboxed tool failed: its own error, the wall-clock limit, or a sandbox that died."""
+
+
+class UnknownSandboxType(WorkerError, ValueError):
+    """An app asked for a sandbox type this project does not provide."""

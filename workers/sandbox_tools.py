@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from agentqueue.workers.errors import UnknownSandboxType
 from agentqueue.workers.sandbox import SandboxConfig, SandboxManager
 from agentqueue.workers.tool_handler import current_call
 
@@ -42,9 +43,13 @@ TYPES = ("base", "filesystem")
 
 def register(app: App, types: tuple[str, ...], config: SandboxConfig) -> Sandboxes:
     """Register the tools of each sandbox type on `app`; an unknown type is refused."""
+    if not types:
+        raise UnknownSandboxType(f"no sandbox type given: choose from {', '.join(TYPES)}")
     for kind in types:
         if kind not in TYPES:
-            raise ValueError(f"sandbox type {kind!r} is unknown: choose from {', '.join(TYPES)}")
+            raise UnknownSandboxType(
+                f"sandbox type {kind!r} is unknown: choose from {', '.join(TYPES)}"
+            )
     boxes = Sandboxes(config)
     # The tool's ceiling sits above the sandbox's wall-clock limit, so the sandbox answers first.
     tool = app.tool(timeout=config.call_timeout + 10.0)

@@ -19,6 +19,7 @@ from agentqueue.broker.replies import ReplyRouter
 from agentqueue.broker.topology import Topology
 from agentqueue.broker.urls import open_broker
 from agentqueue.protocol import Envelope, ToolCall, ToolResult, encode, new_id
+from agentqueue.workers.errors import UnknownSandboxType
 from agentqueue.workers.sandbox_tools import Sandboxes
 from agentqueue.workers.session_store import MemorySessionStore
 from agentqueue.workers.worker import Worker
@@ -131,6 +132,29 @@ async def test_a_file_written_in_one_call_is_read_in_the_next_and_other_sessions
             )
     finally:
         await close_all(boxes)
+
+
+async def test_a_symlink_planted_in_the_workspace_cannot_lead_a_file_tool_out(
+    tmp_path: Path,
+) -> None:
+    app, boxes = sandboxed_app(tmp_path, pool_size=0)
+    try:
+        async with harness(app, "w1") as (h, _):
+            await h.call("s-link", "run_shell_command", command="ln -s /usr/lib/os-release out")
+            read = await h.call("s-link", "read_file", path="out")
+            assert (read.ok, read.output) == (
+                False,
+                "tool read_file failed: SandboxError: PermissionError: path 'out' leaves the"
+                " workspace: give a path inside /workspace",
+            )
+    finally:
+        await close_all(boxes)
+
+
+def test_an_unknown_sandbox_type_is_refused_with_the_known_ones(tmp_path: Path) -> None:
+    with pytest.raises(UnknownSandboxType) as refused:
+        App("sbx").sandbox_tools("base", "gpu", root=str(tmp_path))
+    assert str(refused.value) == "sandbox type 'gpu' is unknown: choose from base, filesystem"
 
 
 async def test_the_sandbox_sees_none_of_the_workers_environment(
