@@ -75,26 +75,38 @@ class Sandbox:
         await asyncio.to_thread(workspace.mkdir, parents=True, exist_ok=True)
         cgroup = await asyncio.to_thread(pids_cgroup, config.pids_max)
         # sh joins the cgroup before exec'ing bwrap, so every process of the sandbox is in it.
-        join = 'echo $$ > "$1" && shift && exec "$@"'
-        process = await asyncio.create_subprocess_exec(
-            "/bin/sh",
-            "-c",
-            join,
-            "sh",
-            str(cgroup / "cgroup.procs"),
-            *bwrap_command(workspace, config),
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            env={},  # the worker's environment never reaches bwrap, let alone the sandbox
-            start_new_session=True,
-        )
-        assert process.stdout is not None
-        line = await process.stdout.readline()
-        if not line:
-            err = (await process.stderr.read()).decode(errors="replace") if process.stderr else ""
-            raise SandboxError(f"sandbox failed to start: {err.strip() or 'no output'}")
-        return cls(workspace, process, cgroup)
+        process: asyncio.subprocess.Process | None = None
+        try:
+            join = 'echo $$ > "$1" && shift && exec "$@"'
+            process = await asyncio.create_subprocess_exec(
+                "/bin/sh",
+                "-c",
+                join,
+                "sh",
+                str(cgroup / "cgroup.procs"),
+                *bwrap_command(workspace, config),
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                env={},  # the worker's environment never reaches bwrap, let alone the sandbox
+                start_new_session=True,
+            )
+            assert process.stdout is not None
+            line = await process.stdout.readline()
+            if not line:
+                err = (
+                    (await process.stderr.read()).decode(errors="replace") if process.stderr else ""
+                )
+                raise SandboxError(f"sandbox failed to start: {err.strip() or 'no output'}")
+            return cls(workspace, process, cgroup)
+        except BaseException:
+            # Cancelled or failed half-way: leave neither a process nor an empty cgroup behind.
+            if process is not None and process.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, 9)
+            with contextlib.suppress(OSError, TimeoutError):
+                await asyncio.shield(release_cgroup(cgroup))
+            raise
 
     async def request(self, op: str, args: dict[str, object], timeout: float) -> tuple[bool, str]:
         """Run one operation; past `timeout` the whole sandbox is killed and SandboxError raised."""
