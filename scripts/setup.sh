@@ -64,6 +64,27 @@ fi
 say "rabbitmq-server $(dpkg-query -W -f='${Version}' rabbitmq-server 2>/dev/null || echo '?')," \
     "redis-server $(redis-server --version | sed -n 's/.* v=\([^ ]*\).*/\1/p')"
 
+# --- bubblewrap (session sandboxes) -------------------------------------------------------
+# Sandboxed tools run under Debian's bwrap; it starts no service, but keep policy-rc.d's
+# "action forbidden" in place while apt runs anyway, as for the servers above.
+if command -v bwrap >/dev/null 2>&1; then
+    say "bubblewrap already installed"
+else
+    say "installing bubblewrap with apt-get"
+    created_policy=""
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+        printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
+        chmod +x /usr/sbin/policy-rc.d
+        created_policy=yes
+    fi
+    trap 'if [ -n "$created_policy" ]; then rm -f /usr/sbin/policy-rc.d; fi' EXIT
+    apt_install bubblewrap
+    if [ -n "$created_policy" ]; then rm -f /usr/sbin/policy-rc.d; fi
+    trap - EXIT
+    command -v bwrap >/dev/null 2>&1 || { say "error: bubblewrap installed but bwrap is missing"; exit 1; }
+fi
+say "bubblewrap $(bwrap --version | sed 's/^bubblewrap //')"
+
 # --- Python environment ------------------------------------------------------------------
 say "syncing the Python environment (uv sync --frozen --all-groups)"
 "${UV[@]}" sync --frozen --all-groups --quiet

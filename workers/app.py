@@ -113,6 +113,37 @@ class App:
 
         return register
 
+    def sandbox_tools(
+        self,
+        *types: str,
+        root: str | None = None,
+        pool_size: int = 2,
+        idle_ttl: float = 600.0,
+        call_timeout: float = 30.0,
+        share_net: bool = False,
+        pids_max: int = 128,
+    ) -> Any:
+        """Register sandboxed tool sets (`"base"`, `"filesystem"`) that run per session in bwrap.
+
+        `root` holds the sessions' workspaces and must be shared by the tool workers for files
+        to follow a session to another worker (default `~/.agentqueue/sandboxes`). Returns the
+        `Sandboxes` object that owns each worker's sandboxes.
+        """
+        from pathlib import Path
+
+        from agentqueue.workers import sandbox_tools
+
+        where = Path(root) if root else Path.home() / ".agentqueue" / "sandboxes"
+        config = sandbox_tools.default_config(
+            where,
+            pool_size=pool_size,
+            idle_ttl=idle_ttl,
+            call_timeout=call_timeout,
+            share_net=share_net,
+            pids_max=pids_max,
+        )
+        return sandbox_tools.register(self, types, config)
+
     def agent_spec(self, name: str | None) -> AgentSpec:
         """The agent called `name`, or the only/first one when `name` is None."""
         if name is None:

@@ -39,3 +39,11 @@ class ModelCallError(PermanentError):
 
 class SigningRequired(WorkerError):
     """A consumer was told to run only signed envelopes but has no signing keys."""
+
+
+class SandboxError(WorkerError):
+    """A sandboxed tool failed: its own error, the wall-clock limit, or a sandbox that died."""
+
+
+class UnknownSandboxType(WorkerError, ValueError):
+    """An app asked for a sandbox type this project does not provide."""

@@ -8,6 +8,7 @@ transient (`retry_on`) are raised to the pipeline, which retries the call with b
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
 import inspect
 import math
@@ -21,6 +22,9 @@ from agentqueue.protocol.messages import Envelope, ToolCall, ToolResult
 from agentqueue.workers.app import App
 from agentqueue.workers.errors import PermanentError
 from agentqueue.workers.handling import Emit, HandlerResult, RunControl
+
+current_call: contextvars.ContextVar[tuple[str, str]] = contextvars.ContextVar("current_call")
+"""(session id, worker name) of the tool call running now: sandboxed tools find their sandbox."""
 
 
 class ToolHandler:
@@ -63,8 +67,12 @@ class ToolHandler:
                 self._result(call, call_id, False, f"bad arguments for tool {call.name!r}: {exc}")
             )
         try:
-            async with asyncio.timeout(timeout):
-                output = await _call(spec.func, arguments)
+            token = current_call.set((envelope.session_id, self.worker_name))
+            try:
+                async with asyncio.timeout(timeout):
+                    output = await _call(spec.func, arguments)
+            finally:
+                current_call.reset(token)
         except PermanentError:
             raise  # dead-lettered at once, as PermanentError promises
         except Exception as exc:
