@@ -409,6 +409,7 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
     from agentqueue.serve import serve_worker
     from agentqueue.workers import models
 
+    _require_shared_broker(settings, "worker")
     if args.require_signing:
         from agentqueue.workers.admission import check_signing
         from agentqueue.workers.errors import SigningRequired
@@ -445,6 +446,8 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
 def _call(args: argparse.Namespace, settings: Settings) -> int:
     from agentqueue.client import Client
 
+    _require_shared_broker(settings, "call")
+
     async def go() -> int:
         async with Client(
             settings.broker, topology=settings.topology, default_timeout=settings.timeout
@@ -476,6 +479,8 @@ def _call(args: argparse.Namespace, settings: Settings) -> int:
 def _cancel(args: argparse.Namespace, settings: Settings) -> int:
     from agentqueue.client import Client
 
+    _require_shared_broker(settings, "cancel")
+
     async def go() -> None:
         async with Client(settings.broker, topology=settings.topology) as client:
             await client.cancel(args.request_id, session_id=args.session)
@@ -489,6 +494,8 @@ def _cancel(args: argparse.Namespace, settings: Settings) -> int:
 def _status(args: argparse.Namespace, settings: Settings) -> int:
     from agentqueue.admin import print_status
 
+    _require_shared_broker(settings, "status")
+
     async def go() -> None:
         async with settings.open_broker() as broker:
             await broker.declare(settings.topology)
@@ -501,6 +508,8 @@ def _status(args: argparse.Namespace, settings: Settings) -> int:
 @command("dlq")
 def _dlq(args: argparse.Namespace, settings: Settings) -> int:
     from agentqueue import admin
+
+    _require_shared_broker(settings, f"dlq {args.action}")
 
     async def go() -> int:
         async with settings.open_broker() as broker:
@@ -541,6 +550,7 @@ def _require_shared_broker(settings: Settings, what: str) -> None:
         raise ValueError(
             f"{what} needs a broker that workers share: pass --broker amqp://… or mns://…"
             " (or set AGENTQUEUE_BROKER); memory:// exists only inside one process"
+            " (`agentqueue demo` runs an embedded broker and its workers in one process)"
         )
 
 
