@@ -546,32 +546,72 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
 
 @command("call")
 def _call(args: argparse.Namespace, settings: Settings) -> int:
-    from agentqueue.client import Client
+    import signal
+
+    from agentqueue.broker import tracing
+    from agentqueue.client import Client, RequestHandle, raise_for_kind
+    from agentqueue.errors import RequestError
 
     _require_shared_broker(settings, "call")
 
+    async def answer(handle: RequestHandle, trip: Any) -> int:
+        async for event in handle.events():
+            trip.result(event)
+            if event.kind == "delta":
+                if args.stream:
+                    print(event.text, end="", flush=True)
+                continue
+            if args.stream:
+                print()
+                if event.kind != "final":
+                    print(f"{event.kind}: {event.error}", file=sys.stderr)
+                    return 1
+                return 0
+            try:
+                print(raise_for_kind(event).text)
+            except RequestError as exc:  # inside a task group: say it here, in main's words
+                print(f"agentqueue call: {exc}", file=sys.stderr)
+                return 1
+            return 0
+        raise AssertionError("unreachable: events() always ends with a terminal event")
+
     async def go() -> int:
+        interrupted = False
         async with Client(
             settings.broker, topology=settings.topology, default_timeout=settings.timeout
         ) as client:
-            if args.stream:
-                final = None
-                async for event in client.stream(
-                    args.text, session_id=args.session, agent=args.agent
-                ):
-                    if event.kind == "delta":
-                        print(event.text, end="", flush=True)
-                    else:
-                        final = event
-                print()
-                assert final is not None
-                if final.kind != "final":
-                    print(f"{final.kind}: {final.error}", file=sys.stderr)
-                    return 1
-                return 0
-            result = await client.call(args.text, session_id=args.session, agent=args.agent)
-            print(result.text)
-            return 0
+            with tracing.round_trip("call", args.agent) as trip:
+                with trip.current():
+                    handle = await client.submit(
+                        args.text, session_id=args.session, agent=args.agent
+                    )
+
+                async def cancel_on_sigint(*, task_status: Any = anyio.TASK_STATUS_IGNORED) -> None:
+                    # Ctrl-C abandons nothing: the worker is told to stop, so the session's
+                    # next turn does not wait for this one.
+                    nonlocal interrupted
+                    with anyio.open_signal_receiver(signal.SIGINT) as signals:
+                        task_status.started()
+                        async for _ in signals:
+                            interrupted = True
+                            with anyio.CancelScope(shield=True):
+                                await handle.cancel()
+                            print(f"cancel sent for {handle.id}", file=sys.stderr, flush=True)
+                            tg.cancel_scope.cancel()
+                            return
+
+                code = 1
+                async with anyio.create_task_group() as tg:
+                    await tg.start(cancel_on_sigint)
+                    # stderr, so stdout stays the answer; the id is what `agentqueue cancel` takes.
+                    print(
+                        f"request {handle.id} session {handle.session_id}",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+                    code = await answer(handle, trip)
+                    tg.cancel_scope.cancel()
+        return 130 if interrupted else code
 
     with _telemetry(settings, "agentqueue-client"):
         return anyio.run(go)
