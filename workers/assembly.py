@@ -6,7 +6,7 @@ from __future__ import annotations
 from agentqueue.broker.base import Broker
 from agentqueue.workers.app import App
 from agentqueue.workers.handling import Handler
-from agentqueue.workers.middleware import Signing, Tracing
+from agentqueue.workers.middleware import EventLog, Signing, Tracing
 from agentqueue.workers.pipeline import Middleware, Pipeline
 from agentqueue.workers.session_store import SessionStore
 from agentqueue.workers.settings import Settings
@@ -22,8 +22,9 @@ def assemble_pipeline(
     worker_id: str,
     count_deliveries_in_store: bool = False,
 ) -> Pipeline:
-    """Tracing, signatures (when the broker has keys), the app's middleware, then the stages."""
-    middleware: list[Middleware] = [Tracing(broker, worker_id)]
+    """Tracing, the event log, signatures (when the broker has keys), the app's middleware,
+    then the stages."""
+    middleware: list[Middleware] = [Tracing(broker, worker_id), EventLog()]
     if broker.signing is not None:
         signing = Signing(
             broker.signing,
