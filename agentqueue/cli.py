@@ -13,6 +13,7 @@ from typing import Any
 
 import anyio
 
+from agentqueue.broker.urls import redact_url
 from agentqueue.settings import Settings
 
 DEFAULT_APP = "examples.weather:app"
@@ -638,13 +639,31 @@ def _status(args: argparse.Namespace, settings: Settings) -> int:
 
     _require_shared_broker(settings, "status")
 
-    async def go() -> None:
+    async def go() -> int:
         async with settings.open_broker() as broker:
-            await broker.declare(settings.topology)
+            if not await _namespace_exists(broker, settings, "status"):
+                return 1
             await print_status(broker, settings.topology, sys.stdout)
+            return 0
 
-    anyio.run(go)
-    return 0
+    return anyio.run(go)
+
+
+async def _namespace_exists(broker: Any, settings: Settings, what: str) -> bool:
+    """Whether the namespace's queues exist, looked up without declaring (so never created)."""
+    from agentqueue.broker.errors import QueueMissing
+
+    try:
+        await broker.stats(settings.topology.dead_letter_queue)
+    except QueueMissing:
+        print(
+            f"agentqueue {what}: no queues for namespace {settings.namespace!r} on"
+            f" {redact_url(settings.broker)}; check --namespace (AGENTQUEUE_NAMESPACE), or start"
+            " a worker, which declares them",
+            file=sys.stderr,
+        )
+        return False
+    return True
 
 
 @command("dlq")
@@ -655,7 +674,8 @@ def _dlq(args: argparse.Namespace, settings: Settings) -> int:
 
     async def go() -> int:
         async with settings.open_broker() as broker:
-            await broker.declare(settings.topology)
+            if not await _namespace_exists(broker, settings, f"dlq {args.action}"):
+                return 1
             if args.action == "list":
                 await admin.dlq_list(broker, settings.topology, sys.stdout, args.limit)
                 return 0
