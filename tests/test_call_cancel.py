@@ -59,3 +59,18 @@ def test_ctrl_c_on_call_cancels_the_request_and_exits_130(
         assert after.returncode == 0, err
         assert out.strip() != ""
         assert err.startswith("request ")
+
+
+def test_call_keeps_stdout_for_the_answer_and_names_the_request_on_stderr(
+    rabbitmq_url: str, tmp_path: Path
+) -> None:
+    env = {**os.environ, "AGENTQUEUE_TEST_LOG": str(tmp_path / "steps.log")}
+    broker = ("--broker", rabbitmq_url, "--namespace", "callstream")
+    with workers((*broker, *APP), env=env):
+        for extra in ((), ("--stream",)):
+            call = cli("call", "hello", "--session", "s2", *extra, *broker, env=env)
+            out, err = call.communicate(timeout=60)
+            assert call.returncode == 0, err
+            assert out.strip() != "" and "request " not in out
+            request_id = err.split()[1]
+            assert err == f"request {request_id} session s2\n"
