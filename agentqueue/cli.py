@@ -13,6 +13,7 @@ from typing import Any
 
 import anyio
 
+from agentqueue.broker.urls import redact_url
 from agentqueue.settings import Settings
 
 DEFAULT_APP = "examples.weather:app"
@@ -38,31 +39,79 @@ def _load_app(spec: str):  # type: ignore[no-untyped-def]
     return load_app(spec)
 
 
+class _Help(argparse.HelpFormatter):
+    """Every option's help ends with its default, unless it already says it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        empty = action.default is None or action.default is False or action.default in ([], "")
+        shown = not empty and action.default is not argparse.SUPPRESS
+        if shown and "default" not in text and (action.option_strings or action.nargs == "?"):
+            text += " (default: %(default)s)"
+        return text
+
+
 def _settings_args(p: argparse.ArgumentParser) -> None:
+    defaults = Settings()
     p.add_argument(
         "--broker",
-        help="broker URL: memory://, amqp://user:pass@host/, mns://… (AGENTQUEUE_BROKER)",
+        help="broker URL: memory://, amqp://user:pass@host/, mns://… (AGENTQUEUE_BROKER,"
+        f" default {defaults.broker})",
     )
     p.add_argument(
         "--store",
-        help="session store URL: memory://, sqlite:///path, redis://host/0 (AGENTQUEUE_STORE)",
+        help="session store URL: memory://, sqlite:///path, redis://host/0 (AGENTQUEUE_STORE,"
+        f" default {defaults.store})",
     )
     p.add_argument(
-        "--namespace", help="prefix of every queue name (AGENTQUEUE_NAMESPACE, default aq)"
+        "--namespace",
+        help=f"prefix of every queue name (AGENTQUEUE_NAMESPACE, default {defaults.namespace})",
     )
     p.add_argument(
         "--partition-count",
         dest="partition_count",
         type=int,
-        help="partitions of the requests family (AGENTQUEUE_PARTITIONS, default 16)",
+        help="partitions of the requests family (AGENTQUEUE_PARTITIONS,"
+        f" default {defaults.partitions})",
     )
     p.add_argument(
         "--tool-partition-count",
         dest="tool_partition_count",
         type=int,
-        help="partitions of the tools family (AGENTQUEUE_TOOL_PARTITIONS, default 16)",
+        help="partitions of the tools family (AGENTQUEUE_TOOL_PARTITIONS,"
+        f" default {defaults.tool_partitions})",
     )
-    p.add_argument("--timeout", type=float, help="request deadline in seconds (default 300)")
+    p.add_argument(
+        "--timeout",
+        type=float,
+        help=f"request deadline in seconds (AGENTQUEUE_TIMEOUT, default {defaults.timeout:g})",
+    )
+    _verbose(p, argparse.SUPPRESS)
+
+
+def _verbose(p: argparse.ArgumentParser, default: Any) -> None:
+    # Also after the subcommand (`agentqueue worker -v`), like every other global flag.
+    p.add_argument(
+        "-v", "--verbose", action="count", default=default, help="more logging (-vv for debug)"
+    )
+
+
+def _parsers(parser: argparse.ArgumentParser) -> Iterator[argparse.ArgumentParser]:
+    """The parser and every subcommand's parser below it."""
+    yield parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in dict.fromkeys(action.choices.values()):
+                yield from _parsers(child)
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("agentqueue")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown"
 
 
 def _trace_args(p: argparse.ArgumentParser) -> None:
@@ -71,7 +120,7 @@ def _trace_args(p: argparse.ArgumentParser) -> None:
         dest="trace_file",
         metavar="FILE",
         help="append spans as JSON lines to FILE (AGENTQUEUE_TRACE_FILE);"
-        " OTEL_* variables add exporters",
+        " OTEL_* variables add exporters (default: none)",
     )
 
 
@@ -89,9 +138,8 @@ def _telemetry(settings: Settings, service: str) -> Iterator[None]:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="agentqueue", description=__doc__)
-    parser.add_argument(
-        "-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)"
-    )
+    parser.add_argument("--version", action="version", version=f"agentqueue {_version()}")
+    _verbose(parser, 0)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser(
@@ -99,7 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _settings_args(p)
     _trace_args(p)
-    p.add_argument("--app", default=DEFAULT_APP)
+    p.add_argument("--app", default=DEFAULT_APP, help="module:attribute of the App")
     p.add_argument(
         "--cloud-local",
         dest="cloud_local",
@@ -110,8 +158,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("local", help="local stand-ins for the cloud: an MNS server, an FC emulator")
     local_sub = p.add_subparsers(dest="local_command", required=True, metavar="SERVICE")
     m = local_sub.add_parser("mns", help="serve an MNS-compatible queue API (state in SQLite)")
-    m.add_argument("--host", default="127.0.0.1")
-    m.add_argument("--port", type=int, default=9911)
+    m.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    m.add_argument("--port", type=int, default=9911, help="port to listen on")
     m.add_argument("--db", default=".agentqueue/mns.db", help="SQLite file for the queues")
     m.add_argument(
         "--access-key-id",
@@ -125,7 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     f = local_sub.add_parser("fc", help="emulate FC: MNS triggers, instance processes")
     _settings_args(f)
-    f.add_argument("--app", default=DEFAULT_APP)
+    f.add_argument("--app", default=DEFAULT_APP, help="module:attribute of the App")
     f.add_argument("--instances", type=int, default=4, help="most instances at once (default 4)")
     f.add_argument(
         "--idle-timeout",
@@ -134,7 +182,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=30.0,
         help="seconds an idle instance lives before scale-to-zero (default 30)",
     )
-    f.add_argument("--batch-size", dest="batch_size", type=int, default=10)
+    f.add_argument(
+        "--batch-size", dest="batch_size", type=int, default=10, help="messages per invocation"
+    )
     f.add_argument("--batch-window", dest="batch_window", type=float, default=0.5, help="seconds")
 
     p = sub.add_parser("worker", help="serve an app's agents and tools from a broker")
@@ -145,14 +195,23 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_APP,
         help="module:attribute of the App (default examples.weather:app)",
     )
-    p.add_argument("--role", choices=["agents", "tools", "all"], default="all")
+    p.add_argument(
+        "--role",
+        choices=["agents", "tools", "all"],
+        default="all",
+        help="serve agent requests, tool calls, or both",
+    )
     p.add_argument(
         "--partitions",
         dest="serve",
         default="all",
         help="which partitions to serve, e.g. 0-7,12 (default all)",
     )
-    p.add_argument("--concurrency", type=int)
+    p.add_argument(
+        "--concurrency",
+        type=int,
+        help=f"events run at once (AGENTQUEUE_CONCURRENCY, default {Settings().concurrency})",
+    )
     p.add_argument(
         "--no-balance",
         dest="balance",
@@ -172,15 +231,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("call", help="send one request and print the answer")
     _settings_args(p)
     _trace_args(p)
-    p.add_argument("text")
+    p.add_argument("text", help="the request text")
     p.add_argument("--session", help="session id (default: a new one)")
-    p.add_argument("--agent")
+    p.add_argument("--agent", help="agent to ask (default: the app's default agent)")
     p.add_argument("--stream", action="store_true", help="print text as it arrives")
 
     p = sub.add_parser("cancel", help="cancel a running request")
     _settings_args(p)
-    p.add_argument("request_id")
-    p.add_argument("--session", required=True)
+    p.add_argument("request_id", help="id of the request to cancel (`call` prints it)")
+    p.add_argument("--session", required=True, help="session id of that request")
 
     p = sub.add_parser(
         "status", help="queue depths per partition and which worker is active on each"
@@ -189,13 +248,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("dlq", help="list, show or replay dead letters")
     _settings_args(p)
-    p.add_argument("action", choices=["list", "show", "replay"])
+    p.add_argument("action", choices=["list", "show", "replay"], help="what to do")
     p.add_argument(
         "id",
         nargs="?",
         help="envelope id or list index (show, replay); replay without it replays all",
     )
-    p.add_argument("--limit", type=int, default=100)
+    p.add_argument("--limit", type=int, default=100, help="most dead letters to list")
 
     p = sub.add_parser("trace", help="look at spans written with --trace-file")
     trace_sub = p.add_subparsers(dest="trace_command", required=True, metavar="ACTION")
@@ -215,26 +274,44 @@ def build_parser() -> argparse.ArgumentParser:
     b = batch_sub.add_parser("run", help="send every line of INPUT, write one result line per item")
     _settings_args(b)
     _trace_args(b)
-    b.add_argument("input", metavar="INPUT.jsonl")
-    b.add_argument("-o", "--output", required=True, metavar="RESULTS.jsonl")
+    b.add_argument("input", metavar="INPUT.jsonl", help="one JSON request per line")
+    b.add_argument(
+        "-o", "--output", required=True, metavar="RESULTS.jsonl", help="results, one per line"
+    )
     b.add_argument("--name", help="batch name (default: a hash of both paths); same name resumes")
-    b.add_argument("--max-in-flight", dest="max_in_flight", type=int, default=64)
+    b.add_argument(
+        "--max-in-flight",
+        dest="max_in_flight",
+        type=int,
+        default=64,
+        help="items sent and not yet answered at most",
+    )
     b.add_argument(
         "--retries",
         type=int,
         default=1,
         help="re-send a failed or timed out item up to N times (default 1)",
     )
-    b.add_argument("--agent", help="agent for lines that do not name one")
+    b.add_argument(
+        "--agent", help="agent for lines that do not name one (default: the app's default agent)"
+    )
     b.add_argument(
         "--score",
         metavar="MODULE:FUNCTION",
-        help="score(item, result) -> float; the summary shows the mean",
+        help="score(item, result) -> float; the summary shows the mean (default: none)",
     )
     b.add_argument(
-        "--summary-json", dest="summary_json", metavar="FILE", help="also write the summary as JSON"
+        "--summary-json",
+        dest="summary_json",
+        metavar="FILE",
+        help="also write the summary as JSON (default: none)",
     )
-    b.add_argument("--progress", choices=["auto", "bar", "lines"], default="auto")
+    b.add_argument(
+        "--progress",
+        choices=["auto", "bar", "lines"],
+        default="auto",
+        help="a bar on a terminal, lines otherwise (auto)",
+    )
     b.add_argument(
         "--keep-queue",
         dest="keep_queue",
@@ -247,14 +324,14 @@ def build_parser() -> argparse.ArgumentParser:
     i = ingress_sub.add_parser("http", help="POST /v1/requests, GET /v1/requests/{id}[/events]")
     _settings_args(i)
     _trace_args(i)
-    i.add_argument("--host", default="127.0.0.1")
-    i.add_argument("--port", type=int, default=8080)
+    i.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    i.add_argument("--port", type=int, default=8080, help="port to listen on")
     i.add_argument(
         "--signing-key",
         dest="signing_key",
         metavar="KEY",
         help="require Standard Webhooks signatures under this whsec_ secret, and bearer tokens"
-        " on GET/DELETE (AGENTQUEUE_INGRESS_KEY; @path reads it from a file)",
+        " on GET/DELETE (AGENTQUEUE_INGRESS_KEY; @path reads it from a file; default: none)",
     )
     i.add_argument(
         "--max-body",
@@ -269,7 +346,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=3600.0,
         help="seconds a result stays readable (default 3600)",
     )
-    i.add_argument("--agent", help="agent for requests that do not name one")
+    i.add_argument(
+        "--agent", help="agent for requests that do not name one (default: the app's default agent)"
+    )
     i.add_argument(
         "--header-timeout",
         dest="header_timeout",
@@ -303,7 +382,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("package", "build the code zip FC runs"),
     ):
         action.add_argument(f"--{flag}", dest="action", action="store_const", const=flag, help=what)
-    d.add_argument("--app", default=DEFAULT_APP)
+    d.add_argument("--app", default=DEFAULT_APP, help="module:attribute of the App")
     for flag, dest, kind in (
         ("--broker", "broker", str),
         ("--store", "store", str),
@@ -311,9 +390,19 @@ def build_parser() -> argparse.ArgumentParser:
         ("--partition-count", "partition_count", int),
         ("--tool-partition-count", "tool_partition_count", int),
     ):
-        d.add_argument(flag, dest=dest, type=kind, help=f"as for `worker` ({dest})")
-    d.add_argument("--region", default=os.environ.get("ALIBABA_CLOUD_REGION_ID", "cn-hangzhou"))
-    d.add_argument("--account-id", dest="account_id", help="Alibaba Cloud account (uid)")
+        d.add_argument(
+            flag, dest=dest, type=kind, help=f"as for `worker` ({dest}; default: as for `worker`)"
+        )
+    d.add_argument(
+        "--region",
+        default=os.environ.get("ALIBABA_CLOUD_REGION_ID", "cn-hangzhou"),
+        help="region id (ALIBABA_CLOUD_REGION_ID)",
+    )
+    d.add_argument(
+        "--account-id",
+        dest="account_id",
+        help="Alibaba Cloud account (uid; default: from the credentials)",
+    )
     d.add_argument("--function-name", dest="function_name", help="default <namespace>-worker")
     d.add_argument("--memory", type=int, default=1024, help="MB (default 1024)")
     d.add_argument("--cpu", type=float, help="vCPU (default 1 per GB of memory)")
@@ -324,16 +413,20 @@ def build_parser() -> argparse.ArgumentParser:
         default=900,
         help="seconds one invocation (a batch) may run (default 900)",
     )
-    d.add_argument("--role-arn", dest="role_arn", help="RAM role the function runs as")
+    d.add_argument(
+        "--role-arn", dest="role_arn", help="RAM role the function runs as (default: none)"
+    )
     d.add_argument(
         "--env",
         action="append",
         default=[],
         metavar="NAME[=VALUE]",
-        help="extra function environment; NAME alone copies it from here",
+        help="extra function environment; NAME alone copies it from here (default: none)",
     )
-    d.add_argument("--preload", default="", help="modules the initializer imports")
-    d.add_argument("--batch-size", dest="batch_size", type=int, default=10)
+    d.add_argument("--preload", default="", help="modules the initializer imports (default: none)")
+    d.add_argument(
+        "--batch-size", dest="batch_size", type=int, default=10, help="messages per invocation"
+    )
     d.add_argument("--batch-window", dest="batch_window", type=int, default=0, help="seconds")
     d.add_argument("--code", default="dist/agentqueue-fc.zip", help="zip or oss://bucket/object")
     d.add_argument("-o", "--output", default="dist/agentqueue-fc.zip", help="--package's zip")
@@ -344,13 +437,23 @@ def build_parser() -> argparse.ArgumentParser:
         help="--package without dependencies (layout checks, offline)",
     )
     d.add_argument("--json", action="store_true", help="--plan as JSON")
-    d.add_argument("--fc-endpoint", dest="fc_endpoint", help="e.g. http://127.0.0.1:9000")
-    d.add_argument("--mns-endpoint", dest="mns_endpoint", help="MNS control plane (open API)")
+    d.add_argument(
+        "--fc-endpoint",
+        dest="fc_endpoint",
+        help="e.g. http://127.0.0.1:9000 (default: the region's endpoint)",
+    )
+    d.add_argument(
+        "--mns-endpoint",
+        dest="mns_endpoint",
+        help="MNS control plane (open API; default: the region's endpoint)",
+    )
 
     p = sub.add_parser("schema", help="print the JSON Schema of the v1 envelope")
 
     p = sub.add_parser("config", help="print the settings in force (secrets masked)")
     _settings_args(p)
+    for each in _parsers(parser):
+        each.formatter_class = _Help
     return parser
 
 
@@ -409,6 +512,7 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
     from agentqueue.serve import serve_worker
     from agentqueue.workers import models
 
+    _require_shared_broker(settings, "worker")
     if args.require_signing:
         from agentqueue.workers.admission import check_signing
         from agentqueue.workers.errors import SigningRequired
@@ -443,30 +547,72 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
 
 @command("call")
 def _call(args: argparse.Namespace, settings: Settings) -> int:
-    from agentqueue.client import Client
+    import signal
+
+    from agentqueue.broker import tracing
+    from agentqueue.client import Client, RequestHandle, raise_for_kind
+    from agentqueue.errors import RequestError
+
+    _require_shared_broker(settings, "call")
+
+    async def answer(handle: RequestHandle, trip: Any) -> int:
+        async for event in handle.events():
+            trip.result(event)
+            if event.kind == "delta":
+                if args.stream:
+                    print(event.text, end="", flush=True)
+                continue
+            if args.stream:
+                print()
+                if event.kind != "final":
+                    print(f"{event.kind}: {event.error}", file=sys.stderr)
+                    return 1
+                return 0
+            try:
+                print(raise_for_kind(event).text)
+            except RequestError as exc:  # inside a task group: say it here, in main's words
+                print(f"agentqueue call: {exc}", file=sys.stderr)
+                return 1
+            return 0
+        raise AssertionError("unreachable: events() always ends with a terminal event")
 
     async def go() -> int:
+        interrupted = False
         async with Client(
             settings.broker, topology=settings.topology, default_timeout=settings.timeout
         ) as client:
-            if args.stream:
-                final = None
-                async for event in client.stream(
-                    args.text, session_id=args.session, agent=args.agent
-                ):
-                    if event.kind == "delta":
-                        print(event.text, end="", flush=True)
-                    else:
-                        final = event
-                print()
-                assert final is not None
-                if final.kind != "final":
-                    print(f"{final.kind}: {final.error}", file=sys.stderr)
-                    return 1
-                return 0
-            result = await client.call(args.text, session_id=args.session, agent=args.agent)
-            print(result.text)
-            return 0
+            with tracing.round_trip("call", args.agent) as trip:
+                with trip.current():
+                    handle = await client.submit(
+                        args.text, session_id=args.session, agent=args.agent
+                    )
+
+                async def cancel_on_sigint(*, task_status: Any = anyio.TASK_STATUS_IGNORED) -> None:
+                    # Ctrl-C abandons nothing: the worker is told to stop, so the session's
+                    # next turn does not wait for this one.
+                    nonlocal interrupted
+                    with anyio.open_signal_receiver(signal.SIGINT) as signals:
+                        task_status.started()
+                        async for _ in signals:
+                            interrupted = True
+                            with anyio.CancelScope(shield=True):
+                                await handle.cancel()
+                            print(f"cancel sent for {handle.id}", file=sys.stderr, flush=True)
+                            tg.cancel_scope.cancel()
+                            return
+
+                code = 1
+                async with anyio.create_task_group() as tg:
+                    await tg.start(cancel_on_sigint)
+                    # stderr, so stdout stays the answer; the id is what `agentqueue cancel` takes.
+                    print(
+                        f"request {handle.id} session {handle.session_id}",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+                    code = await answer(handle, trip)
+                    tg.cancel_scope.cancel()
+        return 130 if interrupted else code
 
     with _telemetry(settings, "agentqueue-client"):
         return anyio.run(go)
@@ -475,6 +621,8 @@ def _call(args: argparse.Namespace, settings: Settings) -> int:
 @command("cancel")
 def _cancel(args: argparse.Namespace, settings: Settings) -> int:
     from agentqueue.client import Client
+
+    _require_shared_broker(settings, "cancel")
 
     async def go() -> None:
         async with Client(settings.broker, topology=settings.topology) as client:
@@ -489,22 +637,45 @@ def _cancel(args: argparse.Namespace, settings: Settings) -> int:
 def _status(args: argparse.Namespace, settings: Settings) -> int:
     from agentqueue.admin import print_status
 
-    async def go() -> None:
-        async with settings.open_broker() as broker:
-            await broker.declare(settings.topology)
-            await print_status(broker, settings.topology, sys.stdout)
+    _require_shared_broker(settings, "status")
 
-    anyio.run(go)
-    return 0
+    async def go() -> int:
+        async with settings.open_broker() as broker:
+            if not await _namespace_exists(broker, settings, "status"):
+                return 1
+            await print_status(broker, settings.topology, sys.stdout)
+            return 0
+
+    return anyio.run(go)
+
+
+async def _namespace_exists(broker: Any, settings: Settings, what: str) -> bool:
+    """Whether the namespace's queues exist, looked up without declaring (so never created)."""
+    from agentqueue.broker.errors import QueueMissing
+
+    try:
+        await broker.stats(settings.topology.dead_letter_queue)
+    except QueueMissing:
+        print(
+            f"agentqueue {what}: no queues for namespace {settings.namespace!r} on"
+            f" {redact_url(settings.broker)}; check --namespace (AGENTQUEUE_NAMESPACE), or start"
+            " a worker, which declares them",
+            file=sys.stderr,
+        )
+        return False
+    return True
 
 
 @command("dlq")
 def _dlq(args: argparse.Namespace, settings: Settings) -> int:
     from agentqueue import admin
 
+    _require_shared_broker(settings, f"dlq {args.action}")
+
     async def go() -> int:
         async with settings.open_broker() as broker:
-            await broker.declare(settings.topology)
+            if not await _namespace_exists(broker, settings, f"dlq {args.action}"):
+                return 1
             if args.action == "list":
                 await admin.dlq_list(broker, settings.topology, sys.stdout, args.limit)
                 return 0
@@ -541,6 +712,7 @@ def _require_shared_broker(settings: Settings, what: str) -> None:
         raise ValueError(
             f"{what} needs a broker that workers share: pass --broker amqp://… or mns://…"
             " (or set AGENTQUEUE_BROKER); memory:// exists only inside one process"
+            " (`agentqueue demo` runs an embedded broker and its workers in one process)"
         )
 
 

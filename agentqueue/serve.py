@@ -29,6 +29,7 @@ async def serve_worker(
 ) -> None:
     """Connect, serve until a signal, drain, disconnect."""
     store = settings.open_store()
+    log.info("session store %s", redact_url(settings.store))
     try:
         async with settings.open_broker() as broker:
             check_signing(broker.signing)  # says so, once, when envelopes run unsigned

@@ -411,7 +411,11 @@ class RabbitMQBroker(Broker):
     async def stats(self, queue: str) -> QueueStats:
         channel = await self.connection.channel()
         try:
-            declared = await channel.declare_queue(queue, passive=True)
+            try:
+                declared = await channel.declare_queue(queue, passive=True)
+            except aiormq.exceptions.ChannelNotFoundEntity:
+                # Passive: looking must never create a queue (a typo would make a new set).
+                raise QueueMissing(f"queue {queue!r} does not exist") from None
             result = declared.declaration_result
             return QueueStats(queue, result.message_count or 0, None, result.consumer_count or 0)
         finally:

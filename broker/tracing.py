@@ -274,6 +274,14 @@ def record_dead_letter(envelope: Envelope, reason: str, error: BaseException | N
         span.set_status(StatusCode.ERROR, reason)
 
 
+def record_tool_failure(name: str, error: str) -> None:
+    """Mark the current span ERROR: the tool failed, even though its failure is a reply."""
+    span = trace.get_current_span()
+    if span.is_recording():
+        span.add_event("tool_failed", {"gen_ai.tool.name": name, "exception.message": error})
+        span.set_status(StatusCode.ERROR, error)
+
+
 # --- the client's round trip -----------------------------------------------------------------
 
 

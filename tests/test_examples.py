@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import anyio
 
 from agentqueue import Client
@@ -12,6 +17,7 @@ from agentqueue.workers.worker import Worker
 from examples.research import app as research
 from examples.weather import app as weather
 from tests.config import worker_settings
+from tests.processes import ROOT
 
 
 async def serve_and_call(app, prompts: list[str]) -> list[str]:  # type: ignore[no-untyped-def]
@@ -108,3 +114,27 @@ async def test_agent_turns_waiting_for_tools_never_starve_the_tools_on_the_same_
                     asks.start_soon(ask, i)
         tg.cancel_scope.cancel()
     assert answers == ["The weather in Paris: sunny, 21°C."] * 6
+
+
+def test_the_readme_quickstart_runs_as_written_with_its_embedded_worker(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AGENTQUEUE_")}
+    env["XDG_STATE_HOME"] = str(tmp_path / "state")  # the default store, kept out of $HOME
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "quickstart.py")],
+        cwd=tmp_path,  # outside the repository, as a user runs it
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert (done.returncode, done.stdout) == (0, "The weather in Paris: sunny, 21°C.\n"), (
+        done.stderr
+    )
+    assert (tmp_path / "state" / "agentqueue" / "sessions.db").is_file()
+
+
+def test_the_readme_shows_the_quickstart_file_as_it_is() -> None:
+    readme = (ROOT / "README.md").read_text()
+    code = (ROOT / "examples" / "quickstart.py").read_text()
+    body = code[code.index("import anyio") :]
+    assert f"```python\n{body}```" in readme

@@ -10,8 +10,6 @@ from tests.processes import WorkerProcess
 ARGS = (
     "--app",
     "tests.apps.fc_tools:app",
-    "--broker",
-    "memory://signing",
     "--store",
     "memory://",
     "--role",
@@ -22,10 +20,10 @@ KEYS = "k2:current-secret-0123456789,k1:previous-secret-0123456789"
 
 
 def test_require_signing_without_keys_refuses_to_start_with_exit_code_2(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], rabbitmq_url: str
 ) -> None:
     monkeypatch.delenv("AGENTQUEUE_SIGNING_KEYS", raising=False)
-    assert main(["worker", "--require-signing", *ARGS]) == 2
+    assert main(["worker", "--require-signing", "--broker", rabbitmq_url, *ARGS]) == 2
     assert capsys.readouterr().err == (
         "agentqueue worker: this worker must verify signed envelopes (--require-signing) but no"
         " signing keys are set: set AGENTQUEUE_SIGNING_KEYS=id:secret (the same value on every"
@@ -33,12 +31,14 @@ def test_require_signing_without_keys_refuses_to_start_with_exit_code_2(
     )
 
 
-def run_until_serving(monkeypatch: pytest.MonkeyPatch, *args: str, keys: str | None) -> list[str]:
+def run_until_serving(
+    monkeypatch: pytest.MonkeyPatch, broker: str, *args: str, keys: str | None
+) -> list[str]:
     if keys is None:
         monkeypatch.delenv("AGENTQUEUE_SIGNING_KEYS", raising=False)
     else:
         monkeypatch.setenv("AGENTQUEUE_SIGNING_KEYS", keys)
-    worker = WorkerProcess(*args, *ARGS)
+    worker = WorkerProcess(*args, "--broker", broker, "--namespace", "signing", *ARGS)
     try:
         worker.wait_serving()
         assert worker.terminate() == 0
@@ -48,9 +48,9 @@ def run_until_serving(monkeypatch: pytest.MonkeyPatch, *args: str, keys: str | N
 
 
 def test_a_worker_without_keys_warns_once_at_start_naming_the_variable(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, rabbitmq_url: str
 ) -> None:
-    lines = run_until_serving(monkeypatch, keys=None)
+    lines = run_until_serving(monkeypatch, rabbitmq_url, keys=None)
     warnings = [line for line in lines if "AGENTQUEUE_SIGNING_KEYS" in line]
     assert len(warnings) == 1, lines
     assert (
@@ -61,8 +61,8 @@ def test_a_worker_without_keys_warns_once_at_start_naming_the_variable(
 
 
 def test_a_worker_with_keys_and_require_signing_starts_without_the_warning(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, rabbitmq_url: str
 ) -> None:
-    lines = run_until_serving(monkeypatch, "--require-signing", keys=KEYS)
+    lines = run_until_serving(monkeypatch, rabbitmq_url, "--require-signing", keys=KEYS)
     assert not [line for line in lines if "unsigned" in line], lines
     assert not [line for line in lines if "current-secret" in line]  # the secret never shows

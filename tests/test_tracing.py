@@ -320,3 +320,56 @@ def test_an_unknown_otel_exporter_is_refused_with_the_names_that_work(
     monkeypatch.setenv("OTEL_TRACES_EXPORTER", "otlp,zipkin")
     with pytest.raises(ValueError, match="unknown exporter 'zipkin'; use otlp, console or none"):
         configure("agentqueue-test")
+
+
+failing_app = App("failing")
+
+
+@failing_app.tool("explode", timeout=10.0)
+async def explode(city: str) -> str:
+    """A tool that always fails (test helper)."""
+    raise RuntimeError(f"no forecast service for {city}")
+
+
+@failing_app.agent("failing")
+def failing_agent(ctx):  # type: ignore[no-untyped-def]
+    return ctx.build_agent("You are helpful.", tools=["explode"])
+
+
+async def test_a_failed_tool_is_an_error_in_its_span_and_a_warning_with_traceback_in_the_log(
+    spans: InMemorySpanExporter, caplog: pytest.LogCaptureFixture
+) -> None:
+    ns = f"tf{new_id()[:6]}"
+    topology = Topology(namespace=ns, partitions=2, tool_partitions=2)
+    store_url = f"memory://tool-fail-{new_id()[:8]}"
+    caplog.set_level("WARNING", logger="agentqueue.worker")
+    async with (
+        open_broker(f"memory://tool-fail-{new_id()[:8]}") as broker,
+        anyio.create_task_group() as tg,
+    ):
+        worker = Worker(
+            failing_app, broker, MemorySessionStore(store_url), worker_settings(topology)
+        )
+        await tg.start(worker.run)
+        async with Client(broker, topology=topology) as client:
+            with anyio.fail_after(60):
+                result = await client.call(
+                    '/tool explode {"city": "Oslo"}', session_id="s-fail", agent="failing"
+                )
+        worker.stop()
+    assert result.kind == "final"  # the agent may still answer
+    error = "tool explode failed: RuntimeError: no forecast service for Oslo"
+    assert result.output is not None
+    assert result.output[0].metadata == {"tool_errors": [error]}
+    process = [
+        s
+        for s in spans.get_finished_spans()
+        if s.name.startswith(f"process {ns}-tools-") and s.status.status_code is StatusCode.ERROR
+    ]
+    assert len(process) == 1
+    assert process[0].status.description == error
+    assert [e.name for e in process[0].events if e.name == "tool_failed"] == ["tool_failed"]
+    warned = [r for r in caplog.records if r.getMessage().startswith(error)]
+    assert len(warned) == 1
+    assert warned[0].levelname == "WARNING"
+    assert warned[0].exc_info is not None and "no forecast service" in caplog.text

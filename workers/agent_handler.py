@@ -83,7 +83,10 @@ class AgentHandler:
         request = envelope.body
         assert isinstance(request, AgentRequest)
         spec = self.app.agent_spec(request.agent)
-        invoke_remote = self.remote_tools.for_request(envelope) if self.remote_tools else None
+        failures: list[str] = []  # the request's failed tool calls, for its result's metadata
+        invoke_remote = (
+            self.remote_tools.for_request(envelope, failures) if self.remote_tools else None
+        )
         ctx = AgentContext(
             agent_name=spec.name,
             session_id=envelope.session_id,
@@ -107,7 +110,13 @@ class AgentHandler:
             kind=kind,  # type: ignore[arg-type]
             text=outcome.text,
             error=None if kind == "final" else f"request {kind.replace('_', ' ')}",
-            output=[Message(role="assistant", content=[TextContent(text=outcome.text)])],
+            output=[
+                Message(
+                    role="assistant",
+                    content=[TextContent(text=outcome.text)],
+                    metadata={"tool_errors": failures} if failures else None,
+                )
+            ],
             worker=self.worker_name,
             usage=outcome.usage,
         )

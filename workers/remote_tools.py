@@ -32,8 +32,10 @@ class RemoteTools:
         self.topology = topology
         self.router = router
 
-    def for_request(self, request: Envelope):  # type: ignore[no-untyped-def]
+    def for_request(self, request: Envelope, failures: list[str] | None = None):  # type: ignore[no-untyped-def]
         """An `invoke_remote(name, arguments, timeout)` callback bound to one agent request.
+
+        Each failed call's error is appended to `failures` (for the request's final result).
 
         Tool call ids are `<request id>:<n>`, so a request re-run after a crash sends the same
         ids and the tool worker answers repeated calls from its store instead of running again.
@@ -69,15 +71,18 @@ class RemoteTools:
                         await self._publish(queue, encode(envelope))
                     reply = await self._await_result(inbox, queue, envelope, reconnects)
             except TimeoutError:
-                raise ToolError(
-                    f"tool {name} timed out after {timeout} s (no tool worker answered)"
-                ) from None
+                error = f"tool {name} timed out after {timeout} s (no tool worker answered)"
+                if failures is not None:
+                    failures.append(error)
+                raise ToolError(error) from None
             finally:
                 self.router.forget(call_id)
             result = reply.body
             if not isinstance(result, ToolResult):
                 raise ToolError(f"tool {name} got an unexpected {reply.type} reply")
             if not result.ok:
+                if failures is not None:
+                    failures.append(result.output)
                 raise ToolError(result.output)
             return result.output
 

@@ -37,12 +37,21 @@ WORKER_FIELDS = (
 )
 
 
+def default_store(environ: Mapping[str, str] | None = None) -> str:
+    """`sqlite:///$XDG_STATE_HOME/agentqueue/sessions.db` (`~/.local/state/…` without it)."""
+    env = os.environ if environ is None else environ
+    # One absolute place: a worker started from another directory still shares the sessions.
+    state = env.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+    path = os.path.join(os.path.abspath(state), "agentqueue", "sessions.db")
+    return f"sqlite:///{path}"
+
+
 @dataclass
 class Settings:
     """Everything a client, worker or CLI command is configured with."""
 
     broker: str = "memory://"
-    store: str = "sqlite:///.agentqueue/sessions.db"
+    store: str = field(default_factory=default_store)
     namespace: str = "aq"
     partitions: int = 16
     tool_partitions: int = 16
@@ -82,6 +91,7 @@ class Settings:
             if raw is None:
                 continue
             values[f.name] = _convert(f.name, raw, f.type)
+        values.setdefault("store", default_store(env))
         return cls(**values)
 
     @property

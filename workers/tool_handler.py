@@ -11,6 +11,7 @@ import asyncio
 import contextvars
 import functools
 import inspect
+import logging
 import math
 import os
 from typing import Any
@@ -22,6 +23,8 @@ from agentqueue.protocol.messages import Envelope, ToolCall, ToolResult
 from agentqueue.workers.app import App
 from agentqueue.workers.errors import PermanentError
 from agentqueue.workers.handling import Emit, HandlerResult, RunControl
+
+log = logging.getLogger("agentqueue.worker")
 
 current_call: contextvars.ContextVar[tuple[str, str]] = contextvars.ContextVar("current_call")
 """(session id, worker name) of the tool call running now: sandboxed tools find their sandbox."""
@@ -82,6 +85,14 @@ class ToolHandler:
                 text = f"tool {call.name} timed out after {timeout} s"
             else:
                 text = f"tool {call.name} failed: {type(exc).__name__}: {exc}"
+            # The failure is the caller's answer, and the operator's to see, with where it broke.
+            log.warning(
+                "%s (call %s, session %s)",
+                text,
+                call_id,
+                envelope.session_id,
+                exc_info=not isinstance(exc, TimeoutError),
+            )
             return HandlerResult(self._result(call, call_id, False, text))
         text = output if isinstance(output, str) else msgspec.json.encode(output).decode()
         return HandlerResult(self._result(call, call_id, True, text))

@@ -12,6 +12,7 @@ from contextlib import AbstractContextManager
 
 from agentqueue.broker import tracing
 from agentqueue.broker.base import Broker
+from agentqueue.protocol.messages import ToolResult
 from agentqueue.workers.pipeline.event import Event, Next
 from agentqueue.workers.pipeline.middleware import Middleware
 
@@ -36,6 +37,9 @@ class Tracing(Middleware):
         )
         with span:
             await call_next(event)
+            body = event.result.body if event.result is not None else None
+            if isinstance(body, ToolResult) and not body.ok:
+                tracing.record_tool_failure(body.name, body.output)
 
     def publishing(self, event: Event, queue: str, message: bytes) -> AbstractContextManager[None]:
         assert event.envelope is not None

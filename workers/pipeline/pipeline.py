@@ -222,6 +222,7 @@ class Pipeline:
             envelope.id,
             envelope.session_id,
             event.reason,
+            exc_info=event.error if isinstance(event.error, Exception) else None,
         )
         for middleware in self._dead_lettering:
             middleware.dead_lettering(event, event.reason)

@@ -111,6 +111,7 @@ class Run:
             attempt,
             error,
             delay,
+            exc_info=exc,  # where it broke, not only what
         )
         return delay, attempt, outages
 
