@@ -50,6 +50,11 @@ if requests > 0 and count >= requests then
   local oldest = redis.call('ZRANGE', KEYS[1], count - requests, count - requests, 'WITHSCORES')
   return tostring(tonumber(oldest[2]) + window - now)
 end
+if requests > 0 and count > 0 then
+  local newest = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
+  local due = tonumber(newest[2]) + window / requests
+  if due > now then return tostring(due - now) end
+end
 local charged = tonumber(redis.call('HGET', KEYS[3], 'charged') or '0')
 if limit > 0 and count > 0 and charged + tokens > limit then
   local all = redis.call('ZRANGE', KEYS[1], 0, -1, 'WITHSCORES')
