@@ -168,6 +168,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _settings_args(p)
 
+    p = sub.add_parser("usage", help="model calls and tokens per model over the last window")
+    _settings_args(p)
+    p.add_argument("--window", type=float, default=60.0, help="seconds to look back (default 60)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
     p = sub.add_parser("dlq", help="list, show or replay dead letters")
     _settings_args(p)
     p.add_argument("action", choices=["list", "show", "replay"])
@@ -216,6 +221,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--summary-json", dest="summary_json", metavar="FILE", help="also write the summary as JSON"
     )
     b.add_argument("--progress", choices=["auto", "bar", "lines"], default="auto")
+    b.add_argument(
+        "--price",
+        action="append",
+        default=[],
+        metavar="MODEL=IN/OUT",
+        help="USD per million prompt/completion tokens, for the cost estimate (AGENTQUEUE_PRICES)",
+    )
     b.add_argument(
         "--keep-queue",
         dest="keep_queue",
@@ -450,6 +462,18 @@ def _status(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+@command("usage")
+def _usage(args: argparse.Namespace, settings: Settings) -> int:
+    from agentqueue.usage_report import print_usage, read_usage, usage_json
+
+    rows = anyio.run(read_usage, settings.store, settings.namespace, args.window)
+    if args.json:
+        print(usage_json(rows))
+    else:
+        print_usage(rows, settings.namespace, args.window)
+    return 0
+
+
 @command("dlq")
 def _dlq(args: argparse.Namespace, settings: Settings) -> int:
     from agentqueue import admin
@@ -501,9 +525,11 @@ def _require_shared_broker(settings: Settings, what: str) -> None:
 def _batch(args: argparse.Namespace, settings: Settings) -> int:
     from agentqueue.batch import run_batch
     from agentqueue.batch_report import load_score
+    from agentqueue.batch_tokens import parse_prices, prices_from_env
 
     _require_shared_broker(settings, "batch run")
     score = load_score(args.score) if args.score else None
+    prices = {**prices_from_env(), **parse_prices(",".join(args.price))}
     progress = {"auto": None, "bar": True, "lines": False}[args.progress]
 
     async def go():  # type: ignore[no-untyped-def]
@@ -520,6 +546,7 @@ def _batch(args: argparse.Namespace, settings: Settings) -> int:
             score=score,
             progress=progress,
             keep_queue=args.keep_queue,
+            prices=prices,
         )
 
     try:
