@@ -113,6 +113,13 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--host", default="127.0.0.1")
     m.add_argument("--port", type=int, default=9911)
     m.add_argument("--db", default=".agentqueue/mns.db", help="SQLite file for the queues")
+    o = local_sub.add_parser(
+        "openai", help="serve an OpenAI-compatible chat API that echoes (a model stand-in)"
+    )
+    o.add_argument("--host", default="127.0.0.1")
+    o.add_argument("--port", type=int, default=8400)
+    o.add_argument("--model", action="append", default=[], help="model names it serves")
+    o.add_argument("--rate-limit", dest="rate_limit", type=int, help="requests per second")
     f = local_sub.add_parser("fc", help="emulate FC: MNS triggers, instance processes")
     _settings_args(f)
     f.add_argument("--app", default=DEFAULT_APP)
@@ -602,6 +609,24 @@ def _local(args: argparse.Namespace, settings: Settings) -> int:
             file=sys.stderr,
         )
         serve(args.host, args.port, args.db)
+        return 0
+    if args.local_command == "openai":
+        import signal
+        import threading
+
+        from agentqueue.deploy.local_openai import DEFAULT_MODEL, LocalOpenAI
+
+        names = args.model or [DEFAULT_MODEL]
+        limit = (args.rate_limit, 1.0) if args.rate_limit else None
+        with LocalOpenAI(host=args.host, port=args.port, models=names, rate_limit=limit) as api:
+            print(f"OPENAI_BASE_URL={api.url} AGENTQUEUE_MODEL={names[0]}", file=sys.stderr)
+            stop = threading.Event()
+            signal.signal(signal.SIGTERM, lambda *_: stop.set())
+            try:
+                while not stop.wait(0.5):  # a wait with no timeout would not see the signal
+                    pass
+            except KeyboardInterrupt:
+                pass
         return 0
     from agentqueue.deploy.local_fc import TriggerConfig, serve_local_fc
 
