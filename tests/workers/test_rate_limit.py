@@ -130,3 +130,14 @@ async def test_usage_counters_add_up_per_model_within_the_namespace(
         ModelUsage("dashscope", "small", calls=1, prompt_tokens=3, completion_tokens=1),
     ]
     assert await b.usage(ns, 7200) == await a.usage(ns, 60)  # minute counters past an hour
+
+
+async def test_a_caller_waiting_for_room_is_cancelled_at_once(
+    backends: tuple[LimitBackend, LimitBackend],
+) -> None:
+    limiter = ModelLimiter(backends[0], "ns", "openai", f"m-{new_id()[:6]}", RateLimit(1, None, 1))
+    await limiter.refused(retry_after=60)  # no room for a minute
+    with anyio.fail_after(10):  # a swallowed cancellation would wait the whole minute
+        with anyio.move_on_after(0.3) as scope:
+            await limiter.acquire(0)
+    assert scope.cancelled_caught
