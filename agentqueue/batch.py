@@ -36,6 +36,7 @@ from agentqueue.batch_files import (
     read_items,
 )
 from agentqueue.batch_report import BatchCounts, BatchSummary, Progress, Score, summarize
+from agentqueue.batch_tokens import Prices, prices_from_env
 from agentqueue.broker import tracing
 from agentqueue.broker.base import Broker
 from agentqueue.broker.errors import BrokerError
@@ -146,6 +147,7 @@ class BatchRun:
             error=event.error,
             latency_ms=None if latency is None else round(latency, 1),
             attempts=attempt,
+            usage=event.usage,
         )
         self.results.append(line)
         pending.done = True
@@ -258,13 +260,16 @@ async def run_batch(
     score: Score | None = None,
     progress: bool | None = None,
     keep_queue: bool = False,
+    prices: Prices | None = None,
 ) -> BatchSummary:
     """Run (or resume) a batch: every input line to a result line in `output_path`.
 
     `progress` True draws a bar, False prints plain lines, None picks by whether stderr is a
     terminal. The durable reply queue is deleted once every item has a result (unless
-    `keep_queue`); stopping earlier keeps it, so the same call resumes.
+    `keep_queue`); stopping earlier keeps it, so the same call resumes. `prices` (default
+    `AGENTQUEUE_PRICES`) gives the summary an estimated cost.
     """
+    prices = prices_from_env() if prices is None else prices
     topology = topology or Topology()
     name = check_name(name) if name is not None else batch_name(input_path, output_path)
     items = read_items(input_path)
@@ -309,6 +314,7 @@ async def run_batch(
         written_now=run.counts.written_now,
         elapsed_s=time.monotonic() - started,
         score=score,
+        prices=prices,
     )
 
 

@@ -19,7 +19,7 @@ from typing import Any
 import msgspec
 
 from agentqueue.errors import BatchInputError
-from agentqueue.protocol.messages import AgentRequest, user_message
+from agentqueue.protocol.messages import AgentRequest, Usage, user_message
 
 STATUSES = ("final", "failed", "timed_out", "cancelled")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]{0,40}$")
@@ -37,7 +37,8 @@ class BatchItem:
 
 
 class ResultLine(msgspec.Struct):
-    """One line of the results file; every key is always present."""
+    """One line of the results file; every key is always present (files written before `usage`
+    existed still load)."""
 
     id: str
     session_id: str
@@ -46,6 +47,7 @@ class ResultLine(msgspec.Struct):
     error: str | None
     latency_ms: float | None
     attempts: int
+    usage: Usage | None = None  # the model tokens of the item's answer (None: no model called)
 
 
 _line_decoder = msgspec.json.Decoder(ResultLine)

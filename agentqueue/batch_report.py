@@ -14,6 +14,7 @@ from typing import Any, TextIO
 import msgspec
 
 from agentqueue.batch_files import STATUSES, BatchItem, ResultLine
+from agentqueue.batch_tokens import Prices, TokenTotals
 from agentqueue.errors import BatchInputError
 
 Score = Callable[[dict[str, Any], dict[str, Any]], float]
@@ -165,6 +166,7 @@ class BatchSummary:
     throughput: float  # results written per second by this run
     score_mean: float | None = None
     scored: int = 0
+    tokens: TokenTotals = field(default_factory=TokenTotals)
 
     @property
     def complete(self) -> bool:
@@ -185,6 +187,7 @@ class BatchSummary:
             "latency_ms": self.latency_ms,
             "score_mean": self.score_mean,
             "scored": self.scored,
+            "tokens": self.tokens.to_dict(),
         }
 
     def render(self, out: TextIO | None = None) -> None:
@@ -207,6 +210,14 @@ class BatchSummary:
         if self.score_mean is not None or self.scored:
             mean = "-" if self.score_mean is None else f"{self.score_mean:.4f}"
             table.add_row("score (mean)", f"{mean} over {self.scored}")
+        tokens = self.tokens
+        if tokens.calls:
+            table.add_row("model calls", str(tokens.calls), end_section=False)
+            table.add_row("tokens prompt", f"{tokens.prompt_tokens:,}")
+            table.add_row("tokens completion", f"{tokens.completion_tokens:,}")
+            if tokens.cost_usd is not None:
+                unpriced = f" (+ unpriced {', '.join(tokens.unpriced)})" if tokens.unpriced else ""
+                table.add_row("cost (estimated)", f"${tokens.cost_usd:,.4f}{unpriced}")
         Console(file=out or sys.stdout, width=max(60, len(table.title or "") + 4)).print(table)
 
 
@@ -219,8 +230,10 @@ def summarize(
     written_now: int,
     elapsed_s: float,
     score: Score | None = None,
+    prices: Prices | None = None,
 ) -> BatchSummary:
-    """Count every result line of the batch and score them with `score` when given."""
+    """Count every result line of the batch, sum its tokens (priced with `prices`) and score
+    them with `score` when given."""
     items = list(items)
     counts = dict.fromkeys(STATUSES, 0)
     latencies: list[float] = []
@@ -254,4 +267,7 @@ def summarize(
         throughput=written_now / elapsed_s if elapsed_s > 0 else 0.0,
         score_mean=sum(scores) / len(scores) if scores else None,
         scored=len(scores),
+        tokens=TokenTotals.of(
+            (results[i.id].usage for i in items if i.id in results), prices=prices
+        ),
     )

@@ -171,6 +171,13 @@ def build_parser() -> argparse.ArgumentParser:
         dest="access_key_secret",
         help="its secret (ALIBABA_CLOUD_ACCESS_KEY_SECRET; default local-mns-secret on loopback)",
     )
+    o = local_sub.add_parser(
+        "openai", help="serve an OpenAI-compatible chat API that echoes (a model stand-in)"
+    )
+    o.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    o.add_argument("--port", type=int, default=8400, help="port to listen on")
+    o.add_argument("--model", action="append", default=[], help="model names it serves")
+    o.add_argument("--rate-limit", dest="rate_limit", type=int, help="requests per second")
     f = local_sub.add_parser("fc", help="emulate FC: MNS triggers, instance processes")
     _settings_args(f)
     f.add_argument("--app", default=DEFAULT_APP, help="module:attribute of the App")
@@ -246,6 +253,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _settings_args(p)
 
+    p = sub.add_parser("usage", help="model calls and tokens per model over the last window")
+    _settings_args(p)
+    p.add_argument("--window", type=float, default=60.0, help="seconds to look back (default 60)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
     p = sub.add_parser("dlq", help="list, show or replay dead letters")
     _settings_args(p)
     p.add_argument("action", choices=["list", "show", "replay"], help="what to do")
@@ -311,6 +323,13 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["auto", "bar", "lines"],
         default="auto",
         help="a bar on a terminal, lines otherwise (auto)",
+    )
+    b.add_argument(
+        "--price",
+        action="append",
+        default=[],
+        metavar="MODEL=IN/OUT",
+        help="USD per million prompt/completion tokens, for the cost estimate (AGENTQUEUE_PRICES)",
     )
     b.add_argument(
         "--keep-queue",
@@ -666,6 +685,18 @@ async def _namespace_exists(broker: Any, settings: Settings, what: str) -> bool:
     return True
 
 
+@command("usage")
+def _usage(args: argparse.Namespace, settings: Settings) -> int:
+    from agentqueue.usage_report import print_usage, read_usage, usage_json
+
+    rows = anyio.run(read_usage, settings.store, settings.namespace, args.window)
+    if args.json:
+        print(usage_json(rows))
+    else:
+        print_usage(rows, settings.namespace, args.window)
+    return 0
+
+
 @command("dlq")
 def _dlq(args: argparse.Namespace, settings: Settings) -> int:
     from agentqueue import admin
@@ -720,9 +751,11 @@ def _require_shared_broker(settings: Settings, what: str) -> None:
 def _batch(args: argparse.Namespace, settings: Settings) -> int:
     from agentqueue.batch import run_batch
     from agentqueue.batch_report import load_score
+    from agentqueue.batch_tokens import parse_prices, prices_from_env
 
     _require_shared_broker(settings, "batch run")
     score = load_score(args.score) if args.score else None
+    prices = {**prices_from_env(), **parse_prices(",".join(args.price))}
     progress = {"auto": None, "bar": True, "lines": False}[args.progress]
 
     async def go():  # type: ignore[no-untyped-def]
@@ -739,6 +772,7 @@ def _batch(args: argparse.Namespace, settings: Settings) -> int:
             score=score,
             progress=progress,
             keep_queue=args.keep_queue,
+            prices=prices,
         )
 
     try:
@@ -797,6 +831,24 @@ def _local(args: argparse.Namespace, settings: Settings) -> int:
             f"{credentials.describe()}; broker URL mns://{args.host}:{args.port}", file=sys.stderr
         )
         serve(args.host, args.port, args.db, credentials.access_id, credentials.access_key)
+        return 0
+    if args.local_command == "openai":
+        import signal
+        import threading
+
+        from agentqueue.deploy.local_openai import DEFAULT_MODEL, LocalOpenAI
+
+        names = args.model or [DEFAULT_MODEL]
+        limit = (args.rate_limit, 1.0) if args.rate_limit else None
+        with LocalOpenAI(host=args.host, port=args.port, models=names, rate_limit=limit) as api:
+            print(f"OPENAI_BASE_URL={api.url} AGENTQUEUE_MODEL={names[0]}", file=sys.stderr)
+            stop = threading.Event()
+            signal.signal(signal.SIGTERM, lambda *_: stop.set())
+            try:
+                while not stop.wait(0.5):  # a wait with no timeout would not see the signal
+                    pass
+            except KeyboardInterrupt:
+                pass
         return 0
     from agentqueue.deploy.local_fc import TriggerConfig, serve_local_fc
 

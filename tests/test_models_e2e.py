@@ -5,6 +5,7 @@ is told for each failure, and a worker that refuses to start without its key."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -288,7 +289,7 @@ def test_a_named_model_without_a_key_refuses_to_start_the_worker(rabbitmq_url: s
             rabbitmq_url,
         ],
         cwd=ROOT,
-        env={**_environ(), **env},
+        env={**os.environ, **env},
         capture_output=True,
         text=True,
         timeout=60,
@@ -300,9 +301,3 @@ def test_a_named_model_without_a_key_refuses_to_start_the_worker(rabbitmq_url: s
         " such as vLLM or Ollama) or DASHSCOPE_API_KEY; AGENTQUEUE_MODEL=scripted uses the"
         " offline model"
     )
-
-
-def _environ() -> dict[str, str]:
-    import os
-
-    return dict(os.environ)

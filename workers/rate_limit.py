@@ -4,12 +4,14 @@
 
 Each model call first takes a grant: it is given when, over the last `window` seconds (a
 **sliding** window: a log of the grants, not fixed buckets), fewer than `requests` grants were
-given and the tokens charged to them plus this call's estimate stay within `tokens`. Otherwise
-the call waits until the oldest grant leaves the window, never fails for it (the request's
-deadline still bounds the wait). A grant is charged the prompt's estimate (AgentScope's
-`count_tokens`) and corrected to the real usage when the call ends; a call that outlives the
-window does not carry its tokens into the next one. A 429 from the provider closes the budget of
-that model for everyone until its `Retry-After` has passed (one window when it gives none).
+given, at least `window / requests` seconds after the previous grant (paced: a provider that
+counts on its own clock never sees a window's worth arrive as one burst), and the tokens charged
+to the window's grants plus this call's estimate stay within `tokens`. Otherwise the call waits
+for room; it never fails for it (the request's deadline still bounds the wait). A grant is
+charged the prompt's estimate (AgentScope's `count_tokens`) and corrected to the real usage when
+the call ends; a call that outlives the window does not carry its tokens into the next one. A
+429 from the provider closes the budget of that model for everyone until its `Retry-After` has
+passed (one window when it gives none).
 
 The log lives in the session store's backend, in tables/keys of its own: Redis (Lua scripts on
 the Redis server's clock), SQLite (one transaction per grant) or this process's memory. Every
@@ -347,6 +349,12 @@ def seconds_until_room(
     if limit.requests is not None and len(entries) >= limit.requests:
         oldest = entries[len(entries) - limit.requests][0]
         return oldest + limit.window - now
+    if limit.requests is not None and entries:
+        # Paced: one grant per window/requests, so a window's grants never leave as one burst
+        # (whose requests the provider would see smeared into the next window).
+        due = max(at for at, _ in entries) + limit.window / limit.requests
+        if due > now:
+            return due - now
     if limit.tokens is not None and entries and charged + tokens > limit.tokens:
         freed = 0
         for at, spent in entries:

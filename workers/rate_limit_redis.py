@@ -7,14 +7,19 @@ workers on many machines share one exact sliding window.
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
+from collections.abc import Awaitable
+from typing import TypeVar
 from urllib.parse import urlsplit
 
 import redis.asyncio as redis
 
 from agentqueue.workers.errors import ModelConfigError
 from agentqueue.workers.rate_limit import LimitBackend, ModelUsage, RateLimit
+
+T = TypeVar("T")
 
 PREFIX = "agentqueue"
 SECOND_BUCKETS = 3600  # windows up to an hour are summed from per-second counters
@@ -49,6 +54,11 @@ local limit = tonumber(ARGV[4])
 if requests > 0 and count >= requests then
   local oldest = redis.call('ZRANGE', KEYS[1], count - requests, count - requests, 'WITHSCORES')
   return tostring(tonumber(oldest[2]) + window - now)
+end
+if requests > 0 and count > 0 then
+  local newest = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
+  local due = tonumber(newest[2]) + window / requests
+  if due > now then return tostring(due - now) end
 end
 local charged = tonumber(redis.call('HGET', KEYS[3], 'charged') or '0')
 if limit > 0 and count > 0 and charged + tokens > limit then
@@ -96,6 +106,19 @@ return 1
 )
 
 
+async def _cancellable(step: Awaitable[T]) -> T:
+    """Run one Redis step so that cancelling the caller always cancels it.
+
+    redis-py 8.1 can swallow a cancellation that lands inside a command (the cancelled task
+    then simply carries on): a turn interrupted while it waits for room would keep waiting. The
+    step runs as a task of its own; the caller's await is shielded from it, so the caller's
+    cancellation propagates at once (a step left running finishes on its own).
+    """
+    task = asyncio.ensure_future(step)
+    task.add_done_callback(lambda t: t.cancelled() or t.exception())  # never "not retrieved"
+    return await asyncio.shield(task)
+
+
 class RedisLimitBackend(LimitBackend):
     """Budgets and usage counters under `agentqueue:ratelimit:` and `agentqueue:usage:` keys."""
 
@@ -114,22 +137,29 @@ class RedisLimitBackend(LimitBackend):
         return [f"{base}:grants", f"{base}:charges", f"{base}:meta"]
 
     async def try_acquire(self, key: str, grant_id: str, tokens: int, limit: RateLimit) -> float:
-        wait = await self._acquire(
-            keys=self._keys(key),
-            args=[grant_id, tokens, limit.requests or 0, limit.tokens or 0, limit.window],
+        wait = await _cancellable(
+            self._acquire(
+                keys=self._keys(key),
+                args=[grant_id, tokens, limit.requests or 0, limit.tokens or 0, limit.window],
+            )
         )
         return float(wait)
 
     async def settle(self, key: str, grant_id: str, tokens: int) -> None:
-        await self._settle(keys=self._keys(key)[1:], args=[grant_id, tokens])
+        await _cancellable(self._settle(keys=self._keys(key)[1:], args=[grant_id, tokens]))
 
     async def pause(self, key: str, seconds: float) -> None:
-        await self._pause(keys=self._keys(key)[2:], args=[seconds])
+        await _cancellable(self._pause(keys=self._keys(key)[2:], args=[seconds]))
 
     def _usage_key(self, namespace: str, member: str, unit: str, at: int) -> str:
         return f"{self._prefix}:usage:{namespace}:{member}:{unit}:{at}"
 
     async def record(
+        self, namespace: str, provider: str, model: str, prompt: int, completion: int
+    ) -> None:
+        await _cancellable(self._record(namespace, provider, model, prompt, completion))
+
+    async def _record(
         self, namespace: str, provider: str, model: str, prompt: int, completion: int
     ) -> None:
         now = int(time.time())
