@@ -176,8 +176,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     o.add_argument("--host", default="127.0.0.1", help="address to listen on")
     o.add_argument("--port", type=int, default=8400, help="port to listen on")
-    o.add_argument("--model", action="append", default=[], help="model names it serves")
-    o.add_argument("--rate-limit", dest="rate_limit", type=int, help="requests per second")
+    o.add_argument(
+        "--model",
+        action="append",
+        default=[],
+        help="a model name it serves; repeat for more (default: any name)",
+    )
+    o.add_argument(
+        "--rate-limit",
+        dest="rate_limit",
+        type=int,
+        help="requests per second it accepts, refusing more with 429 (default: no limit)",
+    )
     f = local_sub.add_parser("fc", help="emulate FC: MNS triggers, instance processes")
     _settings_args(f)
     f.add_argument("--app", default=DEFAULT_APP, help="module:attribute of the App")
@@ -329,7 +339,8 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="MODEL=IN/OUT",
-        help="USD per million prompt/completion tokens, for the cost estimate (AGENTQUEUE_PRICES)",
+        help="USD per million prompt/completion tokens, for the cost estimate"
+        " (AGENTQUEUE_PRICES; default: none, so no cost is shown)",
     )
     b.add_argument(
         "--keep-queue",
