@@ -22,6 +22,7 @@ log = logging.getLogger("agentqueue.worker")
 
 OUTAGE_MAX_PAUSE = 5.0  # the longest wait before running an event again after a broker outage
 MAX_OUTAGES = 60  # outages an event waits out (minutes of them) before they count as attempts
+KEEPER_GRACE = 2.0  # seconds to wait for the lease keeper to stop once its event is done
 
 
 class Commit:
@@ -137,7 +138,10 @@ class Run:
                 timer.cancel()
             if keeper is not None:
                 keeper.cancel()
-                await asyncio.wait({keeper})
+                # redis-py can swallow a cancellation that lands inside a command, and the
+                # keeper then runs on: never wait for it for ever. Once the lease is released
+                # its next renewal fails (LeaseLost) and it ends by itself.
+                await asyncio.wait({keeper}, timeout=KEEPER_GRACE)
 
     async def _keep(self, lease: Lease) -> None:
         """Renew `lease` every third of its TTL until cancelled or lost."""
