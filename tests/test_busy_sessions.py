@@ -1,9 +1,8 @@
 """A second turn while the session is busy, for every `on_busy` policy: over RabbitMQ with real
-worker processes, through the FC handler, and with the worker killed during an interrupt."""
+worker processes, on the FC emulator, and with the worker killed during an interrupt."""
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,13 +12,13 @@ import pytest
 
 from agentqueue import Client, RequestBusy
 from agentqueue.broker.base import read_dead_letter
+from agentqueue.broker.mns import MNSBroker
 from agentqueue.broker.topology import Topology
 from agentqueue.client import RequestHandle
-from agentqueue.deploy.local_mns import LocalMNS
-from agentqueue.protocol import AgentRequest, Envelope, encode, new_id, user_message
-from agentqueue.workers import fc
+from agentqueue.deploy.local_fc import LocalFC, TriggerConfig
+from agentqueue.protocol import AgentRequest, Envelope, new_id, user_message
+from tests.deploy.test_local_fc import function_env, publish_and_collect
 from tests.processes import workers
-from tests.workers.test_fc_handler import REPLIES, drain, effects, replies  # noqa: F401
 
 pytestmark = pytest.mark.slow
 
@@ -160,53 +159,72 @@ async def test_a_worker_killed_during_an_interrupt_leaves_the_session_consistent
     assert later.text == "Your name is Ada."
 
 
-def _batch(*turns: tuple[str, str | None]) -> tuple[bytes, list[str]]:
-    ids, messages = [], []
-    for text, policy in turns:
+async def test_on_the_fc_emulator_enqueue_reject_and_latest_hold_within_a_batch_and_the_rest_are_refused(
+    mns_url: str, tmp_path: Path
+) -> None:
+    topology = Topology(f"fb{new_id()[:6]}", partitions=1, tool_partitions=1)
+    reply_queue = topology.reply_queue("test")
+    policies = ["enqueue", "reject", "latest", "interrupt", "rollback"]
+
+    def turn(session: str, text: str, policy: str | None) -> Envelope:
         event_id = new_id()
-        ids.append(event_id)
-        envelope = Envelope(
+        request = AgentRequest(input=[user_message(text)], stream=False, on_busy=policy)  # type: ignore[arg-type]
+        return Envelope(
             id=event_id,
-            session_id="fc-busy",
+            session_id=session,
             correlation_id=event_id,
-            reply_to=REPLIES,
-            body=AgentRequest(input=[user_message(text)], stream=False, on_busy=policy),  # type: ignore[arg-type]
+            reply_to=reply_queue,
+            body=request,
             created_at=time.time(),
         )
-        messages.append(
-            {"requestId": new_id(), "messageId": new_id(), "messageBody": encode(envelope).decode()}
-        )
-    return json.dumps(messages).encode(), ids
 
-
-@pytest.mark.parametrize("policy", ["enqueue", "reject", "latest", "interrupt", "rollback"])
-def test_the_fc_handler_holds_enqueue_reject_and_latest_within_a_batch_and_refuses_the_rest(
-    policy: str,
-    effects: Path,  # noqa: F811
-    local_mns: LocalMNS,
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.setenv("AGENTQUEUE_APP", "tests.apps.busy:app")
-    payload, (first, second) = _batch(("My name is Ada.", None), ("What did I tell you?", policy))
-    outcome = json.loads(fc.handler(payload, None))
-    got = replies(local_mns)
-    dead = [read_dead_letter(d, "fcx-dead-letters") for d in drain(local_mns, "fcx-dead-letters")]
-    kinds = (got[first].body.kind, got[second].body.kind)  # type: ignore[union-attr]
-    if policy == "enqueue":
-        assert kinds == ("final", "final") and got[second].body.text == TOLD_ADA  # type: ignore[union-attr]
-    elif policy == "reject":
-        assert kinds == ("final", "rejected")
-        assert got[second].body.error == (  # type: ignore[union-attr]
-            f"session 'fc-busy' is busy with request {first} (on_busy='reject'):"
-            " send it again when that turn has finished"
+    pairs = {
+        p: (turn(p, "My name is Ada.", None), turn(p, "What did I tell you?", p)) for p in policies
+    }
+    envelopes = [e for pair in pairs.values() for e in pair]
+    env = function_env(mns_url, topology, tmp_path, APP="tests.apps.busy:app", TEST_MODEL_DELAY="0")
+    async with MNSBroker(mns_url) as broker:
+        await broker.declare(topology)
+        await broker.declare_reply_queue(reply_queue)
+        # One partition and a batch window: all ten turns reach one invocation together.
+        fc_emulator = LocalFC(
+            broker,
+            topology,
+            env=env,
+            max_instances=1,
+            trigger=TriggerConfig(batch_size=16, batch_window=1.0),
         )
-    elif policy == "latest":
-        assert kinds == ("superseded", "final")
-        assert got[second].body.text == TOLD_NOTHING  # type: ignore[union-attr]
-    else:
-        assert kinds == ("final", "failed")
-        assert outcome["dead_lettered"] == 1 and [d.envelope_id for d in dead] == [second]
-        assert got[second].body.error == (  # type: ignore[union-attr]
+        got = await publish_and_collect(
+            broker, fc_emulator, topology, envelopes, reply_queue, timeout=120
+        )
+        dead = []
+        while (delivery := await broker.get(topology.dead_letter_queue)) is not None:
+            dead.append(read_dead_letter(delivery.body, topology.dead_letter_queue))
+            await delivery.ack()
+
+    def answer(envelope: Envelope) -> tuple[str, str]:
+        body = got[envelope.id].body
+        return body.kind, body.text or body.error or ""  # type: ignore[union-attr]
+
+    first, second = pairs["enqueue"]
+    assert answer(first) == ("final", ADA) and answer(second) == ("final", TOLD_ADA)
+    first, second = pairs["reject"]
+    assert answer(first) == ("final", ADA)
+    assert answer(second) == (
+        "rejected",
+        f"session 'reject' is busy with request {first.id} (on_busy='reject'):"
+        " send it again when that turn has finished",
+    )
+    first, second = pairs["latest"]
+    assert answer(first)[0] == "superseded" and answer(second) == ("final", TOLD_NOTHING)
+    for policy in ("interrupt", "rollback"):
+        first, second = pairs[policy]
+        assert answer(first) == ("final", ADA)
+        assert answer(second) == (
+            "failed",
             f"on_busy={policy!r} cannot hold here: on Function Compute a turn never runs while"
-            " a newer turn of its session arrives; use 'enqueue', 'reject' or 'latest'"
+            " a newer turn of its session arrives; use 'enqueue', 'reject' or 'latest'",
         )
+    assert sorted(d.envelope_id for d in dead) == sorted(
+        pairs[p][1].id for p in ("interrupt", "rollback")
+    )

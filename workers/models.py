@@ -25,6 +25,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
+from agentqueue.broker.urls import redact_url
 from agentqueue.workers.errors import ModelConfigError
 from agentqueue.workers.rate_limit import (
     LimitBackend,
@@ -71,7 +72,7 @@ class ModelChoice:
             return "offline scripted model (AGENTQUEUE_MODEL=scripted, no network)"
         key = "with a key" if self.api_key else "without a key"
         return (
-            f"{self.provider} model {self.model!r} at {self.base_url} {key};"
+            f"{self.provider} model {self.model!r} at {redact_url(self.base_url or '')} {key};"
             f" {self.attempts} attempts per call, {self.timeout:g} s each"
         )
 
@@ -214,7 +215,7 @@ class ModelRuntime:
         """What the start-up line says: the model, and its rate limit when one is set."""
         text = self.choice.describe()
         if self.limit is not None and self.choice.provider != SCRIPTED:
-            text += f"; rate limit {self.limit.describe()} shared in {_redacted(self.store_url)}"
+            text += f"; rate limit {self.limit.describe()} shared in {redact_url(self.store_url)}"
         return text
 
     def model(self, name: str | None = None, *, stream: bool = True) -> ChatModelBase:
@@ -259,16 +260,6 @@ class ModelRuntime:
         backend = self._backends.pop(asyncio.get_running_loop(), None)
         if backend is not None:
             await backend.close()
-
-
-def _redacted(url: str) -> str:
-    from urllib.parse import urlsplit, urlunsplit
-
-    parts = urlsplit(url)
-    if parts.password:
-        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
-        return urlunsplit(parts._replace(netloc=netloc))
-    return url
 
 
 _runtimes: dict[tuple[object, ...], ModelRuntime] = {}
