@@ -29,6 +29,7 @@ from agentqueue.workers.app import App
 from agentqueue.workers.assembly import assemble_pipeline
 from agentqueue.workers.handling import Handler
 from agentqueue.workers.membership import Membership
+from agentqueue.workers.models import ModelRuntime
 from agentqueue.workers.pipeline import Event, Pipeline
 from agentqueue.workers.remote_tools import RemoteTools
 from agentqueue.workers.session_lane import SessionLanes
@@ -160,8 +161,12 @@ class Worker:
             await anyio.to_thread.run_sync(import_agentscope)
             remote = RemoteTools(self.broker, self.topology, router)
             tracing = otel.enabled() if self.tracing is None else self.tracing
+            # Model rate limits and usage are shared through this worker's own store.
+            models = ModelRuntime.from_env(
+                namespace=self.topology.namespace, store_url=self.store.url
+            )
             handlers[AgentRequest] = AgentHandler(
-                self.app, remote, tracing=tracing, worker_name=self.worker_id
+                self.app, remote, tracing=tracing, worker_name=self.worker_id, models=models
             )
         if self.role in ("tools", "all"):
             handlers[ToolCall] = ToolHandler(self.app, worker_name=self.worker_id)
