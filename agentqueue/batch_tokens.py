@@ -5,13 +5,13 @@ AGENTQUEUE_PRICES="gpt-4o=2.5/10,qwen-plus=0.4/1.2"   # USD per million prompt/c
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from agentqueue.errors import BatchInputError
 from agentqueue.protocol.messages import Usage
+from agentqueue.settings import Settings
 
 Prices = dict[str, tuple[float, float]]
 """Per model: (USD per million prompt tokens, USD per million completion tokens)."""
@@ -40,7 +40,7 @@ def parse_prices(text: str) -> Prices:
 
 def prices_from_env() -> Prices:
     """The prices in AGENTQUEUE_PRICES (none when unset)."""
-    return parse_prices(os.environ.get("AGENTQUEUE_PRICES", ""))
+    return parse_prices(Settings.load().prices or "")
 
 
 @dataclass(slots=True)

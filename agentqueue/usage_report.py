@@ -4,16 +4,16 @@ them in the store they share (the usage counters of `agentqueue.workers.rate_lim
 from __future__ import annotations
 
 import json
-import os
 import sys
 from typing import TextIO
 
+from agentqueue.settings import Settings
 from agentqueue.workers.rate_limit import USAGE_KEPT, ModelUsage, open_limit_backend
 
 
 def usage_store(store_url: str) -> str:
     """Where the workers count usage: AGENTQUEUE_RATE_LIMIT_STORE, else the session store."""
-    return os.environ.get("AGENTQUEUE_RATE_LIMIT_STORE", "").strip() or store_url
+    return (Settings.load().rate_limit_store or "").strip() or store_url
 
 
 async def read_usage(store_url: str, namespace: str, window: float) -> list[ModelUsage]:

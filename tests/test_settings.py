@@ -113,7 +113,8 @@ def test_deploy_fc_plan_gives_the_function_every_setting(
         assert env[name] == value, name
     # What the function reads back is what the workers here run with.
     function_settings = FCConfig.from_env(env).settings
-    assert function_settings == Settings.load(broker=env["AGENTQUEUE_BROKER"])
+    here = Settings.load(broker=env["AGENTQUEUE_BROKER"], app=env["AGENTQUEUE_APP"])
+    assert function_settings == here
 
 
 def test_the_defaults_are_one_set_for_workers_and_functions() -> None:
@@ -157,3 +158,25 @@ def test_a_setting_that_is_not_a_boolean_is_refused_naming_it() -> None:
     assert str(caught.value) == (
         "setting balance (AGENTQUEUE_BALANCE) must be true or false, got 'sometimes'"
     )
+
+
+def test_every_agentqueue_variable_the_code_names_is_a_setting_read_in_one_place() -> None:
+    import dataclasses
+    import re
+
+    root = Path(__file__).resolve().parents[1]
+    fields = {f"AGENTQUEUE_{f.name.upper()}" for f in dataclasses.fields(Settings)}
+    # The FC emulator's and the local servers' own process plumbing, not user settings.
+    plumbing = re.compile(r"AGENTQUEUE_(FC_[A-Z_]+|LOCAL_SERVER(_OWNER)?)$")
+    named, readers = set(), []
+    for folder in ("agentqueue", "workers", "broker", "protocol", "deploy"):
+        for path in (root / folder).rglob("*.py"):
+            text = path.read_text()
+            named |= set(re.findall(r"AGENTQUEUE_[A-Z_]+", text))
+            reads = re.search(
+                r"""(environ(\.get\(|\[)|getenv\()\s*f?["']AGENTQUEUE_(?!FC_|LOCAL_)""", text
+            )
+            if path.name != "settings.py" and reads:
+                readers.append(path.name)
+    assert sorted(n for n in named if n not in fields and not plumbing.match(n)) == []
+    assert readers == []  # nothing reads a setting from the environment but Settings

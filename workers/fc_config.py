@@ -24,6 +24,7 @@ class FCConfig:
     def from_env(cls, env: Mapping[str, str] | None = None) -> FCConfig:
         """Read the configuration; names each missing or malformed variable."""
         env = os.environ if env is None else env
+        # Required here, with no default: a function must be told its app, broker and store.
         missing = [n for n in ("APP", "BROKER", "STORE") if not env.get(f"AGENTQUEUE_{n}")]
         if missing:
             names = ", ".join(f"AGENTQUEUE_{n}" for n in missing)
@@ -36,10 +37,9 @@ class FCConfig:
             settings = Settings.load(env)
         except ValueError as exc:
             raise WorkerError(str(exc)) from None
-        preload = tuple(
-            m.strip() for m in env.get("AGENTQUEUE_PRELOAD", "").split(",") if m.strip()
-        )
-        return cls(env["AGENTQUEUE_APP"], settings, preload)
+        preload = tuple(m.strip() for m in (settings.preload or "").split(",") if m.strip())
+        assert settings.app is not None  # checked above
+        return cls(settings.app, settings, preload)
 
     # The settings the handler uses, by name.
     @property

@@ -18,6 +18,7 @@ store). AgentScope is imported only when a model is built.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import weakref
@@ -35,6 +36,7 @@ from agentqueue.workers.rate_limit import (
     current_backend,
     open_limit_backend,
 )
+from agentqueue.workers.settings import Settings
 
 if TYPE_CHECKING:
     from agentscope.model import ChatModelBase
@@ -80,10 +82,14 @@ class ModelChoice:
 def choose_model(env: Mapping[str, str] | None = None) -> ModelChoice:
     """The model the environment configures; `ModelConfigError` says what is missing."""
     env = os.environ if env is None else env
+    settings = Settings.load(env)  # the one reader of AGENTQUEUE_*; provider keys are their own
 
     def get(name: str) -> str | None:
-        value = env.get(name, "").strip()
-        return value or None
+        if name.startswith("AGENTQUEUE_"):
+            value = getattr(settings, name.removeprefix("AGENTQUEUE_").lower()) or ""
+        else:
+            value = env.get(name, "")
+        return value.strip() or None
 
     name, provider = get("AGENTQUEUE_MODEL"), get("AGENTQUEUE_MODEL_PROVIDER")
     if name == SCRIPTED or provider == SCRIPTED:
@@ -198,16 +204,16 @@ class ModelRuntime:
         """The runtime the environment configures; `ModelConfigError` when it cannot be used."""
         env = os.environ if env is None else env
         choice = choose_model(env)
-        raw_limit = env.get("AGENTQUEUE_RATE_LIMIT", "").strip()
+        settings = Settings.load(env)
+        raw_limit = (settings.rate_limit or "").strip()
         limit = RateLimit.parse(raw_limit) if raw_limit else None
         store = (
-            env.get("AGENTQUEUE_RATE_LIMIT_STORE", "").strip()
+            (settings.rate_limit_store or "").strip()
             or store_url
             or _defaults.get("store_url")
-            or env.get("AGENTQUEUE_STORE", "").strip()
-            or "memory://"
+            or settings.store
         )
-        ns = namespace or _defaults.get("namespace") or env.get("AGENTQUEUE_NAMESPACE") or "aq"
+        ns = namespace or _defaults.get("namespace") or settings.namespace
         check_limit_store(store)  # at start: a URL that cannot hold limits is an error
         return cls(choice, namespace=ns, limit=limit, store_url=store)
 
@@ -267,22 +273,14 @@ _runtimes: dict[tuple[object, ...], ModelRuntime] = {}
 
 def default_runtime(namespace: str | None = None) -> ModelRuntime:
     """This process's runtime from the environment (one per configuration and namespace)."""
-    names = (
-        "AGENTQUEUE_MODEL",
-        "AGENTQUEUE_MODEL_PROVIDER",
-        "OPENAI_API_KEY",
-        "OPENAI_BASE_URL",
-        "DASHSCOPE_API_KEY",
-        "DASHSCOPE_BASE_URL",
-        "AGENTQUEUE_MODEL_TIMEOUT",
-        "AGENTQUEUE_MODEL_ATTEMPTS",
-        "AGENTQUEUE_MODEL_MAX_WAIT",
-        "AGENTQUEUE_RATE_LIMIT",
-        "AGENTQUEUE_RATE_LIMIT_STORE",
-        "AGENTQUEUE_STORE",
-        "AGENTQUEUE_NAMESPACE",
+    settings = Settings.load()
+    providers = ("OPENAI_API_KEY", "OPENAI_BASE_URL", "DASHSCOPE_API_KEY", "DASHSCOPE_BASE_URL")
+    key = (
+        namespace,
+        tuple(_defaults.items()),
+        dataclasses.astuple(settings),
+        *(os.environ.get(n) for n in providers),
     )
-    key = (namespace, tuple(_defaults.items()), *(os.environ.get(n) for n in names))
     runtime = _runtimes.get(key)
     if runtime is None:
         runtime = _runtimes[key] = ModelRuntime.from_env(namespace=namespace)

@@ -78,6 +78,21 @@ class Settings:
     # The ingress's Standard Webhooks secret (`whsec_…`, or `@/path/to/file`); shown masked.
     ingress_key: str | None = field(default=None, repr=False)
     trace_file: str | None = None
+    # The chat model (read as given; `workers/models.py` checks them and owns their defaults,
+    # so its errors name the variable): AGENTQUEUE_MODEL, _MODEL_PROVIDER, _MODEL_TIMEOUT,
+    # _MODEL_ATTEMPTS, _MODEL_MAX_WAIT, the shared _RATE_LIMIT and where it is kept, _PRICES.
+    model: str | None = None
+    model_provider: str | None = None
+    model_timeout: str | None = None
+    model_attempts: str | None = None
+    model_max_wait: str | None = None
+    rate_limit: str | None = None
+    rate_limit_store: str | None = None
+    prices: str | None = None
+    # What a Function Compute function runs: the app (module:attribute) and modules its
+    # initializer imports (comma-separated).
+    app: str | None = None
+    preload: str | None = None
 
     @classmethod
     def load(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
