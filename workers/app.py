@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, get_args
 
@@ -13,6 +13,7 @@ from agentqueue.workers.pipeline.middleware import Middleware
 from agentqueue.workers.toolkit import ToolSpec
 
 AgentFactory = Callable[..., Any]  # (AgentContext) -> agentscope.agent.Agent
+LifecycleHook = Callable[[str, str], Awaitable[None]]  # (worker id, role)
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +49,19 @@ class App:
         self.agents: dict[str, AgentSpec] = {}
         self.tools: dict[str, ToolSpec] = {}
         self.middleware: list[Middleware] = list(middleware or [])
+        # Awaited with (worker id, role) when a worker starts serving and after it stopped.
+        self.starting: list[LifecycleHook] = []
+        self.stopping: list[LifecycleHook] = []
+
+    def on_start(self, hook: LifecycleHook) -> LifecycleHook:
+        """Await `hook(worker_id, role)` before a worker takes its first event."""
+        self.starting.append(hook)
+        return hook
+
+    def on_stop(self, hook: LifecycleHook) -> LifecycleHook:
+        """Await `hook(worker_id, role)` once a worker has finished or handed back its events."""
+        self.stopping.append(hook)
+        return hook
 
     def add_middleware(self, middleware: Middleware) -> Middleware:
         """Run `middleware` around every event, after the ones added before it."""

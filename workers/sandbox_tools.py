@@ -51,6 +51,18 @@ def register(app: App, types: tuple[str, ...], config: SandboxConfig) -> Sandbox
                 f"sandbox type {kind!r} is unknown: choose from {', '.join(TYPES)}"
             )
     boxes = Sandboxes(config)
+
+    @app.on_start
+    async def warm_pool(worker_id: str, role: str) -> None:
+        if role != "agents":  # a tool worker: its first new session must not pay a cold start
+            await boxes.manager(worker_id).warm()
+
+    @app.on_stop
+    async def close_sandboxes(worker_id: str, role: str) -> None:
+        manager = boxes.managers.pop(worker_id, None)
+        if manager is not None:
+            await manager.close()
+
     # The tool's ceiling sits above the sandbox's wall-clock limit, so the sandbox answers first.
     tool = app.tool(timeout=config.call_timeout + 10.0)
 

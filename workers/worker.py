@@ -181,6 +181,8 @@ class Worker:
             self._lanes = SessionLanes(tg, self.concurrency)
             self._tool_lanes = SessionLanes(tg, self.concurrency)
             await tg.start(router.run)
+            for hook in self.app.starting:
+                await hook(self.worker_id, self.role)
             if self.settings.balance:
                 interval = self.settings.heartbeat_interval
                 self.membership = Membership(
@@ -216,6 +218,9 @@ class Worker:
                 with anyio.move_on_after(2):
                     await self.membership.announce(leaving=True)
             await self._drain()
+            with anyio.CancelScope(shield=True):
+                for hook in self.app.stopping:
+                    await hook(self.worker_id, self.role)
             tg.cancel_scope.cancel()
 
     def _eligible(self) -> dict[str, list[str]]:

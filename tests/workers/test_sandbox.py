@@ -328,3 +328,27 @@ async def test_over_rabbitmq_the_sandbox_hides_the_env_other_sessions_and_the_br
             assert broker.output == "ConnectionRefusedError\n"
     finally:
         await close_all(boxes)
+
+
+async def test_a_tool_worker_fills_the_pool_when_it_starts_and_closes_its_sandboxes_when_it_stops(
+    tmp_path: Path,
+) -> None:
+    app, boxes = sandboxed_app(tmp_path, pool_size=1)
+    try:
+        async with harness(app, "w1") as (h, workers):
+            manager = boxes.managers["w1"]
+            assert len(manager.pool) == 1 and manager.pool[0].alive  # before any call
+            result = await h.call("s-life", "run_shell_command", command="echo up")
+            assert (result.ok, result.output) == (True, "up\n")
+            running = [manager.sessions["s-life"]]
+            with anyio.fail_after(10):  # the pool refills behind the claimed sandbox
+                while not manager.pool:
+                    await anyio.sleep(0.05)
+            running += manager.pool
+            workers[0].stop()
+            with anyio.fail_after(30):
+                while "w1" in boxes.managers:
+                    await anyio.sleep(0.05)
+        assert not any(box.alive for box in running)
+    finally:
+        await close_all(boxes)
