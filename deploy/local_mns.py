@@ -68,6 +68,7 @@ from agentqueue.deploy.mns_store import (
     QueueNotFound,
     StoredMessage,
 )
+from agentqueue.deploy.threaded_server import serve_in_thread
 
 __all__ = [
     "DEFAULT_ACCESS_ID",
@@ -599,25 +600,14 @@ class LocalMNS:
         store = MNSStore(self.db_path)
         app = MNSApp(store, self.access_id, self.access_key, self.security_token)
         server = _Server(_config(app, log_config=None, log_level="warning", access_log=False), app)
-        thread = threading.Thread(
-            target=server.run,
-            kwargs={"sockets": [sock]},
-            name=f"local-mns-{self.port}",
-            daemon=True,
-        )
-        thread.start()
-        deadline = time.monotonic() + timeout
-        while not server.started:
-            if not thread.is_alive() or time.monotonic() > deadline:
-                server.should_exit = True
-                thread.join(timeout)
-                sock.close()
-                store.close()
-                raise RuntimeError(
-                    f"local MNS server on {_url(self.host, self.port)} did not start within "
-                    f"{timeout} s; see the log of logger 'uvicorn.error'"
-                )
-            time.sleep(0.01)
+        what = f"local MNS server on {_url(self.host, self.port)}"
+        try:
+            thread = serve_in_thread(
+                server, sock, name=f"local-mns-{self.port}", what=what, timeout=timeout
+            )
+        except RuntimeError:
+            store.close()
+            raise
         self._server, self._thread, self._store = server, thread, store
         return self
 

@@ -35,6 +35,8 @@ from typing import Any
 
 import uvicorn
 
+from agentqueue.deploy.threaded_server import serve_in_thread
+
 DEFAULT_MODEL = "test-model"
 GATE_TIMEOUT = 60.0  # a gate never set still lets the answer finish, so the server can stop
 _PATHS = ("/v1/chat/completions", "/compatible-mode/v1/chat/completions")
@@ -536,23 +538,13 @@ class LocalOpenAI:
             timeout_graceful_shutdown=2,
         )
         server = _Server(config, self._app)
-        thread = threading.Thread(
-            target=server.run,
-            kwargs={"sockets": [sock]},
+        thread = serve_in_thread(
+            server,
+            sock,
             name=f"local-openai-{self.port}",
-            daemon=True,
+            what=f"local OpenAI server on {self.url}",
+            timeout=timeout,
         )
-        thread.start()
-        deadline = time.monotonic() + timeout
-        while not server.started:
-            if not thread.is_alive() or time.monotonic() > deadline:
-                server.should_exit = True
-                thread.join(timeout)
-                sock.close()
-                raise RuntimeError(
-                    f"local OpenAI server on {self.url} did not start in {timeout} s"
-                )
-            time.sleep(0.01)
         self._server, self._thread = server, thread
         return self
 
