@@ -13,6 +13,22 @@ apt_install() {
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null
 }
 
+# Install packages without letting them start system services: with no init system they would
+# linger, and the suite wants nothing on the default ports. policy-rc.d exit code 101 means
+# "action forbidden" to invoke-rc.d.
+apt_install_no_services() {
+    local created_policy=""
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+        printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
+        chmod +x /usr/sbin/policy-rc.d
+        created_policy=yes
+    fi
+    local status=0
+    apt_install "$@" || status=$?
+    if [ -n "$created_policy" ]; then rm -f /usr/sbin/policy-rc.d; fi
+    return "$status"
+}
+
 # --- uv ----------------------------------------------------------------------------------
 if command -v uv >/dev/null 2>&1; then
     UV=(uv)
@@ -39,19 +55,7 @@ if have_servers; then
     say "rabbitmq-server and redis-server already installed"
 else
     say "installing rabbitmq-server and redis-server with apt-get"
-    # Keep the packages from starting their system services: with no init system they
-    # would linger, and the suite wants nothing on the default ports. policy-rc.d exit
-    # code 101 means "action forbidden" to invoke-rc.d.
-    created_policy=""
-    if [ ! -e /usr/sbin/policy-rc.d ]; then
-        printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
-        chmod +x /usr/sbin/policy-rc.d
-        created_policy=yes
-    fi
-    trap 'if [ -n "$created_policy" ]; then rm -f /usr/sbin/policy-rc.d; fi' EXIT
-    apt_install rabbitmq-server redis-server
-    if [ -n "$created_policy" ]; then rm -f /usr/sbin/policy-rc.d; fi
-    trap - EXIT
+    apt_install_no_services rabbitmq-server redis-server
     have_servers || { say "error: the packages installed but the servers are missing"; exit 1; }
 
     # Belt and braces, in case a service started anyway (e.g. under systemd).
@@ -65,22 +69,12 @@ say "rabbitmq-server $(dpkg-query -W -f='${Version}' rabbitmq-server 2>/dev/null
     "redis-server $(redis-server --version | sed -n 's/.* v=\([^ ]*\).*/\1/p')"
 
 # --- bubblewrap (session sandboxes) -------------------------------------------------------
-# Sandboxed tools run under Debian's bwrap; it starts no service, but keep policy-rc.d's
-# "action forbidden" in place while apt runs anyway, as for the servers above.
+# Sandboxed tools run under Debian's bwrap.
 if command -v bwrap >/dev/null 2>&1; then
     say "bubblewrap already installed"
 else
     say "installing bubblewrap with apt-get"
-    created_policy=""
-    if [ ! -e /usr/sbin/policy-rc.d ]; then
-        printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
-        chmod +x /usr/sbin/policy-rc.d
-        created_policy=yes
-    fi
-    trap 'if [ -n "$created_policy" ]; then rm -f /usr/sbin/policy-rc.d; fi' EXIT
-    apt_install bubblewrap
-    if [ -n "$created_policy" ]; then rm -f /usr/sbin/policy-rc.d; fi
-    trap - EXIT
+    apt_install_no_services bubblewrap
     command -v bwrap >/dev/null 2>&1 || { say "error: bubblewrap installed but bwrap is missing"; exit 1; }
 fi
 say "bubblewrap $(bwrap --version | sed 's/^bubblewrap //')"

@@ -20,6 +20,7 @@ from agentqueue.workers.rate_limit import (
     RateLimit,
     seconds_until_room,
 )
+from agentqueue.workers.sqlite_store import retry_while_locked
 
 T = TypeVar("T")
 
@@ -64,22 +65,9 @@ class SQLiteLimitBackend(LimitBackend):
         self._db = sqlite3.connect(
             self.path, check_same_thread=False, isolation_level=None, timeout=10.0
         )
-        self._retry_locked(lambda: self._db.execute("PRAGMA journal_mode=WAL"))
-        self._retry_locked(lambda: self._db.executescript(_SCHEMA))
+        retry_while_locked(lambda: self._db.execute("PRAGMA journal_mode=WAL"))
+        retry_while_locked(lambda: self._db.executescript(_SCHEMA))
         self._pruned = 0.0
-
-    @staticmethod
-    def _retry_locked(statement: Callable[[], object], timeout: float = 10.0) -> None:
-        # Switching to WAL can fail "database is locked" at once while another process does it.
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                statement()
-                return
-            except sqlite3.OperationalError as exc:
-                if "locked" not in str(exc) or time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
 
     async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         return await anyio.to_thread.run_sync(self._transaction, fn)

@@ -70,7 +70,9 @@ def _add_times(db: sqlite3.Connection) -> None:
         db.execute(statement)
 
 
-def _until_unlocked(statement: Callable[[], object], timeout: float = 10.0) -> None:
+def retry_while_locked(statement: Callable[[], object], timeout: float = 10.0) -> None:
+    """Run `statement`, again while SQLite says the database is locked (another process is
+    switching it to WAL or creating it), for up to `timeout` seconds."""
     deadline = time.monotonic() + timeout
     while True:
         try:
@@ -112,10 +114,10 @@ class SQLiteSessionStore(SessionStore):
         # Workers that start together all switch the file to WAL and create the tables at
         # once. The busy handler (timeout=) does not cover every case: switching the journal
         # mode can fail "database is locked" at once, so the losers wait here and try again.
-        _until_unlocked(lambda: self._db.execute("PRAGMA journal_mode=WAL"))
+        retry_while_locked(lambda: self._db.execute("PRAGMA journal_mode=WAL"))
         self._db.execute("PRAGMA synchronous=NORMAL")
-        _until_unlocked(lambda: self._db.executescript(_SCHEMA))
-        _until_unlocked(lambda: self._locked(_add_times))
+        retry_while_locked(lambda: self._db.executescript(_SCHEMA))
+        retry_while_locked(lambda: self._locked(_add_times))
 
     async def _run(self, fn, *args):  # type: ignore[no-untyped-def]
         return await anyio.to_thread.run_sync(self._locked, fn, *args)
