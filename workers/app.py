@@ -140,14 +140,16 @@ class App:
         """Register sandboxed tool sets (`"base"`, `"filesystem"`) that run per session in bwrap.
 
         `root` holds the sessions' workspaces and must be shared by the tool workers for files
-        to follow a session to another worker (default `~/.agentqueue/sandboxes`). Returns the
-        `Sandboxes` object that owns each worker's sandboxes.
+        to follow a session to another worker (default `$XDG_STATE_HOME/agentqueue/sandboxes`,
+        beside the default session store). Returns the `Sandboxes` object that owns each
+        worker's sandboxes.
         """
         from pathlib import Path
 
         from agentqueue.workers import sandbox_tools
+        from agentqueue.workers.settings import state_dir
 
-        where = Path(root) if root else Path.home() / ".agentqueue" / "sandboxes"
+        where = Path(root) if root else Path(state_dir()) / "sandboxes"
         config = sandbox_tools.default_config(
             where,
             pool_size=pool_size,

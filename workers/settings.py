@@ -37,13 +37,17 @@ WORKER_FIELDS = (
 )
 
 
+def state_dir(environ: Mapping[str, str] | None = None) -> str:
+    """`$XDG_STATE_HOME/agentqueue` (`~/.local/state/agentqueue` without it), absolute."""
+    env = os.environ if environ is None else environ
+    # One absolute place: a worker started from another directory still finds its state.
+    state = env.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+    return os.path.join(os.path.abspath(state), "agentqueue")
+
+
 def default_store(environ: Mapping[str, str] | None = None) -> str:
     """`sqlite:///$XDG_STATE_HOME/agentqueue/sessions.db` (`~/.local/state/…` without it)."""
-    env = os.environ if environ is None else environ
-    # One absolute place: a worker started from another directory still shares the sessions.
-    state = env.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
-    path = os.path.join(os.path.abspath(state), "agentqueue", "sessions.db")
-    return f"sqlite:///{path}"
+    return f"sqlite:///{os.path.join(state_dir(environ), 'sessions.db')}"
 
 
 @dataclass
