@@ -11,6 +11,7 @@ import anyio
 import msgspec
 
 from agentqueue.broker.base import Broker, Delivery, read_dead_letter
+from agentqueue.broker.partition_check import existing_partitions
 from agentqueue.broker.topology import REQUESTS, TOOLS, Topology
 from agentqueue.protocol.admission import Refusal, admit
 from agentqueue.protocol.codec import decode, encode
@@ -40,11 +41,21 @@ async def owners(broker: Broker, topology: Topology, listen_for: float = 2.5) ->
 
 
 async def print_status(broker: Broker, topology: Topology, out: TextIO) -> None:
-    """Per partition: depth, un-acked, consumers and the worker active on it; then dead letters."""
+    """Per partition: depth, un-acked, consumers and the worker active on it; then the queues
+    that hold messages no one consumes, and the dead letters."""
     active = await owners(broker, topology)
     print(f"{'queue':<28} {'ready':>7} {'unacked':>8} {'consumers':>10}  active worker", file=out)
+    stuck: list[str] = []
     for family in (REQUESTS, TOOLS):
-        for queue in topology.queues(family):
+        found = await existing_partitions(broker, topology, family) or 0
+        if found != topology.family_size(family):
+            print(
+                f"({family}: the namespace has {found} partitions, not"
+                f" {topology.family_size(family)} as given; showing its {found})",
+                file=out,
+            )
+        for partition in range(found):
+            queue = topology.queue(family, partition)
             stats = await broker.stats(queue)
             unacked = "-" if stats.unacked is None else str(stats.unacked)
             owner = active.get(queue, "-" if stats.consumers == 0 else "(no heartbeat)")
@@ -52,6 +63,15 @@ async def print_status(broker: Broker, topology: Topology, out: TextIO) -> None:
                 f"{queue:<28} {stats.ready:>7} {unacked:>8} {stats.consumers:>10}  {owner}",
                 file=out,
             )
+            if stats.ready and not stats.consumers:
+                stuck.append(f"{queue} ({stats.ready} ready)")
+    if stuck:
+        print(
+            f"\nSTUCK: {len(stuck)} queue(s) hold messages and have no consumer: "
+            + ", ".join(stuck)
+            + "\n  start a worker that serves them (`agentqueue worker`, default: all partitions)",
+            file=out,
+        )
     dead = await broker.stats(topology.dead_letter_queue)
     print(f"\ndead letters in {topology.dead_letter_queue}: {dead.ready}", file=out)
 

@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from types import TracebackType
 
+from agentqueue.broker.partition_check import check_partitions
 from agentqueue.broker.topology import Topology
 from agentqueue.protocol.codec import decode_dead_letter, encode_dead_letter
 from agentqueue.protocol.errors import ProtocolError
@@ -103,9 +104,18 @@ class Broker(abc.ABC):
     async def close(self) -> None:
         """Close consumers and the connection; idempotent."""
 
-    @abc.abstractmethod
     async def declare(self, topology: Topology) -> None:
-        """Create the partition queues and the dead-letter queue if missing (idempotent)."""
+        """Create the partition queues and the dead-letter queue if missing (idempotent).
+
+        Refused with `PartitionMismatch`, before anything is created, when the namespace's
+        queues already have other partition counts than `topology`.
+        """
+        await check_partitions(self, topology)
+        await self._declare(topology)
+
+    @abc.abstractmethod
+    async def _declare(self, topology: Topology) -> None:
+        """Create the queues of `topology` that are missing."""
 
     @abc.abstractmethod
     async def declare_reply_queue(self, name: str, *, durable: bool = False) -> None:

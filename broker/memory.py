@@ -174,7 +174,7 @@ class MemoryBroker(Broker):
             listeners[:] = [q for q in listeners if q.owner is not self]
         self._hub = None
 
-    async def declare(self, topology: Topology) -> None:
+    async def _declare(self, topology: Topology) -> None:
         hub = self.hub
         dlq = topology.dead_letter_queue
         hub.queues.setdefault(dlq, _Queue(dlq, None, None))

@@ -267,7 +267,7 @@ class MNSBroker(Broker):
 
         await self.call(create)
 
-    async def declare(self, topology: Topology) -> None:
+    async def _declare(self, topology: Topology) -> None:
         names = [topology.dead_letter_queue, *topology.queues(REQUESTS), *topology.queues(TOOLS)]
         async with anyio.create_task_group() as tg:
             for name in names:

@@ -270,7 +270,7 @@ class RabbitMQBroker(Broker):
             connection, self._connection = self._connection, None
             await connection.close()
 
-    async def declare(self, topology: Topology) -> None:
+    async def _declare(self, topology: Topology) -> None:
         channel = await self.connection.channel()
         try:
             dlx = await channel.declare_exchange(
