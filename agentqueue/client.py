@@ -159,6 +159,7 @@ class Client:
         self.client_id = client_id or new_id()[:12]
         self.reply_queue = reply_queue or self.topology.reply_queue(f"client-{self.client_id}")
         self.durable_replies = durable_replies
+        self.reply_queue_expiry = settings.reply_queue_expiry
         self.default_timeout = default_timeout
         self.router = ReplyRouter(self.broker, self.reply_queue)
         # Back-pressure: past this many unanswered requests, submit waits for an answer, so a
@@ -173,7 +174,11 @@ class Client:
             if self._owns_broker:
                 await stack.enter_async_context(self.broker)
             await self.broker.declare(self.topology)
-            await self.broker.declare_reply_queue(self.reply_queue, durable=self.durable_replies)
+            await self.broker.declare_reply_queue(
+                self.reply_queue,
+                durable=self.durable_replies,
+                expires=self.reply_queue_expiry if self.durable_replies else None,
+            )
             tg = await stack.enter_async_context(anyio.create_task_group())
             stack.callback(tg.cancel_scope.cancel)
             await tg.start(self.router.run)
@@ -234,7 +239,19 @@ class Client:
 
         `on_busy`: what it does if its session is busy (default: the agent's, `enqueue`).
         """
-        envelope = self._request(request, session_id, agent, timeout, user_id, on_busy)
+        return await self._send(
+            self._request(request, session_id, agent, timeout, user_id, on_busy)
+        )
+
+    async def resubmit(self, envelope: Envelope) -> RequestHandle:
+        """Publish a prepared envelope (e.g. a dead letter's replay) with this client as its
+        caller, and return a handle to its events."""
+        caller = msgspec.structs.replace(
+            envelope, reply_to=self.reply_queue, correlation_id=envelope.id
+        )
+        return await self._send(caller)
+
+    async def _send(self, envelope: Envelope) -> RequestHandle:
         await self._slots.acquire()  # released when the handle's terminal event is read
         inbox = self.router.expect(envelope.id)
         queue = self.topology.route(envelope)

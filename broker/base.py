@@ -118,8 +118,14 @@ class Broker(abc.ABC):
         """Create the queues of `topology` that are missing."""
 
     @abc.abstractmethod
-    async def declare_reply_queue(self, name: str, *, durable: bool = False) -> None:
-        """A reply queue: exclusive to this connection, or durable so a batch can resume."""
+    async def declare_reply_queue(
+        self, name: str, *, durable: bool = False, expires: float | None = None
+    ) -> None:
+        """A reply queue: exclusive to this connection, or durable so a batch can resume.
+
+        `expires`: seconds a durable queue may go unused before the broker deletes it (RabbitMQ's
+        `x-expires`; MNS has no such setting: `agentqueue batch forget` deletes one there).
+        """
 
     @abc.abstractmethod
     async def delete_queue(self, name: str) -> None:

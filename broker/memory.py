@@ -182,7 +182,9 @@ class MemoryBroker(Broker):
             for name in topology.queues(family):
                 hub.queues.setdefault(name, _Queue(name, None, dlq))
 
-    async def declare_reply_queue(self, name: str, *, durable: bool = False) -> None:
+    async def declare_reply_queue(
+        self, name: str, *, durable: bool = False, expires: float | None = None
+    ) -> None:
         self.hub.queues.setdefault(name, _Queue(name, None if durable else self, None))
 
     async def delete_queue(self, name: str) -> None:

@@ -275,7 +275,9 @@ class MNSBroker(Broker):
         for name in names[1:]:
             self._dead_letters[name] = topology.dead_letter_queue
 
-    async def declare_reply_queue(self, name: str, *, durable: bool = False) -> None:
+    async def declare_reply_queue(
+        self, name: str, *, durable: bool = False, expires: float | None = None
+    ) -> None:
         await self._create(name)
         if not durable:
             self._owned_replies.add(name)

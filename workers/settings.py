@@ -72,6 +72,9 @@ class Settings:
     timeout: float = 300.0
     shutdown_grace: float = 30.0
     reply_grace: float = 10.0  # seconds an answer waits for its missing reply queue to return
+    # Seconds a durable reply queue (a batch's) may sit unused before RabbitMQ deletes it, so
+    # an abandoned batch does not leave a queue behind for good; a resume within it is safe.
+    reply_queue_expiry: float = 7 * 24 * 3600.0
     max_message_size: int = DEFAULT_MAX_SIZE  # bytes; larger messages are refused unread
     freshness_window: float = 300.0  # seconds a signed envelope may take to arrive
     queue_max_length: int | None = None  # partition depth past which publishes are refused

@@ -8,10 +8,11 @@ queued ones back to the broker and closes the subscriptions.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Literal
 
 import anyio
@@ -147,6 +148,17 @@ class Worker:
     async def wait_started(self) -> None:
         """Return once the worker is subscribed to all of its queues."""
         await self._started.wait()
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[Worker]:
+        """Serve in this process for the `async with` block (subscribed when it starts); on
+        leaving it, stop gracefully: in-flight events finish or go back to the broker."""
+        async with anyio.create_task_group() as tg:
+            await tg.start(self.run)
+            try:
+                yield self
+            finally:
+                self.stop()
 
     async def run(
         self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
