@@ -72,6 +72,9 @@ def run_worker(
     settings come from `settings`, else from `AGENTQUEUE_*` and the defaults.
     """
     settings = Settings.load() if settings is None else settings
+    if not logging.getLogger().handlers:  # the script set up no logging: log as the CLI does
+        logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        logging.getLogger("agentqueue").setLevel(logging.INFO)
     anyio.run(
         lambda: serve_worker(
             app, settings, role=role, partitions=partitions, tool_partitions=tool_partitions
