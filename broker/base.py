@@ -14,6 +14,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from types import TracebackType
 
+import anyio
+
 from agentqueue.broker.partition_check import check_partitions
 from agentqueue.broker.topology import Topology
 from agentqueue.protocol.codec import decode_dead_letter, encode_dead_letter
@@ -44,6 +46,9 @@ class Delivery(abc.ABC):
         """Give it back for redelivery (requeue) or drop it to the broker's dead letters."""
 
 
+CLOSE_TIMEOUT = 10.0  # seconds a subscription's close may take when its block is left
+
+
 class Subscription(abc.ABC):
     """An open consumer on one queue: iterate for deliveries, close to stop and hand back."""
 
@@ -61,7 +66,12 @@ class Subscription(abc.ABC):
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        await self.close()
+        # Shielded: leaving the block is often a cancellation (a task group winding down), and
+        # a close cut short would leave the consumer open on the broker, holding its queue (a
+        # single-active-consumer partition would wait for it for ever; an unused durable reply
+        # queue would never expire).
+        with anyio.CancelScope(shield=True), anyio.move_on_after(CLOSE_TIMEOUT):
+            await self.close()
 
 
 @dataclass(frozen=True, slots=True)
