@@ -4,9 +4,11 @@ worker and the Function Compute handler build it, so they cannot drift apart."""
 from __future__ import annotations
 
 from agentqueue.broker.base import Broker
+from agentqueue.protocol.messages import AgentRequest
+from agentqueue.workers.agent_handler import AgentHandler
 from agentqueue.workers.app import App
 from agentqueue.workers.handling import Handler
-from agentqueue.workers.middleware import BusySessions, EventLog, Signing, Tracing
+from agentqueue.workers.middleware import BusySessions, EventLog, ModelBudget, Signing, Tracing
 from agentqueue.workers.pipeline import Middleware, Pipeline
 from agentqueue.workers.session_store import SessionStore
 from agentqueue.workers.settings import Settings
@@ -23,8 +25,9 @@ def assemble_pipeline(
     function_compute: bool = False,
 ) -> Pipeline:
     """Tracing, the event log, signatures (when the broker has keys), busy-session policies,
-    the app's middleware, then the stages. `function_compute`: for the FC handler, whose trigger
-    hands out batches with no delivery count (counted in the store instead)."""
+    the shared model budget (when a rate limit is set), the app's middleware, then the stages.
+    `function_compute`: for the FC handler, whose trigger hands out batches with no delivery
+    count (counted in the store instead)."""
     middleware: list[Middleware] = [Tracing(broker, worker_id), EventLog()]
     if broker.signing is not None:
         signing = Signing(
@@ -35,6 +38,9 @@ def assemble_pipeline(
         )
         middleware.append(signing)
     middleware.append(BusySessions(app, interrupts=not function_compute))
+    agents = handlers.get(AgentRequest)
+    if isinstance(agents, AgentHandler) and agents.models.limit is not None:
+        middleware.append(ModelBudget(agents.models))
     return Pipeline(
         broker,
         store,

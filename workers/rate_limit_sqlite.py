@@ -87,7 +87,7 @@ class SQLiteLimitBackend(LimitBackend):
         def op(db: sqlite3.Connection) -> float:
             now = time.time()
             db.execute(
-                "DELETE FROM model_grants WHERE budget=? AND at <= ?", (key, now - limit.window)
+                "DELETE FROM model_grants WHERE budget=? AND at <= ?", (key, now - limit.span)
             )
             row = db.execute("SELECT until FROM model_pauses WHERE budget=?", (key,)).fetchone()
             grants = db.execute(

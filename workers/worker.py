@@ -169,6 +169,7 @@ class Worker:
         await self.broker.declare_reply_queue(reply_queue)
         router = ReplyRouter(self.broker, reply_queue)
         handlers: dict[type, Handler] = {}
+        models: ModelRuntime | None = None
         if self.role in ("agents", "all"):
             await anyio.to_thread.run_sync(import_agentscope)
             remote = RemoteTools(self.broker, self.topology, router)
@@ -233,6 +234,8 @@ class Worker:
             with anyio.CancelScope(shield=True):
                 for hook in self.app.stopping:
                     await hook(self.worker_id, self.role)
+                if models is not None:
+                    await models.aclose()  # the rate limit's connection to its store
             tg.cancel_scope.cancel()
 
     def _eligible(self) -> dict[str, list[str]]:

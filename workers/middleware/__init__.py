@@ -1,9 +1,10 @@
 """Middleware that ships with agentqueue: tracing and metrics, an event log, envelope
-signatures, busy sessions."""
+signatures, busy sessions, the shared model budget."""
 
 from agentqueue.workers.middleware.busy import BusySessions
 from agentqueue.workers.middleware.event_log import EventLog
+from agentqueue.workers.middleware.model_budget import ModelBudget
 from agentqueue.workers.middleware.signing import Signing
 from agentqueue.workers.middleware.tracing import Tracing
 
-__all__ = ["BusySessions", "EventLog", "Signing", "Tracing"]
+__all__ = ["BusySessions", "EventLog", "ModelBudget", "Signing", "Tracing"]
