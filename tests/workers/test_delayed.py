@@ -1,0 +1,104 @@
+"""A delayed request starts no earlier than asked, outside its session's order until then."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import anyio
+import anyio.abc
+import pytest
+
+from agentqueue import Client
+from agentqueue.broker.base import Broker
+from agentqueue.broker.memory import MemoryBroker
+from agentqueue.broker.topology import Topology
+from agentqueue.protocol import new_id
+from agentqueue.workers.delayed import timer_key
+from agentqueue.workers.session_store import open_store
+from agentqueue.workers.timers import open_timer_store
+from agentqueue.workers.worker import Worker
+from tests.apps.ticks import RUNS, app
+from tests.config import worker_settings
+
+ADA = "Nice to meet you, Ada. I'll remember that."
+TOLD_ADA = "You told me: your name is Ada."
+
+
+@contextlib.asynccontextmanager
+async def serving(broker: Broker, store_url: str, topology: Topology) -> AsyncIterator[Worker]:
+    """One in-process worker of the ticks app; cancelled on the way out."""
+    worker = Worker(app, broker, open_store(store_url), worker_settings(topology))
+    async with anyio.create_task_group() as tg:
+        await tg.start(worker.run)
+        yield worker
+        tg.cancel_scope.cancel()
+
+
+def started_at(request_id: str) -> list[float]:
+    return [at for rid, at, _ in RUNS if rid == request_id]
+
+
+async def check_delay_keeps_order(broker: Broker, store_url: str, topology: Topology) -> None:
+    async with serving(broker, store_url, topology), Client(broker, topology=topology) as client:
+        session = f"d-{new_id()[:6]}"
+        # Submitted first, due later: it must not hold up the turn due now.
+        later = await client.submit(
+            "What did I tell you?", session_id=session, delay=1.5, timeout=30
+        )
+        due = later.envelope.not_before
+        assert due is not None
+        now = await client.call("My name is Ada.", session_id=session, timeout=30)
+        assert now.text == ADA
+        assert time.time() < due  # the earlier-due turn ran while the delayed one waited
+        with anyio.fail_after(30):
+            final = await later.final()
+        assert final.text == TOLD_ADA  # it joined the session's order when due, after Ada
+        assert started_at(later.id)[0] >= due and len(started_at(later.id)) == 1
+
+
+async def test_a_delayed_request_on_the_embedded_broker_waits_without_holding_up_its_session(
+) -> None:
+    topology = Topology(namespace=f"dl{new_id()[:6]}", partitions=2, tool_partitions=2)
+    async with MemoryBroker(f"memory://{new_id()[:8]}") as broker:
+        await check_delay_keeps_order(broker, f"memory://{new_id()[:8]}", topology)
+
+
+@pytest.mark.broker
+async def test_a_delayed_request_over_rabbitmq_waits_in_a_store_timer_and_keeps_order(
+    rabbitmq_url: str, tmp_path: Path
+) -> None:
+    topology = Topology(namespace=f"dl{new_id()[:6]}", partitions=2, tool_partitions=2)
+    async with Client(rabbitmq_url, topology=topology) as probe:
+        await check_delay_keeps_order(probe.broker, f"sqlite:///{tmp_path}/s.db", topology)
+
+
+async def test_not_before_takes_an_aware_datetime_and_refuses_a_naive_one() -> None:
+    topology = Topology(namespace=f"dl{new_id()[:6]}", partitions=2, tool_partitions=2)
+    store_url = f"memory://{new_id()[:8]}"
+    async with MemoryBroker(f"memory://{new_id()[:8]}") as broker:
+        async with Client(broker, topology=topology) as client:
+            naive = datetime(2030, 1, 1, 9, 0)
+            with pytest.raises(ValueError) as refused:
+                await client.submit("hi", session_id="s", not_before=naive)
+            assert str(refused.value) == (
+                "not_before 2030-01-01T09:00:00 has no time zone; give an aware datetime"
+                " (e.g. datetime.now(UTC) + timedelta(hours=1))"
+            )
+            with pytest.raises(ValueError, match="give a request delay or not_before, not both"):
+                await client.submit("hi", session_id="s", delay=1, not_before=naive)
+            far = datetime.now(UTC) + timedelta(days=30)
+            handle = await client.submit("hi", session_id="s", not_before=far, timeout=60)
+            assert handle.envelope.not_before == far.timestamp()
+            assert handle.envelope.deadline == far.timestamp() + 60  # counts from when it is due
+        async with serving(broker, store_url, topology) as worker:
+            timers = open_timer_store(store_url, topology.namespace)
+            with anyio.fail_after(10):
+                while await timers.get(timer_key(handle.id)) is None:
+                    await anyio.sleep(0.02)
+            parked = await timers.get(timer_key(handle.id))
+            assert parked is not None and parked.due == far.timestamp()
+            assert started_at(handle.id) == [] and worker.handled == 0
