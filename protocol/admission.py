@@ -108,8 +108,8 @@ def admit(
 
     Checks, in order: size; the signature, when `keys` is set; strict decoding; and, when
     `keys` is set and `window` is not None, that `created_at` (or, for a delayed envelope,
-    `not_before`) is within `window` seconds of `now`. Decoding comes before freshness so that bytes are decoded once, and only after the
-    signature is proven.
+    `not_before`) is within `window` seconds of `now`. Decoding comes before freshness so
+    that bytes are decoded once, and only after the signature is proven.
     """
     try:
         return _admit(data, keys, max_size, window, now)
