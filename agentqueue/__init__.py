@@ -17,6 +17,7 @@ from agentqueue.errors import (
 from agentqueue.protocol import AgentRequest, Envelope, Message, ResultEvent, ToolCall, ToolResult
 from agentqueue.settings import Settings
 from agentqueue.workers.app import App
+from agentqueue.workers.schedules import Schedule, Schedules
 
 __all__ = [
     "AgentQueueError",
@@ -33,6 +34,8 @@ __all__ = [
     "RequestHandle",
     "RequestTimedOut",
     "ResultEvent",
+    "Schedule",
+    "Schedules",
     "Settings",
     "ToolCall",
     "ToolResult",

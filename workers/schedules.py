@@ -68,9 +68,7 @@ _decoder = msgspec.json.Decoder(Schedule)
 
 def _check_name(name: str) -> None:
     if not name or len(name) > 100 or not set(name) <= _NAME_CHARS:
-        raise ValueError(
-            f"schedule name {name!r} must be 1-100 letters, digits, '-', '_' or '.'"
-        )
+        raise ValueError(f"schedule name {name!r} must be 1-100 letters, digits, '-', '_' or '.'")
 
 
 class Schedules:
@@ -138,9 +136,7 @@ def tick_to_run(schedule: Schedule, due: float, now: float, missed: str, grace: 
     return latest
 
 
-def fire_schedules(
-    broker: Broker, topology: Topology, *, missed: str, grace: float
-) -> Action:
+def fire_schedules(broker: Broker, topology: Topology, *, missed: str, grace: float) -> Action:
     """The timer action that publishes a schedule's request for its tick."""
 
     async def fire(timer: Timer) -> Fired:

@@ -60,8 +60,9 @@ async def check_delay_keeps_order(broker: Broker, store_url: str, topology: Topo
         assert started_at(later.id)[0] >= due and len(started_at(later.id)) == 1
 
 
-async def test_a_delayed_request_on_the_embedded_broker_waits_without_holding_up_its_session(
-) -> None:
+async def test_a_delayed_request_on_the_embedded_broker_waits_without_holding_up_its_session() -> (
+    None
+):
     topology = Topology(namespace=f"dl{new_id()[:6]}", partitions=2, tool_partitions=2)
     async with MemoryBroker(f"memory://{new_id()[:8]}") as broker:
         await check_delay_keeps_order(broker, f"memory://{new_id()[:8]}", topology)
