@@ -1,0 +1,88 @@
+"""Three real worker processes on RabbitMQ fire a 2-second schedule once per tick for a minute,
+across one worker's SIGKILL and its restart."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import anyio
+import pytest
+
+from agentqueue.protocol import new_id
+from tests.processes import ROOT, WorkerProcess, workers
+
+pytestmark = [pytest.mark.slow, pytest.mark.broker]
+
+PERIOD = 2.0
+MINUTE = 60.0
+
+
+def worker_args(url: str, ns: str, store: str) -> tuple[str, ...]:
+    return (
+        "--app",
+        "tests.apps.ticks:app",
+        "--broker",
+        url,
+        "--store",
+        store,
+        "--namespace",
+        ns,
+        "--partition-count",
+        "2",
+        "--tool-partition-count",
+        "2",
+    )
+
+
+def ticks_logged(log: Path, name: str) -> list[float]:
+    """The tick of every turn a schedule's request ran (one line per committed run)."""
+    if not log.exists():
+        return []
+    prefix = f"schedule-{name}-"
+    return [
+        int(line.split()[0][len(prefix) :]) / 1000
+        for line in log.read_text().splitlines()
+        if line.startswith(prefix)
+    ]
+
+
+async def test_three_workers_fire_a_two_second_schedule_once_per_tick_across_a_kill_and_restart(
+    rabbitmq_url: str, tmp_path: Path
+) -> None:
+    ns = f"sw{new_id()[:6]}"
+    store = f"sqlite:///{tmp_path}/sessions.db"
+    log = tmp_path / "runs.log"
+    env = {"AGENTQUEUE_TEST_LOG": str(log), "AGENTQUEUE_LEASE_TTL": "5"}
+    args = worker_args(rabbitmq_url, ns, store)
+    added = subprocess.run(
+        [sys.executable, "-m", "agentqueue.cli", "schedule", "add", "tick", "My name is Ada.",
+         "--session", "ticking", "--every", "2s", "--store", store, "--namespace", ns],
+        cwd=ROOT, capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    assert added.stdout.startswith("schedule tick: every 2s, next ")
+    with workers(args, args, args, env=env) as (doomed, *_):
+        with anyio.fail_after(30):
+            while not ticks_logged(log, "tick"):
+                await anyio.sleep(0.1)
+        first = ticks_logged(log, "tick")[0]
+        await anyio.sleep(first + MINUTE / 3 - time.time())
+        doomed.kill()  # SIGKILL, mid-minute
+        await anyio.sleep(5)
+        revived = WorkerProcess(*args, env=env)
+        try:
+            await anyio.to_thread.run_sync(revived.wait_serving)
+            last = first + MINUTE
+            await anyio.sleep(last - time.time())
+            expected = [first + i * PERIOD for i in range(int(MINUTE / PERIOD) + 1)]
+            with anyio.fail_after(30):  # a tick queued behind the kill runs a little later
+                while not set(expected) <= set(ticks_logged(log, "tick")):
+                    await anyio.sleep(0.1)
+        finally:
+            revived.kill()
+    ran = [t for t in ticks_logged(log, "tick") if t <= last]
+    assert sorted(ran) == expected  # every tick of the minute, each exactly once
+    assert math.isclose(expected[-1] - expected[0], MINUTE)
