@@ -3,6 +3,7 @@ across one worker's SIGKILL and its restart."""
 
 from __future__ import annotations
 
+import functools
 import math
 import subprocess
 import sys
@@ -58,11 +59,12 @@ async def test_three_workers_fire_a_two_second_schedule_once_per_tick_across_a_k
     log = tmp_path / "runs.log"
     env = {"AGENTQUEUE_TEST_LOG": str(log), "AGENTQUEUE_LEASE_TTL": "5"}
     args = worker_args(rabbitmq_url, ns, store)
-    added = subprocess.run(
-        [sys.executable, "-m", "agentqueue.cli", "schedule", "add", "tick", "My name is Ada.",
-         "--session", "ticking", "--every", "2s", "--store", store, "--namespace", ns],
-        cwd=ROOT, capture_output=True, text=True, check=True,
-    )  # fmt: skip
+    command = [sys.executable, "-m", "agentqueue.cli", "schedule", "add", "tick",
+               "My name is Ada.", "--session", "ticking", "--every", "2s", "--store", store,
+               "--namespace", ns]  # fmt: skip
+    added = await anyio.to_thread.run_sync(
+        functools.partial(subprocess.run, command, cwd=ROOT, capture_output=True, text=True)
+    )
     assert added.stdout.startswith("schedule tick: every 2s, next ")
     with workers(args, args, args, env=env) as (doomed, *_):
         with anyio.fail_after(30):
