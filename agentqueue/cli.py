@@ -491,9 +491,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--agent", help="agent to ask (default: the app's default agent)")
     when = s.add_mutually_exclusive_group(required=True)
     when.add_argument(
-        "--cron", help="UTC cron: 5 fields, or 6 with seconds first ('0 9 * * *', '*/2 * * * * *')"
+        "--cron",
+        help="UTC cron: 5 fields, or 6 with seconds first ('0 9 * * *', '*/2 * * * * *');"
+        " this or --every (default: none)",
     )
-    when.add_argument("--every", help="a fixed period: 5s, 2m, 1h, 1d")
+    when.add_argument("--every", help="a fixed period: 5s, 2m, 1h, 1d (default: none)")
     s.add_argument("--replace", action="store_true", help="replace a schedule of that name")
     s = schedule_sub.add_parser("list", help="every schedule and when it fires next")
     _settings_args(s)
