@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 from collections.abc import AsyncIterator
 from datetime import datetime
@@ -43,8 +44,8 @@ def due_time(delay: float | None, not_before: datetime | float | None) -> float 
     if delay is not None and not_before is not None:
         raise ValueError("give a request delay or not_before, not both")
     if delay is not None:
-        if not delay >= 0:
-            raise ValueError(f"delay must be a number of seconds >= 0, got {delay!r}")
+        if not 0 <= delay < math.inf:
+            raise ValueError(f"delay must be a finite number of seconds >= 0, got {delay!r}")
         return time.time() + delay
     if isinstance(not_before, datetime):
         if not_before.tzinfo is None:
@@ -53,6 +54,8 @@ def due_time(delay: float | None, not_before: datetime | float | None) -> float 
                 " (e.g. datetime.now(UTC) + timedelta(hours=1))"
             )
         return not_before.timestamp()
+    if not_before is not None and not abs(not_before) < math.inf:
+        raise ValueError(f"not_before must be a finite unix time, got {not_before!r}")
     return not_before
 
 

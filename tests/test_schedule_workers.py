@@ -1,10 +1,16 @@
-"""Three real worker processes on RabbitMQ fire a 2-second schedule once per tick for a minute,
-across one worker's SIGKILL and its restart."""
+"""Three real worker processes on RabbitMQ fire a 2-second schedule once per tick, across one
+worker's SIGKILL and its restart.
+
+The issue asks for a minute; the CI budget for all of its tests (two minutes) does not leave
+room for one next to the worker start-ups, so the run is 40 s (21 ticks) by default.
+`TICKS_TEST_SECONDS=60` runs the full minute.
+"""
 
 from __future__ import annotations
 
 import functools
 import math
+import os
 import subprocess
 import sys
 import time
@@ -19,7 +25,7 @@ from tests.processes import ROOT, WorkerProcess, workers
 pytestmark = [pytest.mark.slow, pytest.mark.broker]
 
 PERIOD = 2.0
-MINUTE = 60.0
+MINUTE = float(os.environ.get("TICKS_TEST_SECONDS", "40"))  # see the module doc
 
 
 def worker_args(url: str, ns: str, store: str) -> tuple[str, ...]:
@@ -51,7 +57,7 @@ def ticks_logged(log: Path, name: str) -> list[float]:
     ]
 
 
-async def test_three_workers_fire_a_two_second_schedule_once_per_tick_across_a_kill_and_restart(
+async def test_three_workers_fire_a_two_second_schedule_once_per_tick_across_a_kill_and_a_restart(
     rabbitmq_url: str, tmp_path: Path
 ) -> None:
     ns = f"sw{new_id()[:6]}"
@@ -71,9 +77,9 @@ async def test_three_workers_fire_a_two_second_schedule_once_per_tick_across_a_k
             while not ticks_logged(log, "tick"):
                 await anyio.sleep(0.1)
         first = ticks_logged(log, "tick")[0]
-        await anyio.sleep(first + MINUTE / 3 - time.time())
-        doomed.kill()  # SIGKILL, mid-minute
-        await anyio.sleep(5)
+        await anyio.sleep(first + MINUTE / 5 - time.time())
+        doomed.kill()  # SIGKILL, early in the run
+        await anyio.sleep(3)
         revived = WorkerProcess(*args, env=env)
         try:
             await anyio.to_thread.run_sync(revived.wait_serving)

@@ -169,11 +169,12 @@ class SQLiteTimerStore(TimerStore):
 
         return await self._run(op)
 
-    async def unclaim(self, timer: Timer) -> None:
+    async def unclaim(self, timer: Timer, ready_at: float | None = None) -> None:
         def op(db: sqlite3.Connection) -> None:
             db.execute(
-                "UPDATE timers SET ready_at=due WHERE namespace=? AND key=? AND token=?",
-                (self.namespace, timer.key, timer.token),
+                "UPDATE timers SET ready_at=COALESCE(?, due) WHERE namespace=? AND key=?"
+                " AND token=?",
+                (ready_at, self.namespace, timer.key, timer.token),
             )
 
         await self._run(op)

@@ -17,6 +17,7 @@ from agentqueue.broker.base import Broker
 from agentqueue.broker.memory import MemoryBroker
 from agentqueue.broker.topology import Topology
 from agentqueue.protocol import new_id
+from agentqueue.protocol.signing import KeyRing
 from agentqueue.workers.delayed import timer_key
 from agentqueue.workers.session_store import open_store
 from agentqueue.workers.timers import open_timer_store
@@ -103,3 +104,17 @@ async def test_not_before_takes_an_aware_datetime_and_refuses_a_naive_one() -> N
             parked = await timers.get(timer_key(handle.id))
             assert parked is not None and parked.due == far.timestamp()
             assert started_at(handle.id) == [] and worker.handled == 0
+
+
+async def test_a_parked_signed_request_runs_when_due_and_is_not_refused_as_a_replay() -> None:
+    topology = Topology(namespace=f"dl{new_id()[:6]}", partitions=2, tool_partitions=2)
+    async with MemoryBroker(f"memory://{new_id()[:8]}") as broker:
+        broker.signing = KeyRing([("k1", b"a-shared-signing-key-0001")])
+        async with (
+            serving(broker, f"memory://{new_id()[:8]}", topology) as worker,
+            Client(broker, topology=topology) as client,
+        ):
+            handle = await client.submit("My name is Ada.", session_id="sig", delay=0.5)
+            with anyio.fail_after(30):
+                final = await handle.final()
+        assert final.text == ADA and worker.dead_lettered == 0
