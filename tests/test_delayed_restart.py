@@ -3,9 +3,7 @@
 
 from __future__ import annotations
 
-import contextlib
 import warnings
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import anyio
@@ -17,32 +15,14 @@ from agentqueue.deploy.local_mns import LocalMNS
 from agentqueue.deploy.local_rabbitmq import LocalRabbitMQ
 from agentqueue.protocol import new_id
 from agentqueue.workers.delayed import timer_key
-from agentqueue.workers.session_store import open_store
 from agentqueue.workers.timers import open_timer_store
-from agentqueue.workers.worker import Worker
-from tests.apps.ticks import RUNS, app
+from tests.apps.ticks import serving, started_at
 from tests.config import worker_settings
 
 pytestmark = [pytest.mark.slow, pytest.mark.broker]
 
 ADA = "Nice to meet you, Ada. I'll remember that."
 DELAY = 3.0
-
-
-@contextlib.asynccontextmanager
-async def serving(url: str, store: str, topology: Topology) -> AsyncIterator[Worker]:
-    """A worker of the ticks app in this process (agentscope is imported once per run)."""
-    settings = worker_settings(topology)
-    async with settings.open_broker(url) as broker, anyio.create_task_group() as tg:
-        worker = Worker(app, broker, open_store(store), settings)
-        await tg.start(worker.run)
-        yield worker
-        tg.cancel_scope.cancel()
-
-
-def runs_of(request_id: str) -> list[float]:
-    """When each committed run of `request_id` started."""
-    return [at for rid, at, _ in RUNS if rid == request_id]
 
 
 async def test_a_delayed_request_parked_in_the_store_survives_a_rabbitmq_restart(
@@ -53,7 +33,10 @@ async def test_a_delayed_request_parked_in_the_store_survives_a_rabbitmq_restart
         ns = f"dr{new_id()[:6]}"
         store = f"sqlite:///{tmp_path}/s.db"
         topology = Topology(namespace=ns, partitions=2, tool_partitions=2)
-        async with serving(node.url, store, topology):
+        async with (
+            worker_settings(topology).open_broker(node.url) as broker,
+            serving(broker, store, topology),
+        ):
             async with Client(node.url, topology=topology, durable_replies=True) as client:
                 handle = await client.submit(
                     "My name is Ada.", session_id="later", delay=DELAY, timeout=120
@@ -71,7 +54,7 @@ async def test_a_delayed_request_parked_in_the_store_survives_a_rabbitmq_restart
                 with anyio.fail_after(90):
                     final = await handle.final()
         assert final.text == ADA
-        started = runs_of(handle.id)
+        started = started_at(handle.id)
         assert len(started) == 1 and started[0] >= due
     finally:
         node.stop()
@@ -88,7 +71,10 @@ async def test_a_delayed_request_held_back_by_mns_survives_an_mns_restart(
         ns = f"dm{new_id()[:6]}"
         store = f"sqlite:///{tmp_path}/s.db"
         topology = Topology(namespace=ns, partitions=2, tool_partitions=2)
-        async with serving(url, store, topology):
+        async with (
+            worker_settings(topology).open_broker(url) as broker,
+            serving(broker, store, topology),
+        ):
             async with Client(url, topology=topology) as client:
                 handle = await client.submit(
                     "My name is Ada.", session_id="later", delay=DELAY, timeout=120
@@ -108,7 +94,7 @@ async def test_a_delayed_request_held_back_by_mns_survives_an_mns_restart(
         assert await timers.list() == []
         await timers.close()
         assert final.text == ADA
-        started = runs_of(handle.id)
+        started = started_at(handle.id)
         assert len(started) == 1 and started[0] >= due
     finally:
         server.stop()

@@ -3,12 +3,21 @@ with when it started, to the file named by AGENTQUEUE_TEST_LOG (or kept in `RUNS
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
+from collections.abc import AsyncIterator
+
+import anyio
 
 from agentqueue import App
+from agentqueue.broker.base import Broker
+from agentqueue.broker.topology import Topology
 from agentqueue.workers.agent_context import AgentContext
 from agentqueue.workers.pipeline import Event, Middleware, Next
+from agentqueue.workers.session_store import open_store
+from agentqueue.workers.worker import Worker
+from tests.config import worker_settings
 
 RUNS: list[tuple[str, float, str]] = []  # (request id, started at, answer) in this process
 
@@ -40,3 +49,20 @@ app = App("ticks", middleware=[RunLog()])
 @app.agent("assistant")
 def assistant(ctx: AgentContext):  # type: ignore[no-untyped-def]
     return ctx.build_agent("You remember what you are told.")
+
+
+@contextlib.asynccontextmanager
+async def serving(
+    broker: Broker, store_url: str, topology: Topology, **fields: object
+) -> AsyncIterator[Worker]:
+    """A worker of this app in the test's process, cancelled on the way out."""
+    worker = Worker(app, broker, open_store(store_url), worker_settings(topology, **fields))
+    async with anyio.create_task_group() as tg:
+        await tg.start(worker.run)
+        yield worker
+        tg.cancel_scope.cancel()
+
+
+def started_at(request_id: str) -> list[float]:
+    """When each committed run of `request_id` in this process started."""
+    return [at for rid, at, _ in RUNS if rid == request_id]

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
 import time
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -19,28 +17,11 @@ from agentqueue.broker.topology import Topology
 from agentqueue.protocol import new_id
 from agentqueue.protocol.signing import KeyRing
 from agentqueue.workers.delayed import timer_key
-from agentqueue.workers.session_store import open_store
 from agentqueue.workers.timers import open_timer_store
-from agentqueue.workers.worker import Worker
-from tests.apps.ticks import RUNS, app
-from tests.config import worker_settings
+from tests.apps.ticks import serving, started_at
 
 ADA = "Nice to meet you, Ada. I'll remember that."
 TOLD_ADA = "You told me: your name is Ada."
-
-
-@contextlib.asynccontextmanager
-async def serving(broker: Broker, store_url: str, topology: Topology) -> AsyncIterator[Worker]:
-    """One in-process worker of the ticks app; cancelled on the way out."""
-    worker = Worker(app, broker, open_store(store_url), worker_settings(topology))
-    async with anyio.create_task_group() as tg:
-        await tg.start(worker.run)
-        yield worker
-        tg.cancel_scope.cancel()
-
-
-def started_at(request_id: str) -> list[float]:
-    return [at for rid, at, _ in RUNS if rid == request_id]
 
 
 async def check_delay_keeps_order(broker: Broker, store_url: str, topology: Topology) -> None:

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -19,10 +17,7 @@ from agentqueue.protocol import new_id
 from agentqueue.workers.agent_handler import import_agentscope
 from agentqueue.workers.schedule_spec import Cron, Every
 from agentqueue.workers.schedules import Schedule, tick_to_run
-from agentqueue.workers.session_store import open_store
-from agentqueue.workers.worker import Worker
-from tests.apps.ticks import RUNS, app
-from tests.config import worker_settings
+from tests.apps.ticks import RUNS, serving
 
 
 def test_a_cron_with_a_seconds_field_and_a_period_tick_where_every_worker_agrees() -> None:
@@ -47,17 +42,6 @@ def test_missed_ticks_run_once_as_the_latest_or_are_skipped_past_the_grace() -> 
     assert math.isnan(tick_to_run(every, 100.0, 135.5, "skip", grace=5.0))
     assert tick_to_run(every, 100.0, 134.5, "skip", grace=5.0) == 130.0  # late within grace
     assert tick_to_run(every, 100.0, 100.2, "skip", grace=5.0) == 100.0  # on time
-
-
-@contextlib.asynccontextmanager
-async def serving(
-    broker: MemoryBroker, store_url: str, topology: Topology, **fields: object
-) -> AsyncIterator[Worker]:
-    worker = Worker(app, broker, open_store(store_url), worker_settings(topology, **fields))
-    async with anyio.create_task_group() as tg:
-        await tg.start(worker.run)
-        yield worker
-        tg.cancel_scope.cancel()
 
 
 def ticks_run(name: str) -> list[float]:
