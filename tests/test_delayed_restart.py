@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 
 import anyio
@@ -82,9 +81,7 @@ async def test_a_delayed_request_held_back_by_mns_survives_an_mns_restart(
                 due = handle.envelope.not_before
                 assert due is not None
                 queue = server.account().get_queue(topology.route(handle.envelope))
-                with warnings.catch_warnings():  # the SDK deprecates the name, MNS still sends it
-                    warnings.simplefilter("ignore", DeprecationWarning)
-                    held = queue.get_attributes().delay_messages
+                held = queue.get_attributes()._delay_messages  # the SDK's name is deprecated
                 await anyio.to_thread.run_sync(server.stop)
                 await anyio.to_thread.run_sync(server.start)
                 with anyio.fail_after(60):
