@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 
 import msgspec
 
+from agentqueue.protocol.admission import refused_envelope
 from agentqueue.protocol.codec import decode, encode
 from agentqueue.protocol.messages import Envelope
 from agentqueue.workers.pipeline.event import Event, Next
@@ -72,10 +73,13 @@ class Park:
             parked = encode(msgspec.structs.replace(envelope, sig=None))
             await timers.schedule(timer_key(envelope.id), KIND, envelope.not_before or 0.0, parked)
             where = "a timer"
-        else:
-            # Nowhere to wait: leave it in its queue for a worker that has timers.
-            event.hand_back()
-            await event.settler.hand_back()
+        else:  # a pipeline assembled without timers, on a broker that cannot delay
+            reason = (
+                f"request {envelope.id} is due in {wait:.0f} s, but this consumer has no timers"
+                f" to hold it and {type(broker).__name__} cannot delay messages; serve it with"
+                " `agentqueue worker`, which keeps delayed requests in its session store"
+            )
+            event.refuse(refused_envelope(envelope, reason, "$.not_before"))
             return
         log.info("request %s is due in %.1f s; it waits in %s", envelope.id, wait, where)
         event.ack()

@@ -14,11 +14,15 @@ from agentqueue import Client
 from agentqueue.broker.base import Broker
 from agentqueue.broker.memory import MemoryBroker
 from agentqueue.broker.topology import Topology
-from agentqueue.protocol import new_id
+from agentqueue.protocol import AgentRequest, Envelope, encode, new_id, user_message
 from agentqueue.protocol.signing import KeyRing
+from agentqueue.workers.assembly import assemble_pipeline
 from agentqueue.workers.delayed import timer_key
+from agentqueue.workers.pipeline import Event
+from agentqueue.workers.session_store import open_store
 from agentqueue.workers.timers import open_timer_store
-from tests.apps.ticks import serving, started_at
+from tests.apps.ticks import app, serving, started_at
+from tests.config import worker_settings
 
 ADA = "Nice to meet you, Ada. I'll remember that."
 TOLD_ADA = "You told me: your name is Ada."
@@ -99,3 +103,41 @@ async def test_a_parked_signed_request_runs_when_due_and_is_not_refused_as_a_rep
             with anyio.fail_after(30):
                 final = await handle.final()
         assert final.text == ADA and worker.dead_lettered == 0
+
+
+class _Unsettled:
+    """A settler for events the receive chain decides about without settling."""
+
+    async def ack(self) -> None:
+        raise AssertionError("not expected")
+
+    async def hand_back(self) -> None:
+        raise AssertionError("not expected")
+
+    async def dead_letter(self, reason: str, envelope_id: str | None, session_id: str | None):  # type: ignore[no-untyped-def]
+        raise AssertionError("not expected")
+
+
+async def test_a_consumer_without_timers_on_a_broker_that_cannot_delay_refuses_with_the_fix() -> (
+    None
+):
+    topology = Topology(namespace=f"dl{new_id()[:6]}", partitions=2, tool_partitions=2)
+    async with MemoryBroker(f"memory://{new_id()[:8]}") as broker:
+        pipeline = assemble_pipeline(
+            app, broker, open_store("memory://"), {}, worker_settings(topology), worker_id="w"
+        )
+        envelope = Envelope(
+            id="r1",
+            session_id="s",
+            body=AgentRequest(input=[user_message("hi")]),
+            created_at=time.time(),
+            not_before=time.time() + 60,
+        )
+        event = Event(encode(envelope), _Unsettled())
+        await pipeline.receive(event)
+    assert event.refusal is not None and event.refusal.field == "$.not_before"
+    assert event.refusal.reason == (
+        "request r1 is due in 60 s, but this consumer has no timers to hold it and MemoryBroker"
+        " cannot delay messages; serve it with `agentqueue worker`, which keeps delayed requests"
+        " in its session store"
+    )
