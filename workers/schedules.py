@@ -15,6 +15,7 @@ Ticks missed while no worker ran (the timer is found due more than one tick ago,
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import dataclass
 
@@ -24,7 +25,7 @@ from agentqueue.broker.base import Broker
 from agentqueue.broker.topology import Topology
 from agentqueue.protocol.codec import encode
 from agentqueue.protocol.messages import AgentRequest, Envelope, user_message
-from agentqueue.workers.schedule_spec import Ticks, parse_every, ticks
+from agentqueue.workers.schedule_spec import Every, Ticks, parse_every, ticks
 from agentqueue.workers.timers import Action, Fired, Timer, Timers, TimerStore, open_timer_store
 
 log = logging.getLogger("agentqueue.schedules")
@@ -122,15 +123,25 @@ class Schedules:
         await self.timers.close()
 
 
+def latest_tick(ticks: Ticks, due: float, now: float) -> float:
+    """The last tick at or before `now`, given that `due` (<= now) is one."""
+    if isinstance(ticks, Every):
+        return max(due, math.floor(now / ticks.seconds) * ticks.seconds)
+    # Walk the ticks of a window before `now`, widening it until it holds one: a dense cron
+    # is found in the first hour, a sparse one takes few steps in a wide window.
+    for window in (3600.0, 86400.0, 40 * 86400.0, math.inf):
+        start = max(due, now - window)
+        latest, following = start, ticks.next_after(start)
+        while following <= now:
+            latest, following = following, ticks.next_after(following)
+        if latest > start or start == due:
+            return latest
+    return due  # unreachable: the last window starts at `due`
+
+
 def tick_to_run(schedule: Schedule, due: float, now: float, missed: str, grace: float) -> float:
     """The tick to run now of those due since `due` (or nan: none), by the missed-tick policy."""
-    upcoming = schedule.ticks
-    latest = due
-    for _ in range(100_000):  # every missed tick collapses into the latest one
-        following = upcoming.next_after(latest)
-        if following > now:
-            break
-        latest = following
+    latest = latest_tick(schedule.ticks, due, now)  # every missed tick collapses into it
     if missed == "skip" and now - latest > grace:
         return float("nan")
     return latest

@@ -42,6 +42,14 @@ def test_missed_ticks_run_once_as_the_latest_or_are_skipped_past_the_grace() -> 
     assert math.isnan(tick_to_run(every, 100.0, 135.5, "skip", grace=5.0))
     assert tick_to_run(every, 100.0, 134.5, "skip", grace=5.0) == 130.0  # late within grace
     assert tick_to_run(every, 100.0, 100.2, "skip", grace=5.0) == 100.0  # on time
+    each_second = Schedule("c", "sess", "go", cron="* * * * * *")
+    day = datetime(2026, 12, 2, tzinfo=UTC).timestamp()
+    assert tick_to_run(each_second, day, day + 3 * 86400 + 0.5, "once", grace=5.0) == (
+        day + 3 * 86400
+    )  # three days of missed ticks, found without walking every one
+    daily = Schedule("d", "sess", "go", cron="0 9 * * *")
+    nine = datetime(2026, 12, 2, 9, tzinfo=UTC).timestamp()
+    assert tick_to_run(daily, nine, nine + 2.5 * 86400, "once", grace=5.0) == nine + 2 * 86400
 
 
 def ticks_run(name: str) -> list[float]:
