@@ -19,6 +19,7 @@ from agentqueue.serve import run_worker
 from agentqueue.settings import Settings
 from agentqueue.workers.agent_context import AgentContext
 from agentqueue.workers.app import App
+from agentqueue.workers.schedules import Schedule, Schedules
 from agentqueue.workers.worker import Worker
 
 __all__ = [
@@ -37,6 +38,8 @@ __all__ = [
     "RequestHandle",
     "RequestTimedOut",
     "ResultEvent",
+    "Schedule",
+    "Schedules",
     "Settings",
     "ToolCall",
     "ToolResult",

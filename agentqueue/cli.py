@@ -268,6 +268,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--session", help="session id (default: a new one)")
     p.add_argument("--agent", help="agent to ask (default: the app's default agent)")
     p.add_argument("--stream", action="store_true", help="print text as it arrives")
+    p.add_argument(
+        "--delay", type=float, help="seconds before the request may start (default: at once)"
+    )
 
     p = sub.add_parser("cancel", help="cancel a running request")
     _settings_args(p)
@@ -516,6 +519,28 @@ def build_parser() -> argparse.ArgumentParser:
         help="MNS control plane (open API; default: the region's endpoint)",
     )
 
+    p = sub.add_parser("schedule", help="add, list or remove recurring requests")
+    schedule_sub = p.add_subparsers(dest="schedule_command", required=True, metavar="ACTION")
+    s = schedule_sub.add_parser("add", help="send PROMPT to a session at every tick")
+    _settings_args(s)
+    s.add_argument("name", help="the schedule's name (letters, digits, '-', '_', '.')")
+    s.add_argument("prompt", help="the request text sent at each tick")
+    s.add_argument("--session", required=True, help="session the requests run in")
+    s.add_argument("--agent", help="agent to ask (default: the app's default agent)")
+    when = s.add_mutually_exclusive_group(required=True)
+    when.add_argument(
+        "--cron",
+        help="UTC cron: 5 fields, or 6 with seconds first ('0 9 * * *', '*/2 * * * * *');"
+        " this or --every (default: none)",
+    )
+    when.add_argument("--every", help="a fixed period: 5s, 2m, 1h, 1d (default: none)")
+    s.add_argument("--replace", action="store_true", help="replace a schedule of that name")
+    s = schedule_sub.add_parser("list", help="every schedule and when it fires next")
+    _settings_args(s)
+    s = schedule_sub.add_parser("remove", help="delete a schedule")
+    _settings_args(s)
+    s.add_argument("name", help="the schedule to delete")
+
     p = sub.add_parser("schema", help="print the JSON Schema of the v1 envelope")
 
     p = sub.add_parser("config", help="print the settings in force (secrets masked)")
@@ -660,7 +685,7 @@ def _call(args: argparse.Namespace, settings: Settings) -> int:
             with tracing.round_trip("call", args.agent) as trip:
                 with trip.current():
                     handle = await client.submit(
-                        args.text, session_id=args.session, agent=args.agent
+                        args.text, session_id=args.session, agent=args.agent, delay=args.delay
                     )
 
                 async def cancel_on_sigint(*, task_status: Any = anyio.TASK_STATUS_IGNORED) -> None:
@@ -1077,6 +1102,13 @@ def _deploy(args: argparse.Namespace, settings: Settings) -> int:
     deployer = FCDeployer(args.region, fc_endpoint=args.fc_endpoint, mns_endpoint=args.mns_endpoint)
     (deployer.apply if args.action == "apply" else deployer.destroy)(plan)
     return 0
+
+
+@command("schedule")
+def _schedule(args: argparse.Namespace, settings: Settings) -> int:
+    from agentqueue.schedule_admin import schedule_command
+
+    return anyio.run(schedule_command, args, settings, sys.stdout)
 
 
 @command("schema")

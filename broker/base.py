@@ -143,11 +143,32 @@ class Broker(abc.ABC):
 
     signing: KeyRing | None = None  # when set, every envelope published is signed with it
 
-    async def publish(self, queue: str, body: bytes, *, sign: bool = True) -> None:
-        """Publish persistently (signed when the broker has keys); returns once confirmed."""
+    # Seconds the broker itself can hold a message back before delivering it (MNS:
+    # DelaySeconds, up to 7 days); 0 when it cannot, and delayed requests wait in timers.
+    max_delay: float = 0.0
+
+    async def publish(
+        self, queue: str, body: bytes, *, sign: bool = True, delay: float = 0.0
+    ) -> None:
+        """Publish persistently (signed when the broker has keys); returns once confirmed.
+
+        `delay`: seconds the broker holds the message back (at most `max_delay`).
+        """
         if sign and self.signing is not None:
             body = self.signing.sign(body)
+        if delay > 0:
+            if delay > self.max_delay:
+                raise ValueError(
+                    f"{type(self).__name__} can hold a message back at most"
+                    f" {self.max_delay:.0f} s, not {delay:.0f} s; park it in a timer instead"
+                )
+            await self._publish_delayed(queue, body, delay)
+            return
         await self._publish(queue, body)
+
+    async def _publish_delayed(self, queue: str, body: bytes, delay: float) -> None:
+        """Publish bytes the broker delivers `delay` seconds from now (where `max_delay` > 0)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot delay messages")
 
     @abc.abstractmethod
     async def _publish(self, queue: str, body: bytes) -> None:

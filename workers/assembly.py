@@ -12,6 +12,7 @@ from agentqueue.workers.middleware import BusySessions, EventLog, ModelBudget, S
 from agentqueue.workers.pipeline import Middleware, Pipeline
 from agentqueue.workers.session_store import SessionStore
 from agentqueue.workers.settings import Settings
+from agentqueue.workers.timers import Timers
 
 
 def assemble_pipeline(
@@ -23,11 +24,13 @@ def assemble_pipeline(
     *,
     worker_id: str,
     function_compute: bool = False,
+    timers: Timers | None = None,
 ) -> Pipeline:
     """Tracing, the event log, signatures (when the broker has keys), busy-session policies,
     the shared model budget (when a rate limit is set), the app's middleware, then the stages.
     `function_compute`: for the FC handler, whose trigger hands out batches with no delivery
-    count (counted in the store instead)."""
+    count (counted in the store instead). `timers`: where delayed requests wait on a broker
+    that cannot delay messages itself."""
     middleware: list[Middleware] = [Tracing(broker, worker_id), EventLog()]
     if broker.signing is not None:
         signing = Signing(
@@ -54,4 +57,5 @@ def assemble_pipeline(
         max_message_size=settings.max_message_size,
         reply_grace=settings.reply_grace,
         count_deliveries_in_store=function_compute,
+        timers=timers,
     )

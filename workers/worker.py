@@ -25,6 +25,7 @@ from agentqueue.broker.replies import ReplyRouter
 from agentqueue.broker.topology import REQUESTS, TOOLS
 from agentqueue.protocol.ids import new_id
 from agentqueue.protocol.messages import AgentRequest, ToolCall
+from agentqueue.workers import delayed, schedules
 from agentqueue.workers.agent_handler import AgentHandler, import_agentscope
 from agentqueue.workers.app import App
 from agentqueue.workers.assembly import assemble_pipeline
@@ -36,6 +37,7 @@ from agentqueue.workers.remote_tools import RemoteTools
 from agentqueue.workers.session_lane import SessionLanes
 from agentqueue.workers.session_store import SessionStore
 from agentqueue.workers.settings import Settings
+from agentqueue.workers.timers import Timers, open_timer_store
 from agentqueue.workers.tool_handler import ToolHandler
 
 log = logging.getLogger("agentqueue.worker")
@@ -126,6 +128,11 @@ class Worker:
         self._tg: anyio.abc.TaskGroup | None = None
         self.membership: Membership | None = None
         self.pipeline: Pipeline | None = None
+        # Delayed requests, schedules and whatever else waits: fired by whichever worker of
+        # the namespace claims them first. Register more kinds on it before `run`.
+        self.timers = Timers(
+            open_timer_store(store.url, self.topology.namespace), owner=self.worker_id
+        )
 
     def queues(self) -> list[str]:
         """The partition queues this worker consumes, by its role."""
@@ -184,7 +191,21 @@ class Worker:
         if self.role in ("tools", "all"):
             handlers[ToolCall] = ToolHandler(self.app, worker_name=self.worker_id)
         self.pipeline = assemble_pipeline(
-            self.app, self.broker, self.store, handlers, self.settings, worker_id=self.worker_id
+            self.app,
+            self.broker,
+            self.store,
+            handlers,
+            self.settings,
+            worker_id=self.worker_id,
+            timers=self.timers,
+        )
+        delayed.register(self.timers, self.pipeline)
+        schedules.register(
+            self.timers,
+            self.broker,
+            self.topology,
+            missed=self.settings.schedule_missed,
+            grace=self.settings.schedule_grace,
         )
         async with anyio.create_task_group() as tg:
             self._tg = tg
@@ -194,6 +215,7 @@ class Worker:
             self._lanes = SessionLanes(tg, self.concurrency)
             self._tool_lanes = SessionLanes(tg, self.concurrency)
             await tg.start(router.run)
+            await tg.start(self.timers.run)
             for hook in self.app.starting:
                 await hook(self.worker_id, self.role)
             if self.settings.balance:
@@ -237,6 +259,8 @@ class Worker:
                 if models is not None:
                     await models.aclose()  # the rate limit's connection to its store
             tg.cancel_scope.cancel()
+        with anyio.CancelScope(shield=True):
+            await self.timers.close()
 
     def _eligible(self) -> dict[str, list[str]]:
         eligible: dict[str, list[str]] = {}
