@@ -106,12 +106,9 @@ def _parsers(parser: argparse.ArgumentParser) -> Iterator[argparse.ArgumentParse
 
 
 def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
+    from agentqueue.workers.membership import package_version
 
-    try:
-        return version("agentqueue")
-    except PackageNotFoundError:  # run from a source tree that was never installed
-        return "unknown"
+    return package_version()
 
 
 def _trace_args(p: argparse.ArgumentParser) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Literal
 
@@ -28,7 +29,8 @@ from agentqueue.workers.agent_handler import AgentHandler, import_agentscope
 from agentqueue.workers.app import App
 from agentqueue.workers.assembly import assemble_pipeline
 from agentqueue.workers.handling import Handler
-from agentqueue.workers.membership import Membership
+from agentqueue.workers.membership import Membership, WorkerLoad, package_version
+from agentqueue.workers.middleware import Metrics
 from agentqueue.workers.models import ModelRuntime
 from agentqueue.workers.pipeline import Event, Pipeline
 from agentqueue.workers.remote_tools import RemoteTools
@@ -40,6 +42,8 @@ from agentqueue.workers.tool_handler import ToolHandler
 log = logging.getLogger("agentqueue.worker")
 
 Role = Literal["agents", "tools", "all"]
+
+_VERSION = package_version()
 
 
 class _Consumer:
@@ -115,6 +119,7 @@ class Worker:
         self.tracing = tracing
         self.worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}-{new_id()[:6]}"
         self.handled = 0
+        self.handled_by_queue: Counter[str] = Counter()
         self.dead_lettered = 0
         self._stop = anyio.Event()
         self._started = anyio.Event()
@@ -171,7 +176,13 @@ class Worker:
         if self.role in ("tools", "all"):
             handlers[ToolCall] = ToolHandler(self.app, worker_name=self.worker_id)
         self.pipeline = assemble_pipeline(
-            self.app, self.broker, self.store, handlers, self.settings, worker_id=self.worker_id
+            self.app,
+            self.broker,
+            self.store,
+            handlers,
+            self.settings,
+            worker_id=self.worker_id,
+            owned=self._consumers.keys,
         )
         async with anyio.create_task_group() as tg:
             self._tg = tg
@@ -192,6 +203,7 @@ class Worker:
                     self._eligible(),
                     interval=interval,
                     expiry=interval * 3.5,
+                    load=self.load,
                 )
                 await tg.start(self.membership.run)
                 # Hear the peers that are already up before claiming partitions.
@@ -222,6 +234,24 @@ class Worker:
                 for hook in self.app.stopping:
                     await hook(self.worker_id, self.role)
             tg.cancel_scope.cancel()
+
+    def load(self) -> WorkerLoad:
+        """What this worker is doing now: role, version, events per queue, sessions owned."""
+        metrics = next(
+            (
+                m
+                for m in (self.pipeline.middleware if self.pipeline else ())
+                if isinstance(m, Metrics)
+            ),
+            None,
+        )
+        return WorkerLoad(
+            role=self.role,
+            version=_VERSION,
+            in_flight={q: c.running for q, c in self._consumers.items() if c.running},
+            handled=dict(self.handled_by_queue),
+            sessions=metrics.sessions_owned()[0] if metrics is not None else 0,
+        )
 
     def _eligible(self) -> dict[str, list[str]]:
         eligible: dict[str, list[str]] = {}
@@ -349,6 +379,7 @@ class Worker:
             try:
                 await run(event)
                 self.handled += 1
+                self.handled_by_queue[consumer.queue] += 1
             except Exception:
                 # Neither acked nor handed back, and the session's later events, queued behind
                 # it, must not run before it: give the queue back (closing its channel returns
