@@ -1,4 +1,5 @@
-"""`agentqueue status` and `agentqueue dlq list|show|replay`: look at queues, fix dead letters."""
+"""`agentqueue status` and `agentqueue dlq list|show|replay|purge`: look at queues, fix dead
+letters. The console's buttons call the same functions."""
 
 from __future__ import annotations
 
@@ -88,23 +89,36 @@ def _label(record: DeadLetter) -> str:
     return record.envelope_id or "(no id)"
 
 
-async def dlq_list(broker: Broker, topology: Topology, out: TextIO, limit: int = 100) -> int:
-    """Print one line per dead letter; the queue is left as it was."""
+async def dead_letters(broker: Broker, topology: Topology, limit: int = 100) -> list[DeadLetter]:
+    """The first `limit` dead letters; the queue is left as it was."""
     held = await _hold_all(broker, topology, limit)
     try:
-        for i, item in enumerate(held):
-            r = item.record
-            when = (
-                time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r.failed_at))
-                if r.failed_at
-                else "-"
-            )
-            print(f"{i:>3}  {_label(r):<34} {when}  {r.queue:<22} {r.reason}", file=out)
-        if not held:
-            print(f"{topology.dead_letter_queue} is empty", file=out)
+        return [item.record for item in held]
     finally:
         await _give_back(held)
-    return len(held)
+
+
+def envelope_json(record: DeadLetter) -> dict[str, object] | None:
+    """The dead letter's envelope as plain JSON, or None when its payload is not an envelope."""
+    try:
+        return json.loads(msgspec.json.encode(decode(record.payload)))
+    except ProtocolError:
+        return None
+
+
+async def dlq_list(broker: Broker, topology: Topology, out: TextIO, limit: int = 100) -> int:
+    """Print one line per dead letter; the queue is left as it was."""
+    records = await dead_letters(broker, topology, limit)
+    for i, r in enumerate(records):
+        when = (
+            time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r.failed_at))
+            if r.failed_at
+            else "-"
+        )
+        print(f"{i:>3}  {_label(r):<34} {when}  {r.queue:<22} {r.reason}", file=out)
+    if not records:
+        print(f"{topology.dead_letter_queue} is empty", file=out)
+    return len(records)
 
 
 async def dlq_show(broker: Broker, topology: Topology, key: str, out: TextIO) -> bool:
@@ -119,10 +133,10 @@ async def dlq_show(broker: Broker, topology: Topology, key: str, out: TextIO) ->
                     f"attempts: {r.attempts}\nsession:  {r.session_id}",
                     file=out,
                 )
-                try:
-                    envelope = json.loads(msgspec.json.encode(decode(r.payload)))
+                envelope = envelope_json(r)
+                if envelope is not None:
                     print(json.dumps(envelope, indent=2, ensure_ascii=False), file=out)
-                except ProtocolError:
+                else:
                     print(
                         f"payload ({len(r.payload)} bytes, not an envelope): {r.payload[:200]!r}",
                         file=out,
@@ -160,6 +174,23 @@ async def dlq_replay(broker: Broker, topology: Topology, key: str | None, out: T
     finally:
         await _give_back(held)
     return replayed
+
+
+async def dlq_purge(broker: Broker, topology: Topology, key: str | None, out: TextIO) -> int:
+    """Delete dead letters for good (one by id/index, or all when `key` is None)."""
+    held = await _hold_all(broker, topology, 10_000)
+    purged = 0
+    try:
+        for i, item in list(enumerate(held)):
+            if key is not None and key not in (str(i), item.record.envelope_id):
+                continue
+            await item.delivery.ack()
+            held.remove(item)
+            purged += 1
+            print(f"purged {_label(item.record)} ({item.record.reason})", file=out)
+    finally:
+        await _give_back(held)
+    return purged
 
 
 def replay_envelope(

@@ -121,15 +121,41 @@ def _trace_args(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _metrics_args(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument(
+        "--metrics-port",
+        dest="metrics_port",
+        type=int,
+        metavar="PORT",
+        help=f"serve Prometheus metrics of {what} at http://HOST:PORT/metrics (default: off)",
+    )
+    p.add_argument(
+        "--metrics-host",
+        dest="metrics_host",
+        default="127.0.0.1",
+        help="address the metrics listen on; 0.0.0.0 for a scraper elsewhere",
+    )
+
+
 @contextlib.contextmanager
-def _telemetry(settings: Settings, service: str) -> Iterator[None]:
-    """OpenTelemetry from OTEL_* and --trace-file for one command, flushed when it ends."""
+def _telemetry(
+    settings: Settings, service: str, metrics_at: tuple[str, int] | None = None
+) -> Iterator[None]:
+    """OpenTelemetry from OTEL_* and --trace-file for one command, flushed when it ends;
+    `metrics_at` (host, port) also serves its metrics to Prometheus there."""
     from agentqueue.trace_file import configure
 
-    telemetry = configure(service, settings.trace_file)
+    telemetry = configure(service, settings.trace_file, prometheus=metrics_at is not None)
+    server = None
     try:
+        if metrics_at is not None:
+            from agentqueue.prometheus import MetricsServer
+
+            server = MetricsServer(*metrics_at)
         yield
     finally:
+        if server is not None:
+            server.close()
         telemetry.shutdown()
 
 
@@ -241,6 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="refuse to start without signing keys (AGENTQUEUE_SIGNING_KEYS)",
     )
+    _metrics_args(p, "this worker")
 
     p = sub.add_parser("call", help="send one request and print the answer")
     _settings_args(p)
@@ -265,13 +292,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--window", type=float, default=60.0, help="seconds to look back (default 60)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
-    p = sub.add_parser("dlq", help="list, show or replay dead letters")
+    p = sub.add_parser("dlq", help="list, show, replay or purge dead letters")
     _settings_args(p)
-    p.add_argument("action", choices=["list", "show", "replay"], help="what to do")
+    p.add_argument("action", choices=["list", "show", "replay", "purge"], help="what to do")
     p.add_argument(
         "id",
         nargs="?",
-        help="envelope id or list index (show, replay); replay without it replays all",
+        help="envelope id or list index (show, replay, purge); replay or purge without it"
+        " acts on all",
     )
     p.add_argument("--limit", type=int, default=100, help="most dead letters to list")
 
@@ -559,7 +587,8 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
     app = _load_app(args.app)
     partitions = parse_partitions(args.serve, settings.partitions)
     tool_partitions = parse_partitions(args.serve, settings.tool_partitions)
-    with _telemetry(settings, "agentqueue-worker"):
+    metrics_at = (args.metrics_host, args.metrics_port) if args.metrics_port is not None else None
+    with _telemetry(settings, "agentqueue-worker", metrics_at):
         anyio.run(
             lambda: serve_worker(
                 app,
@@ -728,6 +757,10 @@ def _dlq(args: argparse.Namespace, settings: Settings) -> int:
                         file=sys.stderr,
                     )
                 return 0 if found else 1
+            if args.action == "purge":
+                count = await admin.dlq_purge(broker, settings.topology, args.id, sys.stdout)
+                print(f"{count} purged")
+                return 0
             count = await admin.dlq_replay(broker, settings.topology, args.id, sys.stdout)
             print(f"{count} replayed")
             return 0

@@ -43,6 +43,7 @@ class WorkerLoad(msgspec.Struct, omit_defaults=True):
     role: str = ""
     version: str = ""
     in_flight: dict[str, int] = {}  # queue -> events running now
+    unacked: dict[str, int] = {}  # queue -> events received and not settled (running or queued)
     handled: dict[str, int] = {}  # queue -> events handled since the worker started
     sessions: int = 0  # sessions it handled a turn of, on the partitions it owns now
 

@@ -49,13 +49,14 @@ _VERSION = package_version()
 class _Consumer:
     """One subscribed partition queue and the events of it that are running."""
 
-    __slots__ = ("idle", "queue", "releasing", "running", "scope", "subscription")
+    __slots__ = ("held", "idle", "queue", "releasing", "running", "scope", "subscription")
 
     def __init__(self, queue: str, subscription: Subscription) -> None:
         self.queue = queue
         self.subscription = subscription
         self.scope = anyio.CancelScope()
         self.running = 0
+        self.held = 0  # received and not settled yet: running or waiting in a session lane
         self.releasing = False
         self.idle = anyio.Event()
 
@@ -249,6 +250,7 @@ class Worker:
             role=self.role,
             version=_VERSION,
             in_flight={q: c.running for q, c in self._consumers.items() if c.running},
+            unacked={q: c.held for q, c in self._consumers.items() if c.held},
             handled=dict(self.handled_by_queue),
             sessions=metrics.sessions_owned()[0] if metrics is not None else 0,
         )
@@ -358,10 +360,12 @@ class Worker:
         )
         await pipeline.receive(event)
         if event.refusal is not None:
+            consumer.held += 1
             self._lanes.submit("\0refused", self._job(pipeline.refuse, event, consumer))
         elif not event.decided:  # a control event (cancel) is settled already
             tool = isinstance(event.envelope.body if event.envelope else None, ToolCall)
             lanes = self._tool_lanes if tool else self._lanes
+            consumer.held += 1
             lanes.submit(event.key, self._job(pipeline.process, event, consumer))
 
     def _job(
@@ -373,6 +377,7 @@ class Worker:
             assert self.pipeline is not None
             if consumer.releasing or not self.pipeline.accepting:
                 # Left un-acked on purpose: closing the subscription hands it back in order.
+                consumer.held -= 1
                 self.pipeline.abandon(event)
                 return
             consumer.running += 1
@@ -394,6 +399,7 @@ class Worker:
                     self._tg.start_soon(self._retake, consumer.queue)
             finally:
                 consumer.running -= 1
+                consumer.held -= 1
                 if consumer.running == 0 and consumer.releasing:
                     consumer.idle.set()
 

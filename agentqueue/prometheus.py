@@ -1,0 +1,46 @@
+"""`/metrics` for Prometheus: the OpenTelemetry metrics of this process, in Prometheus' format.
+
+`configure(..., prometheus=True)` (`agentqueue.trace_file`) adds OpenTelemetry's Prometheus
+reader to the meter provider; it registers with `prometheus_client`'s default registry, which
+`serve_metrics` (a worker's `--metrics-port`) and `metrics_app` (the console) expose. Names are
+translated the Prometheus way: `messaging.process.duration` in seconds becomes
+`messaging_process_duration_seconds`, the counter `agentqueue.events.handled` becomes
+`agentqueue_events_handled_total`.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+log = logging.getLogger("agentqueue.metrics")
+
+
+class MetricsServer:
+    """A `/metrics` HTTP server on a thread of its own; `close()` stops it."""
+
+    def __init__(self, host: str, port: int) -> None:
+        from prometheus_client import start_http_server
+
+        try:
+            self._server, self._thread = start_http_server(port, addr=host)
+        except OSError as exc:
+            raise OSError(
+                f"cannot serve metrics on {host}:{port}: {exc.strerror or exc}; pick another"
+                " --metrics-port"
+            ) from None
+        self.host, self.port = host, self._server.server_port
+        log.info("metrics on http://%s:%d/metrics", self.host, self.port)
+
+    def close(self) -> None:
+        """Stop serving and release the port."""
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(5)
+
+
+def metrics_app() -> Any:
+    """An ASGI app that answers a scrape with this process's metrics."""
+    from prometheus_client import make_asgi_app
+
+    return make_asgi_app()
