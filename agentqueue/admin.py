@@ -111,9 +111,7 @@ async def dlq_list(broker: Broker, topology: Topology, out: TextIO, limit: int =
     records = await dead_letters(broker, topology, limit)
     for i, r in enumerate(records):
         when = (
-            time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r.failed_at))
-            if r.failed_at
-            else "-"
+            time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r.failed_at)) if r.failed_at else "-"
         )
         print(f"{i:>3}  {_label(r):<34} {when}  {r.queue:<22} {r.reason}", file=out)
     if not records:

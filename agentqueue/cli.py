@@ -139,13 +139,19 @@ def _metrics_args(p: argparse.ArgumentParser, what: str) -> None:
 
 @contextlib.contextmanager
 def _telemetry(
-    settings: Settings, service: str, metrics_at: tuple[str, int] | None = None
+    settings: Settings,
+    service: str,
+    metrics_at: tuple[str, int] | None = None,
+    *,
+    prometheus: bool = False,
 ) -> Iterator[None]:
     """OpenTelemetry from OTEL_* and --trace-file for one command, flushed when it ends;
-    `metrics_at` (host, port) also serves its metrics to Prometheus there."""
+    `metrics_at` (host, port) also serves its metrics to Prometheus there; `prometheus` keeps
+    them for a `/metrics` the command serves itself."""
     from agentqueue.trace_file import configure
 
-    telemetry = configure(service, settings.trace_file, prometheus=metrics_at is not None)
+    keep = prometheus or metrics_at is not None
+    telemetry = configure(service, settings.trace_file, prometheus=keep)
     server = None
     try:
         if metrics_at is not None:
@@ -424,6 +430,29 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=512,
         help="open connections at most; more are answered 503 (default 512)",
+    )
+
+    p = sub.add_parser(
+        "console", help="a web page: partitions, workers, requests, traces, dead letters"
+    )
+    _settings_args(p)
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    p.add_argument("--port", type=int, default=8090, help="port to listen on")
+    p.add_argument(
+        "--token",
+        help="bearer token the page requires (AGENTQUEUE_CONSOLE_TOKEN; @path reads a file);"
+        " needed off loopback (default: none on 127.0.0.1)",
+    )
+    p.add_argument(
+        "--spans",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="a --trace-file of a worker or client, for request waterfalls; repeat for more"
+        " (default: none)",
+    )
+    p.add_argument(
+        "--interval", type=float, default=1.0, help="seconds between looks at the broker"
     )
 
     p = sub.add_parser("deploy", help="provision the cloud for an app's workers")
@@ -786,6 +815,26 @@ def _require_shared_broker(settings: Settings, what: str) -> None:
             " (or set AGENTQUEUE_BROKER); memory:// exists only inside one process"
             " (`agentqueue demo` runs an embedded broker and its workers in one process)"
         )
+
+
+@command("console")
+def _console(args: argparse.Namespace, settings: Settings) -> int:
+    from agentqueue.console import read_token, serve_console
+
+    _require_shared_broker(settings, "console")
+    token = read_token(args.token or settings.console_token)
+    with _telemetry(settings, "agentqueue-console", metrics_at=None, prometheus=True):
+        anyio.run(
+            lambda: serve_console(
+                settings,
+                host=args.host,
+                port=args.port,
+                token=token,
+                span_files=args.spans,
+                interval=args.interval,
+            )
+        )
+    return 0
 
 
 @command("batch")

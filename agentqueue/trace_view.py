@@ -120,9 +120,8 @@ def render_waterfall(
     wanted = max(len(line.prefix) + min(len(line.label), 40) for line in fall.lines)
     name_width = max(20, min(wanted, width - fixed - service_width - MIN_BAR))
     bar_width = max(MIN_BAR, width - fixed - service_width - name_width)
-    header = (
-        f"trace {fall.trace_id}  {fall.spans} spans  {_duration(total)}  {', '.join(fall.services)}"
-    )
+    services = ", ".join(fall.services)
+    header = f"trace {fall.trace_id}  {fall.spans} spans  {duration_text(total)}  {services}"
     lines = [_fit(header, width)]
     columns = (service_width, name_width, bar_width)
     lines.append(_row(columns, "service", "span", "start", "dur", "timeline", "status"))
@@ -136,7 +135,13 @@ def render_waterfall(
         bar = _bar(line.start, line.start + line.duration, total, bar_width)
         lines.append(
             _row(
-                columns, svc, label, _offset(line.start), _duration(line.duration), bar, line.status
+                columns,
+                svc,
+                label,
+                _offset(line.start),
+                duration_text(line.duration),
+                bar,
+                line.status,
             )
         )
     return [line.rstrip()[:width] for line in lines]
@@ -232,7 +237,8 @@ def _marker(offset: int, total: int, width: int) -> str:
     return " " * a + "▲" + " " * (width - a - 1)
 
 
-def _duration(ns: int) -> str:
+def duration_text(ns: float) -> str:
+    """A duration in nanoseconds as µs, ms or s, whichever reads best."""
     if ns < 1_000_000:
         return f"{ns / 1000:.0f}µs"
     if ns < 1_000_000_000:
@@ -241,7 +247,7 @@ def _duration(ns: int) -> str:
 
 
 def _offset(ns: int) -> str:
-    return "+" + _duration(ns)
+    return "+" + duration_text(ns)
 
 
 def _fit(text: str, width: int) -> str:
