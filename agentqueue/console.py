@@ -29,7 +29,7 @@ import anyio
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
-from starlette.routing import Mount, Route
+from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from agentqueue import admin
@@ -124,8 +124,6 @@ class Console:
 
     def __init__(self, state: ConsoleState, *, token: str | None = None) -> None:
         self.state = state
-        from agentqueue.prometheus import metrics_app
-
         routes = [
             Route("/", self.home),
             Route("/fragments/overview", self.fragment),
@@ -133,7 +131,7 @@ class Console:
             Route("/requests/{request_id}", self.show_request),
             Route("/dead-letters/{action}", self.dead_letter_action, methods=["POST"]),
             Route("/healthz", self.health),
-            Mount("/metrics", app=metrics_app()),
+            Route("/metrics", self.metrics),
         ]
         self.app: ASGIApp = _TokenGate(Starlette(routes=routes, lifespan=self._lifespan), token)
 
@@ -188,6 +186,13 @@ class Console:
                 await self.state.poll()
         return RedirectResponse(f"/?{urlencode({'said': said})}", status_code=303)
 
+    async def metrics(self, request: Request) -> Response:
+        """The console's metrics (what it sees of queues and workers), for Prometheus."""
+        from agentqueue.prometheus import metrics_text
+
+        body, content_type = metrics_text()
+        return Response(body, media_type=content_type)
+
     async def health(self, request: Request) -> Response:
         """Whether the broker answers."""
         error = self.state.broker_error
@@ -216,6 +221,7 @@ async def serve_console(
     try:
         async with broker:
             state = ConsoleState(broker, settings.topology, store, span_files, interval=interval)
+            state.export_metrics()
             console = Console(state, token=token)
             config = server_config(console.app, host, port, Limits(), log_level="warning")
             log.warning("console on http://%s:%d/", host, port)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -203,6 +203,46 @@ class ConsoleState:
             seen.samples.append((now, dict(heartbeat.load.handled)))
         for worker in [w for w, s in self.workers.items() if now - s.seen_at > 60]:
             del self.workers[worker]  # forgotten a minute after its last heartbeat
+
+    def export_metrics(self) -> None:
+        """Gauges of what the console sees (depths, consumers, dead letters, live workers)."""
+        from opentelemetry import metrics
+
+        meter = metrics.get_meter("agentqueue.console")
+
+        def per_queue(field: str) -> Any:
+            def observe(options: metrics.CallbackOptions) -> Iterable[metrics.Observation]:
+                for p in self.partitions:
+                    yield metrics.Observation(
+                        getattr(p, field), {"messaging.destination.name": p.queue}
+                    )
+
+            return observe
+
+        meter.create_observable_gauge(
+            "agentqueue.queue.ready", [per_queue("ready")], "{message}", "Messages waiting"
+        )
+        meter.create_observable_gauge(
+            "agentqueue.queue.consumers", [per_queue("consumers")], "{consumer}", "Consumers"
+        )
+        meter.create_observable_gauge(
+            "agentqueue.dead_letters.waiting",
+            [lambda _: [metrics.Observation(self.dead_count)]],
+            "{message}",
+            "Dead letters waiting for a replay or a purge",
+        )
+        meter.create_observable_gauge(
+            "agentqueue.workers.live",
+            [lambda _: [metrics.Observation(len(self.live()))]],
+            "{worker}",
+            "Workers heard from within the expiry",
+        )
+        meter.create_observable_gauge(
+            "agentqueue.broker.up",
+            [lambda _: [metrics.Observation(int(self.broker_error is None))]],
+            "1",
+            "1 while the broker answers the console, 0 while it does not",
+        )
 
     def mark_dead_letters_stale(self) -> None:
         """Look at the dead letters again on the next poll (after a replay or purge)."""

@@ -2,7 +2,7 @@
 
 `configure(..., prometheus=True)` (`agentqueue.trace_file`) adds OpenTelemetry's Prometheus
 reader to the meter provider; it registers with `prometheus_client`'s default registry, which
-`serve_metrics` (a worker's `--metrics-port`) and `metrics_app` (the console) expose. Names are
+`MetricsServer` (a worker's `--metrics-port`) and `metrics_text` (the console) expose. Names are
 translated the Prometheus way: `messaging.process.duration` in seconds becomes
 `messaging_process_duration_seconds`, the counter `agentqueue.events.handled` becomes
 `agentqueue_events_handled_total`.
@@ -11,7 +11,6 @@ translated the Prometheus way: `messaging.process.duration` in seconds becomes
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 log = logging.getLogger("agentqueue.metrics")
 
@@ -39,8 +38,8 @@ class MetricsServer:
         self._thread.join(5)
 
 
-def metrics_app() -> Any:
-    """An ASGI app that answers a scrape with this process's metrics."""
-    from prometheus_client import make_asgi_app
+def metrics_text() -> tuple[bytes, str]:
+    """This process's metrics in Prometheus' text format, and its content type."""
+    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-    return make_asgi_app()
+    return generate_latest(), CONTENT_TYPE_LATEST

@@ -79,6 +79,17 @@ else
 fi
 say "bubblewrap $(bwrap --version | sed 's/^bubblewrap //')"
 
+# --- chromium (the console's browser test) -----------------------------------------------
+# Playwright drives Debian's chromium; it never downloads a browser of its own.
+if [ -x /usr/bin/chromium ]; then
+    say "chromium already installed"
+else
+    say "installing chromium with apt-get"
+    apt_install_no_services chromium
+    [ -x /usr/bin/chromium ] || { say "error: chromium installed but /usr/bin/chromium is missing"; exit 1; }
+fi
+say "$(/usr/bin/chromium --version 2>/dev/null || echo 'chromium ?')"
+
 # --- Python environment ------------------------------------------------------------------
 say "syncing the Python environment (uv sync --frozen --all-groups)"
 "${UV[@]}" sync --frozen --all-groups --quiet

@@ -284,7 +284,7 @@ def test_workers_metrics_count_exactly_the_requests_that_were_sent(stack: Stack)
 
     expected = {("agent_request", "final"): 5, ("agent_request", "dead_letter"): 1}
     wait_for("the handled counters to match what was sent", lambda: delta() == expected)
-    text = httpx.get(stack.metrics[0], timeout=10).text
+    text = "".join(httpx.get(url, timeout=10).text for url in stack.metrics)
     for name in (
         "messaging_process_duration_seconds_bucket",
         "agentqueue_queue_wait_seconds_bucket",
@@ -292,7 +292,11 @@ def test_workers_metrics_count_exactly_the_requests_that_were_sent(stack: Stack)
         "agentqueue_in_flight",
         "agentqueue_sessions_owned",
     ):
-        assert name in text, f"{name} not in the worker's /metrics"
+        assert name in text, f"{name} not in the workers' /metrics"
+    console = stack.get("/metrics").text
+    assert re.search(r"^agentqueue_workers_live\{[^}]*\} 2\.0$", console, re.M), console
+    assert re.search(r"^agentqueue_broker_up\{[^}]*\} 1\.0$", console, re.M), console
+    assert 'agentqueue_queue_ready{messaging_destination_name="con' in console
 
 
 def test_an_unknown_request_id_is_answered_404_naming_where_the_console_looked(
@@ -357,3 +361,30 @@ def test_a_console_beyond_loopback_without_a_token_refuses_to_start() -> None:
         " envelopes and replays dead letters: set AGENTQUEUE_CONSOLE_TOKEN (or --token, @path"
         " reads a file) to a secret of its own, or listen on 127.0.0.1"
     )
+
+
+async def test_a_console_with_a_token_answers_401_without_it_and_takes_it_once_in_the_address() -> (
+    None
+):
+    from agentqueue.broker.memory import MemoryBroker
+    from agentqueue.console import Console
+    from agentqueue.console_state import ConsoleState
+
+    broker = MemoryBroker(f"memory://console-{new_id()[:6]}")
+    console = Console(ConsoleState(broker, Topology("tok", 2, 2)), token="console-secret-1")
+    transport = httpx.ASGITransport(app=console.app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://console") as http:
+        refused = await http.get("/")
+        assert refused.status_code == 401
+        assert refused.json() == {
+            "error": "this console needs its token: send Authorization: Bearer <token>, or open"
+            " the page once with ?token=<token> (AGENTQUEUE_CONSOLE_TOKEN)"
+        }
+        assert (await http.get("/?token=wrong")).status_code == 401
+        taken = await http.get("/requests/x?token=console-secret-1")
+        assert taken.status_code == 303 and taken.headers["location"] == "/requests/x"
+        assert "httponly" in taken.headers["set-cookie"].lower()
+        assert (
+            await http.get("/", headers={"Authorization": "Bearer console-secret-1"})
+        ).status_code == 200
+        assert (await http.get("/healthz")).status_code == 200  # for load balancers, no token
