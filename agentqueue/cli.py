@@ -849,6 +849,13 @@ def _batch(args: argparse.Namespace, settings: Settings) -> int:
     progress = {"auto": None, "bar": True, "lines": False}[args.progress]
 
     async def go():  # type: ignore[no-untyped-def]
+        store = settings.open_store()  # where the console reads the run's progress
+        try:
+            return await _run_batch(store)
+        finally:
+            await store.close()
+
+    async def _run_batch(store: Any):  # type: ignore[no-untyped-def]
         return await run_batch(
             settings.broker,
             args.input,
@@ -863,6 +870,7 @@ def _batch(args: argparse.Namespace, settings: Settings) -> int:
             progress=progress,
             keep_queue=args.keep_queue,
             prices=prices,
+            progress_store=store,
         )
 
     try:

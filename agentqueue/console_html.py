@@ -33,6 +33,10 @@ tr.stuck td{background:#ffe3e0;font-weight:600}
 .bar span{position:absolute;top:1px;height:12px;background:#4b8bd6;border-radius:2px;min-width:2px}
 .bar span.ERROR{background:#d9534f}
 .bar i{position:absolute;top:0;color:#d9534f;font-style:normal}
+a.turn{display:inline-block;padding:0 6px;margin-right:4px;border-radius:3px;background:#e2f5e6;
+color:#1d232a;text-decoration:none;font-size:12px}
+a.turn.dead_letter,a.turn.failed,a.turn.timed_out{background:#ffd7d2}
+td.down{background:#ffd7d2}
 pre{background:#f2f4f6;padding:8px;overflow:auto;max-height:300px}
 button{cursor:pointer}
 """
@@ -82,7 +86,9 @@ def overview(state: ConsoleState) -> str:
             "<main style='padding:0'>",
             _partitions(state),
             _workers(state),
+            _sessions(state),
             _dead_letters(state),
+            _batches(state),
             "</main>",
         )
     )
@@ -146,6 +152,54 @@ def _workers(state: ConsoleState) -> str:
         "<section id='workers'><h2>workers</h2><table><tr><th>worker</th><th>role</th>"
         "<th class=num>partitions</th><th class=num>in flight</th><th class=num>handled</th>"
         "<th class=num>sessions</th><th class=num>last heartbeat</th><th>version</th></tr>"
+        + "".join(rows)
+        + "</table></section>"
+    )
+
+
+def _sessions(state: ConsoleState) -> str:
+    rows = []
+    for row in state.sessions:
+        turns = " ".join(
+            f"<a class='turn {escape(t.outcome)}' href='/requests/{quote(t.id)}'"
+            f" title='{escape(t.id)}'>{escape(t.outcome)} {t.ms:.0f} ms</a>"
+            for t in reversed(row.turns[-5:])
+        )
+        last = time.strftime("%H:%M:%S", time.localtime(row.turns[-1].at)) if row.turns else "-"
+        rows.append(
+            f"<tr data-session='{escape(row.session_id)}'><td>{escape(row.session_id)}</td>"
+            f"<td>{last}</td><td class=turns>{turns}</td>"
+            f"<td class=num>{row.state_bytes}</td><td>{escape(row.owner)}</td></tr>"
+        )
+    if state.store_error is not None:
+        rows.insert(0, f"<tr><td colspan=5 class=down>{escape(state.store_error)}</td></tr>")
+    if not rows:
+        rows.append("<tr><td colspan=5 class=muted>no turns recorded yet</td></tr>")
+    return (
+        "<section id='sessions'><h2>sessions</h2><table><tr><th>session</th><th>last turn</th>"
+        "<th>last turns, newest first</th><th class=num>state bytes</th><th>last worker</th>"
+        "</tr>" + "".join(rows) + "</table></section>"
+    )
+
+
+def _batches(state: ConsoleState) -> str:
+    rows = []
+    for b in state.batches:
+        share = b.done / b.total * 100 if b.total else 100.0
+        status = "done" if b.finished else "running"
+        score = "-" if b.score is None else f"{b.score:.3f}"
+        rows.append(
+            f"<tr data-batch='{escape(b.name)}'><td>{escape(b.name)}</td><td>{status}</td>"
+            f"<td><progress max=100 value='{share:.0f}'></progress> {b.done}/{b.total}</td>"
+            f"<td class=num>{b.failed}</td><td class=num>{b.in_flight}</td>"
+            f"<td class=num>{b.rate:.1f}</td><td class=num>{score}</td></tr>"
+        )
+    if not rows:
+        rows.append("<tr><td colspan=7 class=muted>no batch runs recorded</td></tr>")
+    return (
+        "<section id='batches'><h2>batch runs</h2><table><tr><th>batch</th><th>status</th>"
+        "<th>progress</th><th class=num>failed</th><th class=num>in flight</th>"
+        "<th class=num>results/s</th><th class=num>score</th></tr>"
         + "".join(rows)
         + "</table></section>"
     )

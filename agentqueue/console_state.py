@@ -26,6 +26,7 @@ import anyio.abc
 import msgspec
 
 from agentqueue.admin import dead_letters
+from agentqueue.batch_progress import BatchProgress, batches_kind, read_progress
 from agentqueue.broker.base import Broker
 from agentqueue.broker.topology import REQUESTS, TOOLS, Topology
 from agentqueue.broker.urls import redact_url
@@ -34,11 +35,14 @@ from agentqueue.protocol.errors import ProtocolError
 from agentqueue.protocol.messages import DeadLetter, ResultEvent
 from agentqueue.trace_file import read_spans
 from agentqueue.workers.membership import Heartbeat
+from agentqueue.workers.middleware.turns import Turn, read_turns, turns_kind
 from agentqueue.workers.session_store import SessionStore
 
 log = logging.getLogger("agentqueue.console")
 
 RATE_WINDOW = 10.0  # seconds of heartbeats the handling rate is computed over
+SESSIONS_SHOWN = 20
+BATCHES_SHOWN = 10
 _heartbeat = msgspec.json.Decoder(Heartbeat)
 
 
@@ -71,6 +75,20 @@ class WorkerSeen:
 
 
 @dataclass(frozen=True)
+class SessionRow:
+    """A recent session: its last turns (newest last), its state's size, its last worker."""
+
+    session_id: str
+    turns: list[Turn]
+    state_bytes: int
+
+    @property
+    def owner(self) -> str:
+        """The worker that ran the session's last turn."""
+        return self.turns[-1].worker if self.turns else "-"
+
+
+@dataclass(frozen=True)
 class RequestView:
     """What the console knows about one request: its spans and its answer."""
 
@@ -100,6 +118,9 @@ class ConsoleState:
         self.partitions: list[Partition] = []
         self.workers: dict[str, WorkerSeen] = {}
         self.dead: list[DeadLetter] = []
+        self.sessions: list[SessionRow] = []
+        self.batches: list[BatchProgress] = []
+        self.store_error: str | None = None
         self.dead_count = 0
         self.broker_error: str | None = None
         self.updated_at = 0.0
@@ -120,7 +141,33 @@ class ConsoleState:
                 await self.poll()
 
     async def poll(self) -> None:
-        """One round: queue stats, then the dead letters if their depth changed."""
+        """One round: queue stats, the dead letters if their depth changed, the store's notes."""
+        await self._poll_broker()
+        if self.store is not None:
+            try:
+                with anyio.fail_after(max(2.0, self.interval * 3)):
+                    await self._poll_store(self.store)
+            except Exception as exc:
+                self.store_error = f"cannot read the session store: {_reason(exc)}"
+            else:
+                self.store_error = None
+
+    async def _poll_store(self, store: SessionStore) -> None:
+        rows = []
+        for note in await store.notes(turns_kind(self.topology.namespace), SESSIONS_SHOWN):
+            summary = read_turns(note.value)
+            if summary is not None:
+                state = await store.load_state(summary.session_id)
+                rows.append(SessionRow(summary.session_id, summary.turns, len(state or "")))
+        self.sessions = rows
+        batches = []
+        for note in await store.notes(batches_kind(self.topology.namespace), BATCHES_SHOWN):
+            progress = read_progress(note.value)
+            if progress is not None:
+                batches.append(progress)
+        self.batches = batches
+
+    async def _poll_broker(self) -> None:
         try:
             with anyio.fail_after(max(2.0, self.interval * 3)):
                 rows = [await self._partition(q) for f in (REQUESTS, TOOLS) for q in self._of(f)]

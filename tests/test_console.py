@@ -87,6 +87,7 @@ class Stack:
     metrics: list[str]  # each worker's /metrics
     proxy: ThreadedProxy  # between the console and the broker
     broken: Path  # while it exists, the `fragile` agent fails
+    store_url: str  # the workers' (and the console's) session store
 
     def get(self, path: str) -> httpx.Response:
         return httpx.get(self.url + path, timeout=10)
@@ -103,6 +104,27 @@ class Stack:
                 return handle.id
 
         return anyio.run(go)
+
+    def batch(self, name: str, lines: int, tmp: Path) -> None:
+        """Run a small batch whose progress the store keeps."""
+        from agentqueue.batch import run_batch
+        from agentqueue.workers.session_store import open_store
+
+        source = tmp / f"{name}.jsonl"
+        source.write_text("".join(f'{{"id": "q{i}", "prompt": "item {i}"}}\n' for i in range(lines)))
+
+        async def go() -> None:
+            store = open_store(self.store_url)
+            try:
+                summary = await run_batch(
+                    self.broker_url, source, tmp / f"{name}-out.jsonl", topology=self.topology,
+                    name=name, progress=False, progress_store=store,
+                )  # fmt: skip
+                assert summary.complete
+            finally:
+                await store.close()
+
+        anyio.run(go)
 
 
 @pytest.fixture(scope="module")
@@ -174,6 +196,7 @@ def stack(rabbitmq_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterat
             [f"http://127.0.0.1:{p}/metrics" for p in metrics_ports],
             proxy,
             tmp / "broken",
+            env["AGENTQUEUE_STORE"],
         )
     finally:
         if console is not None:
@@ -191,7 +214,7 @@ def chromium_or_fail() -> str:
 
 
 def test_the_console_shows_both_owners_a_request_waterfall_and_replays_a_dead_letter_in_a_browser(
-    stack: Stack,
+    stack: Stack, tmp_path: Path
 ) -> None:
     executable = chromium_or_fail()
     from playwright.sync_api import expect, sync_playwright
@@ -200,6 +223,7 @@ def test_the_console_shows_both_owners_a_request_waterfall_and_replays_a_dead_le
     answered = stack.call("hello console", session="s-browser")
     stack.broken.touch()
     dead = stack.call("please fail", agent="fragile", session="s-dead")
+    stack.batch("eval-console", 3, tmp_path)
 
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
@@ -217,6 +241,16 @@ def test_the_console_shows_both_owners_a_request_waterfall_and_replays_a_dead_le
             expect(page.locator(f"tr[data-dead='{dead}'] .reason")).to_have_text(
                 "the fragile agent is broken while its marker file exists"
             )
+            session = page.locator("#sessions tr[data-session='s-browser']")
+            expect(session.locator("a.turn")).to_have_text(re.compile(r"^final \d+ ms$"))
+            last_worker = session.locator("td").nth(4).inner_text()
+            assert re.search(r"-(\d+)-", last_worker).group(1) in worker_pids, last_worker
+            expect(page.locator("#sessions tr[data-session='s-dead'] a.turn")).to_contain_text(
+                "dead_letter"
+            )
+            batch = page.locator("#batches tr[data-batch='eval-console']")
+            expect(batch).to_contain_text("done")
+            expect(batch).to_contain_text("3/3")
             page.screenshot(path=ARTIFACTS / "console.png", full_page=True)
 
             page.goto(f"{stack.url}/requests/{answered}")

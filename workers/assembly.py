@@ -8,7 +8,14 @@ from collections.abc import Callable, Collection
 from agentqueue.broker.base import Broker
 from agentqueue.workers.app import App
 from agentqueue.workers.handling import Handler
-from agentqueue.workers.middleware import BusySessions, EventLog, Metrics, Signing, Tracing
+from agentqueue.workers.middleware import (
+    BusySessions,
+    EventLog,
+    Metrics,
+    Signing,
+    Tracing,
+    TurnSummaries,
+)
 from agentqueue.workers.pipeline import Middleware, Pipeline
 from agentqueue.workers.session_store import SessionStore
 from agentqueue.workers.settings import Settings
@@ -25,14 +32,15 @@ def assemble_pipeline(
     function_compute: bool = False,
     owned: Callable[[], Collection[str]] | None = None,
 ) -> Pipeline:
-    """Tracing, metrics, the event log, signatures (when the broker has keys), busy-session
-    policies, the app's middleware, then the stages. `function_compute`: for the FC handler,
-    whose trigger hands out batches with no delivery count (counted in the store instead).
-    `owned`: the queues the consumer holds now, for the owned-sessions gauge."""
+    """Tracing, metrics, the event log, turn summaries, signatures (when the broker has
+    keys), busy-session policies, the app's middleware, then the stages. `function_compute`:
+    for the FC handler, whose trigger hands out batches with no delivery count (counted in the
+    store instead). `owned`: the queues the consumer holds now, for the owned-sessions gauge."""
     middleware: list[Middleware] = [
         Tracing(broker, worker_id),
         Metrics(worker_id, owned),
         EventLog(),
+        TurnSummaries(worker_id),
     ]
     if broker.signing is not None:
         signing = Signing(
