@@ -139,6 +139,9 @@ def stack(rabbitmq_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         "AGENTQUEUE_MAX_ATTEMPTS": "1",
         "AGENTQUEUE_STORE": f"sqlite:///{tmp / 'sessions.db'}",
         "AGENTQUEUE_HEARTBEAT_INTERVAL": "0.5",
+        # A replayed dead letter's caller is gone; its answer waits this long for the caller's
+        # reply queue before its span ends (and the console, reading spans, shows it).
+        "AGENTQUEUE_REPLY_GRACE": "0.5",
         "OTEL_BSP_SCHEDULE_DELAY": "100",
         "CONSOLE_TEST_BROKEN": str(tmp / "broken"),
     }
