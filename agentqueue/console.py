@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import hmac
-import io
 import ipaddress
 import logging
 from collections.abc import AsyncIterator, Sequence
@@ -32,7 +31,6 @@ from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Re
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from agentqueue import admin
 from agentqueue.broker.base import Broker
 from agentqueue.console_html import not_found_page, overview, overview_page, request_page
 from agentqueue.console_state import ConsoleState
@@ -167,23 +165,14 @@ class Console:
         """Replay or purge one dead letter with the CLI's own code; back to the page, saying so."""
         action = request.path_params["action"]
         if action not in ("replay", "purge"):
-            return JSONResponse({"error": f"no dead-letter action {action!r}"}, status_code=404)
+            return JSONResponse(
+                {"error": f"no dead-letter action {action!r}; use replay or purge"}, status_code=404
+            )
         form = await request.form()
         key = str(form.get("key", "")).strip()
         if not key:
             return JSONResponse({"error": "the form needs a key (envelope id)"}, status_code=400)
-        out = io.StringIO()
-        run = admin.dlq_replay if action == "replay" else admin.dlq_purge
-        try:
-            async with self.state._lock:
-                count = await run(self.state.broker, self.state.topology, key, out)
-        except Exception as exc:
-            said = f"{action} of {key} failed: {exc}"
-        else:
-            said = out.getvalue().strip() or f"no dead letter {key!r} (already replayed or purged?)"
-            if count:
-                self.state.mark_dead_letters_stale()
-                await self.state.poll()
+        said = await self.state.act_on_dead_letter(action, key)
         return RedirectResponse(f"/?{urlencode({'said': said})}", status_code=303)
 
     async def metrics(self, request: Request) -> Response:

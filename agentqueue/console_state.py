@@ -14,17 +14,20 @@ A broker that stops answering is shown as such (`broker_error`), and the console
 
 from __future__ import annotations
 
+import io
 import logging
 import time
 from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import anyio
 import anyio.abc
 import msgspec
 
+from agentqueue import admin
 from agentqueue.admin import dead_letters
 from agentqueue.batch_progress import BatchProgress, batches_kind, read_progress
 from agentqueue.broker.base import Broker
@@ -291,9 +294,19 @@ class ConsoleState:
             "1 while the broker answers the console, 0 while it does not",
         )
 
-    def mark_dead_letters_stale(self) -> None:
-        """Look at the dead letters again on the next poll (after a replay or purge)."""
-        self._dead_stale = True
+    async def act_on_dead_letter(self, action: str, key: str) -> str:
+        """Replay or purge one dead letter with the CLI's code; what it said, for the page."""
+        out = io.StringIO()
+        run = admin.dlq_replay if action == "replay" else admin.dlq_purge
+        try:
+            async with self._lock:
+                count = await run(self.broker, self.topology, key, out)
+        except Exception as exc:
+            return f"{action} of {key} failed: {_reason(exc)}"
+        if count:
+            self._dead_stale = True
+            await self.poll()
+        return out.getvalue().strip() or f"no dead letter {key!r} (already replayed or purged?)"
 
     async def request(self, request_id: str) -> RequestView | None:
         """The request's spans and answer, or None when neither the spans nor the store know it."""
@@ -327,8 +340,6 @@ class ConsoleState:
         return RequestView(request_id, session, spans, hops, answer)
 
     def _existing_span_files(self) -> list[str]:
-        from pathlib import Path
-
         return [p for p in self.span_files if Path(p).is_file()]
 
 

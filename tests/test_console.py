@@ -111,7 +111,9 @@ class Stack:
         from agentqueue.workers.session_store import open_store
 
         source = tmp / f"{name}.jsonl"
-        source.write_text("".join(f'{{"id": "q{i}", "prompt": "item {i}"}}\n' for i in range(lines)))
+        source.write_text(
+            "".join(f'{{"id": "q{i}", "prompt": "item {i}"}}\n' for i in range(lines))
+        )
 
         async def go() -> None:
             store = open_store(self.store_url)
@@ -425,3 +427,28 @@ async def test_a_console_with_a_token_answers_401_without_it_and_takes_it_once_i
             await http.get("/", headers={"Authorization": "Bearer console-secret-1"})
         ).status_code == 200
         assert (await http.get("/healthz")).status_code == 200  # for load balancers, no token
+
+
+async def test_a_partition_with_messages_and_no_consumer_is_highlighted_as_stuck() -> None:
+    from agentqueue.broker.memory import MemoryBroker
+    from agentqueue.console_html import overview
+    from agentqueue.console_state import ConsoleState
+
+    topology = Topology(f"stuck{new_id()[:4]}", 2, 1)
+    async with MemoryBroker(f"memory://console-{new_id()[:6]}") as broker:
+        await broker.declare(topology)
+        queue = topology.queue("requests", 1)
+        await broker.publish(queue, b'{"waiting": true}')
+        state = ConsoleState(broker, topology)
+        await state.poll()
+        assert [(p.queue, p.ready, p.stuck) for p in state.partitions] == [
+            (topology.queue("requests", 0), 0, False),
+            (queue, 1, True),
+            (topology.queue("tools", 0), 0, False),
+        ]
+        html = overview(state)
+        assert (
+            f"<tr class='stuck' title='messages wait and no worker consumes them' data-queue='{queue}'>"
+            in html
+        )
+        assert "partitions · 1 stuck" in html
