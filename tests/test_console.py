@@ -372,7 +372,15 @@ def test_the_page_says_when_the_broker_goes_away_and_recovers_when_it_returns(
         assert stack.get("/healthz").status_code == 503
     finally:
         stack.proxy.refuse(False)
-    wait_for("the page to say the broker is back", lambda: banner().startswith("ok:"), 60)
+    # Back, and hearing the workers' heartbeats again on a subscription made anew.
+    wait_for(
+        "the page to say the broker is back",
+        lambda: (
+            banner()
+            == "ok: broker connected · namespace " + stack.topology.namespace + " · 2 live workers"
+        ),
+        60,
+    )
     assert stack.get("/healthz").status_code == 200
 
 
@@ -452,3 +460,19 @@ async def test_a_partition_with_messages_and_no_consumer_is_highlighted_as_stuck
             in html
         )
         assert "partitions · 1 stuck" in html
+
+
+def test_a_console_token_that_is_a_signing_key_is_refused() -> None:
+    from agentqueue.console import check_binding
+    from agentqueue.errors import ConsoleRefused
+    from agentqueue.settings import Settings
+
+    settings = Settings(signing_keys="k1:0123456789abcdef-secret")
+    check_binding("0.0.0.0", "a-console-secret-of-its-own", settings)
+    check_binding("127.0.0.1", None, settings)
+    with pytest.raises(ConsoleRefused) as refused:
+        check_binding("127.0.0.1", "0123456789abcdef-secret", settings)
+    assert str(refused.value) == (
+        "the console token is one of the signing keys (AGENTQUEUE_SIGNING_KEYS); whoever holds"
+        " it could sign envelopes: give the console a secret of its own"
+    )
