@@ -1,7 +1,7 @@
 """The metric instruments of the worker pipeline: events handled, handle time, queue wait,
-retries, dead letters, events in flight per partition, sessions owned and replies refused
-(OpenTelemetry metrics API). The `Metrics` middleware (workers/middleware/metrics.py) records
-them; `agentqueue worker --metrics-port` serves them to Prometheus.
+retries, dead letters, events in flight per partition, sessions owned, model tokens and replies
+refused (OpenTelemetry metrics API). The `Metrics` middleware (workers/middleware/metrics.py)
+records them; `agentqueue worker --metrics-port` serves them to Prometheus.
 
 None while no meter provider is installed, so recording costs nothing with metrics off.
 """
@@ -33,6 +33,7 @@ class Instruments:
     in_flight: metrics.UpDownCounter
     sessions: metrics.ObservableGauge
     refused_replies: metrics.Counter
+    tokens: metrics.Histogram
 
 
 class _Cache:
@@ -117,5 +118,10 @@ def _create(meter: metrics.Meter) -> Instruments:
             "agentqueue.replies.refused",
             "{reply}",
             "Replies dropped because they failed admission (unsigned, forged, undecodable)",
+        ),
+        tokens=meter.create_histogram(
+            "gen_ai.client.token.usage",
+            "{token}",
+            "Model tokens one agent turn used, by gen_ai.token.type (input, output)",
         ),
     )

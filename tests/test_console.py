@@ -282,26 +282,37 @@ def test_the_console_shows_both_owners_a_request_waterfall_and_replays_a_dead_le
             browser.close()
 
 
-def handled_counts(text: str) -> dict[tuple[str, str], float]:
-    """(event type, outcome) -> events handled, summed over the worker label."""
-    counts: dict[tuple[str, str], float] = {}
-    pattern = re.compile(r"^agentqueue_events_handled_total\{(.*)\} (\S+)$")
+def sums(text: str, metric: str, *labels: str) -> dict[tuple[str, ...], float]:
+    """The samples of `metric` summed by the values of `labels` (over the worker label)."""
+    counts: dict[tuple[str, ...], float] = {}
+    pattern = re.compile(rf"^{metric}\{{(.*)\}} (\S+)$")
     for line in text.splitlines():
         m = pattern.match(line)
         if m is None:
             continue
-        labels = dict(re.findall(r'(\w+)="([^"]*)"', m.group(1)))
-        key = (labels["agentqueue_event_type"], labels["agentqueue_outcome"])
+        found = dict(re.findall(r'(\w+)="([^"]*)"', m.group(1)))
+        key = (metric, *(found[label] for label in labels))
         counts[key] = counts.get(key, 0) + float(m.group(2))
     return counts
 
 
-def scrape(stack: Stack) -> dict[tuple[str, str], float]:
-    total: dict[tuple[str, str], float] = {}
+def scrape(stack: Stack) -> dict[tuple[str, ...], float]:
+    """Events handled by type and outcome, and token observations by type, over both workers."""
+    total: dict[tuple[str, ...], float] = {}
     for url in stack.metrics:
         response = httpx.get(url, timeout=10)
         assert response.status_code == 200
-        for key, value in handled_counts(response.text).items():
+        text = response.text
+        found = {
+            **sums(
+                text,
+                "agentqueue_events_handled_total",
+                "agentqueue_event_type",
+                "agentqueue_outcome",
+            ),
+            **sums(text, "gen_ai_client_token_usage_count", "gen_ai_token_type"),
+        }
+        for key, value in found.items():
             total[key] = total.get(key, 0) + value
     return total
 
@@ -317,11 +328,17 @@ def test_workers_metrics_count_exactly_the_requests_that_were_sent(stack: Stack)
     finally:
         stack.broken.unlink()
 
-    def delta() -> dict[tuple[str, str], float]:
+    def delta() -> dict[tuple[str, ...], float]:
         after = scrape(stack)
         return {k: v - before.get(k, 0) for k, v in after.items() if v != before.get(k, 0)}
 
-    expected = {("agent_request", "final"): 5, ("agent_request", "dead_letter"): 1}
+    expected = {
+        ("agentqueue_events_handled_total", "agent_request", "final"): 5,
+        ("agentqueue_events_handled_total", "agent_request", "dead_letter"): 1,
+        # One turn, one observation of each token type (the dead-lettered turn has no usage).
+        ("gen_ai_client_token_usage_count", "input"): 5,
+        ("gen_ai_client_token_usage_count", "output"): 5,
+    }
     wait_for("the handled counters to match what was sent", lambda: delta() == expected)
     text = "".join(httpx.get(url, timeout=10).text for url in stack.metrics)
     for name in (

@@ -2,7 +2,8 @@
 
 Recorded here and nowhere in the stages: events handled by type and outcome, handle time
 (`messaging.process.duration`, the messaging semantic conventions' name), queue wait, retries,
-dead letters, events in flight per partition queue, and the sessions the worker owns. With no
+dead letters, events in flight per partition queue, the sessions the worker owns, and the model
+tokens of each turn (`gen_ai.client.token.usage`, the GenAI conventions' name). With no
 meter provider installed each event costs one check (see `broker/metrics.py`).
 """
 
@@ -61,6 +62,12 @@ class Metrics(Middleware):
             }
             meters.handled.add(1, labels)
             meters.duration.record(time.perf_counter() - started, labels)
+        body = event.result.body if event.result is not None else None
+        usage = body.usage if isinstance(body, ResultEvent) else None
+        if usage is not None:
+            model = {"gen_ai.request.model": usage.model or "", "agentqueue.worker": self.worker_id}
+            meters.tokens.record(usage.prompt_tokens, {**model, "gen_ai.token.type": "input"})
+            meters.tokens.record(usage.completion_tokens, {**model, "gen_ai.token.type": "output"})
 
     def retrying(self, event: Event, error: BaseException, attempt: int, delay: float) -> None:
         meters = instruments()
