@@ -9,7 +9,8 @@ from html import escape
 from urllib.parse import quote
 
 from agentqueue.admin import envelope_json
-from agentqueue.console_state import ConsoleState, RequestView
+from agentqueue.console_requests import RequestView
+from agentqueue.console_state import ConsoleState
 from agentqueue.trace_view import Waterfall, duration_text, waterfall
 
 STYLE = """

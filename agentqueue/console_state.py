@@ -6,8 +6,8 @@
 - Workers: their heartbeats on `<ns>-control` (signed ones only, when the broker has keys).
 - Dead letters: the same look as `agentqueue dlq list` (taken and given back), refreshed when
   the dead-letter queue's depth changes or after a button, not every poll.
-- Requests: the spans workers and clients wrote with `--trace-file` (JSON lines), read when a
-  request is looked at, and the answer the session store keeps for the handled event.
+- Sessions and batch runs: the notes workers and batch runs keep in the session store.
+- Requests: `console_requests`, from the span files, when a request is looked at.
 
 A broker that stops answering is shown as such (`broker_error`), and the console keeps trying.
 """
@@ -20,7 +20,6 @@ import time
 from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import anyio
@@ -28,15 +27,13 @@ import anyio.abc
 import msgspec
 
 from agentqueue import admin
-from agentqueue.admin import dead_letters
 from agentqueue.batch_progress import BatchProgress, batches_kind, read_progress
 from agentqueue.broker.base import Broker
 from agentqueue.broker.topology import REQUESTS, TOOLS, Topology
 from agentqueue.broker.urls import redact_url
-from agentqueue.protocol.codec import decode
+from agentqueue.console_requests import RequestView, find_request
 from agentqueue.protocol.errors import ProtocolError
-from agentqueue.protocol.messages import DeadLetter, ResultEvent
-from agentqueue.trace_file import read_spans
+from agentqueue.protocol.messages import DeadLetter
 from agentqueue.workers.membership import Heartbeat
 from agentqueue.workers.middleware.turns import Turn, read_turns, turns_kind
 from agentqueue.workers.session_store import SessionStore
@@ -89,17 +86,6 @@ class SessionRow:
     def owner(self) -> str:
         """The worker that ran the session's last turn."""
         return self.turns[-1].worker if self.turns else "-"
-
-
-@dataclass(frozen=True)
-class RequestView:
-    """What the console knows about one request: its spans and its answer."""
-
-    request_id: str
-    session_id: str | None
-    spans: list[dict[str, Any]]
-    hops: list[dict[str, Any]]  # its publish/process spans, in time order
-    answer: ResultEvent | None
 
 
 class ConsoleState:
@@ -177,7 +163,7 @@ class ConsoleState:
                 dead = await self.broker.stats(self.topology.dead_letter_queue)
                 if self._dead_stale or dead.ready != self._dead_depth:
                     async with self._lock:
-                        self.dead = await dead_letters(self.broker, self.topology, 200)
+                        self.dead = await admin.dead_letters(self.broker, self.topology, 200)
                     self._dead_stale = False
                     self._dead_depth = dead.ready
         except Exception as exc:  # the broker is away: say so, keep the last view, try again
@@ -309,38 +295,8 @@ class ConsoleState:
         return out.getvalue().strip() or f"no dead letter {key!r} (already replayed or purged?)"
 
     async def request(self, request_id: str) -> RequestView | None:
-        """The request's spans and answer, or None when neither the spans nor the store know it."""
-        records = await anyio.to_thread.run_sync(read_spans, self._existing_span_files())
-        ids = {request_id}
-        hops = [r for r in records if _about(r, ids)]
-        if not hops:
-            return None
-        # Its replays carry its conversation id (the caller's correlation id) as theirs.
-        ids |= {r["attributes"].get("messaging.message.conversation_id") for r in hops}
-        hops = [r for r in records if _about(r, ids)]
-        trace_ids = {r["trace_id"] for r in hops}
-        spans = [r for r in records if r["trace_id"] in trace_ids]
-        hops.sort(key=lambda r: r["start"])
-        session = next(
-            (r["attributes"]["agentqueue.session_id"] for r in hops if _session_of(r)), None
-        )
-        answer = None
-        if session is not None and self.store is not None:
-            handled = [
-                r["attributes"]["messaging.message.id"]
-                for r in hops
-                if r["kind"] == "CONSUMER" and "messaging.message.id" in r["attributes"]
-            ]
-            for envelope_id in reversed(handled):
-                stored = await self.store.handled(session, envelope_id)
-                if stored is not None:
-                    answer = _answer(stored)
-                    if answer is not None:
-                        break
-        return RequestView(request_id, session, spans, hops, answer)
-
-    def _existing_span_files(self) -> list[str]:
-        return [p for p in self.span_files if Path(p).is_file()]
+        """The request's spans and answer, or None when no span file names it."""
+        return await find_request(request_id, self.span_files, self.store)
 
 
 def _reason(exc: Exception) -> str:
@@ -350,26 +306,6 @@ def _reason(exc: Exception) -> str:
     if text.startswith("<Connection") and text.endswith("closed"):
         return "the connection is closed (reconnecting)"  # aio-pika's repr says no more
     return text or type(exc).__name__
-
-
-def _about(record: dict[str, Any], ids: set[str]) -> bool:
-    attributes = record.get("attributes") or {}
-    return (
-        attributes.get("messaging.message.id") in ids
-        or attributes.get("messaging.message.conversation_id") in ids
-    ) and record.get("kind") in ("PRODUCER", "CONSUMER")
-
-
-def _session_of(record: dict[str, Any]) -> bool:
-    return bool((record.get("attributes") or {}).get("agentqueue.session_id"))
-
-
-def _answer(stored: bytes) -> ResultEvent | None:
-    try:
-        body = decode(stored).body
-    except ProtocolError:
-        return None
-    return body if isinstance(body, ResultEvent) else None
 
 
 def _rate(samples: deque[tuple[float, dict[str, int]]], queue: str) -> float:
