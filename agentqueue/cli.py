@@ -304,8 +304,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "id",
         nargs="?",
-        help="envelope id or list index (show, replay, purge); replay or purge without it"
-        " acts on all",
+        help="envelope id or list index (show, replay, purge); replay without it replays all,"
+        " purge needs `all` to purge all",
     )
     p.add_argument("--limit", type=int, default=100, help="most dead letters to list")
 
@@ -768,6 +768,11 @@ def _dlq(args: argparse.Namespace, settings: Settings) -> int:
     from agentqueue import admin
 
     _require_shared_broker(settings, f"dlq {args.action}")
+    if args.action == "purge" and args.id is None:
+        raise ValueError(
+            "dlq purge deletes dead letters for good: name an envelope id or list index, or"
+            " `all` to purge every one"
+        )
 
     async def go() -> int:
         async with settings.open_broker() as broker:
@@ -787,7 +792,8 @@ def _dlq(args: argparse.Namespace, settings: Settings) -> int:
                     )
                 return 0 if found else 1
             if args.action == "purge":
-                count = await admin.dlq_purge(broker, settings.topology, args.id, sys.stdout)
+                key = None if args.id == "all" else args.id
+                count = await admin.dlq_purge(broker, settings.topology, key, sys.stdout)
                 print(f"{count} purged")
                 return 0
             count = await admin.dlq_replay(broker, settings.topology, args.id, sys.stdout)
