@@ -302,3 +302,13 @@ async def test_dlq_purge_deletes_the_named_dead_letter_for_good_and_keeps_the_ot
         listing = io.StringIO()
         assert await dlq_list(broker, topology, listing) == 1
         assert " first " in listing.getvalue() and "second" not in listing.getvalue()
+
+
+def test_dlq_purge_without_an_id_is_refused_before_anything_is_deleted(capsys) -> None:  # type: ignore[no-untyped-def]
+    from agentqueue.cli import main
+
+    assert main(["dlq", "purge", "--broker", "amqp://guest:guest@127.0.0.1:1/"]) == 1
+    assert capsys.readouterr().err.strip() == (
+        "agentqueue dlq: dlq purge deletes dead letters for good: name an envelope id or list"
+        " index, or `all` to purge every one"
+    )
