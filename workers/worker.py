@@ -131,6 +131,7 @@ class Worker:
         self._tg: anyio.abc.TaskGroup | None = None
         self.membership: Membership | None = None
         self.pipeline: Pipeline | None = None
+        self._metrics: Metrics | None = None  # the pipeline's, for the sessions it owns
 
     def queues(self) -> list[str]:
         """The partition queues this worker consumes, by its role."""
@@ -185,6 +186,7 @@ class Worker:
             worker_id=self.worker_id,
             owned=self._consumers.keys,
         )
+        self._metrics = next((m for m in self.pipeline.middleware if isinstance(m, Metrics)), None)
         async with anyio.create_task_group() as tg:
             self._tg = tg
             # Tool calls get lanes and a concurrency limit of their own: an agent turn waits for
@@ -238,14 +240,7 @@ class Worker:
 
     def load(self) -> WorkerLoad:
         """What this worker is doing now: role, version, events per queue, sessions owned."""
-        metrics = next(
-            (
-                m
-                for m in (self.pipeline.middleware if self.pipeline else ())
-                if isinstance(m, Metrics)
-            ),
-            None,
-        )
+        metrics = self._metrics
         return WorkerLoad(
             role=self.role,
             version=_VERSION,
