@@ -22,9 +22,11 @@ from agentqueue.protocol.signing import KeyRing
 from agentqueue.workers.membership import Heartbeat
 
 
-async def owners(broker: Broker, topology: Topology, listen_for: float = 2.5) -> dict[str, str]:
-    """Queue -> worker id, from the workers' heartbeats heard within `listen_for` seconds."""
-    found: dict[str, str] = {}
+async def owners(
+    broker: Broker, topology: Topology, listen_for: float = 2.5
+) -> dict[str, Heartbeat]:
+    """Queue -> the heartbeat of its owner, from those heard within `listen_for` seconds."""
+    found: dict[str, Heartbeat] = {}
     decoder = msgspec.json.Decoder(Heartbeat)
     subscription = await broker.listen(f"{topology.namespace}-control")
     with anyio.move_on_after(listen_for):
@@ -35,22 +37,30 @@ async def owners(broker: Broker, topology: Topology, listen_for: float = 2.5) ->
                 continue
             for queue in heartbeat.owned:
                 if not heartbeat.leaving:
-                    found[queue] = heartbeat.worker_id
+                    found[queue] = heartbeat
     await subscription.close()
     return found
 
 
 async def print_status(broker: Broker, topology: Topology, out: TextIO) -> None:
-    """Per partition: depth, un-acked, consumers and the worker active on it; then dead letters."""
+    """Per partition: depth, un-acked (the owner's count when the broker gives none), consumers
+    and the worker active on it; then dead letters."""
     active = await owners(broker, topology)
     print(f"{'queue':<28} {'ready':>7} {'unacked':>8} {'consumers':>10}  active worker", file=out)
     for family in (REQUESTS, TOOLS):
         for queue in topology.queues(family):
             stats = await broker.stats(queue)
-            unacked = "-" if stats.unacked is None else str(stats.unacked)
-            owner = active.get(queue, "-" if stats.consumers == 0 else "(no heartbeat)")
+            heartbeat = active.get(queue)
+            unacked = stats.unacked
+            if unacked is None and heartbeat is not None and heartbeat.load is not None:
+                unacked = heartbeat.load.unacked.get(queue, 0)  # as its owner counts them
+            unacked_text = "-" if unacked is None else str(unacked)
+            if heartbeat is not None:
+                owner = heartbeat.worker_id
+            else:
+                owner = "-" if stats.consumers == 0 else "(no heartbeat)"
             print(
-                f"{queue:<28} {stats.ready:>7} {unacked:>8} {stats.consumers:>10}  {owner}",
+                f"{queue:<28} {stats.ready:>7} {unacked_text:>8} {stats.consumers:>10}  {owner}",
                 file=out,
             )
     dead = await broker.stats(topology.dead_letter_queue)
