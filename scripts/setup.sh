@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install what the suite needs on a fresh Debian 12 machine: uv, RabbitMQ and Redis (the
 # suite starts private servers of its own, so the packaged services are left stopped),
-# and the locked Python environment. Safe to run again. Run it as root from anywhere.
+# bubblewrap, chromium (the console's browser test) and the locked Python environment. Safe to run again. Run it as root from anywhere.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
