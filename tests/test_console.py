@@ -212,9 +212,9 @@ def stack(rabbitmq_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterat
 
 
 def chromium_or_fail() -> str:
-    """The system chromium; missing, the test skips (fails under CI=true)."""
+    """Debian's chromium (Playwright never downloads one); missing, skip, and fail under CI=true."""
     if shutil.which(CHROMIUM) is None:
-        server_unavailable(f"{CHROMIUM} is not installed (apt-get install chromium)")
+        server_unavailable(f"{CHROMIUM} is not installed: run scripts/setup.sh (Debian's chromium)")
     return CHROMIUM
 
 
