@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -206,6 +207,9 @@ def stack(rabbitmq_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     finally:
         if console is not None:
             console.stop()
+        for worker in workers:  # both shut down at once, then each is waited for
+            if worker.proc.poll() is None:
+                worker.proc.send_signal(signal.SIGTERM)
         for worker in workers:
             worker.terminate(10)
         proxy.close()
