@@ -1,4 +1,5 @@
-"""`agentqueue status` and `agentqueue dlq list|show|replay`: look at queues, fix dead letters."""
+"""`agentqueue status` and `agentqueue dlq list|show|replay|purge`: look at queues, fix dead
+letters. The console's buttons call the same functions."""
 
 from __future__ import annotations
 
@@ -23,9 +24,11 @@ from agentqueue.protocol.signing import KeyRing
 from agentqueue.workers.membership import Heartbeat
 
 
-async def owners(broker: Broker, topology: Topology, listen_for: float = 2.5) -> dict[str, str]:
-    """Queue -> worker id, from the workers' heartbeats heard within `listen_for` seconds."""
-    found: dict[str, str] = {}
+async def owners(
+    broker: Broker, topology: Topology, listen_for: float = 2.5
+) -> dict[str, Heartbeat]:
+    """Queue -> the heartbeat of its owner, from those heard within `listen_for` seconds."""
+    found: dict[str, Heartbeat] = {}
     decoder = msgspec.json.Decoder(Heartbeat)
     subscription = await broker.listen(f"{topology.namespace}-control")
     with anyio.move_on_after(listen_for):
@@ -36,14 +39,15 @@ async def owners(broker: Broker, topology: Topology, listen_for: float = 2.5) ->
                 continue
             for queue in heartbeat.owned:
                 if not heartbeat.leaving:
-                    found[queue] = heartbeat.worker_id
+                    found[queue] = heartbeat
     await subscription.close()
     return found
 
 
 async def print_status(broker: Broker, topology: Topology, out: TextIO) -> None:
-    """Per partition: depth, un-acked, consumers and the worker active on it; then the queues
-    that hold messages no one consumes, and the dead letters."""
+    """Per partition: depth, un-acked (the owner's count when the broker gives none), consumers
+    and the worker active on it; then the queues that hold messages no one consumes, and the
+    dead letters."""
     active = await owners(broker, topology)
     print(f"{'queue':<28} {'ready':>7} {'unacked':>8} {'consumers':>10}  active worker", file=out)
     stuck: list[str] = []
@@ -58,10 +62,17 @@ async def print_status(broker: Broker, topology: Topology, out: TextIO) -> None:
         for partition in range(found):
             queue = topology.queue(family, partition)
             stats = await broker.stats(queue)
-            unacked = "-" if stats.unacked is None else str(stats.unacked)
-            owner = active.get(queue, "-" if stats.consumers == 0 else "(no heartbeat)")
+            heartbeat = active.get(queue)
+            unacked = stats.unacked
+            if unacked is None and heartbeat is not None and heartbeat.load is not None:
+                unacked = heartbeat.load.unacked.get(queue, 0)  # as its owner counts them
+            unacked_text = "-" if unacked is None else str(unacked)
+            if heartbeat is not None:
+                owner = heartbeat.worker_id
+            else:
+                owner = "-" if stats.consumers == 0 else "(no heartbeat)"
             print(
-                f"{queue:<28} {stats.ready:>7} {unacked:>8} {stats.consumers:>10}  {owner}",
+                f"{queue:<28} {stats.ready:>7} {unacked_text:>8} {stats.consumers:>10}  {owner}",
                 file=out,
             )
             if stats.ready and not stats.consumers:
@@ -109,23 +120,34 @@ def _label(record: DeadLetter) -> str:
     return record.envelope_id or "(no id)"
 
 
-async def dlq_list(broker: Broker, topology: Topology, out: TextIO, limit: int = 100) -> int:
-    """Print one line per dead letter; the queue is left as it was."""
+async def dead_letters(broker: Broker, topology: Topology, limit: int = 100) -> list[DeadLetter]:
+    """The first `limit` dead letters; the queue is left as it was."""
     held = await _hold_all(broker, topology, limit)
     try:
-        for i, item in enumerate(held):
-            r = item.record
-            when = (
-                time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r.failed_at))
-                if r.failed_at
-                else "-"
-            )
-            print(f"{i:>3}  {_label(r):<34} {when}  {r.queue:<22} {r.reason}", file=out)
-        if not held:
-            print(f"{topology.dead_letter_queue} is empty", file=out)
+        return [item.record for item in held]
     finally:
         await _give_back(held)
-    return len(held)
+
+
+def envelope_json(record: DeadLetter) -> dict[str, object] | None:
+    """The dead letter's envelope as plain JSON, or None when its payload is not an envelope."""
+    try:
+        return json.loads(msgspec.json.encode(decode(record.payload)))
+    except ProtocolError:
+        return None
+
+
+async def dlq_list(broker: Broker, topology: Topology, out: TextIO, limit: int = 100) -> int:
+    """Print one line per dead letter; the queue is left as it was."""
+    records = await dead_letters(broker, topology, limit)
+    for i, r in enumerate(records):
+        when = (
+            time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r.failed_at)) if r.failed_at else "-"
+        )
+        print(f"{i:>3}  {_label(r):<34} {when}  {r.queue:<22} {r.reason}", file=out)
+    if not records:
+        print(f"{topology.dead_letter_queue} is empty", file=out)
+    return len(records)
 
 
 async def dlq_show(broker: Broker, topology: Topology, key: str, out: TextIO) -> bool:
@@ -140,10 +162,10 @@ async def dlq_show(broker: Broker, topology: Topology, key: str, out: TextIO) ->
                     f"attempts: {r.attempts}\nsession:  {r.session_id}",
                     file=out,
                 )
-                try:
-                    envelope = json.loads(msgspec.json.encode(decode(r.payload)))
+                envelope = envelope_json(r)
+                if envelope is not None:
                     print(json.dumps(envelope, indent=2, ensure_ascii=False), file=out)
-                except ProtocolError:
+                else:
                     print(
                         f"payload ({len(r.payload)} bytes, not an envelope): {r.payload[:200]!r}",
                         file=out,
@@ -204,21 +226,21 @@ async def dlq_replay(
     return replayed
 
 
-async def dlq_remove(broker: Broker, topology: Topology, key: str | None, out: TextIO) -> int:
-    """Remove one dead letter (by envelope id or list index), or every one when `key` is None."""
+async def dlq_purge(broker: Broker, topology: Topology, key: str | None, out: TextIO) -> int:
+    """Delete dead letters for good (one by id/index, or all when `key` is None)."""
     held = await _hold_all(broker, topology, 10_000)
-    removed = 0
+    purged = 0
     try:
         for i, item in list(enumerate(held)):
             if key is not None and key not in (str(i), item.record.envelope_id):
                 continue
             await item.delivery.ack()
             held.remove(item)
-            removed += 1
-            print(f"removed {_label(item.record)} ({item.record.reason})", file=out)
+            purged += 1
+            print(f"purged {_label(item.record)} ({item.record.reason})", file=out)
     finally:
         await _give_back(held)
-    return removed
+    return purged
 
 
 def replay_envelope(

@@ -35,6 +35,7 @@ from agentqueue.batch_files import (
     check_name,
     read_items,
 )
+from agentqueue.batch_progress import ProgressNotes
 from agentqueue.batch_report import BatchCounts, BatchSummary, Progress, Score, summarize
 from agentqueue.batch_tokens import Prices, prices_from_env
 from agentqueue.broker import tracing
@@ -46,6 +47,7 @@ from agentqueue.errors import BatchInputError
 from agentqueue.protocol.codec import encode
 from agentqueue.protocol.messages import Envelope, ResultEvent
 from agentqueue.settings import Settings
+from agentqueue.workers.session_store import SessionStore
 
 log = logging.getLogger("agentqueue.batch")
 
@@ -261,18 +263,23 @@ async def run_batch(
     progress: bool | None = None,
     keep_queue: bool = False,
     prices: Prices | None = None,
+    progress_store: SessionStore | None = None,
 ) -> BatchSummary:
     """Run (or resume) a batch: every input line to a result line in `output_path`.
 
     `progress` True draws a bar, False prints plain lines, None picks by whether stderr is a
     terminal. The durable reply queue is deleted once every item has a result (unless
     `keep_queue`); stopping earlier keeps it, so the same call resumes. `prices` (default
-    `AGENTQUEUE_PRICES`) gives the summary an estimated cost.
+    `AGENTQUEUE_PRICES`) gives the summary an estimated cost. `progress_store`: where the run
+    keeps a note of its progress (the workers' session store, read by the console).
     """
     prices = prices_from_env() if prices is None else prices
     topology = topology or Topology()
     name = check_name(name) if name is not None else batch_name(input_path, output_path)
     items = read_items(input_path)
+    notes = (
+        None if progress_store is None else ProgressNotes(progress_store, topology.namespace, name)
+    )
     known = {item.id for item in items}
     results = ResultsFile(output_path)
     started = time.monotonic()
@@ -300,13 +307,14 @@ async def run_batch(
                 retries=retries,
                 agent=agent,
                 progress=progress,
+                notes=notes,
             )
             if len(written) == len(items) and not keep_queue:
                 # Done: nothing will resume this batch, so its reply queue can go.
                 await broker.delete_queue(topology.reply_queue(f"batch-{name}"))
     finally:
         results.close()
-    return summarize(
+    summary = summarize(
         name,
         str(output_path),
         items,
@@ -316,6 +324,9 @@ async def run_batch(
         score=score,
         prices=prices,
     )
+    if notes is not None:
+        await notes.write(run.counts, finished=summary.complete, score=summary.score_mean)
+    return summary
 
 
 async def _run(
@@ -331,6 +342,7 @@ async def _run(
     retries: int,
     agent: str | None,
     progress: bool | None,
+    notes: ProgressNotes | None = None,
 ) -> BatchRun:
     client = Client(
         broker,
@@ -354,6 +366,9 @@ async def _run(
     client.router.on_unmatched = run.on_reply  # no inboxes: every reply is settled by the run
     with Progress(name, run.counts, live=progress) as bar:
         run.on_change = bar.update
-        async with client:
+        async with client, anyio.create_task_group() as tg:
+            if notes is not None:
+                tg.start_soon(notes.run, run.counts)
             await run.run()
+            tg.cancel_scope.cancel()
     return run

@@ -110,12 +110,9 @@ def _parsers(parser: argparse.ArgumentParser) -> Iterator[argparse.ArgumentParse
 
 
 def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
+    from agentqueue.workers.membership import package_version
 
-    try:
-        return version("agentqueue")
-    except PackageNotFoundError:  # run from a source tree that was never installed
-        return "unknown"
+    return package_version()
 
 
 def _trace_args(p: argparse.ArgumentParser) -> None:
@@ -128,15 +125,47 @@ def _trace_args(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _metrics_args(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument(
+        "--metrics-port",
+        dest="metrics_port",
+        type=int,
+        metavar="PORT",
+        help=f"serve Prometheus metrics of {what} at http://HOST:PORT/metrics (default: off)",
+    )
+    p.add_argument(
+        "--metrics-host",
+        dest="metrics_host",
+        default="127.0.0.1",
+        help="address the metrics listen on; 0.0.0.0 for a scraper elsewhere",
+    )
+
+
 @contextlib.contextmanager
-def _telemetry(settings: Settings, service: str) -> Iterator[None]:
-    """OpenTelemetry from OTEL_* and --trace-file for one command, flushed when it ends."""
+def _telemetry(
+    settings: Settings,
+    service: str,
+    metrics_at: tuple[str, int] | None = None,
+    *,
+    prometheus: bool = False,
+) -> Iterator[None]:
+    """OpenTelemetry from OTEL_* and --trace-file for one command, flushed when it ends;
+    `metrics_at` (host, port) also serves its metrics to Prometheus there; `prometheus` keeps
+    them for a `/metrics` the command serves itself."""
     from agentqueue.trace_file import configure
 
-    telemetry = configure(service, settings.trace_file)
+    keep = prometheus or metrics_at is not None
+    telemetry = configure(service, settings.trace_file, prometheus=keep)
+    server = None
     try:
+        if metrics_at is not None:
+            from agentqueue.prometheus import MetricsServer
+
+            server = MetricsServer(*metrics_at)
         yield
     finally:
+        if server is not None:
+            server.close()
         telemetry.shutdown()
 
 
@@ -260,6 +289,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="refuse to start without signing keys (AGENTQUEUE_SIGNING_KEYS)",
     )
+    _metrics_args(p, "this worker")
 
     p = sub.add_parser("call", help="send one request and print the answer")
     _settings_args(p)
@@ -287,15 +317,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--window", type=float, default=60.0, help="seconds to look back (default 60)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
-    p = sub.add_parser("dlq", help="list, show, replay, delete or purge dead letters")
+    p = sub.add_parser("dlq", help="list, show, replay or purge dead letters")
     _settings_args(p)
-    p.add_argument(
-        "action", choices=["list", "show", "replay", "delete", "purge"], help="what to do"
-    )
+    p.add_argument("action", choices=["list", "show", "replay", "purge"], help="what to do")
     p.add_argument(
         "id",
         nargs="?",
-        help="envelope id or list index (show, replay, delete); replay without it replays all",
+        help="envelope id or list index (show, replay, purge); replay without it replays all,"
+        " purge needs `all` to purge all",
     )
     p.add_argument("--limit", type=int, default=100, help="most dead letters to list")
     p.add_argument(
@@ -303,9 +332,6 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="replay: send answers to the original caller's reply queue (e.g. a batch still"
         " waiting) instead of waiting here and printing them",
-    )
-    p.add_argument(
-        "--yes", action="store_true", help="purge: yes, remove every dead letter for good"
     )
 
     p = sub.add_parser("trace", help="look at spans written with --trace-file")
@@ -440,6 +466,29 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=512,
         help="open connections at most; more are answered 503 (default 512)",
+    )
+
+    p = sub.add_parser(
+        "console", help="a web page: partitions, workers, requests, traces, dead letters"
+    )
+    _settings_args(p)
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    p.add_argument("--port", type=int, default=8090, help="port to listen on")
+    p.add_argument(
+        "--token",
+        help="bearer token the page requires (AGENTQUEUE_CONSOLE_TOKEN; @path reads a file);"
+        " needed off loopback (default: none on 127.0.0.1)",
+    )
+    p.add_argument(
+        "--spans",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="a --trace-file of a worker or client, for request waterfalls; repeat for more"
+        " (default: none)",
+    )
+    p.add_argument(
+        "--interval", type=float, default=1.0, help="seconds between looks at the broker"
     )
 
     p = sub.add_parser("deploy", help="provision the cloud for an app's workers")
@@ -633,7 +682,8 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
     app = _load_app(args.app)
     partitions = parse_partitions(args.serve, settings.partitions)
     tool_partitions = parse_partitions(args.serve, settings.tool_partitions)
-    with _telemetry(settings, "agentqueue-worker"):
+    metrics_at = (args.metrics_host, args.metrics_port) if args.metrics_port is not None else None
+    with _telemetry(settings, "agentqueue-worker", metrics_at):
         anyio.run(
             lambda: serve_worker(
                 app,
@@ -785,6 +835,11 @@ def _dlq(args: argparse.Namespace, settings: Settings) -> int:
     from agentqueue.client import Client
 
     _require_shared_broker(settings, f"dlq {args.action}")
+    if args.action == "purge" and args.id is None:
+        raise ValueError(
+            "dlq purge deletes dead letters for good: name an envelope id or list index, or"
+            " `all` to purge every one"
+        )
 
     async def go() -> int:
         async with settings.open_broker() as broker:
@@ -803,8 +858,11 @@ def _dlq(args: argparse.Namespace, settings: Settings) -> int:
                         file=sys.stderr,
                     )
                 return 0 if found else 1
-            if args.action in ("delete", "purge"):
-                return await _dlq_remove(broker, settings, args)
+            if args.action == "purge":
+                key = None if args.id == "all" else args.id
+                count = await admin.dlq_purge(broker, settings.topology, key, sys.stdout)
+                print(f"{count} purged")
+                return 0 if count or key is None else 1
             if args.to_caller:
                 sent = await admin.dlq_replay(broker, settings.topology, args.id, sys.stdout)
                 print(f"{len(sent)} replayed; answers go to their original callers")
@@ -817,27 +875,6 @@ def _dlq(args: argparse.Namespace, settings: Settings) -> int:
                 return await _print_answers([r.handle for r in sent if r.handle])
 
     return anyio.run(go)
-
-
-async def _dlq_remove(broker: Any, settings: Settings, args: argparse.Namespace) -> int:
-    from agentqueue import admin
-
-    if args.action == "delete" and args.id is None:
-        raise ValueError("dlq delete needs an envelope id or a list index (or use dlq purge)")
-    if args.action == "purge" and not args.yes:
-        raise ValueError(
-            f"dlq purge removes every dead letter in {settings.topology.dead_letter_queue} for"
-            " good; pass --yes to do it (dlq list shows them first)"
-        )
-    key = args.id if args.action == "delete" else None
-    removed = await admin.dlq_remove(broker, settings.topology, key, sys.stdout)
-    if args.action == "delete" and not removed:
-        print(
-            f"no dead letter {args.id!r} in {settings.topology.dead_letter_queue}", file=sys.stderr
-        )
-        return 1
-    print(f"{removed} removed")
-    return 0
 
 
 async def _print_answers(handles: list[RequestHandle]) -> int:
@@ -871,6 +908,26 @@ def _require_shared_broker(settings: Settings, what: str) -> None:
         )
 
 
+@command("console")
+def _console(args: argparse.Namespace, settings: Settings) -> int:
+    from agentqueue.console import read_token, serve_console
+
+    _require_shared_broker(settings, "console")
+    token = read_token(args.token or settings.console_token)
+    with _telemetry(settings, "agentqueue-console", metrics_at=None, prometheus=True):
+        anyio.run(
+            lambda: serve_console(
+                settings,
+                host=args.host,
+                port=args.port,
+                token=token,
+                span_files=args.spans,
+                interval=args.interval,
+            )
+        )
+    return 0
+
+
 @command("batch")
 def _batch(args: argparse.Namespace, settings: Settings) -> int:
     from agentqueue.batch import run_batch
@@ -890,14 +947,19 @@ def _batch(args: argparse.Namespace, settings: Settings) -> int:
     progress = {"auto": None, "bar": True, "lines": False}[args.progress]
 
     async def go():  # type: ignore[no-untyped-def]
-        async with settings.open_broker() as broker, contextlib.AsyncExitStack() as serving:
-            if app is not None:
-                store = settings.open_store()
-                serving.push_async_callback(store.close)
-                await serving.enter_async_context(Worker(app, broker, store, settings).running())
-            return await batch(broker)
+        # The store is where the console reads the run's progress (and where an embedded
+        # worker keeps its sessions).
+        store = settings.open_store()
+        try:
+            async with settings.open_broker() as broker, contextlib.AsyncExitStack() as serving:
+                if app is not None:
+                    worker = Worker(app, broker, store, settings)
+                    await serving.enter_async_context(worker.running())
+                return await batch(broker, store)
+        finally:
+            await store.close()
 
-    async def batch(broker: Any):  # type: ignore[no-untyped-def]
+    async def batch(broker: Any, store: Any):  # type: ignore[no-untyped-def]
         return await run_batch(
             broker,
             args.input,
@@ -912,6 +974,7 @@ def _batch(args: argparse.Namespace, settings: Settings) -> int:
             progress=progress,
             keep_queue=args.keep_queue,
             prices=prices,
+            progress_store=store,
         )
 
     try:

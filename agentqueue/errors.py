@@ -11,7 +11,8 @@ AgentQueueError
 │   ├── RequestTimedOut    its deadline passed
 │   ├── RequestCancelled   it was cancelled
 │   └── RequestBusy        a newer turn of its session rejected, interrupted or superseded it
-└── BatchInputError        a batch input or results file that cannot be used (names the line)
+├── BatchInputError        a batch input or results file that cannot be used (names the line)
+└── ConsoleRefused         the web console will not start as configured (says what to set)
 """
 
 from __future__ import annotations
@@ -64,11 +65,16 @@ class BatchInputError(AgentQueueError, ValueError):
     """A batch input line or results file that cannot be used; the message names file and line."""
 
 
+class ConsoleRefused(AgentQueueError, ValueError):
+    """The web console will not start as configured: the message says what to set."""
+
+
 __all__ = [
     "AgentQueueError",
     "BatchInputError",
     "BrokerConnectionError",
     "BrokerError",
+    "ConsoleRefused",
     "LeaseLost",
     "MessageTooLarge",
     "PartitionMismatch",

@@ -165,8 +165,13 @@ def sdk_disabled() -> bool:
     return os.environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true"
 
 
-def configure(service_name: str, trace_file: str | None = None) -> Telemetry:
-    """Install the providers `OTEL_*` and `trace_file` ask for; none if neither asks."""
+def configure(
+    service_name: str, trace_file: str | None = None, *, prometheus: bool = False
+) -> Telemetry:
+    """Install the providers `OTEL_*` and `trace_file` ask for; none if neither asks.
+
+    `prometheus`: also keep the metrics for a Prometheus scrape (see `agentqueue.prometheus`).
+    """
     telemetry = Telemetry()
     if sdk_disabled():
         return telemetry
@@ -184,6 +189,10 @@ def configure(service_name: str, trace_file: str | None = None) -> Telemetry:
                 provider.add_span_processor(processor)
                 telemetry.processors.append(processor)
     readers = [_metric_reader(name) for name in _exporter_names("OTEL_METRICS_EXPORTER")]
+    if prometheus:
+        from opentelemetry.exporter.prometheus import PrometheusMetricReader
+
+        readers.append(PrometheusMetricReader())
     if readers and type(metrics.get_meter_provider()).__name__ == "_ProxyMeterProvider":
         from opentelemetry.sdk.metrics import MeterProvider
 

@@ -60,44 +60,90 @@ def pick_trace(records: Sequence[Record], trace_id: str | None = None) -> str:
     return matches[0]
 
 
-def render_waterfall(
-    records: Sequence[Record], trace_id: str | None = None, *, width: int = 100
-) -> list[str]:
-    """The waterfall of one trace (default: the latest) as text lines at most `width` wide."""
+@dataclass(frozen=True)
+class Line:
+    """One row of a waterfall: a span (or a retry / dead-letter event under its span)."""
+
+    prefix: str  # the tree drawing before the label
+    service: str
+    label: str
+    start: int  # ns after the trace's first span started
+    duration: int | None  # ns; None for an event row
+    status: str  # "ok", "ERROR" or ""
+
+
+@dataclass(frozen=True)
+class Waterfall:
+    """One trace laid out as rows, with its id, span count and total duration (ns)."""
+
+    trace_id: str
+    spans: int
+    total: int
+    lines: list[Line]
+
+    @property
+    def services(self) -> list[str]:
+        """The services (workers, clients) that recorded spans in the trace."""
+        return sorted({line.service for line in self.lines if line.service})
+
+
+def waterfall(records: Sequence[Record], trace_id: str | None = None) -> Waterfall:
+    """The rows of one trace (default: the latest), for the terminal or the web console."""
     tid = pick_trace(records, trace_id)
     spans = sorted((r for r in records if r["trace_id"] == tid), key=lambda r: r["start"])
     t0 = spans[0]["start"]
     total = max(max(r["end"] for r in spans) - t0, 1)
-    roots = _tree(spans)
     rows: list[tuple[str, str, Record, _Row | None, Record | None]] = []
-    for root in roots:
+    for root in _tree(spans):
         _flatten(root, "", "", rows, None)
+    lines = []
+    for prefix, service, record, row, event in rows:
+        if event is not None:
+            lines.append(Line(prefix, "", _event_label(event), event["time"] - t0, None, ""))
+            continue
+        assert row is not None
+        start = record["start"] - t0
+        duration = row.end - record["start"]
+        lines.append(Line(prefix, service, _span_label(row), start, duration, _status(row)))
+    return Waterfall(tid, len(spans), total, lines)
 
+
+def render_waterfall(
+    records: Sequence[Record], trace_id: str | None = None, *, width: int = 100
+) -> list[str]:
+    """The waterfall of one trace (default: the latest) as text lines at most `width` wide."""
+    fall = waterfall(records, trace_id)
+    total = fall.total
     # Fixed: start 8, duration 7, status 6 and 5 separators; the bar keeps MIN_BAR columns.
     fixed = 8 + 7 + 6 + 5
-    service_width = min(max(7, *(len(svc) for _, svc, _, _, _ in rows)), 16)
-    wanted = max(len(prefix) + _label_len(row, event) for prefix, _, _, row, event in rows)
+    service_width = min(max(7, *(len(line.service) for line in fall.lines)), 16)
+    wanted = max(len(line.prefix) + min(len(line.label), 40) for line in fall.lines)
     name_width = max(20, min(wanted, width - fixed - service_width - MIN_BAR))
     bar_width = max(MIN_BAR, width - fixed - service_width - name_width)
-    services = sorted({svc for _, svc, _, _, _ in rows if svc})
-    header = f"trace {tid}  {len(spans)} spans  {_duration(total)}  {', '.join(services)}"
+    services = ", ".join(fall.services)
+    header = f"trace {fall.trace_id}  {fall.spans} spans  {duration_text(total)}  {services}"
     lines = [_fit(header, width)]
     columns = (service_width, name_width, bar_width)
     lines.append(_row(columns, "service", "span", "start", "dur", "timeline", "status"))
-    for prefix, service, record, row, event in rows:
-        if event is not None:
-            offset = event["time"] - t0
-            bar = _marker(offset, total, bar_width)
-            label = _fit(prefix + _event_label(event), name_width)
-            lines.append(_row(columns, "", label, _offset(offset), "", bar, ""))
+    for line in fall.lines:
+        label = _fit(line.prefix + line.label, name_width)
+        if line.duration is None:
+            bar = _marker(line.start, total, bar_width)
+            lines.append(_row(columns, "", label, _offset(line.start), "", bar, ""))
             continue
-        assert row is not None
-        start, end = record["start"] - t0, row.end - t0
-        label = _fit(prefix + _span_label(row), name_width)
-        svc = _fit(service, service_width)
-        status = _status(row)
-        bar = _bar(start, end, total, bar_width)
-        lines.append(_row(columns, svc, label, _offset(start), _duration(end - start), bar, status))
+        svc = _fit(line.service, service_width)
+        bar = _bar(line.start, line.start + line.duration, total, bar_width)
+        lines.append(
+            _row(
+                columns,
+                svc,
+                label,
+                _offset(line.start),
+                duration_text(line.duration),
+                bar,
+                line.status,
+            )
+        )
     return [line.rstrip()[:width] for line in lines]
 
 
@@ -175,13 +221,6 @@ def _event_label(event: Record) -> str:
     return f"✗ dead-lettered: {attrs.get('agentqueue.reason', '')}"
 
 
-def _label_len(row: _Row | None, event: Record | None) -> int:
-    if event is not None:
-        return min(len(_event_label(event)), 40)
-    assert row is not None
-    return len(_span_label(row))
-
-
 def _status(row: _Row) -> str:
     # Retries and dead-lettering have rows of their own, under the span.
     return {"ERROR": "ERROR", "OK": "ok"}.get(row.record["status"], "")
@@ -198,7 +237,8 @@ def _marker(offset: int, total: int, width: int) -> str:
     return " " * a + "▲" + " " * (width - a - 1)
 
 
-def _duration(ns: int) -> str:
+def duration_text(ns: float) -> str:
+    """A duration in nanoseconds as µs, ms or s, whichever reads best."""
     if ns < 1_000_000:
         return f"{ns / 1000:.0f}µs"
     if ns < 1_000_000_000:
@@ -207,7 +247,7 @@ def _duration(ns: int) -> str:
 
 
 def _offset(ns: int) -> str:
-    return "+" + _duration(ns)
+    return "+" + duration_text(ns)
 
 
 def _fit(text: str, width: int) -> str:

@@ -8,7 +8,8 @@ and a tool call published from inside `execute_tool` continues that span on the 
 
 With no provider installed (the API's default) every helper returns a shared no-op after reading
 the API's global, and builds no attribute dicts, so tracing off costs nothing per message.
-The metric instruments live next door, in `broker/metrics.py`.
+The metric instruments live next door, in `broker/metrics.py`; the `Metrics` middleware
+records them.
 """
 
 from __future__ import annotations
@@ -27,7 +28,6 @@ from opentelemetry.context import Context
 from opentelemetry.trace import NoOpTracerProvider, ProxyTracerProvider, Span, SpanKind, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from agentqueue.broker.metrics import Instruments, instruments
 from agentqueue.protocol.messages import Envelope, ResultEvent, TraceContext
 
 SCOPE = "agentqueue"
@@ -190,18 +190,22 @@ def _publish(
 def processing(
     broker: Any, envelope: Envelope, queue: str | None, *, worker: str, delivery_count: int = 1
 ) -> AbstractContextManager[None]:
-    """A `process <queue>` span continuing the envelope's trace, and the handling metrics."""
+    """A `process <queue>` span continuing the envelope's trace (metrics: `Metrics` middleware)."""
     tr = tracer()
-    meters = instruments()
-    if tr is None and meters is None:
+    if tr is None:
         return _NULL
-    return _process(tr, meters, broker, envelope, queue, worker, delivery_count)
+    return _process(tr, broker, envelope, queue, worker, delivery_count)
+
+
+def queue_wait(envelope: Envelope) -> float | None:
+    """Seconds from the envelope's creation until now, never negative; None without a time."""
+    # created_at is the publisher's clock; skew must not make the wait negative.
+    return max(0.0, time.time() - envelope.created_at) if envelope.created_at else None
 
 
 @contextlib.contextmanager
 def _process(
-    tr: trace.Tracer | None,
-    meters: Instruments | None,
+    tr: trace.Tracer,
     broker: Any,
     envelope: Envelope,
     queue: str | None,
@@ -209,44 +213,25 @@ def _process(
     delivery_count: int,
 ) -> Iterator[None]:
     queue = queue or ("tools" if envelope.type == "tool_call" else "requests")
-    # created_at is the publisher's clock; skew must not make the wait negative.
-    wait = max(0.0, time.time() - envelope.created_at) if envelope.created_at else None
-    labels = {"agentqueue.event.type": envelope.type, "agentqueue.worker": worker}
-    if meters is not None:
-        meters.in_flight.add(1, {"agentqueue.worker": worker})
-        if wait is not None:
-            meters.queue_wait.record(wait, labels)
-    started = time.perf_counter()
-    try:
-        if tr is None:
-            yield
-            return
-        attributes = _message_attributes(broker, queue, "process", "process", envelope.id, envelope)
-        attributes["agentqueue.attempt"] = max(envelope.attempt, delivery_count)
-        attributes["agentqueue.worker"] = worker
-        if wait is not None:
-            attributes["agentqueue.queue_wait_s"] = wait
-        if envelope.type == "tool_call":
-            attributes["gen_ai.tool.name"] = envelope.body.name  # type: ignore[union-attr]
-        with tr.start_as_current_span(
-            f"process {queue}",
-            context=extract(envelope.trace),
-            kind=SpanKind.CONSUMER,
-            attributes=attributes,
-        ):
-            yield
-    finally:
-        if meters is not None:
-            meters.in_flight.add(-1, {"agentqueue.worker": worker})
-            meters.handled.add(1, labels)
-            meters.duration.record(time.perf_counter() - started, labels)
+    wait = queue_wait(envelope)
+    attributes = _message_attributes(broker, queue, "process", "process", envelope.id, envelope)
+    attributes["agentqueue.attempt"] = max(envelope.attempt, delivery_count)
+    attributes["agentqueue.worker"] = worker
+    if wait is not None:
+        attributes["agentqueue.queue_wait_s"] = wait
+    if envelope.type == "tool_call":
+        attributes["gen_ai.tool.name"] = envelope.body.name  # type: ignore[union-attr]
+    with tr.start_as_current_span(
+        f"process {queue}",
+        context=extract(envelope.trace),
+        kind=SpanKind.CONSUMER,
+        attributes=attributes,
+    ):
+        yield
 
 
 def record_retry(envelope: Envelope, error: BaseException, attempt: int, delay: float) -> None:
     """A `retry` event on the current span: the failed attempt, its error, the next wait."""
-    meters = instruments()
-    if meters is not None:
-        meters.retries.add(1, {"agentqueue.event.type": envelope.type})
     span = trace.get_current_span()
     if span.is_recording():
         span.record_exception(error, attributes={"agentqueue.attempt": attempt})
@@ -263,9 +248,6 @@ def record_retry(envelope: Envelope, error: BaseException, attempt: int, delay: 
 
 def record_dead_letter(envelope: Envelope, reason: str, error: BaseException | None = None) -> None:
     """Mark the current span ERROR with a `dead_letter` event (and the error behind it)."""
-    meters = instruments()
-    if meters is not None:
-        meters.dead_letters.add(1, {"agentqueue.event.type": envelope.type})
     span = trace.get_current_span()
     if span.is_recording():
         if isinstance(error, Exception):

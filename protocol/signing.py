@@ -56,6 +56,10 @@ class KeyRing:
     def __repr__(self) -> str:
         return f"KeyRing(key_ids={self.key_ids})"
 
+    def holds(self, secret: bytes) -> bool:
+        """Whether `secret` is one of the ring's secrets (so must not be reused elsewhere)."""
+        return any(hmac.compare_digest(secret, mine) for mine in self._keys.values())
+
     def _mac(self, key_id: str, data: bytes) -> str:
         return hmac.new(self._keys[key_id], data, hashlib.sha256).hexdigest()
 

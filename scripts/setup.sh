@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install what the suite needs on a fresh Debian 12 machine: uv, RabbitMQ and Redis (the
 # suite starts private servers of its own, so the packaged services are left stopped),
-# and the locked Python environment. Safe to run again. Run it as root from anywhere.
+# bubblewrap, chromium (the console's browser test) and the locked Python environment. Safe to run again. Run it as root from anywhere.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -78,6 +78,17 @@ else
     command -v bwrap >/dev/null 2>&1 || { say "error: bubblewrap installed but bwrap is missing"; exit 1; }
 fi
 say "bubblewrap $(bwrap --version | sed 's/^bubblewrap //')"
+
+# --- chromium (the console's browser test) -----------------------------------------------
+# Playwright drives Debian's chromium; it never downloads a browser of its own.
+if [ -x /usr/bin/chromium ]; then
+    say "chromium already installed"
+else
+    say "installing chromium with apt-get"
+    apt_install_no_services chromium
+    [ -x /usr/bin/chromium ] || { say "error: chromium installed but /usr/bin/chromium is missing"; exit 1; }
+fi
+say "$(/usr/bin/chromium --version 2>/dev/null || echo 'chromium ?')"
 
 # --- Python environment ------------------------------------------------------------------
 say "syncing the Python environment (uv sync --frozen --all-groups)"

@@ -8,7 +8,14 @@ import time
 import anyio
 
 from agentqueue import App, Client, RequestFailed
-from agentqueue.admin import dlq_list, dlq_replay, dlq_show, print_status, replay_envelope
+from agentqueue.admin import (
+    dlq_list,
+    dlq_purge,
+    dlq_replay,
+    dlq_show,
+    print_status,
+    replay_envelope,
+)
 from agentqueue.broker.memory import MemoryBroker
 from agentqueue.broker.replies import ReplyRouter
 from agentqueue.broker.topology import Topology
@@ -276,3 +283,32 @@ def test_a_replay_is_a_new_envelope_made_now_signed_anew_and_naming_the_original
     assert (replay.created_at, replay.deadline, replay.sig) == (5_000.0, 5_060.0, None)
     admitted = admit(KEYS.sign(encode(replay)), KEYS, now=5_000.0)
     assert isinstance(admitted, Envelope) and admitted.replay_of == original.id
+
+
+async def test_dlq_purge_deletes_the_named_dead_letter_for_good_and_keeps_the_others() -> None:
+    topology = Topology(namespace="dlp", partitions=1, tool_partitions=1)
+    async with MemoryBroker(f"memory://dlq-{new_id()[:8]}") as broker:
+        await broker.declare(topology)
+        for envelope_id in ("first", "second"):
+            record = DeadLetter(
+                reason=f"{envelope_id} failed", queue="dlp-requests-0", payload=b"{}",
+                failed_at=1.0, envelope_id=envelope_id,
+            )  # fmt: skip
+            await broker.publish(topology.dead_letter_queue, encode_dead_letter(record), sign=False)
+        said = io.StringIO()
+        assert await dlq_purge(broker, topology, "second", said) == 1
+        assert said.getvalue() == "purged second (second failed)\n"
+        assert await dlq_purge(broker, topology, "nobody", io.StringIO()) == 0
+        listing = io.StringIO()
+        assert await dlq_list(broker, topology, listing) == 1
+        assert " first " in listing.getvalue() and "second" not in listing.getvalue()
+
+
+def test_dlq_purge_without_an_id_is_refused_before_anything_is_deleted(capsys) -> None:  # type: ignore[no-untyped-def]
+    from agentqueue.cli import main
+
+    assert main(["dlq", "purge", "--broker", "amqp://guest:guest@127.0.0.1:1/"]) == 1
+    assert capsys.readouterr().err.strip() == (
+        "agentqueue dlq: dlq purge deletes dead letters for good: name an envelope id or list"
+        " index, or `all` to purge every one"
+    )

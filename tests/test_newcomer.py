@@ -189,10 +189,10 @@ def test_a_newcomer_runs_every_documented_command_against_their_own_app(tmp_path
             agentqueue("call", "hello", "--session", "s5", code=1)
             refused = agentqueue("dlq", "purge", code=1)
             assert refused.stderr == (
-                "agentqueue dlq: dlq purge removes every dead letter in firsthour-dead-letters"
-                " for good; pass --yes to do it (dlq list shows them first)\n"
+                "agentqueue dlq: dlq purge deletes dead letters for good: name an envelope id or"
+                " list index, or `all` to purge every one\n"
             )
-            assert agentqueue("dlq", "purge", "--yes").stdout.endswith("1 removed\n")
+            assert agentqueue("dlq", "purge", "all").stdout.endswith("1 purged\n")
             assert agentqueue("dlq", "list").stdout == "firsthour-dead-letters is empty\n"
             (home / "outage").unlink()
 

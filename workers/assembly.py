@@ -3,12 +3,22 @@ worker and the Function Compute handler build it, so they cannot drift apart."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Collection
+
 from agentqueue.broker.base import Broker
 from agentqueue.protocol.messages import AgentRequest
 from agentqueue.workers.agent_handler import AgentHandler
 from agentqueue.workers.app import App
 from agentqueue.workers.handling import Handler
-from agentqueue.workers.middleware import BusySessions, EventLog, ModelBudget, Signing, Tracing
+from agentqueue.workers.middleware import (
+    BusySessions,
+    EventLog,
+    Metrics,
+    ModelBudget,
+    Signing,
+    Tracing,
+    TurnSummaries,
+)
 from agentqueue.workers.pipeline import Middleware, Pipeline
 from agentqueue.workers.session_store import SessionStore
 from agentqueue.workers.settings import Settings
@@ -25,13 +35,20 @@ def assemble_pipeline(
     worker_id: str,
     function_compute: bool = False,
     timers: Timers | None = None,
+    owned: Callable[[], Collection[str]] | None = None,
 ) -> Pipeline:
-    """Tracing, the event log, signatures (when the broker has keys), busy-session policies,
-    the shared model budget (when a rate limit is set), the app's middleware, then the stages.
-    `function_compute`: for the FC handler, whose trigger hands out batches with no delivery
-    count (counted in the store instead). `timers`: where delayed requests wait on a broker
-    that cannot delay messages itself."""
-    middleware: list[Middleware] = [Tracing(broker, worker_id), EventLog()]
+    """Tracing, metrics, the event log, turn summaries, signatures (when the broker has
+    keys), busy-session policies, the shared model budget (when a rate limit is set), the app's
+    middleware, then the stages. `function_compute`: for the FC handler, whose trigger hands out
+    batches with no delivery count (counted in the store instead). `timers`: where delayed
+    requests wait on a broker that cannot delay messages itself. `owned`: the queues the
+    consumer holds now, for the owned-sessions gauge."""
+    middleware: list[Middleware] = [
+        Tracing(broker, worker_id),
+        Metrics(worker_id, owned),
+        EventLog(),
+        TurnSummaries(worker_id),
+    ]
     if broker.signing is not None:
         signing = Signing(
             broker.signing,

@@ -20,7 +20,7 @@ import logging
 import math
 import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from hashlib import blake2b
 
 import anyio
@@ -37,6 +37,17 @@ MAX_AGE = 30.0  # seconds a signed heartbeat stays acceptable: room for clock sk
 WARN_EVERY = 100  # after the first ignored heartbeat of a kind, warn again every this many
 
 
+class WorkerLoad(msgspec.Struct, omit_defaults=True):
+    """What a worker is doing, for operators (the console); the assignment never reads it."""
+
+    role: str = ""
+    version: str = ""
+    in_flight: dict[str, int] = {}  # queue -> events running now
+    unacked: dict[str, int] = {}  # queue -> events received and not settled (running or queued)
+    handled: dict[str, int] = {}  # queue -> events handled since the worker started
+    sessions: int = 0  # sessions it handled a turn of, on the partitions it owns now
+
+
 class Heartbeat(msgspec.Struct, omit_defaults=True):
     """What a worker tells its peers every interval."""
 
@@ -45,10 +56,21 @@ class Heartbeat(msgspec.Struct, omit_defaults=True):
     owned: list[str] = []  # queues it is subscribed to right now
     leaving: bool = False
     at: float = 0.0
+    load: WorkerLoad | None = None  # added in 0.1: older workers send none
 
 
 _encoder = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder(Heartbeat)
+
+
+def package_version() -> str:
+    """The installed agentqueue version, or `unknown` in a source tree never installed."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("agentqueue")
+    except PackageNotFoundError:
+        return "unknown"
 
 
 def _score(queue: str, worker: str) -> int:
@@ -96,6 +118,7 @@ class Membership:
         expiry: float = 3.5,
         max_age: float = MAX_AGE,
         prune_after: float | None = None,
+        load: Callable[[], WorkerLoad] | None = None,
     ) -> None:
         self.broker = broker
         self.topic = topic
@@ -112,6 +135,7 @@ class Membership:
         self._seen_at: dict[str, float] = {}
         self.ignored: Counter[str] = Counter()  # reason -> heartbeats ignored for it
         self.changed = anyio.Event()
+        self.load = load
 
     def live(self) -> dict[str, Heartbeat]:
         """Workers heard from within `expiry` seconds and not leaving, this one included."""
@@ -140,7 +164,10 @@ class Membership:
         return {q for q, w in self.assignment().items() if w == self.worker_id}
 
     def _heartbeat(self, leaving: bool = False) -> Heartbeat:
-        return Heartbeat(self.worker_id, self.eligible, sorted(self.owned), leaving, time.time())
+        load = self.load() if self.load is not None else None
+        return Heartbeat(
+            self.worker_id, self.eligible, sorted(self.owned), leaving, time.time(), load
+        )
 
     async def announce(self, leaving: bool = False) -> None:
         """Broadcast one heartbeat now (signed when the broker has keys)."""

@@ -22,8 +22,10 @@ from agentqueue.workers.errors import LeaseLost
 from agentqueue.workers.session_store import (
     DEFAULT_RETENTION,
     HANDLED_KEPT,
+    NOTES_KEPT,
     Expired,
     Lease,
+    Note,
     SessionStore,
     check_ttls,
 )
@@ -221,6 +223,48 @@ class RedisSessionStore(SessionStore):
         )
         return int(first) == 1
 
+    _put_note: AsyncScript | None = None  # registered on first use
+
+    def _note_keys(self, kind: str) -> list[str]:
+        base = f"{self._prefix}:{{notes:{kind}}}"  # one hash slot per kind on Redis Cluster
+        return [base, f"{base}:at"]
+
+    async def put_note(self, kind: str, key: str, value: bytes) -> None:
+        if self._put_note is None:
+            self._put_note = self._redis.register_script(_PUT_NOTE)
+        await self._put_note(keys=self._note_keys(kind), args=[key, value, NOTES_KEPT])
+
+    async def note(self, kind: str, key: str) -> bytes | None:
+        return await self._redis.hget(self._note_keys(kind)[0], key)
+
+    async def notes(self, kind: str, limit: int = 50) -> list[Note]:
+        values, times = self._note_keys(kind)
+        newest = await self._redis.zrevrange(times, 0, limit - 1, withscores=True)
+        if not newest:
+            return []
+        found = await self._redis.hmget(values, [key for key, _ in newest])
+        return [
+            Note(key.decode(), value, float(at))
+            for (key, at), value in zip(newest, found, strict=True)
+            if value is not None
+        ]
+
+
+# KEYS: the notes hash, their times; ARGV: key, value, how many to keep. Oldest beyond go.
+_PUT_NOTE = (
+    _NOW
+    + """
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('ZADD', KEYS[2], now, ARGV[1])
+local over = redis.call('ZCARD', KEYS[2]) - tonumber(ARGV[3])
+if over > 0 then
+  local old = redis.call('ZRANGE', KEYS[2], 0, over - 1)
+  redis.call('ZREMRANGEBYRANK', KEYS[2], 0, over - 1)
+  redis.call('HDEL', KEYS[1], unpack(old))
+end
+return 1
+"""
+)
 
 # KEYS: the seen key; ARGV: message id, ttl in ms. Redis expires the key: the window is bounded.
 _FIRST_SIGHTING = """

@@ -31,6 +31,7 @@ from agentqueue.workers.errors import LeaseLost
 HANDLED_KEPT = 1000  # handled ids remembered per session; redeliveries come long before this
 DEFAULT_RETENTION = 7 * 24 * 3600.0  # seconds handled records and attempt counts are kept
 PURGE_EVERY = 60.0  # stores that purge on writes do so at most this often (seconds)
+NOTES_KEPT = 200  # notes kept per kind (sessions shown, batches shown)
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +60,15 @@ def check_ttls(retention: float, session_ttl: float | None) -> float | None:
 def first_token(now: float) -> int:
     """The token a new session record starts from: microseconds of `now` (see the module doc)."""
     return int(now * 1_000_000)
+
+
+@dataclass(frozen=True, slots=True)
+class Note:
+    """A small record kept for operators: its key, value and when it was written."""
+
+    key: str
+    value: bytes
+    at: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +132,21 @@ class SessionStore(abc.ABC):
     async def expire(self, now: float | None = None) -> Expired:
         """Delete what is past its TTL as of `now` (unix seconds; default: now)."""
         return Expired()
+
+    # Notes: small records for operators (a session's last turns, a batch's progress), by kind
+    # and key; only the NOTES_KEPT most recently written keys of a kind are kept.
+
+    @abc.abstractmethod
+    async def put_note(self, kind: str, key: str, value: bytes) -> None:
+        """Keep `value` as note `key` of `kind`, replacing the one before."""
+
+    @abc.abstractmethod
+    async def note(self, kind: str, key: str) -> bytes | None:
+        """Note `key` of `kind`, or None."""
+
+    @abc.abstractmethod
+    async def notes(self, kind: str, limit: int = 50) -> list[Note]:
+        """The most recently written notes of `kind`, newest first."""
 
 
 # Session store implementations by URL scheme, as "module:class", imported only when used.
@@ -284,6 +309,23 @@ class MemorySessionStore(SessionStore):
         seen[key] = (message_id, now + ttl)
         return True
 
+    async def put_note(self, kind: str, key: str, value: bytes) -> None:
+        kept = _memory_notes.setdefault((self.url, kind), OrderedDict())
+        kept.pop(key, None)
+        kept[key] = Note(key, value, time.time())
+        while len(kept) > NOTES_KEPT:
+            kept.popitem(last=False)
 
+    async def note(self, kind: str, key: str) -> bytes | None:
+        found = _memory_notes.get((self.url, kind), {}).get(key)
+        return None if found is None else found.value
+
+    async def notes(self, kind: str, limit: int = 50) -> list[Note]:
+        kept = _memory_notes.get((self.url, kind), OrderedDict())
+        return list(reversed(kept.values()))[:limit]
+
+
+# Per store URL and kind: notes, oldest first.
+_memory_notes: dict[tuple[str, str], OrderedDict[str, Note]] = {}
 # Per store URL: signed message key -> (broker message id, expires at), in insertion order.
 _memory_seen: dict[str, OrderedDict[str, tuple[str, float]]] = {}

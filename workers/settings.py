@@ -22,7 +22,7 @@ from agentqueue.workers.retry import RetryPolicy
 from agentqueue.workers.session_store import DEFAULT_RETENTION, SessionStore, open_store
 
 MISSED_POLICIES = ("once", "skip")  # what a schedule does with ticks missed while no worker ran
-SECRET_FIELDS = frozenset({"signing_keys", "ingress_key"})
+SECRET_FIELDS = frozenset({"signing_keys", "ingress_key", "console_token"})
 # What a worker elsewhere (a Function Compute function) must be told to behave like this one.
 WORKER_FIELDS = (
     "store",
@@ -89,6 +89,9 @@ class Settings:
     signing_keys: str | None = field(default=None, repr=False)
     # The ingress's Standard Webhooks secret (`whsec_…`, or `@/path/to/file`); shown masked.
     ingress_key: str | None = field(default=None, repr=False)
+    # The web console's bearer token (or `@/path/to/file`); its own, never a signing key. Shown
+    # masked; required when the console listens beyond loopback.
+    console_token: str | None = field(default=None, repr=False)
     trace_file: str | None = None
     # The chat model (read as given; `workers/models.py` checks them and owns their defaults,
     # so its errors name the variable): AGENTQUEUE_MODEL, _MODEL_PROVIDER, _MODEL_TIMEOUT,

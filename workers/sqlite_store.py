@@ -16,9 +16,11 @@ from agentqueue.workers.errors import LeaseLost
 from agentqueue.workers.session_store import (
     DEFAULT_RETENTION,
     HANDLED_KEPT,
+    NOTES_KEPT,
     PURGE_EVERY,
     Expired,
     Lease,
+    Note,
     SessionStore,
     check_ttls,
     first_token,
@@ -41,6 +43,14 @@ CREATE TABLE IF NOT EXISTS handled (
     at REAL,
     PRIMARY KEY (session_id, event_id)
 );
+CREATE TABLE IF NOT EXISTS notes (
+    kind TEXT NOT NULL,
+    key TEXT NOT NULL,
+    value BLOB NOT NULL,
+    at REAL NOT NULL,
+    PRIMARY KEY (kind, key)
+);
+CREATE INDEX IF NOT EXISTS notes_at ON notes(kind, at);
 CREATE TABLE IF NOT EXISTS attempts (
     session_id TEXT NOT NULL,
     event_id TEXT NOT NULL,
@@ -300,6 +310,38 @@ class SQLiteSessionStore(SessionStore):
             return True
 
         return bool(await self._run(op))
+
+    async def put_note(self, kind: str, key: str, value: bytes) -> None:
+        def op(db: sqlite3.Connection) -> None:
+            db.execute(
+                "INSERT OR REPLACE INTO notes(kind, key, value, at) VALUES (?, ?, ?, ?)",
+                (kind, key, value, time.time()),
+            )
+            db.execute(
+                "DELETE FROM notes WHERE kind=? AND key NOT IN"
+                " (SELECT key FROM notes WHERE kind=? ORDER BY at DESC LIMIT ?)",
+                (kind, kind, NOTES_KEPT),
+            )
+
+        await self._run(op)
+
+    async def note(self, kind: str, key: str) -> bytes | None:
+        def op(db: sqlite3.Connection) -> bytes | None:
+            row = db.execute("SELECT value FROM notes WHERE kind=? AND key=?", (kind, key))
+            found = row.fetchone()
+            return None if found is None else bytes(found[0])
+
+        return await self._run(op)
+
+    async def notes(self, kind: str, limit: int = 50) -> list[Note]:
+        def op(db: sqlite3.Connection) -> list[Note]:
+            rows = db.execute(
+                "SELECT key, value, at FROM notes WHERE kind=? ORDER BY at DESC LIMIT ?",
+                (kind, limit),
+            )
+            return [Note(key, bytes(value), at) for key, value, at in rows]
+
+        return await self._run(op)
 
 
 # The replay window of signed messages (see SessionStore.first_sighting); entries expire.

@@ -12,6 +12,7 @@ import contextlib
 import logging
 import os
 import socket
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Literal
 
@@ -30,7 +31,8 @@ from agentqueue.workers.agent_handler import AgentHandler, import_agentscope
 from agentqueue.workers.app import App
 from agentqueue.workers.assembly import assemble_pipeline
 from agentqueue.workers.handling import Handler
-from agentqueue.workers.membership import Membership
+from agentqueue.workers.membership import Membership, WorkerLoad, package_version
+from agentqueue.workers.middleware import Metrics
 from agentqueue.workers.models import ModelRuntime
 from agentqueue.workers.pipeline import Event, Pipeline
 from agentqueue.workers.remote_tools import RemoteTools
@@ -44,17 +46,20 @@ log = logging.getLogger("agentqueue.worker")
 
 Role = Literal["agents", "tools", "all"]
 
+_VERSION = package_version()
+
 
 class _Consumer:
     """One subscribed partition queue and the events of it that are running."""
 
-    __slots__ = ("idle", "queue", "releasing", "running", "scope", "subscription")
+    __slots__ = ("held", "idle", "queue", "releasing", "running", "scope", "subscription")
 
     def __init__(self, queue: str, subscription: Subscription) -> None:
         self.queue = queue
         self.subscription = subscription
         self.scope = anyio.CancelScope()
         self.running = 0
+        self.held = 0  # received and not settled yet: running or waiting in a session lane
         self.releasing = False
         self.idle = anyio.Event()
 
@@ -118,6 +123,7 @@ class Worker:
         self.tracing = tracing
         self.worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}-{new_id()[:6]}"
         self.handled = 0
+        self.handled_by_queue: Counter[str] = Counter()
         self.dead_lettered = 0
         self._stop = anyio.Event()
         self._started = anyio.Event()
@@ -133,6 +139,7 @@ class Worker:
         self.timers = Timers(
             open_timer_store(store.url, self.topology.namespace), owner=self.worker_id
         )
+        self._metrics: Metrics | None = None  # the pipeline's, for the sessions it owns
 
     def queues(self) -> list[str]:
         """The partition queues this worker consumes, by its role."""
@@ -198,6 +205,7 @@ class Worker:
             self.settings,
             worker_id=self.worker_id,
             timers=self.timers,
+            owned=self._consumers.keys,
         )
         delayed.register(self.timers, self.pipeline)
         schedules.register(
@@ -207,6 +215,7 @@ class Worker:
             missed=self.settings.schedule_missed,
             grace=self.settings.schedule_grace,
         )
+        self._metrics = next((m for m in self.pipeline.middleware if isinstance(m, Metrics)), None)
         async with anyio.create_task_group() as tg:
             self._tg = tg
             # Tool calls get lanes and a concurrency limit of their own: an agent turn waits for
@@ -227,6 +236,7 @@ class Worker:
                     self._eligible(),
                     interval=interval,
                     expiry=interval * 3.5,
+                    load=self.load,
                 )
                 await tg.start(self.membership.run)
                 # Hear the peers that are already up before claiming partitions.
@@ -261,6 +271,18 @@ class Worker:
             tg.cancel_scope.cancel()
         with anyio.CancelScope(shield=True):
             await self.timers.close()
+
+    def load(self) -> WorkerLoad:
+        """What this worker is doing now: role, version, events per queue, sessions owned."""
+        metrics = self._metrics
+        return WorkerLoad(
+            role=self.role,
+            version=_VERSION,
+            in_flight={q: c.running for q, c in self._consumers.items() if c.running},
+            unacked={q: c.held for q, c in self._consumers.items() if c.held},
+            handled=dict(self.handled_by_queue),
+            sessions=metrics.sessions_owned()[0] if metrics is not None else 0,
+        )
 
     def _eligible(self) -> dict[str, list[str]]:
         eligible: dict[str, list[str]] = {}
@@ -367,10 +389,12 @@ class Worker:
         )
         await pipeline.receive(event)
         if event.refusal is not None:
+            consumer.held += 1
             self._lanes.submit("\0refused", self._job(pipeline.refuse, event, consumer))
         elif not event.decided:  # a control event (cancel) is settled already
             tool = isinstance(event.envelope.body if event.envelope else None, ToolCall)
             lanes = self._tool_lanes if tool else self._lanes
+            consumer.held += 1
             lanes.submit(event.key, self._job(pipeline.process, event, consumer))
 
     def _job(
@@ -382,12 +406,14 @@ class Worker:
             assert self.pipeline is not None
             if consumer.releasing or not self.pipeline.accepting:
                 # Left un-acked on purpose: closing the subscription hands it back in order.
+                consumer.held -= 1
                 self.pipeline.abandon(event)
                 return
             consumer.running += 1
             try:
                 await run(event)
                 self.handled += 1
+                self.handled_by_queue[consumer.queue] += 1
             except Exception:
                 # Neither acked nor handed back, and the session's later events, queued behind
                 # it, must not run before it: give the queue back (closing its channel returns
@@ -402,6 +428,7 @@ class Worker:
                     self._tg.start_soon(self._retake, consumer.queue)
             finally:
                 consumer.running -= 1
+                consumer.held -= 1
                 if consumer.running == 0 and consumer.releasing:
                     consumer.idle.set()
 

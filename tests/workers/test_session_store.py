@@ -114,3 +114,28 @@ def test_workers_that_open_one_new_sqlite_file_together_all_get_it(tmp_path: Pat
         for proc in procs:
             proc.join()
     assert set(outcomes) == {"opened"}
+
+
+async def test_notes_keep_the_latest_value_per_key_and_only_the_most_recent_keys_of_a_kind(
+    store: SessionStore,
+) -> None:
+    from agentqueue.workers import session_store
+
+    kind = f"turns-{new_id()[:6]}"
+    kept = session_store.NOTES_KEPT
+    await store.put_note(kind, "s1", b"first")
+    await store.put_note(kind, "s1", b"second")  # replaces
+    assert await store.note(kind, "s1") == b"second"
+    assert await store.note(kind, "nobody") is None
+    for i in range(kept + 2):
+        await store.put_note(kind, f"k{i}", str(i).encode())
+    newest = await store.notes(kind, limit=3)
+    assert [(n.key, n.value) for n in newest] == [
+        (f"k{kept + 1}", str(kept + 1).encode()),
+        (f"k{kept}", str(kept).encode()),
+        (f"k{kept - 1}", str(kept - 1).encode()),
+    ]
+    assert newest[0].at >= newest[1].at >= newest[2].at > 0
+    everything = await store.notes(kind, limit=10 * kept)
+    assert len(everything) == kept
+    assert await store.note(kind, "s1") is None and await store.note(kind, "k0") is None

@@ -1,10 +1,20 @@
-"""Middleware that ships with agentqueue: tracing and metrics, an event log, envelope
-signatures, busy sessions, the shared model budget."""
+"""Middleware that ships with agentqueue: tracing, metrics, an event log, turn summaries,
+envelope signatures, busy sessions, the shared model budget."""
 
 from agentqueue.workers.middleware.busy import BusySessions
 from agentqueue.workers.middleware.event_log import EventLog
+from agentqueue.workers.middleware.metrics import Metrics
 from agentqueue.workers.middleware.model_budget import ModelBudget
 from agentqueue.workers.middleware.signing import Signing
 from agentqueue.workers.middleware.tracing import Tracing
+from agentqueue.workers.middleware.turns import TurnSummaries
 
-__all__ = ["BusySessions", "EventLog", "ModelBudget", "Signing", "Tracing"]
+__all__ = [
+    "BusySessions",
+    "EventLog",
+    "Metrics",
+    "ModelBudget",
+    "Signing",
+    "Tracing",
+    "TurnSummaries",
+]
