@@ -271,9 +271,14 @@ class MNSBroker(Broker):
 
     async def _declare(self, topology: Topology) -> None:
         names = [topology.dead_letter_queue, *topology.queues(REQUESTS), *topology.queues(TOOLS)]
+        # Each family's last partition first, the rest side by side: see declaration_order.
+        lasts = [topology.queue(f, topology.declaration_order(f)[0]) for f in (REQUESTS, TOOLS)]
+        for name in lasts:
+            await self._create(name)
         async with anyio.create_task_group() as tg:
             for name in names:
-                tg.start_soon(self._create, name)
+                if name not in lasts:
+                    tg.start_soon(self._create, name)
         for name in names[1:]:
             self._dead_letters[name] = topology.dead_letter_queue
 

@@ -285,7 +285,7 @@ class RabbitMQBroker(Broker):
                 exchange = await channel.declare_exchange(
                     f"{topology.namespace}-{family}", aio_pika.ExchangeType.DIRECT, durable=True
                 )
-                for p in range(topology.family_size(family)):
+                for p in topology.declaration_order(family):
                     queue = await channel.declare_queue(
                         topology.queue(family, p),
                         durable=True,

@@ -48,6 +48,13 @@ class Topology:
         """Every partition queue of a family, in partition order."""
         return [self.queue(family, p) for p in range(self.family_size(family))]
 
+    def declaration_order(self, family: str) -> list[int]:
+        """The partitions of a family in the order brokers create their queues: the last one
+        first. A process that checks the namespace's count while another declares it then sees
+        either no queue or the last one (the count), never a first few that look like fewer."""
+        n = self.family_size(family)
+        return [n - 1, *range(n - 1)]
+
     @property
     def dead_letter_queue(self) -> str:
         """The one queue that holds dead letters with their reasons."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import anyio
 import pytest
 
 from agentqueue.broker.base import Broker
@@ -11,6 +12,8 @@ from agentqueue.broker.errors import PartitionMismatch
 from agentqueue.broker.memory import MemoryBroker
 from agentqueue.broker.partition_check import existing_partitions
 from agentqueue.broker.topology import REQUESTS, TOOLS, Topology
+from agentqueue.broker.urls import open_broker
+from agentqueue.protocol import new_id
 
 pytestmark = pytest.mark.broker
 
@@ -57,3 +60,13 @@ async def test_the_count_is_found_whatever_this_process_was_given(declared: int)
         for given in (1, 2, 8, 64, 1024):
             probe = Topology(namespace="n", partitions=given)
             assert await existing_partitions(broker, probe, REQUESTS) == declared
+
+
+async def test_processes_that_declare_one_namespace_at_once_all_start(broker_url: str) -> None:
+    """Two workers starting together: the second may check while the first is declaring."""
+    topology = Topology(namespace=f"race{new_id()[:6]}", partitions=8, tool_partitions=4)
+    async with open_broker(broker_url) as a, open_broker(broker_url) as b:
+        async with anyio.create_task_group() as tg:
+            for broker in (a, b, a, b):
+                tg.start_soon(broker.declare, topology)
+        assert await existing_partitions(a, topology, REQUESTS) == 8
