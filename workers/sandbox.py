@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -23,8 +24,10 @@ import re
 import sys
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from agentqueue.workers.errors import SandboxError
 
@@ -55,6 +58,11 @@ class SandboxConfig:
     share_net: bool = False
     pids_max: int = 128  # enforced by the pids cgroup: RLIMIT_NPROC does not bind host root
     limits: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_LIMITS))
+    memory_max: int = 1 << 30  # bytes, by a memory cgroup, for browsers (no RLIMIT_AS there)
+    network: tuple[str, ...] = ()  # hosts a browser may reach through the proxy; () is none
+    screen: tuple[int, int] = (1024, 768)  # a gui sandbox's display, a browser's viewport
+    inline_image_limit: int = 32 * 1024  # bytes; larger screenshots go to the artifact store
+    artifacts: str | None = None  # the store URL for large screenshots (None: the worker's)
 
 
 class Sandbox:
@@ -204,6 +212,14 @@ async def release_cgroup(group: Path, within: float = 5.0) -> None:
 def bwrap_command(workspace: Path, config: SandboxConfig) -> list[str]:
     """The bwrap argv: every namespace unshared, host read-only, workspace the one writable bind."""
     python = os.path.realpath(sys._base_executable)  # the base interpreter, not the venv
+    argv = bwrap_prefix(workspace, config, [("--ro-bind", str(SERVER), "/sandbox/server.py")])
+    return argv + [python, "-I", "-S", "/sandbox/server.py", json.dumps(config.limits)]
+
+
+def bwrap_prefix(
+    workspace: Path, config: SandboxConfig, binds: list[tuple[str, str, str]]
+) -> list[str]:
+    """bwrap and its flags up to the program: the mounts every sandbox has, plus `binds`."""
     prefix = os.path.realpath(sys.base_prefix)
     argv = ["bwrap", "--die-with-parent", "--new-session", "--unshare-all"]
     if config.share_net:
@@ -218,18 +234,22 @@ def bwrap_command(workspace: Path, config: SandboxConfig) -> list[str]:
             argv += ["--ro-bind", top, top]
     if not prefix.startswith("/usr/"):
         argv += ["--ro-bind", prefix, prefix]
-    argv += ["--ro-bind", str(SERVER), "/sandbox/server.py"]
+    for bind in binds:
+        argv += list(bind)
     argv += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]
     argv += ["--bind", str(workspace), "/workspace", "--chdir", "/workspace", "--remount-ro", "/"]
-    argv += [python, "-I", "-S", "/sandbox/server.py", json.dumps(config.limits)]
     return argv
 
 
 class SandboxManager:
     """A worker's sandboxes: one per session, a warm pool for new sessions, idle reclaim."""
 
-    def __init__(self, config: SandboxConfig) -> None:
+    def __init__(
+        self, config: SandboxConfig, start: Callable[[Path], Awaitable[Any]] | None = None
+    ) -> None:
         self.config = config
+        # What a sandbox is: a `Sandbox` by default; browsers bring their own with the same face.
+        self._start = start or functools.partial(Sandbox.start, config=config)
         self.sessions: dict[str, Sandbox] = {}
         self.pool: list[Sandbox] = []
         self._refill: asyncio.Task[None] | None = None
@@ -245,7 +265,7 @@ class SandboxManager:
         """Fill the pool to its size and start the idle reaper (idempotent)."""
         while len(self.pool) < self.config.pool_size:
             workspace = self.pool_dir / uuid.uuid4().hex
-            self.pool.append(await Sandbox.start(workspace, self.config))
+            self.pool.append(await self._start(workspace))
         if self._reaper is None:
             self._reaper = asyncio.create_task(self._reap())
 
@@ -271,7 +291,7 @@ class SandboxManager:
                 if self._refill is None or self._refill.done():
                     self._refill = asyncio.create_task(self.warm())
             if box is None:
-                box = await Sandbox.start(workspace, self.config)
+                box = await self._start(workspace)
             self.sessions[session_id] = box
             return box
 
