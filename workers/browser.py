@@ -130,7 +130,9 @@ class BrowserRuntime:
             self.socket_dir = None
 
 
-def launcher_script(workspace: Path, config: SandboxConfig, cgroups: list[Path], socket_dir: Path | None) -> str:
+def launcher_script(
+    workspace: Path, config: SandboxConfig, cgroups: list[Path], socket_dir: Path | None
+) -> str:
     """The shell script Playwright starts as Chromium: join the cgroups, exec bwrap."""
     binds = [("--ro-bind", str(LAUNCH), "/sandbox/launch.py")]
     for etc in ("/etc/fonts", "/etc/chromium.d", "/etc/chromium"):
@@ -147,7 +149,9 @@ def launcher_script(workspace: Path, config: SandboxConfig, cgroups: list[Path],
     if socket_dir is not None:
         # `<-loopback>` sends 127.0.0.1 through the proxy too, which decides what it may reach.
         argv += [f"--proxy-server=http://127.0.0.1:{RELAY_PORT}", "--proxy-bypass-list=<-loopback>"]
-    joins = "".join(f'echo $$ > {shlex.quote(str(g / "cgroup.procs"))} || exit 111\n' for g in cgroups)
+    joins = "".join(
+        f"echo $$ > {shlex.quote(str(g / 'cgroup.procs'))} || exit 111\n" for g in cgroups
+    )
     return (
         "#!/bin/sh\n"
         + joins
@@ -175,7 +179,11 @@ class BrowserBox:
 
     @classmethod
     async def start(
-        cls, workspace: Path, config: SandboxConfig, runtime: BrowserRuntime, viewport: tuple[int, int]
+        cls,
+        workspace: Path,
+        config: SandboxConfig,
+        runtime: BrowserRuntime,
+        viewport: tuple[int, int],
     ) -> BrowserBox:
         """Start Chromium in bwrap over `workspace` and open the session's context and a tab."""
         await runtime.start()
@@ -217,7 +225,7 @@ class BrowserBox:
         return bool(self.browser.is_connected())
 
     async def request(self, op: str, args: dict[str, object], timeout: float) -> tuple[bool, Any]:
-        """Run one browser operation; past `timeout` the browser is closed and SandboxError raised."""
+        """Run one browser operation; past `timeout` the browser is closed, SandboxError raised."""
         from agentqueue.workers.browser_ops import run_op
 
         async with self.lock:

@@ -51,10 +51,7 @@ async def describe(box: BrowserBox, done: str = "") -> str:
     tab = page(box)
     snapshot = await tab.evaluate(SNAPSHOT_JS)
     head = f"{done}\n" if done else ""
-    return (
-        f"{head}Page URL: {tab.url}\nPage title: {await tab.title()}\n"
-        f"Page snapshot:\n{snapshot}"
-    )
+    return f"{head}Page URL: {tab.url}\nPage title: {await tab.title()}\nPage snapshot:\n{snapshot}"
 
 
 async def element(box: BrowserBox, ref: str) -> Any:
@@ -179,18 +176,16 @@ async def screenshot(box: BrowserBox, a: dict[str, Any]) -> Screenshot:
         area = (size["width"], size["height"])
         data = await tab.screenshot(type=kind)
     if a.get("filename"):
-        path = os.path.realpath(os.path.join(box.workspace, str(a["filename"])))
-        if not path.startswith(str(os.path.realpath(box.workspace)) + os.sep):
-            raise SandboxError(
-                f"filename {a['filename']!r} leaves the workspace: give a path inside it"
-            )
-        await asyncio.to_thread(_write, path, data)
+        await asyncio.to_thread(_save, str(box.workspace), str(a["filename"]), data)
     media_type = f"image/{kind}"
     width, height = image_size(data, media_type, area)
     return Screenshot(data, media_type, width, height)
 
 
-def _write(path: str, data: bytes) -> None:
+def _save(workspace: str, filename: str, data: bytes) -> None:
+    path = os.path.realpath(os.path.join(workspace, filename))
+    if not path.startswith(os.path.realpath(workspace) + os.sep):
+        raise SandboxError(f"filename {filename!r} leaves the workspace: give a path inside it")
     with open(path, "wb") as f:
         f.write(data)
 

@@ -39,7 +39,8 @@ SNAPSHOT_JS = r"""
     const label = e.getAttribute("aria-label") || e.getAttribute("alt") || e.getAttribute("title");
     if (label) return clean(label);
     if (e.labels && e.labels.length) return clean(e.labels[0].innerText);
-    if (e.tagName === "INPUT" && ["submit", "button", "reset"].includes(e.type)) return clean(e.value);
+    if (e.tagName === "INPUT" && ["submit", "button", "reset"].includes(e.type))
+      return clean(e.value);
     if (["textbox", "searchbox", "combobox", "spinbutton"].includes(role))
       return clean(e.getAttribute("placeholder") || e.getAttribute("name"));
     if (["list", "table", "row", "form", "navigation"].includes(role)) return "";
@@ -94,7 +95,7 @@ SNAPSHOT_JS = r"""
 
 
 def ref_selector(ref: str) -> str:
-    """The CSS selector of a ref from the latest snapshot; anything not shaped like one is refused."""
+    """The CSS selector of a snapshot ref; anything not shaped like one is refused."""
     if not REF.fullmatch(ref):
         raise ValueError(
             f"element ref {ref!r} is not a snapshot ref: give one like 'e3' from browser_snapshot"

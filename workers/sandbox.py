@@ -213,7 +213,7 @@ def bwrap_command(workspace: Path, config: SandboxConfig) -> list[str]:
     """The bwrap argv: every namespace unshared, host read-only, workspace the one writable bind."""
     python = os.path.realpath(sys._base_executable)  # the base interpreter, not the venv
     argv = bwrap_prefix(workspace, config, [("--ro-bind", str(SERVER), "/sandbox/server.py")])
-    return argv + [python, "-I", "-S", "/sandbox/server.py", json.dumps(config.limits)]
+    return [*argv, python, "-I", "-S", "/sandbox/server.py", json.dumps(config.limits)]
 
 
 def bwrap_prefix(

@@ -85,6 +85,11 @@ class NetworkPolicy:
         return address
 
 
+def network_allow_list(network: str | Iterable[str]) -> tuple[str, ...]:
+    """The allow list a `network=` argument names (`()` for `"none"`), checked now."""
+    return NetworkPolicy.parse(network).allow
+
+
 def split_host_port(target: str, default: int | None) -> tuple[str, int | None]:
     """`host:port`, `[v6]:port` or `host` split; the port is `default` when absent."""
     if target.startswith("["):
@@ -138,7 +143,7 @@ class FilteringProxy:
         if len(head) > HEAD_LIMIT:
             return
         request_line, *headers = head.decode("latin-1").split("\r\n")
-        method, target, version = (request_line.split(" ") + ["", ""])[:3]
+        method, target, version = ([*request_line.split(" "), "", ""])[:3]
         if method == "CONNECT":
             host, port = split_host_port(target, 443)
             path = ""
@@ -163,11 +168,7 @@ class FilteringProxy:
             else:
                 # One upstream per connection: `close` stops the browser from sending a request
                 # for another host down a pipe that was checked for this one.
-                kept = [
-                    h
-                    for h in headers
-                    if h and h.split(":")[0].lower() not in HOP_BY_HOP
-                ]
+                kept = [h for h in headers if h and h.split(":")[0].lower() not in HOP_BY_HOP]
                 lines = [f"{method} {path} {version}", *kept, "Connection: close", "", ""]
                 upstream_writer.write("\r\n".join(lines).encode("latin-1"))
             await asyncio.gather(pipe(reader, upstream_writer), pipe(upstream_reader, writer))

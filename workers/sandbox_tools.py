@@ -8,12 +8,23 @@ kernel: IPython and ipykernel are not installed), so variables persist across a 
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from agentqueue.protocol.messages import Image
+from agentqueue.workers.browser import BrowserBox, BrowserRuntime
+from agentqueue.workers.browser_ops import Screenshot
+from agentqueue.workers.browser_tools import register_browser
 from agentqueue.workers.errors import UnknownSandboxType
-from agentqueue.workers.sandbox import SandboxConfig, SandboxManager
+from agentqueue.workers.sandbox import SandboxConfig, SandboxManager, workspace_name
+from agentqueue.workers.sandbox_proxy import NetworkPolicy
+from agentqueue.workers.session_store import ARTIFACT_REF, SessionStore, open_store
+from agentqueue.workers.settings import Settings
 from agentqueue.workers.tool_handler import current_call
+from agentqueue.workers.toolkit import ToolOutput
 
 if TYPE_CHECKING:
     from agentqueue.workers.app import App
@@ -25,6 +36,68 @@ class Sandboxes:
     def __init__(self, config: SandboxConfig) -> None:
         self.config = config
         self.managers: dict[str, SandboxManager] = {}
+        self.browsers: dict[str, SandboxManager] = {}  # browser sandboxes, per worker
+        self.runtimes: dict[str, BrowserRuntime] = {}
+        self._artifacts: SessionStore | None = None
+
+    def browser_manager(self, worker_name: str) -> SandboxManager:
+        """The browser sandboxes of the worker called `worker_name` (created on first use)."""
+        if worker_name not in self.browsers:
+            policy = (
+                NetworkPolicy.parse(self.config.network) if self.config.network else NetworkPolicy()
+            )
+            runtime = BrowserRuntime(policy)
+            # Their own workspaces: a browser's file:// reaches these and nothing else.
+            config = dataclasses.replace(self.config, root=self.config.root / ".browser")
+            start = functools.partial(
+                BrowserBox.start, config=config, runtime=runtime, viewport=self.config.screen
+            )
+            self.browsers[worker_name] = SandboxManager(config, start=start)
+            self.runtimes[worker_name] = runtime
+        return self.browsers[worker_name]
+
+    async def call_browser(self, op: str, args: dict[str, object]) -> str | ToolOutput:
+        """Run a browser operation in the calling session's browser; images become ToolOutput."""
+        session_id, worker_name = current_call.get()
+        output = await self.browser_manager(worker_name).call(session_id, op, args)
+        if isinstance(output, Screenshot):
+            return await self.image_output(session_id, output)
+        return str(output)
+
+    async def close_browser(self) -> str:
+        """Close the calling session's browser (the next browser call starts a fresh one)."""
+        session_id, worker_name = current_call.get()
+        box = self.browser_manager(worker_name).sessions.pop(session_id, None)
+        if box is None:
+            return "No browser was open"
+        await box.close()
+        return "Closed the browser"
+
+    async def image_output(self, session_id: str, shot: Screenshot) -> ToolOutput:
+        """The image inline when small, else put in the artifact store and sent by reference."""
+        text = f"Screenshot: {shot.media_type}, {shot.width}x{shot.height}, {len(shot.data)} bytes"
+        image = Image(
+            media_type=shot.media_type, width=shot.width, height=shot.height, size=len(shot.data)
+        )
+        if len(shot.data) <= self.config.inline_image_limit:
+            image.data = shot.data
+            return ToolOutput(text, [image])
+        if self._artifacts is None:
+            self._artifacts = open_store(self.config.artifacts or Settings.load().store)
+        key = f"{workspace_name(session_id)}/{uuid.uuid4().hex}.{shot.media_type.split('/')[1]}"
+        await self._artifacts.put_artifact(key, shot.data)
+        image.ref = ARTIFACT_REF + key
+        return ToolOutput(f"{text}, stored as {image.ref}", [image])
+
+    async def close_worker(self, worker_name: str) -> None:
+        """Close every sandbox and browser of one worker."""
+        for managers in (self.managers, self.browsers):
+            manager = managers.pop(worker_name, None)
+            if manager is not None:
+                await manager.close()
+        runtime = self.runtimes.pop(worker_name, None)
+        if runtime is not None:
+            await runtime.close()
 
     def manager(self, worker_name: str) -> SandboxManager:
         """The manager of the worker called `worker_name` (created on first use)."""
@@ -38,7 +111,7 @@ class Sandboxes:
         return await self.manager(worker_name).call(session_id, op, args)
 
 
-TYPES = ("base", "filesystem")
+TYPES = ("base", "filesystem", "browser", "gui")
 
 
 def register(app: App, types: tuple[str, ...], config: SandboxConfig) -> Sandboxes:
@@ -54,14 +127,17 @@ def register(app: App, types: tuple[str, ...], config: SandboxConfig) -> Sandbox
 
     @app.on_start
     async def warm_pool(worker_id: str, role: str) -> None:
-        if role != "agents":  # a tool worker: its first new session must not pay a cold start
+        if role == "agents":
+            return
+        # A tool worker: its first new session must not pay a cold start.
+        if {"base", "filesystem", "gui"} & set(types):
             await boxes.manager(worker_id).warm()
+        if "browser" in types:
+            await boxes.browser_manager(worker_id).warm()
 
     @app.on_stop
     async def close_sandboxes(worker_id: str, role: str) -> None:
-        manager = boxes.managers.pop(worker_id, None)
-        if manager is not None:
-            await manager.close()
+        await boxes.close_worker(worker_id)
 
     # The tool's ceiling sits above the sandbox's wall-clock limit, so the sandbox answers first.
     tool = app.tool(timeout=config.call_timeout + 10.0)
@@ -153,6 +229,9 @@ def register(app: App, types: tuple[str, ...], config: SandboxConfig) -> Sandbox
                 path: The path, relative to the workspace.
             """
             return await boxes.call("get_file_info", {"path": path})
+
+    if "browser" in types:
+        register_browser(tool, boxes)
 
     return boxes
 

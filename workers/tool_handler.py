@@ -19,10 +19,11 @@ from typing import Any
 import anyio
 import msgspec
 
-from agentqueue.protocol.messages import Envelope, ToolCall, ToolResult
+from agentqueue.protocol.messages import Envelope, Image, ToolCall, ToolResult
 from agentqueue.workers.app import App
 from agentqueue.workers.errors import PermanentError
 from agentqueue.workers.handling import Emit, HandlerResult, RunControl
+from agentqueue.workers.toolkit import ToolOutput
 
 log = logging.getLogger("agentqueue.worker")
 
@@ -94,12 +95,21 @@ class ToolHandler:
                 exc_info=not isinstance(exc, TimeoutError),
             )
             return HandlerResult(self._result(call, call_id, False, text))
+        if isinstance(output, ToolOutput):
+            return HandlerResult(self._result(call, call_id, True, output.text, output.images))
         text = output if isinstance(output, str) else msgspec.json.encode(output).decode()
         return HandlerResult(self._result(call, call_id, True, text))
 
-    def _result(self, call: ToolCall, call_id: str, ok: bool, output: str) -> ToolResult:
+    def _result(
+        self, call: ToolCall, call_id: str, ok: bool, output: str, images: list[Image] | None = None
+    ) -> ToolResult:
         return ToolResult(
-            call_id=call_id, name=call.name, ok=ok, output=output, worker=self.worker_name
+            call_id=call_id,
+            name=call.name,
+            ok=ok,
+            output=output,
+            worker=self.worker_name,
+            images=images or [],
         )
 
 
