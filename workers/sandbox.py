@@ -63,6 +63,7 @@ class SandboxConfig:
     screen: tuple[int, int] = (1024, 768)  # a gui sandbox's display, a browser's viewport
     inline_image_limit: int = 32 * 1024  # bytes; larger screenshots go to the artifact store
     artifacts: str | None = None  # the store URL for large screenshots (None: the worker's)
+    display: bool = False  # a gui sandbox: Xvfb, a window manager and xdotool beside the server
 
 
 class Sandbox:
@@ -212,8 +213,26 @@ async def release_cgroup(group: Path, within: float = 5.0) -> None:
 def bwrap_command(workspace: Path, config: SandboxConfig) -> list[str]:
     """The bwrap argv: every namespace unshared, host read-only, workspace the one writable bind."""
     python = os.path.realpath(sys._base_executable)  # the base interpreter, not the venv
-    argv = bwrap_prefix(workspace, config, [("--ro-bind", str(SERVER), "/sandbox/server.py")])
-    return [*argv, python, "-I", "-S", "/sandbox/server.py", json.dumps(config.limits)]
+    binds = [("--ro-bind", str(SERVER), "/sandbox/server.py")]
+    server = [python, "-I", "-S", "/sandbox/server.py", json.dumps(config.limits)]
+    if not config.display:
+        return bwrap_prefix(workspace, config, binds) + server
+    if os.path.isdir("/etc/fonts"):  # fontconfig's configuration, for Tk and friends
+        binds.append(("--ro-bind", "/etc/fonts", "/etc/fonts"))
+    argv = bwrap_prefix(workspace, config, binds)
+    argv += ["--setenv", "DISPLAY", ":0", "--setenv", "XDG_CACHE_HOME", "/tmp/cache"]
+    return [*argv, "/bin/sh", "-c", DESKTOP.format(*config.screen), "desktop", *server]
+
+
+# A gui sandbox: Xvfb on :0 (its framebuffer mapped to /tmp/Xvfb_screen0 for screenshots), a
+# window manager, then the server. Their chatter goes to /tmp: nobody reads the stderr pipe.
+DESKTOP = (
+    "Xvfb :0 -screen 0 {0}x{1}x24 -nolisten tcp -fbdir /tmp >/tmp/xvfb.log 2>&1 &"
+    " i=0; while [ ! -e /tmp/.X11-unix/X0 ] && [ $i -lt 200 ]; do sleep 0.05; i=$((i+1)); done;"
+    " [ -e /tmp/.X11-unix/X0 ] || {{ cat /tmp/xvfb.log >&2; exit 1; }};"
+    " matchbox-window-manager -use_titlebar no >/tmp/wm.log 2>&1 &"
+    ' exec "$@"'
+)
 
 
 def bwrap_prefix(

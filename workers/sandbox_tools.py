@@ -8,11 +8,13 @@ kernel: IPython and ipykernel are not installed), so variables persist across a 
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import functools
+import json
 import uuid
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from agentqueue.protocol.messages import Image
 from agentqueue.workers.browser import BrowserBox, BrowserRuntime
@@ -63,6 +65,18 @@ class Sandboxes:
         if isinstance(output, Screenshot):
             return await self.image_output(session_id, output)
         return str(output)
+
+    async def computer_use(self, args: dict[str, object]) -> str | ToolOutput:
+        """Run a `computer_use` action on the calling session's desktop; screenshots are images."""
+        session_id, _ = current_call.get()
+        output = await self.call("computer_use", args)
+        if args.get("action") != "screenshot":
+            return output
+        shot = json.loads(output)
+        png = base64.b64decode(shot["png"])
+        return await self.image_output(
+            session_id, Screenshot(png, "image/png", shot["width"], shot["height"])
+        )
 
     async def close_browser(self) -> str:
         """Close the calling session's browser (the next browser call starts a fresh one)."""
@@ -123,7 +137,8 @@ def register(app: App, types: tuple[str, ...], config: SandboxConfig) -> Sandbox
             raise UnknownSandboxType(
                 f"sandbox type {kind!r} is unknown: choose from {', '.join(TYPES)}"
             )
-    boxes = Sandboxes(config)
+    # A gui sandbox is a base sandbox with a desktop: its shell and Python see the display.
+    boxes = Sandboxes(dataclasses.replace(config, display="gui" in types))
 
     @app.on_start
     async def warm_pool(worker_id: str, role: str) -> None:
@@ -232,6 +247,38 @@ def register(app: App, types: tuple[str, ...], config: SandboxConfig) -> Sandbox
 
     if "browser" in types:
         register_browser(tool, boxes)
+
+    if "gui" in types:
+
+        @tool
+        async def computer_use(
+            action: str,
+            coordinate: list[int] | None = None,
+            text: str | None = None,
+            start_coordinate: list[int] | None = None,
+            scroll_direction: str | None = None,
+            scroll_amount: int | None = None,
+        ) -> Any:
+            """Use the session's desktop (a virtual display) with the mouse and keyboard.
+
+            Args:
+                action: screenshot, mouse_move, left_click, right_click, middle_click,
+                    double_click, left_click_drag, type, key, scroll or cursor_position.
+                coordinate: [x, y] in screen pixels: where to move, click, drag to or scroll.
+                text: The text to type, or the key (xdotool names: "Return", "ctrl+a").
+                start_coordinate: [x, y] where a left_click_drag starts.
+                scroll_direction: up, down, left or right.
+                scroll_amount: How many wheel clicks to scroll (default 3).
+            """
+            arguments = {
+                "action": action,
+                "coordinate": coordinate,
+                "text": text,
+                "start_coordinate": start_coordinate,
+                "scroll_direction": scroll_direction,
+                "scroll_amount": scroll_amount,
+            }
+            return await boxes.computer_use({k: v for k, v in arguments.items() if v is not None})
 
     return boxes
 
