@@ -48,6 +48,7 @@ class App:
         self.name = name
         self.agents: dict[str, AgentSpec] = {}
         self.tools: dict[str, ToolSpec] = {}
+        self.sandbox_sets: list[Any] = []  # the Sandboxes of each sandbox_tools() call
         self.middleware: list[Middleware] = list(middleware or [])
         # Awaited with (worker id, role) when a worker starts serving and after it stopped.
         self.starting: list[LifecycleHook] = []
@@ -173,7 +174,9 @@ class App:
             inline_image_limit=inline_image_limit,
             artifacts=artifacts,
         )
-        return sandbox_tools.register(self, types, config)
+        boxes = sandbox_tools.register(self, types, config)
+        self.sandbox_sets.append(boxes)
+        return boxes
 
     def agent_spec(self, name: str | None) -> AgentSpec:
         """The agent called `name`, or the only/first one when `name` is None."""

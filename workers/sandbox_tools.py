@@ -35,8 +35,9 @@ if TYPE_CHECKING:
 class Sandboxes:
     """An app's sandbox configuration and one SandboxManager per worker that serves it."""
 
-    def __init__(self, config: SandboxConfig) -> None:
+    def __init__(self, config: SandboxConfig, types: tuple[str, ...] = ()) -> None:
         self.config = config
+        self.types = types
         self.managers: dict[str, SandboxManager] = {}
         self.browsers: dict[str, SandboxManager] = {}  # browser sandboxes, per worker
         self.runtimes: dict[str, BrowserRuntime] = {}
@@ -138,7 +139,7 @@ def register(app: App, types: tuple[str, ...], config: SandboxConfig) -> Sandbox
                 f"sandbox type {kind!r} is unknown: choose from {', '.join(TYPES)}"
             )
     # A gui sandbox is a base sandbox with a desktop: its shell and Python see the display.
-    boxes = Sandboxes(dataclasses.replace(config, display="gui" in types))
+    boxes = Sandboxes(dataclasses.replace(config, display="gui" in types), types)
 
     @app.on_start
     async def warm_pool(worker_id: str, role: str) -> None:
