@@ -23,6 +23,7 @@ FORM = (
     "<form method='post' action='/submit'><input name='name' placeholder='Your name'>"
     "<button type='submit'>Sign</button></form></body></html>"
 )
+HOG = "<script>const a=[];for(;;){a.push(new Float64Array(8e6).fill(1))}</script>"
 NOISE = (  # random pixels: a PNG of them does not compress below the inline limit
     "<html><body style='margin:0'><canvas id='c' width='600' height='400'></canvas><script>"
     "const c=document.getElementById('c').getContext('2d');const d=c.createImageData(600,400);"
@@ -181,11 +182,12 @@ async def test_the_browser_reaches_only_its_allow_list_never_the_broker_nor_host
         await close_all(boxes)
 
 
-async def test_with_network_none_the_browser_reaches_nothing_not_even_the_tests_own_server(
+async def test_with_network_none_nothing_is_reached_and_a_memory_hog_crashes_only_its_page(
     tmp_path: Path, site: str
 ) -> None:
     app = App("closed")
-    boxes = app.sandbox_tools("browser", root=str(tmp_path), pool_size=0)
+    limit = 400 << 20
+    boxes = app.sandbox_tools("browser", root=str(tmp_path), pool_size=0, memory_max=limit)
     try:
         async with harness(app, "w1") as (h, _):
             closed = await h.call("s-none", "browser_navigate", url=f"http://{site}/")
@@ -194,6 +196,20 @@ async def test_with_network_none_the_browser_reaches_nothing_not_even_the_tests_
                 "tool browser_navigate failed: SandboxError: browser_navigate failed: Page.goto:"
                 f" net::ERR_CONNECTION_REFUSED at http://{site}/",
             )
+            # Chromium runs without RLIMIT_AS; its memory cgroup holds it.
+            hog = await h.call("s-hog", "browser_navigate", url=f"data:text/html,{HOG}")
+            assert (hog.ok, hog.output) == (
+                False,
+                "tool browser_navigate failed: SandboxError: browser_navigate failed: Page.goto:"
+                " Page crashed",
+            )
+            memory = boxes.browsers["w1"].sessions["s-hog"].cgroups[1]
+            assert (memory / "memory.limit_in_bytes").read_text() == f"{limit}\n"
+            assert int((memory / "memory.failcnt").read_text()) > 0  # the limit was what hit
+            tabs = await h.call("s-hog", "browser_tab_list")  # the browser itself lives on
+            assert tabs.ok and tabs.output.startswith("- 0: (current) [] (data:text/html,")
+            other = await h.call("s-none", "browser_tab_list")  # and so does everyone else's
+            assert other.ok and other.output.endswith(" (chrome-error://chromewebdata/)")
     finally:
         await close_all(boxes)
 
