@@ -110,8 +110,9 @@ class BrowserRuntime:
 
             if not self.policy.none:
                 # Short and private: a unix socket path has ~100 bytes, the root may not.
+                # 0700 (mkdtemp's mode): the sandbox's user is the worker's outside its
+                # namespace, and nobody else on the host may use the proxy.
                 self.socket_dir = Path(tempfile.mkdtemp(prefix="aq-proxy-"))
-                self.socket_dir.chmod(0o755)
                 self.proxy = FilteringProxy(self.policy, self.socket_dir / "proxy.sock")
                 await self.proxy.start()
             self.playwright = await async_playwright().start()

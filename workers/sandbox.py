@@ -314,8 +314,11 @@ class SandboxManager:
             self.sessions[session_id] = box
             return box
 
-    async def call(self, session_id: str, op: str, args: dict[str, object]) -> str:
-        """Run `op` in the session's sandbox; its own failure becomes SandboxError."""
+    async def call(self, session_id: str, op: str, args: dict[str, object]) -> Any:
+        """Run `op` in the session's sandbox (its text; a browser's screenshot is a Screenshot).
+
+        The sandbox's own failure becomes SandboxError.
+        """
         box = await self.sandbox(session_id)
         ok, output = await box.request(op, args, self.config.call_timeout)
         if not ok:

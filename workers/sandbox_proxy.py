@@ -118,8 +118,7 @@ class FilteringProxy:
     async def start(self) -> None:
         """Listen on `path` (its directory is what the sandboxes mount)."""
         self.server = await asyncio.start_unix_server(self._serve, path=str(self.path))
-        # The sandbox's user (uid 65534 in its namespace, host root outside) must connect.
-        self.path.chmod(0o666)
+        self.path.chmod(0o600)  # the sandboxes' user is the worker's outside their namespace
 
     async def close(self) -> None:
         """Stop listening; connections in flight end with their sandboxes."""
