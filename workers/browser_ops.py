@@ -19,6 +19,9 @@ if TYPE_CHECKING:
     from agentqueue.workers.browser import BrowserBox
 
 
+SNAPSHOT_CAP = 40_000  # characters: with the envelope, under MNS's 64 KB
+
+
 @dataclass(frozen=True)
 class Screenshot:
     """An image a sandbox produced, before it is put inline or in the artifact store."""
@@ -50,6 +53,11 @@ async def describe(box: BrowserBox, done: str = "") -> str:
     """`done`, then the selected tab's URL, title and snapshot."""
     tab = page(box)
     snapshot = await tab.evaluate(SNAPSHOT_JS)
+    if len(snapshot) > SNAPSHOT_CAP:  # the reply must stay within the broker's message size
+        snapshot = (
+            snapshot[:SNAPSHOT_CAP] + f"\n[snapshot cut at {SNAPSHOT_CAP} characters of"
+            f" {len(snapshot)}: refs past it exist; browser_take_screenshot shows the page]"
+        )
     head = f"{done}\n" if done else ""
     return f"{head}Page URL: {tab.url}\nPage title: {await tab.title()}\nPage snapshot:\n{snapshot}"
 
