@@ -105,14 +105,16 @@ class Sandboxes:
         return ToolOutput(f"{text}, stored as {image.ref}", [image])
 
     async def close_worker(self, worker_name: str) -> None:
-        """Close every sandbox and browser of one worker."""
-        for managers in (self.managers, self.browsers):
-            manager = managers.pop(worker_name, None)
-            if manager is not None:
-                await manager.close()
-        runtime = self.runtimes.pop(worker_name, None)
+        """Close every sandbox and browser of one worker (gone from the maps once closed)."""
+        runtime = self.runtimes.get(worker_name)
         if runtime is not None:
+            await self.browsers[worker_name].close()
             await runtime.close()
+            del self.browsers[worker_name], self.runtimes[worker_name]
+        manager = self.managers.get(worker_name)
+        if manager is not None:
+            await manager.close()
+            del self.managers[worker_name]
 
     def manager(self, worker_name: str) -> SandboxManager:
         """The manager of the worker called `worker_name` (created on first use)."""

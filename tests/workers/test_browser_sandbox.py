@@ -10,6 +10,7 @@ import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 
+import anyio
 import pytest
 
 from agentqueue import App
@@ -105,7 +106,7 @@ async def test_over_rabbitmq_a_session_signs_a_form_keeps_page_and_cookie_and_an
     app = App("web")
     boxes = app.sandbox_tools("browser", root=str(tmp_path), pool_size=1, network=[site])
     try:
-        async with harness(app, "w1", broker_url=rabbitmq_url) as (h, _):
+        async with harness(app, "w1", broker_url=rabbitmq_url) as (h, workers):
             opened = await h.call("s-ann", "browser_navigate", url=f"http://{site}/")
             assert opened.ok, opened.output
             assert boxes.browsers["w1"].sessions["s-ann"].from_pool  # the warm pool served it
@@ -143,8 +144,18 @@ async def test_over_rabbitmq_a_session_signs_a_form_keeps_page_and_cookie_and_an
             assert tabs.output == "- 0: (current) [] (about:blank)"
             fresh = await h.call("s-bob", "browser_navigate", url=f"http://{site}/whoami")
             assert '- paragraph "cookie: no cookie"' in fresh.output
-            sessions = boxes.browsers["w1"].sessions
+            manager = boxes.browsers["w1"]
+            sessions = manager.sessions
             assert sessions["s-ann"].browser is not sessions["s-bob"].browser
+
+            # A stopping worker closes its browsers, pooled ones too, and their cgroups.
+            running = [*sessions.values(), *manager.pool]
+            workers[0].stop()
+            with anyio.fail_after(30):
+                while "w1" in boxes.browsers:
+                    await anyio.sleep(0.05)
+            assert not any(box.alive for box in running)
+            assert not any(group.exists() for box in running for group in box.cgroups)
     finally:
         await close_all(boxes)
 
