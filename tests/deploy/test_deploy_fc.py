@@ -364,7 +364,7 @@ def test_package_without_deps_holds_the_handler_and_the_app(workdir: Path, capsy
 
 
 def test_the_plan_sizes_the_function_for_the_apps_browser_and_gui_sandboxes(
-    workdir: Path, capsys
+    workdir: Path, cloud, capsys
 ) -> None:
     app = ["--app", "tests.apps.browser_app:app"]
     code, out, _ = run(capsys, "--plan", *app)
@@ -378,3 +378,6 @@ def test_the_plan_sizes_the_function_for_the_apps_browser_and_gui_sandboxes(
     function = json.loads(out)["function"]
     assert (function["memorySize"], function["diskSize"]) == (3328, 10240)
     assert json.loads(out)["problems"] == []
+    apply(capsys, cloud, *app, "--memory", "3328", "--cpu", "2")
+    (create,) = [r for r in cloud.take() if r.action == "CreateFunction"]
+    assert (create.body["memorySize"], create.body["diskSize"]) == (3328, 10240)
