@@ -104,7 +104,10 @@ def register_browser(tool: Callable[[Callable[..., Any]], Any], boxes: Sandboxes
 
     @tool
     async def browser_wait_for(
-        time: float | None = None, text: str | None = None, text_gone: str | None = None
+        time: float | None = None,
+        text: str | None = None,
+        text_gone: str | None = None,
+        textGone: str | None = None,  # Playwright MCP's spelling, accepted too
     ) -> Any:
         """Wait for a number of seconds, for a text to appear, or for a text to disappear.
 
@@ -112,8 +115,10 @@ def register_browser(tool: Callable[[Callable[..., Any]], Any], boxes: Sandboxes
             time: Seconds to wait.
             text: Text to wait for.
             text_gone: Text to wait to be gone.
+            textGone: The same as text_gone (Playwright MCP's name).
         """
-        return await run("browser_wait_for", time=time, text=text, text_gone=text_gone)
+        gone = text_gone or textGone
+        return await run("browser_wait_for", time=time, text=text, text_gone=gone)
 
     @tool
     async def browser_take_screenshot(

@@ -182,6 +182,8 @@ async def test_the_browser_reaches_only_its_allow_list_never_the_broker_nor_host
                 )
             own = await h.call("s-net", "browser_navigate", url="file:///workspace/page.html")
             assert '- paragraph "from the workspace"' in own.output
+            waited = await h.call("s-net", "browser_wait_for", text="from the workspace")
+            assert waited.output.startswith("Text 'from the workspace' appeared\nPage URL: file:")
             for path in ("/etc/passwd", str(Path(__file__)), "/root/.bashrc"):
                 host = await h.call("s-net", "browser_navigate", url=f"file://{path}")
                 assert (host.ok, host.output) == (
