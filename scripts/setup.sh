@@ -82,14 +82,18 @@ say "bubblewrap $(bwrap --version | sed 's/^bubblewrap //')"
 # --- Chromium, Xvfb, xdotool, a window manager (browser and gui sandboxes) ------------------
 # Browser sandboxes drive Debian's chromium through Playwright's Python API pointed at
 # /usr/bin/chromium: Playwright's own browser download (`playwright install`) is never used.
-# Gui sandboxes run a virtual display (Xvfb), a minimal window manager and xdotool for input.
-desktop_packages=(chromium xvfb xdotool matchbox-window-manager x11-utils fonts-dejavu-core)
-if command -v chromium >/dev/null 2>&1 && command -v Xvfb >/dev/null 2>&1 \
-    && command -v xdotool >/dev/null 2>&1 && command -v matchbox-window-manager >/dev/null 2>&1; then
+# Gui sandboxes run a virtual display (Xvfb), a minimal window manager and xdotool for input;
+# the gui test opens a Tk window (python3-tk gives Debian's Python its tkinter).
+desktop_packages=(chromium xvfb xdotool matchbox-window-manager x11-utils fonts-dejavu-core
+    python3-tk)
+installed() { [ "$(dpkg-query -W -f='${Status}' "$1" 2>/dev/null)" = "install ok installed" ]; }
+missing=()
+for package in "${desktop_packages[@]}"; do installed "$package" || missing+=("$package"); done
+if [ "${#missing[@]}" -eq 0 ]; then
     say "chromium, Xvfb, xdotool and matchbox-window-manager already installed"
 else
-    say "installing ${desktop_packages[*]} with apt-get"
-    apt_install_no_services "${desktop_packages[@]}"
+    say "installing ${missing[*]} with apt-get"
+    apt_install_no_services "${missing[@]}"
     command -v chromium >/dev/null 2>&1 || { say "error: chromium installed but missing"; exit 1; }
 fi
 say "$(chromium --version 2>/dev/null | head -1), Xvfb $(dpkg-query -W -f='${Version}' xvfb)"

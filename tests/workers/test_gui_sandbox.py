@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import struct
+import subprocess
 import sys
 import zlib
 from pathlib import Path
@@ -36,6 +37,11 @@ def desktop() -> None:
     for program in ("bwrap", "Xvfb", "xdotool", "matchbox-window-manager"):
         if shutil.which(program) is None:
             server_unavailable(f"{program} is not installed: run scripts/setup.sh")
+    probe = subprocess.run([sys._base_executable, "-c", "import tkinter"], capture_output=True)
+    if probe.returncode:
+        server_unavailable(
+            f"{sys._base_executable} has no tkinter: run scripts/setup.sh (Debian's python3-tk)"
+        )
 
 
 def decode_png(png: bytes) -> tuple[int, int, list[bytes]]:
