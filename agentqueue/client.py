@@ -346,7 +346,7 @@ class Client:
             await opened.close()
         if data is None:
             where = redact_url(store or self._settings.store)
-            raise KeyError(
+            raise LookupError(
                 f"artifact {ref!r} is not in the store {where!r}:"
                 " it expired (artifacts are kept as long as handled results) or another store"
                 " holds it; pass store= the tool workers' store URL"

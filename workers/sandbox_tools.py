@@ -25,7 +25,7 @@ from agentqueue.workers.sandbox import SandboxConfig, SandboxManager, workspace_
 from agentqueue.workers.sandbox_proxy import NetworkPolicy
 from agentqueue.workers.session_store import ARTIFACT_REF, SessionStore, open_store
 from agentqueue.workers.settings import Settings
-from agentqueue.workers.tool_handler import current_call
+from agentqueue.workers.tool_handler import current_call, current_store
 from agentqueue.workers.toolkit import ToolOutput
 
 if TYPE_CHECKING:
@@ -97,12 +97,20 @@ class Sandboxes:
         if len(shot.data) <= self.config.inline_image_limit:
             image.data = shot.data
             return ToolOutput(text, [image])
-        if self._artifacts is None:
-            self._artifacts = open_store(self.config.artifacts or Settings.load().store)
         key = f"{workspace_name(session_id)}/{uuid.uuid4().hex}.{shot.media_type.split('/')[1]}"
-        await self._artifacts.put_artifact(key, shot.data)
+        await self.artifact_store().put_artifact(key, shot.data)
         image.ref = ARTIFACT_REF + key
         return ToolOutput(f"{text}, stored as {image.ref}", [image])
+
+    def artifact_store(self) -> SessionStore:
+        """Where large images go: the `artifacts` store, else the running worker's own store."""
+        if self.config.artifacts is None:
+            store = current_store.get()
+            if store is not None:
+                return store
+        if self._artifacts is None:
+            self._artifacts = open_store(self.config.artifacts or Settings.load().store)
+        return self._artifacts
 
     async def close_worker(self, worker_name: str) -> None:
         """Close every sandbox and browser of one worker (gone from the maps once closed)."""

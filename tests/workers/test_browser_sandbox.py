@@ -230,13 +230,10 @@ async def test_with_network_none_nothing_is_reached_and_a_memory_hog_crashes_onl
 async def test_a_screenshot_over_the_inline_limit_travels_by_reference_and_the_caller_fetches_it(
     tmp_path: Path, site: str
 ) -> None:
-    store = f"sqlite:///{tmp_path}/artifacts.db"
     app = App("shots")
-    boxes = app.sandbox_tools(
-        "browser", root=str(tmp_path), pool_size=0, network=[site], artifacts=store
-    )
+    boxes = app.sandbox_tools("browser", root=str(tmp_path), pool_size=0, network=[site])
     try:
-        async with harness(app, "w1") as (h, _):
+        async with harness(app, "w1") as (h, workers):
             await h.call("s-shot", "browser_resize", width=600, height=400)
             small = await h.call("s-shot", "browser_take_screenshot")  # a blank page, JPEG
             (inline,) = small.images
@@ -252,8 +249,16 @@ async def test_a_screenshot_over_the_inline_limit_travels_by_reference_and_the_c
             assert big.output == (
                 f"Screenshot: image/png, 600x400, {image.size} bytes, stored as {image.ref}"
             )
+            store = workers[0].store.url  # large images are kept in the worker's own store
             png = await Client("memory://unused").fetch_artifact(image.ref, store=store)
             assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) == image.size
+            with pytest.raises(LookupError) as gone:
+                await Client("memory://unused").fetch_artifact("artifact:s-shot/x.png", store=store)
+            assert str(gone.value) == (
+                f"artifact 'artifact:s-shot/x.png' is not in the store {store!r}: it expired"
+                " (artifacts are kept as long as handled results) or another store holds it;"
+                " pass store= the tool workers' store URL"
+            )
             assert (int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")) == (
                 600,
                 400,

@@ -114,3 +114,12 @@ def test_workers_that_open_one_new_sqlite_file_together_all_get_it(tmp_path: Pat
         for proc in procs:
             proc.join()
     assert set(outcomes) == {"opened"}
+
+
+async def test_an_artifact_put_under_a_key_is_read_back_and_an_unknown_key_is_none(
+    store: SessionStore,
+) -> None:
+    png = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 100
+    await store.put_artifact("s1/shot.png", png)
+    assert await store.get_artifact("s1/shot.png") == png
+    assert await store.get_artifact("s1/other.png") is None
