@@ -100,11 +100,12 @@ async def test_a_click_where_a_screenshot_shows_the_tk_button_presses_it_on_the_
 ) -> None:
     app = App("desk")
     boxes = app.sandbox_tools(
-        "base", "filesystem", "gui", root=str(tmp_path), pool_size=0, screen=(640, 480)
+        "base", "filesystem", "gui", root=str(tmp_path), pool_size=1, screen=(640, 480)
     )
     try:
         async with harness(app, "w1") as (h, _):
             await h.call("s-desk", "write_file", path="app.py", content=TK_APP.format(x=410, y=330))
+            assert boxes.managers["w1"].sessions["s-desk"].from_pool  # a warm desktop served it
             python = sys._base_executable  # the interpreter the sandbox mounts, with tkinter
             started = await h.call(
                 "s-desk", "run_shell_command", command=f"nohup {python} app.py >tk.log 2>&1 &"
