@@ -1,9 +1,11 @@
-"""Sandboxed tool sets with AgentScope Runtime's names: `base` and `filesystem`.
+"""Sandboxed tool sets with AgentScope Runtime's names: `base`, `filesystem`, `browser`, `gui`.
 
 `app.sandbox_tools("base", "filesystem", root=...)` registers them as ordinary remote tools; each
 call runs in the calling session's sandbox on the tool worker that owns the session's partition.
 `run_ipython_cell` runs in a Python process kept per session (standard `exec`, not an IPython
 kernel: IPython and ipykernel are not installed), so variables persist across a session's calls.
+`gui` gives that sandbox a desktop (`computer_use`); `browser` runs a sandboxed Chromium per
+session (`browser.py`). Screenshots over the inline limit go to the artifact store.
 """
 
 from __future__ import annotations
