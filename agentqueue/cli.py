@@ -1120,10 +1120,11 @@ def _wait_for_stop() -> None:
 
 @command("deploy")
 def _deploy(args: argparse.Namespace, settings: Settings) -> int:
-    from agentqueue.deploy.fc_plan import FCOptions, build_plan, render_plan
+    from agentqueue.deploy.fc_plan import FCOptions, build_plan, render_plan, sandbox_needs
 
+    needs = None
     if args.action != "destroy":
-        _load_app(args.app)  # fail here when the app does not import
+        needs = sandbox_needs(_load_app(args.app))  # fail here when the app does not import
     if args.action == "package":
         from agentqueue.deploy.fc_package import build_package
 
@@ -1152,6 +1153,7 @@ def _deploy(args: argparse.Namespace, settings: Settings) -> int:
             batch_size=args.batch_size,
             batch_window=args.batch_window,
             preload=args.preload,
+            sandboxes=needs,
         )
     )
     if args.action == "plan":

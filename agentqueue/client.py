@@ -17,6 +17,7 @@ from agentqueue.broker import tracing
 from agentqueue.broker.base import Broker
 from agentqueue.broker.replies import ReplyRouter
 from agentqueue.broker.topology import Topology
+from agentqueue.broker.urls import redact_url
 from agentqueue.errors import RequestBusy, RequestCancelled, RequestFailed, RequestTimedOut
 from agentqueue.protocol.codec import encode
 from agentqueue.protocol.ids import new_id
@@ -32,6 +33,7 @@ from agentqueue.protocol.messages import (
     user_message,
 )
 from agentqueue.settings import Settings
+from agentqueue.workers.session_store import artifact_key, open_store
 
 if TYPE_CHECKING:
     from agentqueue.batch_report import BatchSummary
@@ -178,6 +180,7 @@ class Client:
         self.broker = settings.open_broker(broker) if isinstance(broker, str) else broker
         self._owns_broker = isinstance(broker, str)
         self.topology = topology or settings.topology
+        self._settings = settings  # its store holds the artifacts tools return by reference
         self.client_id = client_id or new_id()[:12]
         self.reply_queue = reply_queue or self.topology.reply_queue(f"client-{self.client_id}")
         self.durable_replies = durable_replies
@@ -388,6 +391,27 @@ class Client:
         async with self._slots:
             with tracing.round_trip("call_tool", name, tool=True) as trip, trip.current():
                 return await self._call_tool(name, arguments, session_id, timeout)
+
+    async def fetch_artifact(self, ref: str, *, store: str | None = None) -> bytes:
+        """The bytes of an image a tool returned by reference (`Image.ref`).
+
+        Read from `store` (a store URL), else the store these settings name: the one the tool
+        workers keep artifacts in.
+        """
+        key = artifact_key(ref)
+        opened = open_store(store) if store else self._settings.open_store()
+        try:
+            data = await opened.get_artifact(key)
+        finally:
+            await opened.close()
+        if data is None:
+            where = redact_url(store or self._settings.store)
+            raise LookupError(
+                f"artifact {ref!r} is not in the store {where!r}:"
+                " it expired (artifacts are kept as long as handled results) or another store"
+                " holds it; pass store= the tool workers' store URL"
+            )
+        return data
 
     async def _call_tool(
         self,

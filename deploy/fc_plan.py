@@ -76,6 +76,43 @@ class FCOptions:
     batch_window: int = 0  # seconds; 0 delivers at once, batches form while one is handled
     preload: str = ""
     affinity_header: str = "agentqueue-session"
+    sandboxes: SandboxNeeds | None = None  # what the app's sandboxes need (`sandbox_needs`)
+
+
+# MB of memory one sandbox of each type takes, and whether it needs FC's large disk: Chromium
+# (its memory cgroup's default cap) and its profile, Xvfb's framebuffer and Tk.
+SANDBOX_MEMORY = {"base": 128, "filesystem": 0, "browser": 1024, "gui": 256}
+WORKER_MEMORY = 512  # MB the worker itself is given besides its sandboxes
+LARGE_DISK = 10240  # MB: FC 3.0 offers 512 (the default) or 10240
+ON_LARGE_DISK = {"browser", "gui"}
+
+
+@dataclass(frozen=True)
+class SandboxNeeds:
+    """The sandbox types an app registers and what an instance needs to run them."""
+
+    types: tuple[str, ...]
+    memory: int  # MB, the worker's share included
+    disk: int | None  # MB, None when FC's default disk will do
+
+
+def sandbox_needs(app: object) -> SandboxNeeds | None:
+    """What an app's sandboxes need on one instance: one per session plus the warm pool."""
+    sets = getattr(app, "sandbox_sets", [])
+    if not sets:
+        return None
+    types: list[str] = []
+    memory = WORKER_MEMORY
+    for boxes in sets:
+        kinds = boxes.types
+        types += [t for t in kinds if t not in types]
+        sandboxes = boxes.config.pool_size + 1  # FC sends an instance one session at a time
+        base = SANDBOX_MEMORY["base"] if {"base", "filesystem", "gui"} & set(kinds) else 0
+        per_type = sum(SANDBOX_MEMORY[t] for t in kinds if t != "base")
+        memory += sandboxes * (base + per_type)
+    disk = LARGE_DISK if ON_LARGE_DISK & set(types) else None
+    memory = -(-memory // 64) * 64  # FC takes multiples of 64 MB
+    return SandboxNeeds(tuple(types), memory, disk)
 
 
 @dataclass(frozen=True)
@@ -246,6 +283,12 @@ def build_plan(options: FCOptions, code: CodeSource | None = None) -> FCPlan:
             f" {o.batch_window} s 0-15 (EventBridge's limits)"
         )
     problems: list[str] = []
+    needs = o.sandboxes
+    if needs is not None and o.memory < needs.memory:
+        problems.append(
+            f"memory {o.memory} MB is too little for the app's {', '.join(needs.types)}"
+            f" sandboxes (each session's and the warm pool's): pass --memory {needs.memory}"
+        )
     account = o.account_id or _account_of(o.role_arn)
     if account is None:
         problems.append(
@@ -308,6 +351,8 @@ def build_plan(options: FCOptions, code: CodeSource | None = None) -> FCPlan:
         "sessionAffinity": "HEADER_FIELD",
         "sessionAffinityConfig": json.dumps(affinity, sort_keys=True, separators=(",", ":")),
     }
+    if needs is not None and needs.disk is not None:
+        function["diskSize"] = needs.disk  # Chromium's profile and caches live on /tmp
     dead = topology.dead_letter_queue
     base = {"MaximumMessageSize": MAX_BODY_BYTES, "VisibilityTimeout": visibility}
     queues = [
@@ -458,6 +503,7 @@ def render_plan(plan: FCPlan) -> str:
         ("handler", f["handler"]),
         ("initializer", f"{init['handler']} (timeout {init['timeout']} s)"),
         ("memory, cpu", f"{f['memorySize']} MB, {f['cpu']} vCPU"),
+        *([("disk", f"{f['diskSize']} MB")] if "diskSize" in f else []),
         ("timeout", f"{f['timeout']} s"),
         ("instance concurrency", str(f["instanceConcurrency"])),
         ("role", f["role"]),

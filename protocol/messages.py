@@ -122,6 +122,20 @@ class ToolCall(msgspec.Struct, tag="tool_call", tag_field="type", omit_defaults=
     timeout: float | None = None
 
 
+class Image(msgspec.Struct, omit_defaults=True):
+    """An image a tool returned: inline `data`, or a `ref` to fetch with `Client.fetch_artifact`.
+
+    Large images travel by reference so that the envelope stays within the broker's size limit.
+    """
+
+    media_type: str
+    width: int = 0
+    height: int = 0
+    size: int = 0  # bytes of the image, inline or not
+    data: bytes | None = None  # base64 in JSON
+    ref: str | None = None
+
+
 class ToolResult(msgspec.Struct, tag="tool_result", tag_field="type", omit_defaults=True):
     """The outcome of one `ToolCall`; `ok=False` carries the error text in `output`."""
 
@@ -130,6 +144,7 @@ class ToolResult(msgspec.Struct, tag="tool_result", tag_field="type", omit_defau
     ok: bool
     output: str
     worker: str | None = None
+    images: list[Image] = []  # screenshots and the like, beside the text
 
 
 class Usage(msgspec.Struct, omit_defaults=True):

@@ -79,16 +79,24 @@ else
 fi
 say "bubblewrap $(bwrap --version | sed 's/^bubblewrap //')"
 
-# --- chromium (the console's browser test) -----------------------------------------------
-# Playwright drives Debian's chromium; it never downloads a browser of its own.
-if [ -x /usr/bin/chromium ]; then
-    say "chromium already installed"
+# --- Chromium, Xvfb, xdotool, a window manager (browser and gui sandboxes) ------------------
+# Browser sandboxes drive Debian's chromium through Playwright's Python API pointed at
+# /usr/bin/chromium: Playwright's own browser download (`playwright install`) is never used.
+# Gui sandboxes run a virtual display (Xvfb), a minimal window manager and xdotool for input;
+# the gui test opens a Tk window (python3-tk gives Debian's Python its tkinter).
+desktop_packages=(chromium xvfb xdotool matchbox-window-manager x11-utils fonts-dejavu-core
+    python3-tk)
+installed() { [ "$(dpkg-query -W -f='${Status}' "$1" 2>/dev/null)" = "install ok installed" ]; }
+missing=()
+for package in "${desktop_packages[@]}"; do installed "$package" || missing+=("$package"); done
+if [ "${#missing[@]}" -eq 0 ]; then
+    say "chromium, Xvfb, xdotool and matchbox-window-manager already installed"
 else
-    say "installing chromium with apt-get"
-    apt_install_no_services chromium
-    [ -x /usr/bin/chromium ] || { say "error: chromium installed but /usr/bin/chromium is missing"; exit 1; }
+    say "installing ${missing[*]} with apt-get"
+    apt_install_no_services "${missing[@]}"
+    command -v chromium >/dev/null 2>&1 || { say "error: chromium installed but missing"; exit 1; }
 fi
-say "$(/usr/bin/chromium --version 2>/dev/null || echo 'chromium ?')"
+say "$(chromium --version 2>/dev/null | head -1), Xvfb $(dpkg-query -W -f='${Version}' xvfb)"
 
 # --- Python environment ------------------------------------------------------------------
 say "syncing the Python environment (uv sync --frozen --all-groups)"

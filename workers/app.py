@@ -49,6 +49,7 @@ class App:
         self.name = name
         self.agents: dict[str, AgentSpec] = {}
         self.tools: dict[str, ToolSpec] = {}
+        self.sandbox_sets: list[Any] = []  # the Sandboxes of each sandbox_tools() call
         self.middleware: list[Middleware] = list(middleware or [])
         # Awaited with (worker id, role) when a worker starts serving and after it stopped.
         self.starting: list[LifecycleHook] = []
@@ -137,17 +138,27 @@ class App:
         call_timeout: float = 30.0,
         share_net: bool = False,
         pids_max: int = 128,
+        network: str | list[str] = "none",
+        memory_max: int = 1 << 30,
+        screen: tuple[int, int] = (1024, 768),
+        inline_image_limit: int = 32 * 1024,
+        artifacts: str | None = None,
     ) -> Any:
-        """Register sandboxed tool sets (`"base"`, `"filesystem"`) that run per session in bwrap.
+        """Register sandboxed tool sets (`"base"`, `"filesystem"`, `"browser"`, `"gui"`) that
+        run per session in bwrap.
 
         `root` holds the sessions' workspaces and must be shared by the tool workers for files
         to follow a session to another worker (default `$XDG_STATE_HOME/agentqueue/sandboxes`,
-        beside the default session store). Returns the `Sandboxes` object that owns each
-        worker's sandboxes.
+        beside the default session store). `network` is what a browser may reach: `"none"` or
+        a list of `host` / `host:port`; `memory_max` caps a browser by a memory cgroup;
+        `screen` is a gui display's and a browser viewport's size; images over
+        `inline_image_limit` bytes go to the store `artifacts` (default: the worker's) and
+        travel by reference. Returns the `Sandboxes` object that owns each worker's sandboxes.
         """
         from pathlib import Path
 
         from agentqueue.workers import sandbox_tools
+        from agentqueue.workers.sandbox_proxy import network_allow_list
         from agentqueue.workers.settings import state_dir
 
         where = Path(root) if root else Path(state_dir()) / "sandboxes"
@@ -158,8 +169,15 @@ class App:
             call_timeout=call_timeout,
             share_net=share_net,
             pids_max=pids_max,
+            network=network_allow_list(network),
+            memory_max=memory_max,
+            screen=tuple(screen),
+            inline_image_limit=inline_image_limit,
+            artifacts=artifacts,
         )
-        return sandbox_tools.register(self, types, config)
+        boxes = sandbox_tools.register(self, types, config)
+        self.sandbox_sets.append(boxes)
+        return boxes
 
     def agent_spec(self, name: str | None) -> AgentSpec:
         """The agent called `name`, or the only/first one when `name` is None."""

@@ -138,7 +138,7 @@ class FCInstance:
                 RemoteTools(self.broker, self.topology, self.router),
                 worker_name=self.instance_id,
             ),
-            ToolCall: ToolHandler(self.app, worker_name=self.instance_id),
+            ToolCall: ToolHandler(self.app, worker_name=self.instance_id, store=self.store),
         }
         self.pipeline = assemble_pipeline(
             self.app,

@@ -152,6 +152,14 @@ class RedisSessionStore(SessionStore):
         attempt = f"{base}:attempt:{event_id}"
         return [f"{base}:session", f"{base}:handled", f"{base}:handled_at", attempt]
 
+    async def put_artifact(self, key: str, data: bytes) -> None:
+        # Kept as long as handled results are: a caller fetches soon after the reply.
+        await self._redis.set(f"{self._prefix}:artifact:{key}", data, px=self._retention_ms)
+
+    async def get_artifact(self, key: str) -> bytes | None:
+        value = await self._redis.get(f"{self._prefix}:artifact:{key}")
+        return None if value is None else bytes(value)
+
     async def acquire(self, session_id: str, owner: str, ttl: float) -> Lease | None:
         result = await self._acquire(
             keys=self._keys(session_id)[:1], args=[owner, ttl, self._idle_ms]

@@ -17,7 +17,7 @@ from agentqueue.broker.replies import ReplyRouter
 from agentqueue.broker.topology import Topology
 from agentqueue.protocol.codec import encode
 from agentqueue.protocol.messages import Envelope, ToolCall, ToolResult
-from agentqueue.workers.toolkit import ToolError
+from agentqueue.workers.toolkit import ToolError, ToolOutput
 
 log = logging.getLogger("agentqueue.worker")
 
@@ -42,7 +42,9 @@ class RemoteTools:
         """
         counter = 0
 
-        async def invoke_remote(name: str, arguments: dict[str, Any], timeout: float | None) -> str:
+        async def invoke_remote(
+            name: str, arguments: dict[str, Any], timeout: float | None
+        ) -> str | ToolOutput:
             nonlocal counter
             counter += 1
             call_id = f"{request.id}:{counter}"
@@ -84,6 +86,8 @@ class RemoteTools:
                 if failures is not None:
                     failures.append(result.output)
                 raise ToolError(result.output)
+            if result.images:
+                return ToolOutput(result.output, list(result.images))
             return result.output
 
         return invoke_remote

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -23,8 +24,10 @@ import re
 import sys
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from agentqueue.workers.errors import SandboxError
 
@@ -55,6 +58,12 @@ class SandboxConfig:
     share_net: bool = False
     pids_max: int = 128  # enforced by the pids cgroup: RLIMIT_NPROC does not bind host root
     limits: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_LIMITS))
+    memory_max: int = 1 << 30  # bytes, by a memory cgroup, for browsers (no RLIMIT_AS there)
+    network: tuple[str, ...] = ()  # hosts a browser may reach through the proxy; () is none
+    screen: tuple[int, int] = (1024, 768)  # a gui sandbox's display, a browser's viewport
+    inline_image_limit: int = 32 * 1024  # bytes; larger screenshots go to the artifact store
+    artifacts: str | None = None  # the store URL for large screenshots (None: the worker's)
+    display: bool = False  # a gui sandbox: Xvfb, a window manager and xdotool beside the server
 
 
 class Sandbox:
@@ -204,6 +213,32 @@ async def release_cgroup(group: Path, within: float = 5.0) -> None:
 def bwrap_command(workspace: Path, config: SandboxConfig) -> list[str]:
     """The bwrap argv: every namespace unshared, host read-only, workspace the one writable bind."""
     python = os.path.realpath(sys._base_executable)  # the base interpreter, not the venv
+    binds = [("--ro-bind", str(SERVER), "/sandbox/server.py")]
+    server = [python, "-I", "-S", "/sandbox/server.py", json.dumps(config.limits)]
+    if not config.display:
+        return bwrap_prefix(workspace, config, binds) + server
+    if os.path.isdir("/etc/fonts"):  # fontconfig's configuration, for Tk and friends
+        binds.append(("--ro-bind", "/etc/fonts", "/etc/fonts"))
+    argv = bwrap_prefix(workspace, config, binds)
+    argv += ["--setenv", "DISPLAY", ":0", "--setenv", "XDG_CACHE_HOME", "/tmp/cache"]
+    return [*argv, "/bin/sh", "-c", DESKTOP.format(*config.screen), "desktop", *server]
+
+
+# A gui sandbox: Xvfb on :0 (its framebuffer mapped to /tmp/Xvfb_screen0 for screenshots), a
+# window manager, then the server. Their chatter goes to /tmp: nobody reads the stderr pipe.
+DESKTOP = (
+    "Xvfb :0 -screen 0 {0}x{1}x24 -nolisten tcp -fbdir /tmp >/tmp/xvfb.log 2>&1 &"
+    " i=0; while [ ! -e /tmp/.X11-unix/X0 ] && [ $i -lt 200 ]; do sleep 0.05; i=$((i+1)); done;"
+    " [ -e /tmp/.X11-unix/X0 ] || {{ cat /tmp/xvfb.log >&2; exit 1; }};"
+    " matchbox-window-manager -use_titlebar no >/tmp/wm.log 2>&1 &"
+    ' exec "$@"'
+)
+
+
+def bwrap_prefix(
+    workspace: Path, config: SandboxConfig, binds: list[tuple[str, str, str]]
+) -> list[str]:
+    """bwrap and its flags up to the program: the mounts every sandbox has, plus `binds`."""
     prefix = os.path.realpath(sys.base_prefix)
     argv = ["bwrap", "--die-with-parent", "--new-session", "--unshare-all"]
     if config.share_net:
@@ -218,18 +253,22 @@ def bwrap_command(workspace: Path, config: SandboxConfig) -> list[str]:
             argv += ["--ro-bind", top, top]
     if not prefix.startswith("/usr/"):
         argv += ["--ro-bind", prefix, prefix]
-    argv += ["--ro-bind", str(SERVER), "/sandbox/server.py"]
+    for bind in binds:
+        argv += list(bind)
     argv += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]
     argv += ["--bind", str(workspace), "/workspace", "--chdir", "/workspace", "--remount-ro", "/"]
-    argv += [python, "-I", "-S", "/sandbox/server.py", json.dumps(config.limits)]
     return argv
 
 
 class SandboxManager:
     """A worker's sandboxes: one per session, a warm pool for new sessions, idle reclaim."""
 
-    def __init__(self, config: SandboxConfig) -> None:
+    def __init__(
+        self, config: SandboxConfig, start: Callable[[Path], Awaitable[Any]] | None = None
+    ) -> None:
         self.config = config
+        # What a sandbox is: a `Sandbox` by default; browsers bring their own with the same face.
+        self._start = start or functools.partial(Sandbox.start, config=config)
         self.sessions: dict[str, Sandbox] = {}
         self.pool: list[Sandbox] = []
         self._refill: asyncio.Task[None] | None = None
@@ -245,7 +284,7 @@ class SandboxManager:
         """Fill the pool to its size and start the idle reaper (idempotent)."""
         while len(self.pool) < self.config.pool_size:
             workspace = self.pool_dir / uuid.uuid4().hex
-            self.pool.append(await Sandbox.start(workspace, self.config))
+            self.pool.append(await self._start(workspace))
         if self._reaper is None:
             self._reaper = asyncio.create_task(self._reap())
 
@@ -271,12 +310,15 @@ class SandboxManager:
                 if self._refill is None or self._refill.done():
                     self._refill = asyncio.create_task(self.warm())
             if box is None:
-                box = await Sandbox.start(workspace, self.config)
+                box = await self._start(workspace)
             self.sessions[session_id] = box
             return box
 
-    async def call(self, session_id: str, op: str, args: dict[str, object]) -> str:
-        """Run `op` in the session's sandbox; its own failure becomes SandboxError."""
+    async def call(self, session_id: str, op: str, args: dict[str, object]) -> Any:
+        """Run `op` in the session's sandbox (its text; a browser's screenshot is a Screenshot).
+
+        The sandbox's own failure becomes SandboxError.
+        """
         box = await self.sandbox(session_id)
         ok, output = await box.request(op, args, self.config.call_timeout)
         if not ok:

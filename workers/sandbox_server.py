@@ -8,15 +8,18 @@ resolved under the workspace and refused when it leaves it (`..`, absolute paths
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import io
 import json
 import os
 import resource
 import shutil
+import struct
 import subprocess
 import sys
 import traceback
+import zlib
 
 WORKSPACE = "/workspace"
 OUTPUT_CAP = 64 * 1024  # characters per output stream; more is cut with a note
@@ -105,7 +108,110 @@ def handle(request: dict[str, object], scope: dict[str, object]) -> str:
         st = os.stat(_path(a["path"]))
         kind = "directory" if os.path.isdir(_path(a["path"])) else "file"
         return json.dumps({"size": st.st_size, "modified": st.st_mtime, "type": kind})
+    if op == "computer_use":
+        return computer_use(a)
     raise ValueError(f"unknown sandbox operation {op!r}")
+
+
+# --- the desktop of a gui sandbox: Xvfb on :0, its framebuffer in /tmp/Xvfb_screen0 (XWD) ----
+
+BUTTONS = {"left_click": "1", "middle_click": "2", "right_click": "3"}
+SCROLL = {"up": "4", "down": "5", "left": "6", "right": "7"}
+
+
+def _xdotool(*args: str) -> str:
+    done = subprocess.run(
+        ["/usr/bin/xdotool", *args], capture_output=True, text=True, stdin=subprocess.DEVNULL
+    )
+    if done.returncode:
+        raise RuntimeError(f"xdotool {' '.join(args)} failed: {done.stderr.strip()}")
+    return done.stdout
+
+
+def _point(a: dict, key: str = "coordinate") -> list[str]:
+    value = a.get(key)
+    if not (isinstance(value, list) and len(value) == 2 and all(isinstance(v, int) for v in value)):
+        raise ValueError(f"{key} must be [x, y] in screen pixels, got {value!r}")
+    return [str(value[0]), str(value[1])]
+
+
+def computer_use(a: dict) -> str:
+    action = a.get("action")
+    moved = ["mousemove", "--sync", *_point(a)] if a.get("coordinate") is not None else []
+    if action == "screenshot":
+        return json.dumps(screenshot())
+    if action == "mouse_move":
+        _xdotool("mousemove", "--sync", *_point(a))
+        return f"moved the mouse to {a['coordinate']}"
+    if action in BUTTONS:
+        _xdotool(*moved, "click", BUTTONS[action])
+        return f"{action.replace('_', ' ')} at {a.get('coordinate') or cursor()}"
+    if action == "double_click":
+        _xdotool(*moved, "click", "--repeat", "2", "1")
+        return f"double click at {a.get('coordinate') or cursor()}"
+    if action == "left_click_drag":
+        start, end = _point(a, "start_coordinate"), _point(a)
+        _xdotool("mousemove", "--sync", *start, "mousedown", "1")
+        _xdotool("mousemove", "--sync", *end, "mouseup", "1")
+        return f"dragged from {a['start_coordinate']} to {a['coordinate']}"
+    if action == "type":
+        _xdotool("type", "--delay", "10", "--", str(a.get("text") or ""))
+        return f"typed {len(str(a.get('text') or ''))} characters"
+    if action == "key":
+        _xdotool("key", "--", str(a.get("text") or ""))
+        return f"pressed {a.get('text')}"
+    if action == "scroll":
+        direction = a.get("scroll_direction") or "down"
+        if direction not in SCROLL:
+            raise ValueError(f"scroll_direction {direction!r} is not one of up, down, left, right")
+        amount = str(int(a.get("scroll_amount") or 3))
+        _xdotool(*moved, "click", "--repeat", amount, SCROLL[direction])
+        return f"scrolled {direction} by {amount}"
+    if action == "cursor_position":
+        return f"X={cursor()[0]}, Y={cursor()[1]}"
+    raise ValueError(
+        f"unknown computer_use action {action!r}: use screenshot, mouse_move, left_click,"
+        " right_click, middle_click, double_click, left_click_drag, type, key, scroll or"
+        " cursor_position"
+    )
+
+
+def cursor() -> list[int]:
+    values = dict(line.split("=", 1) for line in _xdotool("getmouselocation", "--shell").split())
+    return [int(values["X"]), int(values["Y"])]
+
+
+def screenshot() -> dict:
+    """The display as PNG (base64), read from Xvfb's framebuffer file (XWD, 32 bits a pixel)."""
+    with open("/tmp/Xvfb_screen0", "rb") as f:
+        raw = f.read()
+    fields = struct.unpack(">25I", raw[:100])
+    header, width, height = fields[0], fields[4], fields[5]
+    byte_order, bits, stride, ncolors = fields[7], fields[11], fields[12], fields[19]
+    if bits != 32:
+        raise RuntimeError(f"the display has {bits} bits a pixel; gui sandboxes use 24-bit depth")
+    start = header + ncolors * 12
+    pixels = raw[start : start + stride * height]
+    rgb = bytearray(width * height * 3)
+    # LSB-first 0x00RRGGBB is B, G, R, X in memory; MSB-first is X, R, G, B.
+    order = (2, 1, 0) if byte_order == 0 else (1, 2, 3)
+    rows = b"".join(pixels[y * stride : y * stride + width * 4] for y in range(height))
+    for channel, offset in enumerate(order):
+        rgb[channel::3] = rows[offset::4]
+    lines = b"".join(
+        b"\x00" + bytes(rgb[y * width * 3 : (y + 1) * width * 3]) for y in range(height)
+    )
+    png = _png(width, height, zlib.compress(lines, 6))
+    return {"png": base64.b64encode(png).decode(), "width": width, "height": height}
+
+
+def _png(width: int, height: int, data: bytes) -> bytes:
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        crc = zlib.crc32(kind + body) & 0xFFFFFFFF
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", crc)
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8-bit RGB
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", data) + chunk(b"IEND", b"")
 
 
 def main() -> None:

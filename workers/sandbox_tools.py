@@ -1,19 +1,34 @@
-"""Sandboxed tool sets with AgentScope Runtime's names: `base` and `filesystem`.
+"""Sandboxed tool sets with AgentScope Runtime's names: `base`, `filesystem`, `browser`, `gui`.
 
 `app.sandbox_tools("base", "filesystem", root=...)` registers them as ordinary remote tools; each
 call runs in the calling session's sandbox on the tool worker that owns the session's partition.
 `run_ipython_cell` runs in a Python process kept per session (standard `exec`, not an IPython
 kernel: IPython and ipykernel are not installed), so variables persist across a session's calls.
+`gui` gives that sandbox a desktop (`computer_use`); `browser` runs a sandboxed Chromium per
+session (`browser.py`). Screenshots over the inline limit go to the artifact store.
 """
 
 from __future__ import annotations
 
+import base64
+import dataclasses
+import functools
+import json
+import uuid
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from agentqueue.protocol.messages import Image
+from agentqueue.workers.browser import BrowserBox, BrowserRuntime
+from agentqueue.workers.browser_ops import Screenshot
+from agentqueue.workers.browser_tools import register_browser
 from agentqueue.workers.errors import UnknownSandboxType
-from agentqueue.workers.sandbox import SandboxConfig, SandboxManager
-from agentqueue.workers.tool_handler import current_call
+from agentqueue.workers.sandbox import SandboxConfig, SandboxManager, workspace_name
+from agentqueue.workers.sandbox_proxy import NetworkPolicy
+from agentqueue.workers.session_store import ARTIFACT_REF, SessionStore, open_store
+from agentqueue.workers.settings import Settings
+from agentqueue.workers.tool_handler import current_call, current_store
+from agentqueue.workers.toolkit import ToolOutput
 
 if TYPE_CHECKING:
     from agentqueue.workers.app import App
@@ -22,9 +37,94 @@ if TYPE_CHECKING:
 class Sandboxes:
     """An app's sandbox configuration and one SandboxManager per worker that serves it."""
 
-    def __init__(self, config: SandboxConfig) -> None:
+    def __init__(self, config: SandboxConfig, types: tuple[str, ...] = ()) -> None:
         self.config = config
+        self.types = types
         self.managers: dict[str, SandboxManager] = {}
+        self.browsers: dict[str, SandboxManager] = {}  # browser sandboxes, per worker
+        self.runtimes: dict[str, BrowserRuntime] = {}
+        self._artifacts: SessionStore | None = None
+
+    def browser_manager(self, worker_name: str) -> SandboxManager:
+        """The browser sandboxes of the worker called `worker_name` (created on first use)."""
+        if worker_name not in self.browsers:
+            policy = (
+                NetworkPolicy.parse(self.config.network) if self.config.network else NetworkPolicy()
+            )
+            runtime = BrowserRuntime(policy)
+            # Their own workspaces: a browser's file:// reaches these and nothing else.
+            config = dataclasses.replace(self.config, root=self.config.root / ".browser")
+            start = functools.partial(
+                BrowserBox.start, config=config, runtime=runtime, viewport=self.config.screen
+            )
+            self.browsers[worker_name] = SandboxManager(config, start=start)
+            self.runtimes[worker_name] = runtime
+        return self.browsers[worker_name]
+
+    async def call_browser(self, op: str, args: dict[str, object]) -> str | ToolOutput:
+        """Run a browser operation in the calling session's browser; images become ToolOutput."""
+        session_id, worker_name = current_call.get()
+        output = await self.browser_manager(worker_name).call(session_id, op, args)
+        if isinstance(output, Screenshot):
+            return await self.image_output(session_id, output)
+        return str(output)
+
+    async def computer_use(self, args: dict[str, object]) -> str | ToolOutput:
+        """Run a `computer_use` action on the calling session's desktop; screenshots are images."""
+        session_id, _ = current_call.get()
+        output = await self.call("computer_use", args)
+        if args.get("action") != "screenshot":
+            return output
+        shot = json.loads(output)
+        png = base64.b64decode(shot["png"])
+        return await self.image_output(
+            session_id, Screenshot(png, "image/png", shot["width"], shot["height"])
+        )
+
+    async def close_browser(self) -> str:
+        """Close the calling session's browser (the next browser call starts a fresh one)."""
+        session_id, worker_name = current_call.get()
+        box = self.browser_manager(worker_name).sessions.pop(session_id, None)
+        if box is None:
+            return "No browser was open"
+        await box.close()
+        return "Closed the browser"
+
+    async def image_output(self, session_id: str, shot: Screenshot) -> ToolOutput:
+        """The image inline when small, else put in the artifact store and sent by reference."""
+        text = f"Screenshot: {shot.media_type}, {shot.width}x{shot.height}, {len(shot.data)} bytes"
+        image = Image(
+            media_type=shot.media_type, width=shot.width, height=shot.height, size=len(shot.data)
+        )
+        if len(shot.data) <= self.config.inline_image_limit:
+            image.data = shot.data
+            return ToolOutput(text, [image])
+        key = f"{workspace_name(session_id)}/{uuid.uuid4().hex}.{shot.media_type.split('/')[1]}"
+        await self.artifact_store().put_artifact(key, shot.data)
+        image.ref = ARTIFACT_REF + key
+        return ToolOutput(f"{text}, stored as {image.ref}", [image])
+
+    def artifact_store(self) -> SessionStore:
+        """Where large images go: the `artifacts` store, else the running worker's own store."""
+        if self.config.artifacts is None:
+            store = current_store.get()
+            if store is not None:
+                return store
+        if self._artifacts is None:
+            self._artifacts = open_store(self.config.artifacts or Settings.load().store)
+        return self._artifacts
+
+    async def close_worker(self, worker_name: str) -> None:
+        """Close every sandbox and browser of one worker (gone from the maps once closed)."""
+        runtime = self.runtimes.get(worker_name)
+        if runtime is not None:
+            await self.browsers[worker_name].close()
+            await runtime.close()
+            del self.browsers[worker_name], self.runtimes[worker_name]
+        manager = self.managers.get(worker_name)
+        if manager is not None:
+            await manager.close()
+            del self.managers[worker_name]
 
     def manager(self, worker_name: str) -> SandboxManager:
         """The manager of the worker called `worker_name` (created on first use)."""
@@ -38,7 +138,7 @@ class Sandboxes:
         return await self.manager(worker_name).call(session_id, op, args)
 
 
-TYPES = ("base", "filesystem")
+TYPES = ("base", "filesystem", "browser", "gui")
 
 
 def register(app: App, types: tuple[str, ...], config: SandboxConfig) -> Sandboxes:
@@ -50,18 +150,22 @@ def register(app: App, types: tuple[str, ...], config: SandboxConfig) -> Sandbox
             raise UnknownSandboxType(
                 f"sandbox type {kind!r} is unknown: choose from {', '.join(TYPES)}"
             )
-    boxes = Sandboxes(config)
+    # A gui sandbox is a base sandbox with a desktop: its shell and Python see the display.
+    boxes = Sandboxes(dataclasses.replace(config, display="gui" in types), types)
 
     @app.on_start
     async def warm_pool(worker_id: str, role: str) -> None:
-        if role != "agents":  # a tool worker: its first new session must not pay a cold start
+        if role == "agents":
+            return
+        # A tool worker: its first new session must not pay a cold start.
+        if {"base", "filesystem", "gui"} & set(types):
             await boxes.manager(worker_id).warm()
+        if "browser" in types:
+            await boxes.browser_manager(worker_id).warm()
 
     @app.on_stop
     async def close_sandboxes(worker_id: str, role: str) -> None:
-        manager = boxes.managers.pop(worker_id, None)
-        if manager is not None:
-            await manager.close()
+        await boxes.close_worker(worker_id)
 
     # The tool's ceiling sits above the sandbox's wall-clock limit, so the sandbox answers first.
     tool = app.tool(timeout=config.call_timeout + 10.0)
@@ -153,6 +257,41 @@ def register(app: App, types: tuple[str, ...], config: SandboxConfig) -> Sandbox
                 path: The path, relative to the workspace.
             """
             return await boxes.call("get_file_info", {"path": path})
+
+    if "browser" in types:
+        register_browser(tool, boxes)
+
+    if "gui" in types:
+
+        @tool
+        async def computer_use(
+            action: str,
+            coordinate: list[int] | None = None,
+            text: str | None = None,
+            start_coordinate: list[int] | None = None,
+            scroll_direction: str | None = None,
+            scroll_amount: int | None = None,
+        ) -> Any:
+            """Use the session's desktop (a virtual display) with the mouse and keyboard.
+
+            Args:
+                action: screenshot, mouse_move, left_click, right_click, middle_click,
+                    double_click, left_click_drag, type, key, scroll or cursor_position.
+                coordinate: [x, y] in screen pixels: where to move, click, drag to or scroll.
+                text: The text to type, or the key (xdotool names: "Return", "ctrl+a").
+                start_coordinate: [x, y] where a left_click_drag starts.
+                scroll_direction: up, down, left or right.
+                scroll_amount: How many wheel clicks to scroll (default 3).
+            """
+            arguments = {
+                "action": action,
+                "coordinate": coordinate,
+                "text": text,
+                "start_coordinate": start_coordinate,
+                "scroll_direction": scroll_direction,
+                "scroll_amount": scroll_amount,
+            }
+            return await boxes.computer_use({k: v for k, v in arguments.items() if v is not None})
 
     return boxes
 

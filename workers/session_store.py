@@ -148,6 +148,20 @@ class SessionStore(abc.ABC):
     async def notes(self, kind: str, limit: int = 50) -> list[Note]:
         """The most recently written notes of `kind`, newest first."""
 
+    async def put_artifact(self, key: str, data: bytes) -> None:
+        """Keep `data` (a large tool output, e.g. a screenshot) under `key`."""
+        raise NotImplementedError(
+            f"{type(self).__name__} keeps no artifacts: use a memory://, sqlite:// or redis://"
+            " store for tools that return large images"
+        )
+
+    async def get_artifact(self, key: str) -> bytes | None:
+        """The artifact stored under `key`, or None."""
+        raise NotImplementedError(
+            f"{type(self).__name__} keeps no artifacts: use a memory://, sqlite:// or redis://"
+            " store for tools that return large images"
+        )
+
 
 # Session store implementations by URL scheme, as "module:class", imported only when used.
 STORES: dict[str, str] = {
@@ -156,6 +170,19 @@ STORES: dict[str, str] = {
     "redis": "agentqueue.workers.redis_store:RedisSessionStore",
     "rediss": "agentqueue.workers.redis_store:RedisSessionStore",
 }
+
+
+ARTIFACT_REF = "artifact:"  # Image.ref is this prefix and the artifact's key in the store
+
+
+def artifact_key(ref: str) -> str:
+    """The store key an `Image.ref` names; anything else is refused."""
+    if not ref.startswith(ARTIFACT_REF) or len(ref) == len(ARTIFACT_REF):
+        raise ValueError(
+            f"{ref!r} is not an artifact reference: pass the `ref` of an image a tool returned"
+            f" (it starts with {ARTIFACT_REF!r})"
+        )
+    return ref[len(ARTIFACT_REF) :]
 
 
 def open_store(
@@ -192,6 +219,7 @@ class _Session:
 
 
 _memory_stores: dict[str, dict[str, _Session]] = {}
+_memory_artifacts: dict[str, dict[str, bytes]] = {}
 
 
 class MemorySessionStore(SessionStore):
@@ -208,6 +236,7 @@ class MemorySessionStore(SessionStore):
         self.session_ttl = check_ttls(retention, session_ttl)
         self.retention = retention
         self._sessions = _memory_stores.setdefault(urlsplit(url).netloc or "default", {})
+        self._artifacts = _memory_artifacts.setdefault(urlsplit(url).netloc or "default", {})
         self._next_purge = time.monotonic() + min(PURGE_EVERY, retention / 2)
 
     def _get(self, session_id: str) -> _Session:
@@ -262,6 +291,12 @@ class MemorySessionStore(SessionStore):
         while len(s.handled) > HANDLED_KEPT:
             s.handled_at.pop(s.handled.popitem(last=False)[0], None)
         await self._purge_now_and_then()
+
+    async def put_artifact(self, key: str, data: bytes) -> None:
+        self._artifacts[key] = data
+
+    async def get_artifact(self, key: str) -> bytes | None:
+        return self._artifacts.get(key)
 
     async def count_attempt(self, session_id: str, event_id: str) -> int:
         s = self._get(session_id)

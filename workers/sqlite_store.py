@@ -51,6 +51,11 @@ CREATE TABLE IF NOT EXISTS notes (
     PRIMARY KEY (kind, key)
 );
 CREATE INDEX IF NOT EXISTS notes_at ON notes(kind, at);
+CREATE TABLE IF NOT EXISTS artifacts (
+    key TEXT PRIMARY KEY,
+    data BLOB NOT NULL,
+    at REAL
+);
 CREATE TABLE IF NOT EXISTS attempts (
     session_id TEXT NOT NULL,
     event_id TEXT NOT NULL,
@@ -142,6 +147,22 @@ class SQLiteSessionStore(SessionStore):
                 raise
             self._db.execute("COMMIT")
             return result
+
+    async def put_artifact(self, key: str, data: bytes) -> None:
+        def op(db: sqlite3.Connection) -> None:
+            db.execute(
+                "INSERT OR REPLACE INTO artifacts(key, data, at) VALUES (?, ?, ?)",
+                (key, data, time.time()),
+            )
+
+        await self._run(op)
+
+    async def get_artifact(self, key: str) -> bytes | None:
+        def op(db: sqlite3.Connection) -> bytes | None:
+            row = db.execute("SELECT data FROM artifacts WHERE key=?", (key,)).fetchone()
+            return None if row is None else bytes(row[0])
+
+        return await self._run(op)  # type: ignore[no-any-return]
 
     async def acquire(self, session_id: str, owner: str, ttl: float) -> Lease | None:
         def op(db: sqlite3.Connection) -> Lease | None:
@@ -282,6 +303,7 @@ class SQLiteSessionStore(SessionStore):
         cutoff = now - self.retention
         handled = db.execute("DELETE FROM handled WHERE at < ?", (cutoff,)).rowcount
         attempts = db.execute("DELETE FROM attempts WHERE at < ?", (cutoff,)).rowcount
+        db.execute("DELETE FROM artifacts WHERE at < ?", (cutoff,))  # kept as results are
         sessions = 0
         if self.session_ttl is not None:
             sessions = db.execute(

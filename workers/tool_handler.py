@@ -19,15 +19,22 @@ from typing import Any
 import anyio
 import msgspec
 
-from agentqueue.protocol.messages import Envelope, ToolCall, ToolResult
+from agentqueue.protocol.messages import Envelope, Image, ToolCall, ToolResult
 from agentqueue.workers.app import App
 from agentqueue.workers.errors import PermanentError
 from agentqueue.workers.handling import Emit, HandlerResult, RunControl
+from agentqueue.workers.session_store import SessionStore
+from agentqueue.workers.toolkit import ToolOutput
 
 log = logging.getLogger("agentqueue.worker")
 
 current_call: contextvars.ContextVar[tuple[str, str]] = contextvars.ContextVar("current_call")
 """(session id, worker name) of the tool call running now: sandboxed tools find their sandbox."""
+
+current_store: contextvars.ContextVar[SessionStore | None] = contextvars.ContextVar(
+    "current_store", default=None
+)
+"""The session store of the worker running the tool call: where large tool outputs are kept."""
 
 
 class ToolHandler:
@@ -35,9 +42,12 @@ class ToolHandler:
 
     uses_state = False
 
-    def __init__(self, app: App, worker_name: str | None = None) -> None:
+    def __init__(
+        self, app: App, worker_name: str | None = None, store: SessionStore | None = None
+    ) -> None:
         self.app = app
         self.worker_name = worker_name or f"pid-{os.getpid()}"
+        self.store = store
 
     def store_key(self, envelope: Envelope) -> str:
         # Apart from the agent's record: the agent holds the session lease while it awaits us.
@@ -71,10 +81,12 @@ class ToolHandler:
             )
         try:
             token = current_call.set((envelope.session_id, self.worker_name))
+            store_token = current_store.set(self.store)
             try:
                 async with asyncio.timeout(timeout):
                     output = await _call(spec.func, arguments)
             finally:
+                current_store.reset(store_token)
                 current_call.reset(token)
         except PermanentError:
             raise  # dead-lettered at once, as PermanentError promises
@@ -94,12 +106,21 @@ class ToolHandler:
                 exc_info=not isinstance(exc, TimeoutError),
             )
             return HandlerResult(self._result(call, call_id, False, text))
+        if isinstance(output, ToolOutput):
+            return HandlerResult(self._result(call, call_id, True, output.text, output.images))
         text = output if isinstance(output, str) else msgspec.json.encode(output).decode()
         return HandlerResult(self._result(call, call_id, True, text))
 
-    def _result(self, call: ToolCall, call_id: str, ok: bool, output: str) -> ToolResult:
+    def _result(
+        self, call: ToolCall, call_id: str, ok: bool, output: str, images: list[Image] | None = None
+    ) -> ToolResult:
         return ToolResult(
-            call_id=call_id, name=call.name, ok=ok, output=output, worker=self.worker_name
+            call_id=call_id,
+            name=call.name,
+            ok=ok,
+            output=output,
+            worker=self.worker_name,
+            images=images or [],
         )
 
 

@@ -10,19 +10,22 @@ agent as an error tool result, never as an exception out of the reply.
 from __future__ import annotations
 
 import asyncio
+import base64
 import functools
 import inspect
 import math
 import re
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
+
+from agentqueue.protocol.messages import Image
 
 if TYPE_CHECKING:
     from agentscope.tool import FunctionTool, ToolChunk, Toolkit
 
-InvokeRemote = Callable[[str, dict[str, Any], float | None], Awaitable[str]]
-"""`await invoke_remote(name, arguments, timeout)` runs a tool elsewhere and returns its text."""
+InvokeRemote = Callable[[str, dict[str, Any], float | None], Awaitable["str | ToolOutput"]]
+"""`await invoke_remote(name, arguments, timeout)` runs a tool elsewhere and returns its output."""
 
 # Providers reject other tool names (OpenAI and DashScope enforce this pattern).
 _TOOL_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -34,6 +37,38 @@ class ToolError(Exception):
     `invoke_remote` raises it (or a subclass) with the tool worker's error text,
     which already names the tool, e.g. "tool get_weather timed out after 2.0 s".
     """
+
+
+@dataclass(frozen=True)
+class ToolOutput:
+    """What a tool returns when it has images beside its text (a screenshot, say)."""
+
+    text: str
+    images: list[Image] = field(default_factory=list)
+
+
+def to_chunk(output: ToolOutput) -> ToolChunk:
+    """The AgentScope tool result the model sees: the text, then each inline image as a block.
+
+    An image that travelled by reference is named in a text block instead (its bytes are in
+    the artifact store, where `Client.fetch_artifact` reads them).
+    """
+    from agentscope.message import Base64Source, DataBlock, TextBlock, ToolResultState
+    from agentscope.tool import ToolChunk
+
+    blocks: list[TextBlock | DataBlock] = [TextBlock(text=output.text)] if output.text else []
+    for image in output.images:
+        if image.data is not None:
+            data = base64.b64encode(image.data).decode()
+            blocks.append(DataBlock(source=Base64Source(data=data, media_type=image.media_type)))
+        else:
+            blocks.append(
+                TextBlock(
+                    text=f"[{image.media_type} {image.width}x{image.height}, {image.size} bytes,"
+                    f" stored as artifact {image.ref}]"
+                )
+            )
+    return ToolChunk(content=blocks, state=ToolResultState.SUCCESS)
 
 
 @dataclass(frozen=True)
@@ -125,8 +160,10 @@ def _function_tool(spec: ToolSpec, invoke_remote: InvokeRemote | None) -> Functi
             # The tool worker enforces the timeout and its answer travels back
             # after it; a local deadline here would cut off that answer.
             call = invoke_remote(spec.name, dict(kwargs), spec.timeout)
-            return await _guarded(spec, call, deadline=None)
-        return await _guarded(spec, _call_local(spec.func, kwargs), deadline=spec.timeout)
+            output = await _guarded(spec, call, deadline=None)
+        else:
+            output = await _guarded(spec, _call_local(spec.func, kwargs), deadline=spec.timeout)
+        return to_chunk(output) if isinstance(output, ToolOutput) else output
 
     functools.update_wrapper(run, spec.func)
     run.__signature__ = inspect.signature(spec.func)  # type: ignore[attr-defined]

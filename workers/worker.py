@@ -196,7 +196,7 @@ class Worker:
                 self.app, remote, tracing=tracing, worker_name=self.worker_id, models=models
             )
         if self.role in ("tools", "all"):
-            handlers[ToolCall] = ToolHandler(self.app, worker_name=self.worker_id)
+            handlers[ToolCall] = ToolHandler(self.app, worker_name=self.worker_id, store=self.store)
         self.pipeline = assemble_pipeline(
             self.app,
             self.broker,

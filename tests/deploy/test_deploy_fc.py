@@ -361,3 +361,23 @@ def test_package_without_deps_holds_the_handler_and_the_app(workdir: Path, capsy
     # Deterministic: the same inputs give the same bytes, so --apply sees no code change.
     assert main([*BASE, "--package", "--no-deps", "-o", "dist/b.zip"]) == 0
     assert (workdir / "dist/a.zip").read_bytes() == (workdir / "dist/b.zip").read_bytes()
+
+
+def test_the_plan_sizes_the_function_for_the_apps_browser_and_gui_sandboxes(
+    workdir: Path, cloud, capsys
+) -> None:
+    app = ["--app", "tests.apps.browser_app:app"]
+    code, out, _ = run(capsys, "--plan", *app)
+    assert code == 0
+    assert "  memory, cpu          2048 MB, 2.0 vCPU\n  disk                 10240 MB\n" in out
+    assert (
+        "memory 2048 MB is too little for the app's browser, base, gui sandboxes (each"
+        " session's and the warm pool's): pass --memory 3328"
+    ) in out
+    code, out, _ = run(capsys, "--plan", "--json", *app, "--memory", "3328", "--cpu", "2")
+    function = json.loads(out)["function"]
+    assert (function["memorySize"], function["diskSize"]) == (3328, 10240)
+    assert json.loads(out)["problems"] == []
+    apply(capsys, cloud, *app, "--memory", "3328", "--cpu", "2")
+    (create,) = [r for r in cloud.take() if r.action == "CreateFunction"]
+    assert (create.body["memorySize"], create.body["diskSize"]) == (3328, 10240)

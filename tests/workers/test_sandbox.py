@@ -154,7 +154,9 @@ async def test_a_symlink_planted_in_the_workspace_cannot_lead_a_file_tool_out(
 def test_an_unknown_sandbox_type_is_refused_with_the_known_ones(tmp_path: Path) -> None:
     with pytest.raises(UnknownSandboxType) as refused:
         App("sbx").sandbox_tools("base", "gpu", root=str(tmp_path))
-    assert str(refused.value) == "sandbox type 'gpu' is unknown: choose from base, filesystem"
+    assert str(refused.value) == (
+        "sandbox type 'gpu' is unknown: choose from base, filesystem, browser, gui"
+    )
 
 
 async def test_the_sandbox_sees_none_of_the_workers_environment(

@@ -139,3 +139,12 @@ async def test_notes_keep_the_latest_value_per_key_and_only_the_most_recent_keys
     everything = await store.notes(kind, limit=10 * kept)
     assert len(everything) == kept
     assert await store.note(kind, "s1") is None and await store.note(kind, "k0") is None
+
+
+async def test_an_artifact_put_under_a_key_is_read_back_and_an_unknown_key_is_none(
+    store: SessionStore,
+) -> None:
+    png = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 100
+    await store.put_artifact("s1/shot.png", png)
+    assert await store.get_artifact("s1/shot.png") == png
+    assert await store.get_artifact("s1/other.png") is None
