@@ -139,13 +139,21 @@ def build_package(app: str, output: str | Path, *, with_deps: bool = True) -> Pa
     )
 
 
+# Requirements an FC instance cannot use: Playwright drives Debian's Chromium, which FC's
+# runtime does not have (its driver alone is ~160 MB of the zip). Browser sandboxes run on
+# local tool workers.
+NOT_FOR_FC = frozenset({"playwright"})
+
+
 def pinned_requirements() -> tuple[str, ...]:
-    """agentqueue's requirements, each pinned to the version installed here when it is."""
+    """agentqueue's requirements for FC, each pinned to the version installed here when it is."""
     pinned = []
     for requirement in importlib.metadata.requires("agentqueue") or []:
         if "extra ==" in requirement:
             continue
         name = re.match(r"[A-Za-z0-9._-]+", requirement).group(0)  # type: ignore[union-attr]
+        if name.lower() in NOT_FOR_FC:
+            continue
         try:
             pinned.append(f"{name}=={importlib.metadata.version(name)}")
         except importlib.metadata.PackageNotFoundError:
