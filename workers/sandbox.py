@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import functools
 import hashlib
 import json
@@ -200,6 +201,10 @@ async def release_cgroup(group: Path, within: float = 5.0) -> None:
                 pids = (await asyncio.to_thread(procs.read_text)).split()
             except FileNotFoundError:
                 return
+            except OSError as exc:
+                if exc.errno == errno.ENODEV:  # removed while read: a dead cgroup's files say so
+                    return
+                raise
             for pid in pids:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(int(pid), 9)
