@@ -10,7 +10,7 @@ from typing import Any, get_args
 from agentqueue.protocol.messages import OnBusy
 from agentqueue.workers.errors import UnknownHandler
 from agentqueue.workers.pipeline.middleware import Middleware
-from agentqueue.workers.toolkit import ToolSpec
+from agentqueue.workers.toolkit import NeedsApproval, ToolSpec
 
 AgentFactory = Callable[..., Any]  # (AgentContext) -> agentscope.agent.Agent
 LifecycleHook = Callable[[str, str], Awaitable[None]]  # (worker id, role)
@@ -103,11 +103,14 @@ class App:
         timeout: float | None = 60.0,
         idempotent: bool = False,
         retry_on: tuple[type[Exception], ...] = (),
+        requires_approval: bool | NeedsApproval = False,
     ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
         """Expose a typed function as a tool; `remote=True` runs it on tool workers as events.
 
         `timeout` is the most a call may run (a caller may ask for less); exceptions in
         `retry_on` are transient: the call is retried with backoff instead of failing at once.
+        `requires_approval` (True, or a predicate on the arguments) pauses the turn before a
+        call until `client.approve` or `client.deny` decides it.
         """
 
         def register(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -122,6 +125,7 @@ class App:
                 timeout=timeout,
                 idempotent=idempotent,
                 retry_on=retry_on,
+                requires_approval=requires_approval,
             )
             return func
 
