@@ -21,6 +21,7 @@ from agentqueue.protocol.ids import new_id
 from agentqueue.protocol.messages import (
     RESULT_KINDS,
     AgentRequest,
+    Approval,
     Cancel,
     Envelope,
     OnBusy,
@@ -315,6 +316,71 @@ class Client:
         queue = self.topology.route(envelope)
         with tracing.publishing(self.broker, queue, envelope):
             await self.broker.publish(queue, encode(envelope))
+
+    async def approve(
+        self,
+        request_id: str,
+        call_id: str | None = None,
+        *,
+        session_id: str,
+        timeout: float | None = None,
+    ) -> ResultEvent:
+        """Approve a paused request's tool call (None: the one it waits on): the tool runs once
+        and the turn resumes; returns the answer its caller gets too."""
+        return await self._decide(Approval(request_id, True, call_id), session_id, timeout)
+
+    async def deny(
+        self,
+        request_id: str,
+        call_id: str | None = None,
+        *,
+        session_id: str,
+        reason: str | None = None,
+        timeout: float | None = None,
+    ) -> ResultEvent:
+        """Deny a paused request's tool call: the turn resumes with the denial (and `reason`)
+        as the tool's error, for the agent to explain; returns the answer its caller gets too."""
+        return await self._decide(Approval(request_id, False, call_id, reason), session_id, timeout)
+
+    async def _decide(
+        self, decision: Approval, session_id: str, timeout: float | None
+    ) -> ResultEvent:
+        """Publish a decision on the session's partition (routed like `Cancel`) and wait for
+        the resumed turn's answer; a decision made before is answered from the store."""
+        event_id = new_id()
+        now = time.time()
+        timeout = self.default_timeout if timeout is None else timeout
+        envelope = Envelope(
+            id=event_id,
+            session_id=session_id,
+            correlation_id=event_id,
+            reply_to=self.reply_queue,
+            body=decision,
+            created_at=now,
+        )
+        inbox = self.router.expect(event_id)
+        queue = self.topology.route(envelope)
+        try:
+            with tracing.publishing(self.broker, queue, envelope):
+                await self.broker.publish(queue, encode(envelope))
+            wait = None if timeout is None else timeout + ANSWER_GRACE
+            with anyio.fail_after(wait):
+                reply = await inbox.get()
+        except TimeoutError:
+            raise RequestTimedOut(
+                f"no answer to the decision on request {decision.request_id} within {wait} s",
+                request_id=decision.request_id,
+            ) from None
+        finally:
+            self.router.forget(event_id)
+        result = reply.body
+        if not isinstance(result, ResultEvent):
+            raise RequestFailed(
+                f"unexpected {reply.type} reply to a decision", request_id=decision.request_id
+            )
+        if result.kind == "failed":
+            raise RequestFailed(result.error or "failed", request_id=decision.request_id)
+        return result
 
     async def call_tool(
         self,

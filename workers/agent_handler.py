@@ -90,13 +90,13 @@ class AgentHandler:
         request = envelope.body
         assert isinstance(request, AgentRequest)
         approvals = approval_state.read(state)
-        if approvals.holds_turns:
-            # The Approvals middleware makes such turns wait; meeting one here means the pause
-            # was written while this turn was being let in (a partition changing hands).
+        if approvals.paused is not None:
+            # The ApprovalPauses middleware makes such turns wait; meeting one here means the
+            # pause was written while this turn was let in (a partition changing hands).
             raise RuntimeError(
                 f"session {envelope.session_id!r} is paused on request"
-                f" {approvals.paused.caller.request_id if approvals.paused else '?'} waiting for"
-                " approval; this turn runs once it is decided"
+                f" {approvals.paused.caller.request_id} waiting for approval; this turn runs"
+                " once it is decided"
             )
         spec = self.app.agent_spec(request.agent)
         failures: list[str] = []  # the request's failed tool calls, for its result's metadata

@@ -6,10 +6,11 @@ from __future__ import annotations
 from agentqueue.broker.base import Broker
 from agentqueue.workers.app import App
 from agentqueue.workers.handling import Handler
-from agentqueue.workers.middleware import BusySessions, EventLog, Signing, Tracing
+from agentqueue.workers.middleware import ApprovalPauses, BusySessions, EventLog, Signing, Tracing
 from agentqueue.workers.pipeline import Middleware, Pipeline
 from agentqueue.workers.session_store import SessionStore
 from agentqueue.workers.settings import Settings
+from agentqueue.workers.timers import Timers
 
 
 def assemble_pipeline(
@@ -21,10 +22,12 @@ def assemble_pipeline(
     *,
     worker_id: str,
     function_compute: bool = False,
+    timers: Timers | None = None,
 ) -> Pipeline:
     """Tracing, the event log, signatures (when the broker has keys), busy-session policies,
-    the app's middleware, then the stages. `function_compute`: for the FC handler, whose trigger
-    hands out batches with no delivery count (counted in the store instead)."""
+    approval pauses, the app's middleware, then the stages. `function_compute`: for the FC
+    handler, whose trigger hands out batches with no delivery count (counted in the store
+    instead). `timers`: where approval timeouts wait."""
     middleware: list[Middleware] = [Tracing(broker, worker_id), EventLog()]
     if broker.signing is not None:
         signing = Signing(
@@ -35,6 +38,7 @@ def assemble_pipeline(
         )
         middleware.append(signing)
     middleware.append(BusySessions(app, interrupts=not function_compute))
+    middleware.append(ApprovalPauses(settings.approval_timeout))
     return Pipeline(
         broker,
         store,
@@ -48,4 +52,5 @@ def assemble_pipeline(
         max_message_size=settings.max_message_size,
         reply_grace=settings.reply_grace,
         count_deliveries_in_store=function_compute,
+        timers=timers,
     )

@@ -34,6 +34,7 @@ WORKER_FIELDS = (
     "lease_ttl",
     "store_retention",
     "session_ttl",
+    "approval_timeout",
 )
 
 
@@ -72,6 +73,7 @@ class Settings:
     timeout: float = 300.0
     shutdown_grace: float = 30.0
     reply_grace: float = 10.0  # seconds an answer waits for its missing reply queue to return
+    approval_timeout: float = 3600.0  # seconds a paused turn waits for a decision, then denied
     max_message_size: int = DEFAULT_MAX_SIZE  # bytes; larger messages are refused unread
     freshness_window: float = 300.0  # seconds a signed envelope may take to arrive
     queue_max_length: int | None = None  # partition depth past which publishes are refused

@@ -23,18 +23,20 @@ from agentqueue.broker.errors import BrokerConnectionError
 from agentqueue.broker.replies import ReplyRouter
 from agentqueue.broker.topology import REQUESTS, TOOLS
 from agentqueue.protocol.ids import new_id
-from agentqueue.protocol.messages import AgentRequest, ToolCall
+from agentqueue.protocol.messages import AgentRequest, Approval, ToolCall
 from agentqueue.workers.agent_handler import AgentHandler, import_agentscope
 from agentqueue.workers.app import App
 from agentqueue.workers.assembly import assemble_pipeline
 from agentqueue.workers.handling import Handler
 from agentqueue.workers.membership import Membership
+from agentqueue.workers.middleware import approvals
 from agentqueue.workers.models import ModelRuntime
 from agentqueue.workers.pipeline import Event, Pipeline
 from agentqueue.workers.remote_tools import RemoteTools
 from agentqueue.workers.session_lane import SessionLanes
 from agentqueue.workers.session_store import SessionStore
 from agentqueue.workers.settings import Settings
+from agentqueue.workers.timers import Timers, open_timer_store
 from agentqueue.workers.tool_handler import ToolHandler
 
 log = logging.getLogger("agentqueue.worker")
@@ -125,6 +127,11 @@ class Worker:
         self._tg: anyio.abc.TaskGroup | None = None
         self.membership: Membership | None = None
         self.pipeline: Pipeline | None = None
+        # Delayed requests, schedules and whatever else waits: fired by whichever worker of
+        # the namespace claims them first. Register more kinds on it before `run`.
+        self.timers = Timers(
+            open_timer_store(store.url, self.topology.namespace), owner=self.worker_id
+        )
 
     def queues(self) -> list[str]:
         """The partition queues this worker consumes, by its role."""
@@ -165,14 +172,26 @@ class Worker:
             models = ModelRuntime.from_env(
                 namespace=self.topology.namespace, store_url=self.store.url
             )
-            handlers[AgentRequest] = AgentHandler(
-                self.app, remote, tracing=tracing, worker_name=self.worker_id, models=models
+            handlers[AgentRequest] = handlers[Approval] = AgentHandler(
+                self.app,
+                remote,
+                tracing=tracing,
+                worker_name=self.worker_id,
+                models=models,
+                approval_timeout=self.settings.approval_timeout,
             )
         if self.role in ("tools", "all"):
             handlers[ToolCall] = ToolHandler(self.app, worker_name=self.worker_id)
         self.pipeline = assemble_pipeline(
-            self.app, self.broker, self.store, handlers, self.settings, worker_id=self.worker_id
+            self.app,
+            self.broker,
+            self.store,
+            handlers,
+            self.settings,
+            worker_id=self.worker_id,
+            timers=self.timers,
         )
+        approvals.register(self.timers, self.broker, self.topology)
         async with anyio.create_task_group() as tg:
             self._tg = tg
             # Tool calls get lanes and a concurrency limit of their own: an agent turn waits for
@@ -181,6 +200,7 @@ class Worker:
             self._lanes = SessionLanes(tg, self.concurrency)
             self._tool_lanes = SessionLanes(tg, self.concurrency)
             await tg.start(router.run)
+            await tg.start(self.timers.run)
             for hook in self.app.starting:
                 await hook(self.worker_id, self.role)
             if self.settings.balance:
@@ -222,6 +242,8 @@ class Worker:
                 for hook in self.app.stopping:
                     await hook(self.worker_id, self.role)
             tg.cancel_scope.cancel()
+        with anyio.CancelScope(shield=True):
+            await self.timers.close()
 
     def _eligible(self) -> dict[str, list[str]]:
         eligible: dict[str, list[str]] = {}

@@ -33,6 +33,7 @@ from agentqueue.workers.pipeline.stages import process_chain, receive_chain
 from agentqueue.workers.refusal import answer_refused
 from agentqueue.workers.retry import RetryPolicy
 from agentqueue.workers.session_store import SessionStore
+from agentqueue.workers.timers import Timers
 
 log = logging.getLogger("agentqueue.worker")
 
@@ -58,6 +59,7 @@ class Pipeline:
         max_message_size: int,
         count_deliveries_in_store: bool = False,
         reply_grace: float = REPLY_GRACE,
+        timers: Timers | None = None,
     ) -> None:
         self.broker, self.store, self.handlers = broker, store, handlers
         self.topology, self.worker_id = topology, worker_id
@@ -65,6 +67,7 @@ class Pipeline:
         self.retry = retry or RetryPolicy()
         self.lease_ttl, self.delivery_limit = lease_ttl, delivery_limit
         self.max_message_size, self.reply_grace = max_message_size, reply_grace
+        self.timers = timers  # where approval timeouts wait (None: FC)
         self.running: dict[str, RunControl] = {}  # request id -> its running handler
         self.accepting = True  # False once shutting down: unstarted events are handed back
         self._stop_early: dict[str, tuple[str, bool, float]] = {}  # id -> reason, discard, at

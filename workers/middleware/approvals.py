@@ -1,0 +1,305 @@
+"""A session paused for an approval: later turns wait behind it, a decision's answer reaches the
+paused request's caller, and an approval that never comes turns into a denial.
+
+The paused turn is not running anywhere (its worker slot is free), so its later turns cannot
+wait in the session's lane as they wait behind a running turn: a worker would hold them, and on
+Function Compute nothing can be held between batches. They wait in the session's saved state
+instead, in arrival order, and are acked; once the pause is decided they run one after
+another, in the lane of the event that decided it, through the same pipeline (dedup, deadline,
+lease, commit). A worker that dies meanwhile leaves them in the store: the next event of the
+session runs them first.
+
+The timeout is a timer (`workers/timers.py`) keyed by the paused call: when it fires it
+publishes a denial on the session's partition, an `Approval` like any other, so it is decided
+once, in order, on whichever worker owns the session then. A decision that arrives after the
+timeout is a denial too, fired timer or not.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+import anyio
+
+from agentqueue.broker.base import Broker
+from agentqueue.broker.topology import Topology
+from agentqueue.protocol.codec import decode, encode, encode_dead_letter
+from agentqueue.protocol.messages import (
+    AgentRequest,
+    Approval,
+    DeadLetter,
+    Envelope,
+    ResultEvent,
+    TraceContext,
+)
+from agentqueue.workers import approval_state
+from agentqueue.workers.approval_state import Approvals, Caller
+from agentqueue.workers.approval_turn import timeout_reason
+from agentqueue.workers.pipeline.event import Event, Next
+from agentqueue.workers.pipeline.middleware import Middleware
+from agentqueue.workers.pipeline.pipeline import Pipeline
+from agentqueue.workers.timers import Fired, Timer, Timers
+
+log = logging.getLogger("agentqueue.worker")
+
+TIMER_KIND = "approval-timeout"
+_DRAINED = "approvals.drained"  # event.extra: a turn that waited behind a pause, run now
+
+
+def timer_key(session_id: str, request_id: str, call_id: str) -> str:
+    """The timer of one paused call (one per call: scheduling it again changes nothing)."""
+    return f"approval:{session_id}:{request_id}:{call_id}"
+
+
+class ApprovalPauses(Middleware):
+    """Makes a paused session's later turns wait, answers the paused caller, runs the timeout."""
+
+    def __init__(self, approval_timeout: float) -> None:
+        self.approval_timeout = approval_timeout
+        self._pipeline: Pipeline | None = None
+
+    def bind(self, pipeline: Pipeline) -> None:
+        self._pipeline = pipeline
+
+    async def process(self, event: Event, call_next: Next) -> None:
+        envelope = event.envelope
+        handler = event.handler
+        if envelope is None or handler is None or not handler.uses_state:
+            await call_next(event)
+            return
+        body = envelope.body
+        if not isinstance(body, (AgentRequest, Approval)):
+            await call_next(event)
+            return
+        p = self._p
+        drained = event.extra.get(_DRAINED, False)
+        if isinstance(body, AgentRequest) and not drained:
+            approvals = approval_state.read(await p.store.load_state(event.key))
+            if approvals.holds_turns and await self._wait_behind(event):
+                if approvals.paused is None:
+                    await self._drain(event)  # left by a worker that died while running them
+                return
+        await call_next(event)
+        if event.outcome != "ack" or event.reply is None:
+            return
+        result = decode(event.reply).body
+        if not isinstance(result, ResultEvent):
+            return
+        if isinstance(body, Approval):
+            await self._answer_caller(event, body, result)
+        if result.kind == "approval_required" and result.approval is not None:
+            await self._schedule_timeout(envelope, result)
+        if isinstance(body, Approval) and not drained:
+            await self._drain(event)
+
+    @property
+    def _p(self) -> Pipeline:
+        assert self._pipeline is not None, "ApprovalPauses is used before its pipeline is built"
+        return self._pipeline
+
+    # --- later turns wait behind the pause ------------------------------------------------
+
+    async def _wait_behind(self, event: Event) -> bool:
+        """Keep the turn in the session's state behind the pause and ack it; False when the
+        pause was decided meanwhile (it runs now, as usual)."""
+        assert event.envelope is not None
+        text = event.data.decode()
+        envelope_id = event.envelope.id
+
+        def add(approvals: Approvals) -> bool:
+            if not approvals.holds_turns:
+                return False
+            if not approvals.waits(envelope_id):
+                approvals.waiting.append(text)
+            return True
+
+        kept = await self._change(event, add, f"{envelope_id}#waits")
+        if kept is None:
+            event.hand_back()  # shutting down while another worker holds the session
+            return True
+        if kept:
+            log.info(
+                "request %s waits behind the paused turn of session %r",
+                envelope_id,
+                event.envelope.session_id,
+            )
+            event.ack()
+        return kept
+
+    async def _change(
+        self, event: Event, change: Callable[[Approvals], bool], record_id: str
+    ) -> bool | None:
+        """Apply `change` to the session's approvals under its lease (None: no lease)."""
+        p = self._p
+        delay = 0.01
+        lease = None
+        while p.accepting and lease is None:
+            lease = await p.store.acquire(event.key, p.worker_id, p.lease_ttl)
+            if lease is None:
+                await anyio.sleep(delay)
+                delay = min(delay * 2, 0.5)
+        if lease is None:
+            return None
+        try:
+            state = await p.store.load_state(event.key)
+            approvals = approval_state.read(state)
+            changed = change(approvals)
+            if changed and state is not None:
+                new_state = approval_state.write(state, approvals)
+                await p.store.commit(lease, new_state, record_id, b"")
+            return changed
+        finally:
+            await p.store.release(lease)
+
+    async def _drain(self, event: Event) -> None:
+        """Run the turns that waited behind the pause, oldest first, until one pauses again."""
+        p = self._p
+        while p.accepting:
+            approvals = approval_state.read(await p.store.load_state(event.key))
+            if approvals.paused is not None or not approvals.waiting:
+                return
+            data = approvals.waiting[0].encode()
+            settler = _WaitedSettler(self, event, data)
+            waited = Event(data, settler, queue=event.queue, message_id=event.message_id)
+            waited.envelope = decode(data, max_size=p.max_message_size)
+            waited.handler = p.handlers.get(type(waited.envelope.body))
+            if waited.handler is not None:
+                waited.key = waited.handler.store_key(waited.envelope)
+                waited.dedup = waited.handler.deduplicates(waited.envelope)
+            else:
+                waited.key = waited.envelope.session_id
+            waited.extra[_DRAINED] = True
+            await p.process(waited)
+            if not settler.done:
+                return  # handed back (shutting down): it stays first in line
+
+    async def _forget(self, event: Event, envelope_id: str) -> None:
+        def drop(approvals: Approvals) -> bool:
+            before = len(approvals.waiting)
+            approvals.waiting = [
+                t for t in approvals.waiting if decode(t.encode()).id != envelope_id
+            ]
+            return len(approvals.waiting) != before
+
+        await self._change(event, drop, f"{envelope_id}#waited")
+
+    # --- the decision's answer and the timeout ----------------------------------------------
+
+    async def _answer_caller(self, event: Event, decision: Approval, result: ResultEvent) -> None:
+        """Send the resumed turn's answer to the paused request's own caller too."""
+        p = self._p
+        approvals = approval_state.read(await p.store.load_state(event.key))
+        made = approvals.decision(decision.request_id, decision.call_id)
+        if made is None:
+            return
+        caller = made.caller
+        assert event.envelope is not None
+        original = _caller_envelope(caller, event.envelope.session_id)
+        if original.reply_to is None:
+            return
+        stand_in = Event(b"", event.settler, envelope=original)
+        await p.publish_reply(stand_in, p.encode_reply(original, result))
+        if p.timers is not None:
+            for key in list(approvals.decided):
+                if key.startswith(f"{decision.request_id}:"):
+                    call_id = key.split(":", 1)[1]
+                    await p.timers.cancel(
+                        timer_key(event.envelope.session_id, decision.request_id, call_id)
+                    )
+
+    async def _schedule_timeout(self, envelope: Envelope, result: ResultEvent) -> None:
+        approval = result.approval
+        assert approval is not None
+        due = approval.expires_at or (time.time() + self.approval_timeout)
+        denial = Envelope(
+            id=f"{timer_key(envelope.session_id, result.request_id, approval.call_id)}:timeout",
+            session_id=envelope.session_id,
+            key=envelope.key,
+            body=Approval(
+                request_id=result.request_id,
+                call_id=approval.call_id,
+                approved=False,
+                reason=timeout_reason(self.approval_timeout),
+            ),
+            created_at=due,
+        )
+        await schedule_denial(self._p, denial, due)
+
+
+async def schedule_denial(pipeline: Pipeline, denial: Envelope, due: float) -> None:
+    """Have `denial` published on its session's partition at `due`.
+
+    Through the worker's timers; where a pipeline has none (the FC handler) the paused turn
+    still turns into a denial when a decision comes late (see `approval_turn.choose`).
+    """
+    assert isinstance(denial.body, Approval) and denial.body.call_id is not None
+    key = timer_key(denial.session_id, denial.body.request_id, denial.body.call_id)
+    if pipeline.timers is None:
+        log.info("no timers here: a decision on %s after %.0f is a denial", key, due)
+        return
+    await pipeline.timers.schedule(key, TIMER_KIND, due, encode(denial))
+
+
+def register(timers: Timers, broker: Broker, topology: Topology) -> None:
+    """Let `timers` fire approval timeouts: each publishes its stored denial."""
+
+    async def fire(timer: Timer) -> Fired:
+        envelope = decode(timer.payload)
+        await broker.publish(topology.route(envelope), timer.payload)
+        log.info("approval %s timed out: denial sent", timer.key)
+        return None
+
+    timers.register(TIMER_KIND, fire)
+
+
+def _caller_envelope(caller: Caller, session_id: str) -> Envelope:
+    trace = None
+    if caller.traceparent:
+        trace = TraceContext(traceparent=caller.traceparent, tracestate=caller.tracestate)
+    return Envelope(
+        id=caller.request_id,
+        session_id=session_id,
+        key=caller.key,
+        correlation_id=caller.correlation_id,
+        reply_to=caller.reply_to,
+        body=Approval(request_id=caller.request_id, approved=False),  # routing only
+        trace=trace,
+    )
+
+
+class _WaitedSettler:
+    """Settles a turn that waited in the store: done once it is out of the waiting list."""
+
+    def __init__(self, owner: ApprovalPauses, event: Event, data: bytes) -> None:
+        self.owner, self.event, self.data = owner, event, data
+        self.done = False
+
+    def _id(self) -> str:
+        return decode(self.data).id
+
+    async def ack(self) -> None:
+        await self.owner._forget(self.event, self._id())
+        self.done = True
+
+    async def hand_back(self) -> None:
+        return None
+
+    async def dead_letter(
+        self, reason: str, envelope_id: str | None, session_id: str | None
+    ) -> None:
+        p = self.owner._p
+        record = DeadLetter(
+            reason=reason,
+            queue=self.event.queue or "",
+            payload=self.data,
+            failed_at=time.time(),
+            envelope_id=envelope_id,
+            session_id=session_id,
+        )
+        await p.broker.publish(p.topology.dead_letter_queue, encode_dead_letter(record), sign=False)
+        await self.ack()
+
+
+__all__ = ["TIMER_KIND", "ApprovalPauses", "register", "schedule_denial", "timer_key"]
