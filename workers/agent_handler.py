@@ -122,7 +122,7 @@ class AgentHandler:
         pause = approvals.paused
         assert pause is not None
         if approval_state.expired(pause):
-            reason = approval_turn.timeout_reason(self.approval_timeout)
+            reason = approval_turn.timeout_reason(pause.timeout or self.approval_timeout)
         spec = self.app.agent_spec(pause.agent)
         failures: list[str] = []
         agent = self._agent(spec.name, envelope, None, state, failures)
@@ -172,6 +172,11 @@ class AgentHandler:
         )
         return spec.factory(ctx)
 
+    def _timeout(self, tool: str) -> float:
+        spec = self.app.tools.get(tool)
+        own = spec.approval_timeout if spec is not None else None
+        return own if own is not None else self.approval_timeout
+
     def _answer(
         self,
         request_id: str,
@@ -188,9 +193,7 @@ class AgentHandler:
             raise RuntimeError(f"agent {agent_name!r} ended its turn with {reason!r}")
         pause = None
         if reason == "parked":
-            pause = approval_turn.pause_of(
-                outcome, caller, agent_name, self.approval_timeout, still
-            )
+            pause = approval_turn.pause_of(outcome, caller, agent_name, self._timeout, still)
             if pause is None:
                 raise RuntimeError(
                     f"agent {agent_name!r} parked its turn waiting for an external tool result;"

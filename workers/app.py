@@ -104,13 +104,15 @@ class App:
         idempotent: bool = False,
         retry_on: tuple[type[Exception], ...] = (),
         requires_approval: bool | NeedsApproval = False,
+        approval_timeout: float | None = None,
     ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
         """Expose a typed function as a tool; `remote=True` runs it on tool workers as events.
 
         `timeout` is the most a call may run (a caller may ask for less); exceptions in
         `retry_on` are transient: the call is retried with backoff instead of failing at once.
         `requires_approval` (True, or a predicate on the arguments) pauses the turn before a
-        call until `client.approve` or `client.deny` decides it.
+        call until `client.approve` or `client.deny` decides it, or `approval_timeout` seconds
+        (default: the worker's AGENTQUEUE_APPROVAL_TIMEOUT) pass and it counts as denied.
         """
 
         def register(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -126,6 +128,7 @@ class App:
                 idempotent=idempotent,
                 retry_on=retry_on,
                 requires_approval=requires_approval,
+                approval_timeout=approval_timeout,
             )
             return func
 

@@ -65,6 +65,7 @@ class Pause:
     calls: list[PendingCall]
     agent: str | None = None
     expires_at: float | None = None  # unix seconds; past it a decision counts as a denial
+    timeout: float | None = None  # the seconds it was given
 
     def call(self, call_id: str | None) -> PendingCall | None:
         """The pending call `call_id`, or the only one when `call_id` is None."""
@@ -142,6 +143,7 @@ def _pause(raw: dict[str, Any]) -> Pause:
         calls=[PendingCall(**c) for c in raw["calls"]],
         agent=raw.get("agent"),
         expires_at=raw.get("expires_at"),
+        timeout=raw.get("timeout"),
     )
 
 

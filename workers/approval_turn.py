@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -87,17 +88,25 @@ def pause_of(
     outcome: TurnOutcome,
     caller: Caller,
     agent: str | None,
-    timeout: float,
+    timeouts: Callable[[str], float],
     still: list[PendingCall] | None = None,
 ) -> Pause | None:
     """The pause a parked outcome leaves (None when the turn ended), keeping calls still
-    undecided from before (AgentScope does not ask for those again)."""
+    undecided from before (AgentScope does not ask for those again). `timeouts(tool)`: the
+    seconds a call of that tool waits; the pause waits as long as its most patient call."""
     calls = list(still or [])
     for block in outcome.asking:
         calls.append(PendingCall(block.id, block.name, _arguments(block.input)))
     if not calls:
         return None
-    return Pause(caller=caller, calls=calls, agent=agent, expires_at=time.time() + timeout)
+    timeout = max(timeouts(c.tool) for c in calls)
+    return Pause(
+        caller=caller,
+        calls=calls,
+        agent=agent,
+        expires_at=time.time() + timeout,
+        timeout=timeout,
+    )
 
 
 def _arguments(raw: str | None) -> dict[str, Any]:

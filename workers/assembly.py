@@ -38,7 +38,7 @@ def assemble_pipeline(
         )
         middleware.append(signing)
     middleware.append(BusySessions(app, interrupts=not function_compute))
-    middleware.append(ApprovalPauses(settings.approval_timeout))
+    middleware.append(ApprovalPauses())
     return Pipeline(
         broker,
         store,

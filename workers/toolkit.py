@@ -57,6 +57,9 @@ class ToolSpec:
     requires_approval: bool | NeedsApproval = False
     """True, or a predicate on the call's arguments: the turn pauses before the call runs
     until a person approves or denies it (AgentScope's ASK permission)."""
+    approval_timeout: float | None = None
+    """Seconds a call waits for a decision before it counts as denied; None: the worker's
+    setting (AGENTQUEUE_APPROVAL_TIMEOUT)."""
 
     def __post_init__(self) -> None:
         """Reject names providers refuse, timeouts that are not positive and finite, and
@@ -81,6 +84,12 @@ class ToolSpec:
             raise ValueError(
                 f"tool {self.name} requires_approval must be True, False or a function of the"
                 f" call's arguments returning a bool, got {self.requires_approval!r}"
+            )
+        timeout = self.approval_timeout
+        if timeout is not None and not (math.isfinite(timeout) and timeout > 0):
+            raise ValueError(
+                f"tool {self.name} approval_timeout must be a finite number of seconds > 0, or"
+                f" None (the worker's setting), got {timeout!r}"
             )
         if self.retry_on and not self.remote:
             raise ValueError(

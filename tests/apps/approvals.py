@@ -26,6 +26,13 @@ async def pay(to: str, amount: int) -> str:
     return f"paid {amount} to {to}"
 
 
+@app.tool("pay_soon", timeout=30, requires_approval=True, approval_timeout=1.0)
+async def pay_soon(to: str, amount: int) -> str:
+    """Pay, if someone says yes within a second (test helper)."""
+    _record(f"pay_soon {to} {amount}")
+    return f"paid {amount} to {to}"
+
+
 @app.tool("transfer", timeout=30, requires_approval=lambda args: args.get("amount", 0) > 100)
 async def transfer(to: str, amount: int) -> str:
     """Transfer `amount` to `to`; only large amounts need approval (test helper)."""

@@ -36,7 +36,6 @@ from agentqueue.protocol.messages import (
 )
 from agentqueue.workers import approval_state
 from agentqueue.workers.approval_state import Approvals, Caller
-from agentqueue.workers.approval_turn import timeout_reason
 from agentqueue.workers.pipeline.event import Event, Next
 from agentqueue.workers.pipeline.middleware import Middleware
 from agentqueue.workers.pipeline.pipeline import Pipeline
@@ -56,8 +55,7 @@ def timer_key(session_id: str, request_id: str, call_id: str) -> str:
 class ApprovalPauses(Middleware):
     """Makes a paused session's later turns wait, answers the paused caller, runs the timeout."""
 
-    def __init__(self, approval_timeout: float) -> None:
-        self.approval_timeout = approval_timeout
+    def __init__(self) -> None:
         self._pipeline: Pipeline | None = None
 
     def bind(self, pipeline: Pipeline) -> None:
@@ -212,7 +210,9 @@ class ApprovalPauses(Middleware):
     async def _schedule_timeout(self, envelope: Envelope, result: ResultEvent) -> None:
         approval = result.approval
         assert approval is not None
-        due = approval.expires_at or (time.time() + self.approval_timeout)
+        if approval.expires_at is None:
+            return
+        due = approval.expires_at
         denial = Envelope(
             id=f"{timer_key(envelope.session_id, result.request_id, approval.call_id)}:timeout",
             session_id=envelope.session_id,
@@ -220,8 +220,7 @@ class ApprovalPauses(Middleware):
             body=Approval(
                 request_id=result.request_id,
                 call_id=approval.call_id,
-                approved=False,
-                reason=timeout_reason(self.approval_timeout),
+                approved=False,  # the reason is the timeout's, whatever it says (see choose)
             ),
             created_at=due,
         )

@@ -1,0 +1,179 @@
+"""Human approval of tool calls over RabbitMQ with real worker processes: a paused turn frees
+its worker, later turns of its session wait behind it, and the tool runs once or never."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import anyio
+import pytest
+
+from agentqueue import Client
+from agentqueue.broker.topology import Topology
+from agentqueue.client import RequestHandle
+from agentqueue.protocol import ResultEvent, new_id
+from tests.processes import WorkerProcess, workers
+
+pytestmark = [pytest.mark.broker, pytest.mark.slow]
+
+PAID = "Tool pay returned: paid 5 to bo."
+
+
+def denied(tool: str, reason: str) -> str:
+    return (
+        f'The tool {tool} failed: <system-reminder>The execution of tool "{tool}" is denied by'
+        f" user!</system-reminder> Reason: {reason}."
+    )
+
+
+def worker_args(url: str, ns: str, store: str) -> tuple[str, ...]:
+    return (
+        "--app",
+        "tests.apps.approvals:app",
+        "--broker",
+        url,
+        "--store",
+        store,
+        "--namespace",
+        ns,
+        "--partition-count",
+        "2",
+        "--tool-partition-count",
+        "2",
+        "--no-balance",
+    )
+
+
+def effects(log: Path) -> list[str]:
+    return log.read_text().splitlines() if log.exists() else []
+
+
+class Served:
+    def __init__(self, topology: Topology, log: Path, worker: WorkerProcess) -> None:
+        self.topology, self.log, self.worker = topology, log, worker
+
+
+@pytest.fixture(scope="module")
+def served(rabbitmq_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    """One real worker process serving the approval app; yields its topology and effects log."""
+    ns = f"ap{new_id()[:6]}"
+    where = tmp_path_factory.mktemp("approvals")
+    log = where / "effects.log"
+    env = {**os.environ, "AGENTQUEUE_TEST_LOG": str(log)}
+    with workers(worker_args(rabbitmq_url, ns, f"sqlite:///{where}/sessions.db"), env=env) as (w,):
+        yield Served(Topology(namespace=ns, partitions=2, tool_partitions=2), log, w)
+
+
+async def paused(client: Client, text: str, session: str) -> tuple[RequestHandle, ResultEvent]:
+    """Submit a turn and return once it asks for approval."""
+    handle = await client.submit(text, session_id=session, timeout=120)
+    with anyio.fail_after(60):
+        async for event in handle.events():
+            if event.kind == "approval_required":
+                return handle, event
+    raise AssertionError(f"{text!r} ended without asking for approval")
+
+
+def wait_for_line(worker: WorkerProcess, text: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if any(text in line for line in worker.lines):
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"the worker never logged {text!r}:\n" + "\n".join(worker.lines[-20:]))
+
+
+async def test_an_approved_call_runs_once_resumes_the_turn_and_a_second_approve_is_answered_from_the_store(
+    rabbitmq_url: str, served: Served
+) -> None:
+    async with Client(rabbitmq_url, topology=served.topology) as client:
+        handle, asked = await paused(client, '/tool pay {"to": "bo", "amount": 5}', "yes")
+        assert asked.approval is not None
+        assert (asked.approval.tool, asked.approval.arguments) == ("pay", {"to": "bo", "amount": 5})
+        assert effects(served.log) == []  # asked, not run
+        approved = await client.approve(handle.id, asked.approval.call_id, session_id="yes")
+        again = await client.approve(handle.id, session_id="yes")
+        final = await handle.final()
+    assert approved.text == final.text == again.text == PAID
+    assert approved.request_id == final.request_id == handle.id
+    assert effects(served.log) == ["pay bo 5"]  # once, whatever the second approve said
+
+
+async def test_a_denied_call_never_runs_and_the_agent_is_told_why(
+    rabbitmq_url: str, served: Served
+) -> None:
+    async with Client(rabbitmq_url, topology=served.topology) as client:
+        handle, _ = await paused(client, '/tool pay {"to": "cy", "amount": 7}', "no")
+        answer = await client.deny(handle.id, session_id="no", reason="not this month")
+        final = await handle.final()
+        late = await client.approve(handle.id, session_id="no")  # decided already
+    assert answer.text == final.text == late.text == denied("pay", "not this month")
+    assert not any(line.startswith("pay cy") for line in effects(served.log))
+
+
+async def test_a_later_turn_of_the_session_waits_behind_the_paused_one_and_runs_after_it(
+    rabbitmq_url: str, served: Served
+) -> None:
+    async with Client(rabbitmq_url, topology=served.topology) as client:
+        first, _ = await paused(client, '/tool pay {"to": "di", "amount": 5}', "order")
+        later = await client.submit('/tool transfer {"to": "di", "amount": 3}', session_id="order")
+        wait_for_line(served.worker, f"request {later.id} waits behind the paused turn")
+        assert "transfer di 3" not in effects(served.log)  # waiting, not run
+        other = await client.call("hello", session_id="elsewhere")  # the worker is not blocked
+        await client.approve(first.id, session_id="order")
+        with anyio.fail_after(60):
+            assert (await first.final()).text == "Tool pay returned: paid 5 to di."
+            assert (await later.final()).text == "Tool transfer returned: transferred 3 to di."
+    assert other.text == "You said: hello"
+    mine = [line for line in effects(served.log) if " di " in line]
+    assert mine == ["pay di 5", "transfer di 3"]
+
+
+async def test_an_approval_that_never_comes_turns_into_a_denial(
+    rabbitmq_url: str, served: Served
+) -> None:
+    async with Client(rabbitmq_url, topology=served.topology) as client:
+        handle, asked = await paused(client, '/tool pay_soon {"to": "ed", "amount": 1}', "late")
+        assert asked.approval is not None and asked.approval.expires_at is not None
+        with anyio.fail_after(60):
+            final = await handle.final()  # nobody decides: the timeout does
+        late = await client.approve(handle.id, session_id="late")
+    reason = "no decision within 1 s (the approval timed out)"
+    assert final.text == late.text == denied("pay_soon", reason)
+    assert not any(line.startswith("pay_soon") for line in effects(served.log))
+
+
+async def test_a_paused_turn_survives_a_sigkill_and_is_approved_on_the_new_owner(
+    rabbitmq_url: str, tmp_path: Path
+) -> None:
+    ns = f"apk{new_id()[:6]}"
+    log = tmp_path / "effects.log"
+    env = {**os.environ, "AGENTQUEUE_TEST_LOG": str(log)}
+    args = worker_args(rabbitmq_url, ns, f"sqlite:///{tmp_path}/sessions.db")
+    topology = Topology(namespace=ns, partitions=2, tool_partitions=2)
+    with workers(args, args, env=env) as (active, standby):  # the first to subscribe is active
+        async with Client(rabbitmq_url, topology=topology) as client:
+            first, _ = await paused(client, '/tool pay {"to": "bo", "amount": 5}', "kill")
+            later = await client.submit("hello", session_id="kill")
+            wait_for_line(active, f"request {later.id} waits behind the paused turn")
+            active.kill()
+            with anyio.fail_after(90):
+                approved = await client.approve(first.id, session_id="kill")
+                final = await first.final()
+                after = await later.final()
+        assert standby.proc.poll() is None
+    assert approved.text == final.text == PAID
+    assert approved.worker == standby_name(standby)
+    assert after.text == "You said: hello"
+    assert effects(log) == ["pay bo 5"]
+
+
+def standby_name(worker: WorkerProcess) -> str:
+    """The worker id a process logs when it starts serving."""
+    for line in worker.lines:
+        if " serving " in line:
+            return line.split("worker ", 1)[1].split()[0]
+    raise AssertionError("the worker never said it was serving")
