@@ -77,13 +77,16 @@ async def paused(client: Client, text: str, session: str) -> tuple[RequestHandle
     raise AssertionError(f"{text!r} ended without asking for approval")
 
 
-def wait_for_line(worker: WorkerProcess, text: str, timeout: float = 30) -> None:
+def wait_for_line(*candidates: WorkerProcess, text: str, timeout: float = 30) -> WorkerProcess:
+    """The worker that logs `text`, once one has."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if any(text in line for line in worker.lines):
-            return
+        for worker in candidates:
+            if any(text in line for line in worker.lines):
+                return worker
         time.sleep(0.05)
-    raise AssertionError(f"the worker never logged {text!r}:\n" + "\n".join(worker.lines[-20:]))
+    tail = "\n".join(line for w in candidates for line in w.lines[-20:])
+    raise AssertionError(f"no worker logged {text!r}:\n{tail}")
 
 
 async def test_an_approved_call_runs_once_resumes_the_turn_and_a_second_approve_is_answered_from_the_store(
@@ -120,7 +123,7 @@ async def test_a_later_turn_of_the_session_waits_behind_the_paused_one_and_runs_
     async with Client(rabbitmq_url, topology=served.topology) as client:
         first, _ = await paused(client, '/tool pay {"to": "di", "amount": 5}', "order")
         later = await client.submit('/tool transfer {"to": "di", "amount": 3}', session_id="order")
-        wait_for_line(served.worker, f"request {later.id} waits behind the paused turn")
+        wait_for_line(served.worker, text=f"request {later.id} waits behind the paused turn")
         assert "transfer di 3" not in effects(served.log)  # waiting, not run
         other = await client.call("hello", session_id="elsewhere")  # the worker is not blocked
         await client.approve(first.id, session_id="order")
@@ -154,11 +157,13 @@ async def test_a_paused_turn_survives_a_sigkill_and_is_approved_on_the_new_owner
     env = {**os.environ, "AGENTQUEUE_TEST_LOG": str(log)}
     args = worker_args(rabbitmq_url, ns, f"sqlite:///{tmp_path}/sessions.db")
     topology = Topology(namespace=ns, partitions=2, tool_partitions=2)
-    with workers(args, args, env=env) as (active, standby):  # the first to subscribe is active
+    with workers(args, args, env=env) as pair:  # the first to subscribe is active
         async with Client(rabbitmq_url, topology=topology) as client:
             first, _ = await paused(client, '/tool pay {"to": "bo", "amount": 5}', "kill")
             later = await client.submit("hello", session_id="kill")
-            wait_for_line(active, f"request {later.id} waits behind the paused turn")
+            waits = f"request {later.id} waits behind the paused turn"
+            active = wait_for_line(*pair, text=waits)
+            (standby,) = [w for w in pair if w is not active]
             active.kill()
             with anyio.fail_after(90):
                 approved = await client.approve(first.id, session_id="kill")
