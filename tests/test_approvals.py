@@ -182,3 +182,18 @@ def standby_name(worker: WorkerProcess) -> str:
         if " serving " in line:
             return line.split("worker ", 1)[1].split()[0]
     raise AssertionError("the worker never said it was serving")
+
+
+async def test_a_cancel_reaches_the_paused_turn_ends_it_cancelled_and_lets_the_next_turn_run(
+    rabbitmq_url: str, served: Served
+) -> None:
+    async with Client(rabbitmq_url, topology=served.topology) as client:
+        first, _ = await paused(client, '/tool pay {"to": "fy", "amount": 2}', "stop")
+        later = await client.submit("hello", session_id="stop")
+        await client.cancel(first.id, session_id="stop")
+        with anyio.fail_after(60):
+            stopped = await first.result()
+            after = await later.final()
+    assert (stopped.kind, stopped.error) == ("cancelled", "request cancelled")
+    assert after.text == "You said: hello"
+    assert not any(line.startswith("pay fy") for line in effects(served.log))

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from agentqueue.protocol.messages import AgentRequest, Approval, Envelope, ResultEvent
+from agentqueue.protocol.messages import AgentRequest, Approval, Cancel, Envelope, ResultEvent
 from agentqueue.workers import approval_state, approval_turn
 from agentqueue.workers.app import App
 from agentqueue.workers.approval_state import Caller, Pause, PendingCall
@@ -87,6 +87,8 @@ class AgentHandler:
 
         if isinstance(envelope.body, Approval):
             return await self._decide(envelope, state, emit, control)
+        if isinstance(envelope.body, Cancel):
+            return await self._cancel_paused(envelope, state, emit)
         request = envelope.body
         assert isinstance(request, AgentRequest)
         approvals = approval_state.read(state)
@@ -143,6 +145,37 @@ class AgentHandler:
             "approved" if approved else "denied",
             f" ({reason})" if reason else "",
         )
+        return HandlerResult(result, approval_state.write(outcome.state_json, approvals))
+
+    async def _cancel_paused(
+        self, envelope: Envelope, state: str | None, emit: Emit
+    ) -> HandlerResult:
+        """End the session's paused turn `cancelled` (AgentScope closes its pending calls as
+        interrupted); a cancel of anything else was acted on when it arrived."""
+        from agentqueue.workers.agent_turn import resume_turn
+
+        cancel = envelope.body
+        assert isinstance(cancel, Cancel)
+        approvals = approval_state.read(state)
+        pause = approvals.paused
+        error = "request cancelled"
+        if pause is None or pause.caller.request_id != cancel.request_id:
+            return HandlerResult(ResultEvent(cancel.request_id, "cancelled", error=error))
+        from agentscope.event import UserInterruptEvent
+
+        spec = self.app.agent_spec(pause.agent)
+        agent = self._agent(spec.name, envelope, None, state, [])
+        outcome = await resume_turn(agent, UserInterruptEvent(reply_id=agent.state.reply_id), emit)
+        result = ResultEvent(
+            request_id=cancel.request_id,
+            kind="cancelled",
+            text=outcome.text,
+            error=error,
+            worker=self.worker_name,
+        )
+        for call in pause.calls:
+            approval_turn.settle(approvals, pause, call, False, "cancelled", result, None)
+        log.info("paused request %s cancelled", cancel.request_id)
         return HandlerResult(result, approval_state.write(outcome.state_json, approvals))
 
     def _agent(

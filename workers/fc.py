@@ -56,7 +56,7 @@ from agentqueue.broker.base import Broker
 from agentqueue.broker.replies import ReplyRouter
 from agentqueue.protocol.codec import encode_dead_letter
 from agentqueue.protocol.ids import new_id
-from agentqueue.protocol.messages import AgentRequest, Approval, DeadLetter, ToolCall
+from agentqueue.protocol.messages import AgentRequest, Approval, Cancel, DeadLetter, ToolCall
 from agentqueue.workers.admission import check_signing
 from agentqueue.workers.agent_handler import AgentHandler
 from agentqueue.workers.app import load_app
@@ -140,7 +140,8 @@ class FCInstance:
         )
         handlers: dict[type, Handler] = {
             AgentRequest: agents,
-            Approval: agents,  # a decision resumes the session's paused turn
+            Approval: agents,  # a decision or a cancel resumes the session's paused turn
+            Cancel: agents,
             ToolCall: ToolHandler(self.app, worker_name=self.instance_id),
         }
         self.pipeline = assemble_pipeline(

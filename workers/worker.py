@@ -23,7 +23,7 @@ from agentqueue.broker.errors import BrokerConnectionError
 from agentqueue.broker.replies import ReplyRouter
 from agentqueue.broker.topology import REQUESTS, TOOLS
 from agentqueue.protocol.ids import new_id
-from agentqueue.protocol.messages import AgentRequest, Approval, ToolCall
+from agentqueue.protocol.messages import AgentRequest, Approval, Cancel, ToolCall
 from agentqueue.workers.agent_handler import AgentHandler, import_agentscope
 from agentqueue.workers.app import App
 from agentqueue.workers.assembly import assemble_pipeline
@@ -172,7 +172,8 @@ class Worker:
             models = ModelRuntime.from_env(
                 namespace=self.topology.namespace, store_url=self.store.url
             )
-            handlers[AgentRequest] = handlers[Approval] = AgentHandler(
+            # One handler: a decision or a cancel resumes the session's paused turn.
+            handlers[AgentRequest] = handlers[Approval] = handlers[Cancel] = AgentHandler(
                 self.app,
                 remote,
                 tracing=tracing,

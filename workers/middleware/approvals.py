@@ -29,6 +29,7 @@ from agentqueue.protocol.codec import decode, encode, encode_dead_letter
 from agentqueue.protocol.messages import (
     AgentRequest,
     Approval,
+    Cancel,
     DeadLetter,
     Envelope,
     ResultEvent,
@@ -68,7 +69,7 @@ class ApprovalPauses(Middleware):
             await call_next(event)
             return
         body = envelope.body
-        if not isinstance(body, (AgentRequest, Approval)):
+        if not isinstance(body, (AgentRequest, Approval, Cancel)):
             await call_next(event)
             return
         p = self._p
@@ -85,11 +86,12 @@ class ApprovalPauses(Middleware):
         result = decode(event.reply).body
         if not isinstance(result, ResultEvent):
             return
-        if isinstance(body, Approval):
-            await self._answer_caller(event, body, result)
+        decides = isinstance(body, (Approval, Cancel))
+        if decides:
+            await self._answer_caller(event, body, result)  # type: ignore[arg-type]
         if result.kind == "approval_required" and result.approval is not None:
             await self._schedule_timeout(envelope, result)
-        if isinstance(body, Approval) and not drained:
+        if decides and not drained:
             await self._drain(event)
 
     @property
@@ -185,11 +187,14 @@ class ApprovalPauses(Middleware):
 
     # --- the decision's answer and the timeout ----------------------------------------------
 
-    async def _answer_caller(self, event: Event, decision: Approval, result: ResultEvent) -> None:
+    async def _answer_caller(
+        self, event: Event, decision: Approval | Cancel, result: ResultEvent
+    ) -> None:
         """Send the resumed turn's answer to the paused request's own caller too."""
         p = self._p
         approvals = approval_state.read(await p.store.load_state(event.key))
-        made = approvals.decision(decision.request_id, decision.call_id)
+        call_id = decision.call_id if isinstance(decision, Approval) else None
+        made = approvals.decision(decision.request_id, call_id)
         if made is None:
             return
         caller = made.caller
