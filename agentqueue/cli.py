@@ -265,7 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--session", required=True, help="session id of that request")
         p.add_argument("--call", dest="call_id", help="tool call id (default: the one waiting)")
         if decision == "deny":
-            p.add_argument("--reason", help="why, for the agent to explain")
+            p.add_argument("--reason", help="why, for the agent to explain (default: none given)")
 
     p = sub.add_parser(
         "status", help="queue depths per partition and which worker is active on each"
