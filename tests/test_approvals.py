@@ -11,7 +11,7 @@ from pathlib import Path
 import anyio
 import pytest
 
-from agentqueue import Client
+from agentqueue import Client, RequestFailed
 from agentqueue.broker.topology import Topology
 from agentqueue.client import RequestHandle
 from agentqueue.protocol import ResultEvent, new_id
@@ -52,19 +52,21 @@ def effects(log: Path) -> list[str]:
 
 
 class Served:
-    def __init__(self, topology: Topology, log: Path, worker: WorkerProcess) -> None:
-        self.topology, self.log, self.worker = topology, log, worker
+    def __init__(self, topology: Topology, log: Path, pair: list[WorkerProcess]) -> None:
+        self.topology, self.log, self.pair = topology, log, pair
 
 
 @pytest.fixture(scope="module")
 def served(rabbitmq_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
-    """One real worker process serving the approval app; yields its topology and effects log."""
+    """Two real worker processes (one active, one standby) serving the approval app; the last
+    test of the module kills the active one."""
     ns = f"ap{new_id()[:6]}"
     where = tmp_path_factory.mktemp("approvals")
     log = where / "effects.log"
     env = {**os.environ, "AGENTQUEUE_TEST_LOG": str(log)}
-    with workers(worker_args(rabbitmq_url, ns, f"sqlite:///{where}/sessions.db"), env=env) as (w,):
-        yield Served(Topology(namespace=ns, partitions=2, tool_partitions=2), log, w)
+    args = worker_args(rabbitmq_url, ns, f"sqlite:///{where}/sessions.db")
+    with workers(args, args, env=env) as pair:
+        yield Served(Topology(namespace=ns, partitions=2, tool_partitions=2), log, pair)
 
 
 async def paused(client: Client, text: str, session: str) -> tuple[RequestHandle, ResultEvent]:
@@ -100,9 +102,15 @@ async def test_an_approved_call_runs_once_resumes_the_turn_and_a_second_approve_
         approved = await client.approve(handle.id, asked.approval.call_id, session_id="yes")
         again = await client.approve(handle.id, session_id="yes")
         final = await handle.final()
+        with pytest.raises(RequestFailed) as unknown:
+            await client.approve("nosuchrequest", session_id="yes")
     assert approved.text == final.text == again.text == PAID
     assert approved.request_id == final.request_id == handle.id
     assert effects(served.log) == ["pay bo 5"]  # once, whatever the second approve said
+    assert str(unknown.value) == (
+        "request nosuchrequest of session 'yes' has no tool call waiting for approval: check"
+        " the request id (and call id) the approval_required event named"
+    )
 
 
 async def test_a_denied_call_never_runs_and_the_agent_is_told_why(
@@ -123,7 +131,7 @@ async def test_a_later_turn_of_the_session_waits_behind_the_paused_one_and_runs_
     async with Client(rabbitmq_url, topology=served.topology) as client:
         first, _ = await paused(client, '/tool pay {"to": "di", "amount": 5}', "order")
         later = await client.submit('/tool transfer {"to": "di", "amount": 3}', session_id="order")
-        wait_for_line(served.worker, text=f"request {later.id} waits behind the paused turn")
+        wait_for_line(*served.pair, text=f"request {later.id} waits behind the paused turn")
         assert "transfer di 3" not in effects(served.log)  # waiting, not run
         other = await client.call("hello", session_id="elsewhere")  # the worker is not blocked
         await client.approve(first.id, session_id="order")
@@ -149,33 +157,6 @@ async def test_an_approval_that_never_comes_turns_into_a_denial(
     assert not any(line.startswith("pay_soon") for line in effects(served.log))
 
 
-async def test_a_paused_turn_survives_a_sigkill_and_is_approved_on_the_new_owner(
-    rabbitmq_url: str, tmp_path: Path
-) -> None:
-    ns = f"apk{new_id()[:6]}"
-    log = tmp_path / "effects.log"
-    env = {**os.environ, "AGENTQUEUE_TEST_LOG": str(log)}
-    args = worker_args(rabbitmq_url, ns, f"sqlite:///{tmp_path}/sessions.db")
-    topology = Topology(namespace=ns, partitions=2, tool_partitions=2)
-    with workers(args, args, env=env) as pair:  # the first to subscribe is active
-        async with Client(rabbitmq_url, topology=topology) as client:
-            first, _ = await paused(client, '/tool pay {"to": "bo", "amount": 5}', "kill")
-            later = await client.submit("hello", session_id="kill")
-            waits = f"request {later.id} waits behind the paused turn"
-            active = wait_for_line(*pair, text=waits)
-            (standby,) = [w for w in pair if w is not active]
-            active.kill()
-            with anyio.fail_after(90):
-                approved = await client.approve(first.id, session_id="kill")
-                final = await first.final()
-                after = await later.final()
-        assert standby.proc.poll() is None
-    assert approved.text == final.text == PAID
-    assert approved.worker == standby_name(standby)
-    assert after.text == "You said: hello"
-    assert effects(log) == ["pay bo 5"]
-
-
 def standby_name(worker: WorkerProcess) -> str:
     """The worker id a process logs when it starts serving."""
     for line in worker.lines:
@@ -197,3 +178,25 @@ async def test_a_cancel_reaches_the_paused_turn_ends_it_cancelled_and_lets_the_n
     assert (stopped.kind, stopped.error) == ("cancelled", "request cancelled")
     assert after.text == "You said: hello"
     assert not any(line.startswith("pay fy") for line in effects(served.log))
+
+
+# Last: it kills the module's active worker.
+async def test_a_paused_turn_survives_a_sigkill_and_is_approved_on_the_new_owner(
+    rabbitmq_url: str, served: Served
+) -> None:
+    async with Client(rabbitmq_url, topology=served.topology) as client:
+        first, _ = await paused(client, '/tool pay {"to": "gu", "amount": 5}', "kill")
+        later = await client.submit("hello", session_id="kill")
+        waits = f"request {later.id} waits behind the paused turn"
+        active = wait_for_line(*served.pair, text=waits)
+        (standby,) = [w for w in served.pair if w is not active]
+        active.kill()
+        with anyio.fail_after(90):
+            approved = await client.approve(first.id, session_id="kill")
+            final = await first.final()
+            after = await later.final()
+    assert standby.proc.poll() is None
+    assert approved.text == final.text == "Tool pay returned: paid 5 to gu."
+    assert approved.worker == standby_name(standby)
+    assert after.text == "You said: hello"
+    assert [line for line in effects(served.log) if " gu " in line] == ["pay gu 5"]

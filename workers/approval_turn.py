@@ -138,7 +138,7 @@ def choose(
         made = approvals.decision(decision.request_id, decision.call_id)
         if made is not None:
             return msgspec.json.decode(made.answer, type=ResultEvent)
-        which = f"tool call {decision.call_id}" if decision.call_id else "a tool call"
+        which = f"tool call {decision.call_id}" if decision.call_id else "tool call"
         raise PermanentError(
             f"request {decision.request_id} of session {envelope.session_id!r} has no {which}"
             " waiting for approval: check the request id (and call id) the approval_required"

@@ -76,8 +76,14 @@ class ApprovalPauses(Middleware):
         drained = event.extra.get(_DRAINED, False)
         if isinstance(body, AgentRequest) and not drained:
             approvals = approval_state.read(await p.store.load_state(event.key))
-            if approvals.holds_turns and await self._wait_behind(event):
-                if approvals.paused is None:
+            # A turn handled before (the paused one itself, delivered again) is answered from
+            # the store as usual, never queued behind its own pause.
+            if (
+                approvals.holds_turns
+                and await p.store.handled(event.key, envelope.id) is None
+                and await self._wait_behind(event)
+            ):
+                if approvals.paused is None and event.outcome == "ack":
                     await self._drain(event)  # left by a worker that died while running them
                 return
         await call_next(event)
@@ -154,9 +160,16 @@ class ApprovalPauses(Middleware):
             await p.store.release(lease)
 
     async def _drain(self, event: Event) -> None:
-        """Run the turns that waited behind the pause, oldest first, until one pauses again."""
+        """Run the turns that waited behind the pause, oldest first, until one pauses again.
+
+        Stopped early (shutting down), `event` is handed back instead of acked: delivered
+        again, it runs the rest, so no waiting turn is left without an event to run it.
+        """
         p = self._p
-        while p.accepting:
+        while True:
+            if not p.accepting:
+                event.hand_back()
+                return
             approvals = approval_state.read(await p.store.load_state(event.key))
             if approvals.paused is not None or not approvals.waiting:
                 return
@@ -173,7 +186,8 @@ class ApprovalPauses(Middleware):
             waited.extra[_DRAINED] = True
             await p.process(waited)
             if not settler.done:
-                return  # handed back (shutting down): it stays first in line
+                event.hand_back()  # it was handed back (shutting down): it stays first in line
+                return
 
     async def _forget(self, event: Event, envelope_id: str) -> None:
         def drop(approvals: Approvals) -> bool:
