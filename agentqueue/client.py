@@ -317,6 +317,23 @@ class Client:
         with tracing.publishing(self.broker, queue, envelope):
             await self.broker.publish(queue, encode(envelope))
 
+    async def _ask(
+        self, envelope: Envelope, timeout: float | None, silence: str, request_id: str
+    ) -> Envelope:
+        """Publish `envelope` and wait for its one reply; `RequestTimedOut` names `silence`."""
+        inbox = self.router.expect(envelope.id)
+        queue = self.topology.route(envelope)
+        try:
+            with tracing.publishing(self.broker, queue, envelope):
+                await self.broker.publish(queue, encode(envelope))
+            wait = None if timeout is None else timeout + ANSWER_GRACE
+            with anyio.fail_after(wait):
+                return await inbox.get()  # type: ignore[no-any-return]
+        except TimeoutError:
+            raise RequestTimedOut(f"{silence} within {wait} s", request_id=request_id) from None
+        finally:
+            self.router.forget(envelope.id)
+
     async def approve(
         self,
         request_id: str,
@@ -358,21 +375,12 @@ class Client:
             body=decision,
             created_at=now,
         )
-        inbox = self.router.expect(event_id)
-        queue = self.topology.route(envelope)
-        try:
-            with tracing.publishing(self.broker, queue, envelope):
-                await self.broker.publish(queue, encode(envelope))
-            wait = None if timeout is None else timeout + ANSWER_GRACE
-            with anyio.fail_after(wait):
-                reply = await inbox.get()
-        except TimeoutError:
-            raise RequestTimedOut(
-                f"no answer to the decision on request {decision.request_id} within {wait} s",
-                request_id=decision.request_id,
-            ) from None
-        finally:
-            self.router.forget(event_id)
+        reply = await self._ask(
+            envelope,
+            timeout,
+            f"no answer to the decision on request {decision.request_id}",
+            decision.request_id,
+        )
         result = reply.body
         if not isinstance(result, ResultEvent):
             raise RequestFailed(
@@ -414,20 +422,7 @@ class Client:
             created_at=now,
             deadline=None if timeout is None else now + timeout,
         )
-        inbox = self.router.expect(call_id)
-        queue = self.topology.route(envelope)
-        try:
-            with tracing.publishing(self.broker, queue, envelope):
-                await self.broker.publish(queue, encode(envelope))
-            wait = None if timeout is None else timeout + ANSWER_GRACE
-            with anyio.fail_after(wait):
-                reply = await inbox.get()
-        except TimeoutError:
-            raise RequestTimedOut(
-                f"tool {name} gave no answer within {wait} s", request_id=call_id
-            ) from None
-        finally:
-            self.router.forget(call_id)
+        reply = await self._ask(envelope, timeout, f"tool {name} gave no answer", call_id)
         result = reply.body
         if isinstance(result, ToolResult):
             if result.ok:

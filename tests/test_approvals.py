@@ -69,10 +69,12 @@ def served(rabbitmq_url: str, tmp_path_factory: pytest.TempPathFactory) -> Itera
         yield Served(Topology(namespace=ns, partitions=2, tool_partitions=2), log, pair)
 
 
-async def paused(client: Client, text: str, session: str) -> tuple[RequestHandle, ResultEvent]:
+async def paused(
+    client: Client, text: str, session: str, wait: float = 60
+) -> tuple[RequestHandle, ResultEvent]:
     """Submit a turn and return once it asks for approval."""
     handle = await client.submit(text, session_id=session, timeout=120)
-    with anyio.fail_after(60):
+    with anyio.fail_after(wait):
         async for event in handle.events():
             if event.kind == "approval_required":
                 return handle, event

@@ -13,22 +13,12 @@ import pytest
 from agentqueue import Client
 from agentqueue.broker.mns import MNSBroker
 from agentqueue.broker.topology import Topology
-from agentqueue.client import RequestHandle
 from agentqueue.deploy.local_fc import LocalFC, TriggerConfig
-from agentqueue.protocol import ResultEvent, new_id
+from agentqueue.protocol import new_id
 from tests.deploy.test_local_fc import function_env
-from tests.test_approvals import PAID, denied, effects
+from tests.test_approvals import PAID, denied, effects, paused
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
-
-
-async def paused(client: Client, text: str, session: str) -> tuple[RequestHandle, ResultEvent]:
-    handle = await client.submit(text, session_id=session, timeout=120)
-    with anyio.fail_after(90):
-        async for event in handle.events():
-            if event.kind == "approval_required":
-                return handle, event
-    raise AssertionError(f"{text!r} ended without asking for approval")
 
 
 async def test_on_the_fc_emulator_approve_deny_waiting_turns_a_killed_instance_and_a_late_decision(
@@ -51,7 +41,7 @@ async def test_on_the_fc_emulator_approve_deny_waiting_turns_a_killed_instance_a
             with anyio.fail_after(240):
                 # Approved, then approved again: the tool ran once, the second is answered
                 # from the store. A later turn waited behind the pause, and ran after it.
-                first, _ = await paused(client, '/tool pay {"to": "bo", "amount": 5}', "yes")
+                first, _ = await paused(client, '/tool pay {"to": "bo", "amount": 5}', "yes", 90)
                 later = await client.submit(
                     '/tool transfer {"to": "bo", "amount": 3}', session_id="yes"
                 )
