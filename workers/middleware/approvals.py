@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable
 
 import anyio
+import msgspec
 
 from agentqueue.broker.base import Broker
 from agentqueue.broker.topology import Topology
@@ -209,8 +210,8 @@ class ApprovalPauses(Middleware):
         approvals = approval_state.read(await p.store.load_state(event.key))
         call_id = decision.call_id if isinstance(decision, Approval) else None
         made = approvals.decision(decision.request_id, call_id)
-        if made is None:
-            return
+        if made is None or made.answer != msgspec.json.encode(result).decode():
+            return  # not this decision's answer (a cancel of a request that was not paused)
         caller = made.caller
         assert event.envelope is not None
         original = _caller_envelope(caller, event.envelope.session_id)
