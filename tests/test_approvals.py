@@ -133,16 +133,19 @@ async def test_a_later_turn_of_the_session_waits_behind_the_paused_one_and_runs_
     async with Client(rabbitmq_url, topology=served.topology) as client:
         first, _ = await paused(client, '/tool pay {"to": "di", "amount": 5}', "order")
         later = await client.submit('/tool transfer {"to": "di", "amount": 3}', session_id="order")
-        wait_for_line(*served.pair, text=f"request {later.id} waits behind the paused turn")
+        last = await client.submit('/tool transfer {"to": "di", "amount": 4}', session_id="order")
+        for handle in (later, last):
+            wait_for_line(*served.pair, text=f"request {handle.id} waits behind the paused turn")
         assert "transfer di 3" not in effects(served.log)  # waiting, not run
         other = await client.call("hello", session_id="elsewhere")  # the worker is not blocked
         await client.approve(first.id, session_id="order")
         with anyio.fail_after(60):
             assert (await first.final()).text == "Tool pay returned: paid 5 to di."
             assert (await later.final()).text == "Tool transfer returned: transferred 3 to di."
+            assert (await last.final()).text == "Tool transfer returned: transferred 4 to di."
     assert other.text == "You said: hello"
     mine = [line for line in effects(served.log) if " di " in line]
-    assert mine == ["pay di 5", "transfer di 3"]
+    assert mine == ["pay di 5", "transfer di 3", "transfer di 4"]
 
 
 async def test_an_approval_that_never_comes_turns_into_a_denial(
