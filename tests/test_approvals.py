@@ -4,6 +4,8 @@ its worker, later turns of its session wait behind it, and the tool runs once or
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,7 +17,7 @@ from agentqueue import Client, RequestFailed
 from agentqueue.broker.topology import Topology
 from agentqueue.client import RequestHandle
 from agentqueue.protocol import ResultEvent, new_id
-from tests.processes import WorkerProcess, workers
+from tests.processes import ROOT, WorkerProcess, workers
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
 
@@ -183,6 +185,38 @@ async def test_a_cancel_reaches_the_paused_turn_ends_it_cancelled_and_lets_the_n
     assert (stopped.kind, stopped.error) == ("cancelled", "request cancelled")
     assert after.text == "You said: hello"
     assert not any(line.startswith("pay fy") for line in effects(served.log))
+
+
+def test_the_cli_names_the_call_waiting_and_approve_resumes_it(
+    rabbitmq_url: str, served: Served
+) -> None:
+    env = {**os.environ, "AGENTQUEUE_NAMESPACE": served.topology.namespace}
+    broker = ("--broker", rabbitmq_url, "--partition-count", "2", "--tool-partition-count", "2")
+    text = '/tool pay {"to": "hu", "amount": 6}'
+    call = subprocess.Popen(
+        [sys.executable, "-m", "agentqueue.cli", "call", text, "--session", "cli", *broker],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert call.stderr is not None
+    request = call.stderr.readline().split()[1]
+    asked = call.stderr.readline().strip()
+    assert asked.startswith('approval required: tool pay {"to": "hu", "amount": 6} (call call_')
+    assert asked.endswith(f"); agentqueue approve|deny {request} --session cli")
+    approve = subprocess.run(
+        [sys.executable, "-m", "agentqueue.cli", "approve", request, "--session", "cli", *broker],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    out, _ = call.communicate(timeout=60)
+    assert (approve.returncode, approve.stdout) == (0, "Tool pay returned: paid 6 to hu.\n")
+    assert (call.returncode, out) == (0, "Tool pay returned: paid 6 to hu.\n")
 
 
 # Last: it kills the module's active worker.
