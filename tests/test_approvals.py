@@ -13,7 +13,7 @@ from pathlib import Path
 import anyio
 import pytest
 
-from agentqueue import Client, RequestFailed
+from agentqueue import Client, RequestBusy, RequestFailed
 from agentqueue.broker.topology import Topology
 from agentqueue.client import RequestHandle
 from agentqueue.protocol import ResultEvent, new_id
@@ -140,12 +140,18 @@ async def test_a_later_turn_of_the_session_waits_behind_the_paused_one_and_runs_
             wait_for_line(*served.pair, text=f"request {handle.id} waits behind the paused turn")
         assert "transfer di 3" not in effects(served.log)  # waiting, not run
         other = await client.call("hello", session_id="elsewhere")  # the worker is not blocked
+        with pytest.raises(RequestBusy) as refused:
+            await client.call("hello", session_id="order", on_busy="reject")
         await client.approve(first.id, session_id="order")
         with anyio.fail_after(60):
             assert (await first.final()).text == "Tool pay returned: paid 5 to di."
             assert (await later.final()).text == "Tool transfer returned: transferred 3 to di."
             assert (await last.final()).text == "Tool transfer returned: transferred 4 to di."
     assert other.text == "You said: hello"
+    assert str(refused.value) == (
+        f"session 'order' is busy with request {first.id} (on_busy='reject'):"
+        " send it again when that turn has finished"
+    )
     mine = [line for line in effects(served.log) if " di " in line]
     assert mine == ["pay di 5", "transfer di 3", "transfer di 4"]
 

@@ -38,7 +38,7 @@ def assemble_pipeline(
         )
         middleware.append(signing)
     middleware.append(BusySessions(app, interrupts=not function_compute))
-    middleware.append(ApprovalPauses())
+    middleware.append(ApprovalPauses(app))
     return Pipeline(
         broker,
         store,

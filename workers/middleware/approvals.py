@@ -37,7 +37,9 @@ from agentqueue.protocol.messages import (
     TraceContext,
 )
 from agentqueue.workers import approval_state
+from agentqueue.workers.app import App
 from agentqueue.workers.approval_state import Approvals, Caller
+from agentqueue.workers.middleware.busy import busy_error, policy_of
 from agentqueue.workers.pipeline.event import Event, Next
 from agentqueue.workers.pipeline.middleware import Middleware
 from agentqueue.workers.pipeline.pipeline import Pipeline
@@ -57,7 +59,8 @@ def timer_key(session_id: str, request_id: str, call_id: str) -> str:
 class ApprovalPauses(Middleware):
     """Makes a paused session's later turns wait, answers the paused caller, runs the timeout."""
 
-    def __init__(self) -> None:
+    def __init__(self, app: App) -> None:
+        self.app = app
         self._pipeline: Pipeline | None = None
 
     def bind(self, pipeline: Pipeline) -> None:
@@ -73,20 +76,9 @@ class ApprovalPauses(Middleware):
         if not isinstance(body, (AgentRequest, Approval, Cancel)):
             await call_next(event)
             return
-        p = self._p
         drained = event.extra.get(_DRAINED, False)
-        if isinstance(body, AgentRequest) and not drained:
-            approvals = approval_state.read(await p.store.load_state(event.key))
-            # A turn handled before (the paused one itself, delivered again) is answered from
-            # the store as usual, never queued behind its own pause.
-            if (
-                approvals.holds_turns
-                and await p.store.handled(event.key, envelope.id) is None
-                and await self._wait_behind(event)
-            ):
-                if approvals.paused is None and event.outcome == "ack":
-                    await self._drain(event)  # left by a worker that died while running them
-                return
+        if isinstance(body, AgentRequest) and not drained and await self._held(event, body):
+            return
         await call_next(event)
         if event.outcome != "ack" or event.reply is None:
             return
@@ -107,6 +99,29 @@ class ApprovalPauses(Middleware):
         return self._pipeline
 
     # --- later turns wait behind the pause ------------------------------------------------
+
+    async def _held(self, event: Event, request: AgentRequest) -> bool:
+        """Whether a new turn was held back: rejected, or kept waiting behind the pause."""
+        p = self._p
+        assert event.envelope is not None
+        approvals = approval_state.read(await p.store.load_state(event.key))
+        if not approvals.holds_turns:
+            return False
+        if await p.store.handled(event.key, event.envelope.id) is not None:
+            return False  # handled before (the paused turn itself, again): answered from store
+        if policy_of(self.app, request) == "reject":
+            # A paused turn keeps its session busy. interrupt, rollback and latest act on a
+            # running turn and the turns queued with it, and a paused one is neither: they wait.
+            paused = approvals.paused
+            ahead = paused.caller.request_id if paused else decode(approvals.waiting[0]).id
+            error = busy_error(event.envelope.session_id, ahead)
+            event.ack(p.failure_reply(event, "rejected", error))
+            return True
+        if not await self._wait_behind(event):
+            return False
+        if approvals.paused is None and event.outcome == "ack":
+            await self._drain(event)  # left by a worker that died while running them
+        return True
 
     async def _wait_behind(self, event: Event) -> bool:
         """Keep the turn in the session's state behind the pause and ack it; False when the
