@@ -1,7 +1,9 @@
-"""A tool whose approval depends on its arguments, with an in-process worker on the memory broker."""
+"""Approvals with an in-process worker on the memory broker: a tool whose approval depends on its
+arguments, and a turn whose deadline passes while it waits behind a pause."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import anyio
@@ -58,3 +60,30 @@ async def test_only_the_calls_the_predicate_picks_wait_for_approval(
     assert kinds[0] == "approval_required" and kinds[-1] == "final"
     lines = (tmp_path / "effects.log").read_text().splitlines()
     assert lines == ["transfer bo 5", "transfer bo 500"]
+
+
+async def test_a_turn_whose_deadline_passes_while_it_waits_behind_a_pause_is_answered_timed_out(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AGENTQUEUE_TEST_LOG", str(tmp_path / "effects.log"))
+    from tests.apps.approvals import app
+
+    settings = Settings.load(broker="memory://deadline", store="memory://deadline")
+    async with settings.open_broker() as broker, anyio.create_task_group() as tg:
+        worker = Worker(app, broker, settings.open_store(), settings)
+        await tg.start(worker.run)
+        async with Client(broker, settings=settings) as client:
+            first = await client.submit('/tool pay {"to": "bo", "amount": 1}', session_id="d")
+            with anyio.fail_after(30):
+                async for event in first.events():
+                    if event.kind == "approval_required":
+                        break
+            later = await client.submit("hello", session_id="d", timeout=0.2)
+            assert later.envelope.deadline is not None
+            await anyio.sleep(max(0.0, later.envelope.deadline - time.time()))  # it expires
+            await client.approve(first.id, session_id="d")
+            late = await later.result()
+        worker.stop()
+    assert late.kind == "timed_out"
+    assert late.error is not None
+    assert late.error.startswith("deadline passed before the event started (it waited ")
