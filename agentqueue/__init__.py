@@ -15,10 +15,15 @@ from agentqueue.errors import (
     RequestTimedOut,
 )
 from agentqueue.protocol import AgentRequest, Envelope, Message, ResultEvent, ToolCall, ToolResult
+from agentqueue.serve import run_worker
 from agentqueue.settings import Settings
+from agentqueue.workers.agent_context import AgentContext
 from agentqueue.workers.app import App
+from agentqueue.workers.schedules import Schedule, Schedules
+from agentqueue.workers.worker import Worker
 
 __all__ = [
+    "AgentContext",
     "AgentQueueError",
     "AgentRequest",
     "App",
@@ -33,7 +38,11 @@ __all__ = [
     "RequestHandle",
     "RequestTimedOut",
     "ResultEvent",
+    "Schedule",
+    "Schedules",
     "Settings",
     "ToolCall",
     "ToolResult",
+    "Worker",
+    "run_worker",
 ]

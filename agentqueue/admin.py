@@ -11,7 +11,9 @@ import anyio
 import msgspec
 
 from agentqueue.broker.base import Broker, Delivery, read_dead_letter
+from agentqueue.broker.partition_check import existing_partitions
 from agentqueue.broker.topology import REQUESTS, TOOLS, Topology
+from agentqueue.client import Client, RequestHandle
 from agentqueue.protocol.admission import Refusal, admit
 from agentqueue.protocol.codec import decode, encode
 from agentqueue.protocol.errors import ProtocolError
@@ -40,11 +42,21 @@ async def owners(broker: Broker, topology: Topology, listen_for: float = 2.5) ->
 
 
 async def print_status(broker: Broker, topology: Topology, out: TextIO) -> None:
-    """Per partition: depth, un-acked, consumers and the worker active on it; then dead letters."""
+    """Per partition: depth, un-acked, consumers and the worker active on it; then the queues
+    that hold messages no one consumes, and the dead letters."""
     active = await owners(broker, topology)
     print(f"{'queue':<28} {'ready':>7} {'unacked':>8} {'consumers':>10}  active worker", file=out)
+    stuck: list[str] = []
     for family in (REQUESTS, TOOLS):
-        for queue in topology.queues(family):
+        found = await existing_partitions(broker, topology, family) or 0
+        if found != topology.family_size(family):
+            print(
+                f"({family}: the namespace has {found} partitions, not"
+                f" {topology.family_size(family)} as given; showing its {found})",
+                file=out,
+            )
+        for partition in range(found):
+            queue = topology.queue(family, partition)
             stats = await broker.stats(queue)
             unacked = "-" if stats.unacked is None else str(stats.unacked)
             owner = active.get(queue, "-" if stats.consumers == 0 else "(no heartbeat)")
@@ -52,6 +64,15 @@ async def print_status(broker: Broker, topology: Topology, out: TextIO) -> None:
                 f"{queue:<28} {stats.ready:>7} {unacked:>8} {stats.consumers:>10}  {owner}",
                 file=out,
             )
+            if stats.ready and not stats.consumers:
+                stuck.append(f"{queue} ({stats.ready} ready)")
+    if stuck:
+        print(
+            f"\nSTUCK: {len(stuck)} queue(s) hold messages and have no consumer: "
+            + ", ".join(stuck)
+            + "\n  start a worker that serves them (`agentqueue worker`, default: all partitions)",
+            file=out,
+        )
     dead = await broker.stats(topology.dead_letter_queue)
     print(f"\ndead letters in {topology.dead_letter_queue}: {dead.ready}", file=out)
 
@@ -133,16 +154,33 @@ async def dlq_show(broker: Broker, topology: Topology, key: str, out: TextIO) ->
         await _give_back(held)
 
 
-async def dlq_replay(broker: Broker, topology: Topology, key: str | None, out: TextIO) -> int:
+@dataclass
+class Replayed:
+    """A dead letter sent again: its new envelope, and its handle when the replayer waits."""
+
+    envelope: Envelope
+    handle: RequestHandle | None
+
+
+async def dlq_replay(
+    broker: Broker,
+    topology: Topology,
+    key: str | None,
+    out: TextIO,
+    *,
+    caller: Client | None = None,
+) -> list[Replayed]:
     """Replay dead letters (one by id/index, or all when `key` is None) as new envelopes.
 
     Each replay is a new envelope (new id, created now, `replay_of` naming the dead one, the
-    same caller and time budget), signed with the broker's current key; the dead letter is
-    removed once it is published. A record whose payload is not an envelope, or is not signed
-    with one of the current keys while keys are set, stays where it is, with the reason why.
+    same time budget), signed with the broker's current key; the dead letter is removed once it
+    is published. Its answer goes to `caller` (a handle per replay is returned, to wait on) or,
+    without one, to the original caller's reply queue. A record whose payload is not an
+    envelope, or is not signed with one of the current keys while keys are set, stays where it
+    is, with the reason why.
     """
     held = await _hold_all(broker, topology, 10_000)
-    replayed = 0
+    replayed: list[Replayed] = []
     try:
         for i, item in list(enumerate(held)):
             if key is not None and key not in (str(i), item.record.envelope_id):
@@ -152,14 +190,35 @@ async def dlq_replay(broker: Broker, topology: Topology, key: str | None, out: T
                 print(f"not replayed {_label(item.record)}: {fresh.reason}", file=out)
                 continue
             queue = topology.route(fresh)
-            await broker.publish(queue, encode(fresh))  # signed anew when the broker has keys
+            handle = None
+            if caller is None:
+                await broker.publish(queue, encode(fresh))  # signed anew when the broker has keys
+            else:
+                handle = await caller.resubmit(fresh)
             await item.delivery.ack()
             held.remove(item)
-            replayed += 1
+            replayed.append(Replayed(fresh, handle))
             print(f"replayed {_label(item.record)} to {queue} as {fresh.id}", file=out)
     finally:
         await _give_back(held)
     return replayed
+
+
+async def dlq_remove(broker: Broker, topology: Topology, key: str | None, out: TextIO) -> int:
+    """Remove one dead letter (by envelope id or list index), or every one when `key` is None."""
+    held = await _hold_all(broker, topology, 10_000)
+    removed = 0
+    try:
+        for i, item in list(enumerate(held)):
+            if key is not None and key not in (str(i), item.record.envelope_id):
+                continue
+            await item.delivery.ack()
+            held.remove(item)
+            removed += 1
+            print(f"removed {_label(item.record)} ({item.record.reason})", file=out)
+    finally:
+        await _give_back(held)
+    return removed
 
 
 def replay_envelope(

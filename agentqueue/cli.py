@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import logging
 import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 
 from agentqueue.broker.urls import redact_url
 from agentqueue.settings import Settings
+
+if TYPE_CHECKING:
+    from agentqueue.client import RequestHandle
 
 DEFAULT_APP = "examples.weather:app"
 
@@ -155,8 +159,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="through a local MNS server and FC instances (the Alibaba Cloud path)",
     )
 
-    p = sub.add_parser("local", help="local stand-ins for the cloud: an MNS server, an FC emulator")
+    p = sub.add_parser(
+        "local", help="servers for development: RabbitMQ, an MNS server, an FC emulator, a model"
+    )
     local_sub = p.add_subparsers(dest="local_command", required=True, metavar="SERVICE")
+    r = local_sub.add_parser(
+        "rabbitmq", help="run a private RabbitMQ node on 127.0.0.1 until Ctrl-C (prints its URL)"
+    )
+    r.add_argument("--port", type=int, default=5672, help="AMQP port on 127.0.0.1 (0: any free)")
+    r.add_argument(
+        "--data-dir",
+        dest="data_dir",
+        help="the node's data folder, kept across runs (default: rabbitmq/ in the state"
+        " folder, beside the default session store)",
+    )
     m = local_sub.add_parser("mns", help="serve an MNS-compatible queue API (state in SQLite)")
     m.add_argument("--host", default="127.0.0.1", help="address to listen on")
     m.add_argument("--port", type=int, default=9911, help="port to listen on")
@@ -252,6 +268,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--session", help="session id (default: a new one)")
     p.add_argument("--agent", help="agent to ask (default: the app's default agent)")
     p.add_argument("--stream", action="store_true", help="print text as it arrives")
+    p.add_argument(
+        "--delay", type=float, help="seconds before the request may start (default: at once)"
+    )
 
     p = sub.add_parser("cancel", help="cancel a running request")
     _settings_args(p)
@@ -277,15 +296,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--window", type=float, default=60.0, help="seconds to look back (default 60)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
-    p = sub.add_parser("dlq", help="list, show or replay dead letters")
+    p = sub.add_parser("dlq", help="list, show, replay, delete or purge dead letters")
     _settings_args(p)
-    p.add_argument("action", choices=["list", "show", "replay"], help="what to do")
+    p.add_argument(
+        "action", choices=["list", "show", "replay", "delete", "purge"], help="what to do"
+    )
     p.add_argument(
         "id",
         nargs="?",
-        help="envelope id or list index (show, replay); replay without it replays all",
+        help="envelope id or list index (show, replay, delete); replay without it replays all",
     )
     p.add_argument("--limit", type=int, default=100, help="most dead letters to list")
+    p.add_argument(
+        "--to-caller",
+        action="store_true",
+        help="replay: send answers to the original caller's reply queue (e.g. a batch still"
+        " waiting) instead of waiting here and printing them",
+    )
+    p.add_argument(
+        "--yes", action="store_true", help="purge: yes, remove every dead letter for good"
+    )
 
     p = sub.add_parser("trace", help="look at spans written with --trace-file")
     trace_sub = p.add_subparsers(dest="trace_command", required=True, metavar="ACTION")
@@ -357,6 +387,17 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="keep the batch's reply queue when every item is done",
     )
+    b.add_argument(
+        "--app",
+        metavar="MODULE:ATTRIBUTE",
+        help="serve this App in this process for the batch (with no --broker: on an embedded"
+        " broker, no other process needed); default: workers elsewhere answer",
+    )
+    f = batch_sub.add_parser(
+        "forget", help="delete an unfinished batch's reply queue (it will not be resumed)"
+    )
+    _settings_args(f)
+    f.add_argument("name", help="the batch name its summary printed (or --name gave)")
 
     p = sub.add_parser("ingress", help="accept agent requests over HTTP (JSON, CloudEvents)")
     ingress_sub = p.add_subparsers(dest="ingress_command", required=True, metavar="KIND")
@@ -487,6 +528,28 @@ def build_parser() -> argparse.ArgumentParser:
         help="MNS control plane (open API; default: the region's endpoint)",
     )
 
+    p = sub.add_parser("schedule", help="add, list or remove recurring requests")
+    schedule_sub = p.add_subparsers(dest="schedule_command", required=True, metavar="ACTION")
+    s = schedule_sub.add_parser("add", help="send PROMPT to a session at every tick")
+    _settings_args(s)
+    s.add_argument("name", help="the schedule's name (letters, digits, '-', '_', '.')")
+    s.add_argument("prompt", help="the request text sent at each tick")
+    s.add_argument("--session", required=True, help="session the requests run in")
+    s.add_argument("--agent", help="agent to ask (default: the app's default agent)")
+    when = s.add_mutually_exclusive_group(required=True)
+    when.add_argument(
+        "--cron",
+        help="UTC cron: 5 fields, or 6 with seconds first ('0 9 * * *', '*/2 * * * * *');"
+        " this or --every (default: none)",
+    )
+    when.add_argument("--every", help="a fixed period: 5s, 2m, 1h, 1d (default: none)")
+    s.add_argument("--replace", action="store_true", help="replace a schedule of that name")
+    s = schedule_sub.add_parser("list", help="every schedule and when it fires next")
+    _settings_args(s)
+    s = schedule_sub.add_parser("remove", help="delete a schedule")
+    _settings_args(s)
+    s.add_argument("name", help="the schedule to delete")
+
     p = sub.add_parser("schema", help="print the JSON Schema of the v1 envelope")
 
     p = sub.add_parser("config", help="print the settings in force (secrets masked)")
@@ -522,10 +585,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # the CLI's last word: one line a user can act on
         from agentqueue.protocol.errors import AgentQueueError
 
-        if not isinstance(exc, AgentQueueError | ValueError | OSError) or args.verbose:
+        error = _sole_error(exc)
+        if not isinstance(error, AgentQueueError | ValueError | OSError) or args.verbose:
             raise
-        print(f"agentqueue {args.command}: {exc}", file=sys.stderr)
+        print(f"agentqueue {args.command}: {error}", file=sys.stderr)
         return 1
+
+
+def _sole_error(exc: BaseException) -> BaseException:
+    """The one error inside (nested) task-group groups of one, else `exc` itself."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc
 
 
 @command("demo")
@@ -589,7 +660,7 @@ def _call(args: argparse.Namespace, settings: Settings) -> int:
     import signal
 
     from agentqueue.broker import tracing
-    from agentqueue.client import Client, RequestHandle, raise_for_kind
+    from agentqueue.client import Client, raise_for_kind
     from agentqueue.errors import RequestError
 
     _require_shared_broker(settings, "call")
@@ -633,7 +704,7 @@ def _call(args: argparse.Namespace, settings: Settings) -> int:
             with tracing.round_trip("call", args.agent) as trip:
                 with trip.current():
                     handle = await client.submit(
-                        args.text, session_id=args.session, agent=args.agent
+                        args.text, session_id=args.session, agent=args.agent, delay=args.delay
                     )
 
                 async def cancel_on_sigint(*, task_status: Any = anyio.TASK_STATUS_IGNORED) -> None:
@@ -772,6 +843,7 @@ def _usage(args: argparse.Namespace, settings: Settings) -> int:
 @command("dlq")
 def _dlq(args: argparse.Namespace, settings: Settings) -> int:
     from agentqueue import admin
+    from agentqueue.client import Client
 
     _require_shared_broker(settings, f"dlq {args.action}")
 
@@ -792,11 +864,52 @@ def _dlq(args: argparse.Namespace, settings: Settings) -> int:
                         file=sys.stderr,
                     )
                 return 0 if found else 1
-            count = await admin.dlq_replay(broker, settings.topology, args.id, sys.stdout)
-            print(f"{count} replayed")
-            return 0
+            if args.action in ("delete", "purge"):
+                return await _dlq_remove(broker, settings, args)
+            if args.to_caller:
+                sent = await admin.dlq_replay(broker, settings.topology, args.id, sys.stdout)
+                print(f"{len(sent)} replayed; answers go to their original callers")
+                return 0
+            async with Client(broker, settings=settings) as caller:
+                sent = await admin.dlq_replay(
+                    broker, settings.topology, args.id, sys.stdout, caller=caller
+                )
+                print(f"{len(sent)} replayed; waiting for their answers")
+                return await _print_answers([r.handle for r in sent if r.handle])
 
     return anyio.run(go)
+
+
+async def _dlq_remove(broker: Any, settings: Settings, args: argparse.Namespace) -> int:
+    from agentqueue import admin
+
+    if args.action == "delete" and args.id is None:
+        raise ValueError("dlq delete needs an envelope id or a list index (or use dlq purge)")
+    if args.action == "purge" and not args.yes:
+        raise ValueError(
+            f"dlq purge removes every dead letter in {settings.topology.dead_letter_queue} for"
+            " good; pass --yes to do it (dlq list shows them first)"
+        )
+    key = args.id if args.action == "delete" else None
+    removed = await admin.dlq_remove(broker, settings.topology, key, sys.stdout)
+    if args.action == "delete" and not removed:
+        print(
+            f"no dead letter {args.id!r} in {settings.topology.dead_letter_queue}", file=sys.stderr
+        )
+        return 1
+    print(f"{removed} removed")
+    return 0
+
+
+async def _print_answers(handles: list[RequestHandle]) -> int:
+    """Wait for each request's terminal event and print it; 0 when every one is `final`."""
+    finals = 0
+    for handle in handles:
+        event = await handle.result()
+        text = event.text if event.kind == "final" else event.error
+        print(f"{handle.id}: {event.kind}: {text}")
+        finals += event.kind == "final"
+    return 0 if finals == len(handles) else 1
 
 
 @command("trace")
@@ -824,15 +937,30 @@ def _batch(args: argparse.Namespace, settings: Settings) -> int:
     from agentqueue.batch import run_batch
     from agentqueue.batch_report import load_score
     from agentqueue.batch_tokens import parse_prices, prices_from_env
+    from agentqueue.workers.worker import Worker
 
-    _require_shared_broker(settings, "batch run")
+    if args.batch_command == "forget":
+        return _batch_forget(args, settings)
+    app = _load_app(args.app) if args.app else None
+    if app is None:
+        _require_shared_broker(settings, "batch run")
+    elif settings.broker.startswith("memory:"):
+        settings = dataclasses.replace(settings, broker=f"memory://batch-{os.getpid()}")
     score = load_score(args.score) if args.score else None
     prices = {**prices_from_env(), **parse_prices(",".join(args.price))}
     progress = {"auto": None, "bar": True, "lines": False}[args.progress]
 
     async def go():  # type: ignore[no-untyped-def]
+        async with settings.open_broker() as broker, contextlib.AsyncExitStack() as serving:
+            if app is not None:
+                store = settings.open_store()
+                serving.push_async_callback(store.close)
+                await serving.enter_async_context(Worker(app, broker, store, settings).running())
+            return await batch(broker)
+
+    async def batch(broker: Any):  # type: ignore[no-untyped-def]
         return await run_batch(
-            settings.broker,
+            broker,
             args.input,
             args.output,
             topology=settings.topology,
@@ -861,6 +989,21 @@ def _batch(args: argparse.Namespace, settings: Settings) -> int:
         with open(args.summary_json, "w") as f:
             json.dump(summary.to_dict(), f, indent=2)
     return 0 if summary.complete else 1
+
+
+def _batch_forget(args: argparse.Namespace, settings: Settings) -> int:
+    from agentqueue.batch_files import check_name
+
+    _require_shared_broker(settings, "batch forget")
+    queue = settings.topology.reply_queue(f"batch-{check_name(args.name)}")
+
+    async def go() -> None:
+        async with settings.open_broker() as broker:
+            await broker.delete_queue(queue)
+
+    anyio.run(go)
+    print(f"deleted {queue}; running the batch again starts it afresh")
+    return 0
 
 
 @command("ingress")
@@ -894,6 +1037,8 @@ def _ingress(args: argparse.Namespace, settings: Settings) -> int:
 
 @command("local")
 def _local(args: argparse.Namespace, settings: Settings) -> int:
+    if args.local_command == "rabbitmq":
+        return _local_rabbitmq(args)
     if args.local_command == "mns":
         from agentqueue.deploy.local_mns import serve, server_credentials
 
@@ -905,22 +1050,13 @@ def _local(args: argparse.Namespace, settings: Settings) -> int:
         serve(args.host, args.port, args.db, credentials.access_id, credentials.access_key)
         return 0
     if args.local_command == "openai":
-        import signal
-        import threading
-
         from agentqueue.deploy.local_openai import DEFAULT_MODEL, LocalOpenAI
 
         names = args.model or [DEFAULT_MODEL]
         limit = (args.rate_limit, 1.0) if args.rate_limit else None
         with LocalOpenAI(host=args.host, port=args.port, models=names, rate_limit=limit) as api:
             print(f"OPENAI_BASE_URL={api.url} AGENTQUEUE_MODEL={names[0]}", file=sys.stderr)
-            stop = threading.Event()
-            signal.signal(signal.SIGTERM, lambda *_: stop.set())
-            try:
-                while not stop.wait(0.5):  # a wait with no timeout would not see the signal
-                    pass
-            except KeyboardInterrupt:
-                pass
+            _wait_for_stop()
         return 0
     from agentqueue.deploy.local_fc import TriggerConfig, serve_local_fc
 
@@ -948,6 +1084,36 @@ def _local(args: argparse.Namespace, settings: Settings) -> int:
     )
     print(stats.report())
     return 0
+
+
+def _local_rabbitmq(args: argparse.Namespace) -> int:
+    from agentqueue.deploy.local_rabbitmq import LocalRabbitMQ
+    from agentqueue.workers.settings import state_dir
+
+    data_dir = args.data_dir or os.path.join(state_dir(), "rabbitmq")
+    node = LocalRabbitMQ(data_dir, port=args.port or None)
+    print(f"starting RabbitMQ {node.node_name} (data in {node.data_dir})", file=sys.stderr)
+    with node:
+        # stdout carries only the setting, so `eval "export $(agentqueue local rabbitmq)"`-style
+        # scripts and tests can read it; the rest goes to stderr.
+        print(f"AGENTQUEUE_BROKER={node.url}", flush=True)
+        print("ready; Ctrl-C stops it", file=sys.stderr)
+        _wait_for_stop()
+    return 0
+
+
+def _wait_for_stop() -> None:
+    """Block until SIGTERM or Ctrl-C."""
+    import signal
+    import threading
+
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        while not stop.wait(0.5):  # a wait with no timeout would not see the signal
+            pass
+    except KeyboardInterrupt:
+        pass
 
 
 @command("deploy")
@@ -997,6 +1163,13 @@ def _deploy(args: argparse.Namespace, settings: Settings) -> int:
     deployer = FCDeployer(args.region, fc_endpoint=args.fc_endpoint, mns_endpoint=args.mns_endpoint)
     (deployer.apply if args.action == "apply" else deployer.destroy)(plan)
     return 0
+
+
+@command("schedule")
+def _schedule(args: argparse.Namespace, settings: Settings) -> int:
+    from agentqueue.schedule_admin import schedule_command
+
+    return anyio.run(schedule_command, args, settings, sys.stdout)
 
 
 @command("schema")

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 from collections.abc import AsyncIterator
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -36,6 +38,26 @@ if TYPE_CHECKING:
     from agentqueue.batch_report import BatchSummary
 
 ANSWER_GRACE = 5.0  # seconds past a deadline the client still waits for the worker's timed_out
+
+
+def due_time(delay: float | None, not_before: datetime | float | None) -> float | None:
+    """Unix seconds a delayed request is due, from `delay` or `not_before` (at most one)."""
+    if delay is not None and not_before is not None:
+        raise ValueError("give a request delay or not_before, not both")
+    if delay is not None:
+        if not 0 <= delay < math.inf:
+            raise ValueError(f"delay must be a finite number of seconds >= 0, got {delay!r}")
+        return time.time() + delay
+    if isinstance(not_before, datetime):
+        if not_before.tzinfo is None:
+            raise ValueError(
+                f"not_before {not_before.isoformat()} has no time zone; give an aware datetime"
+                " (e.g. datetime.now(UTC) + timedelta(hours=1))"
+            )
+        return not_before.timestamp()
+    if not_before is not None and not abs(not_before) < math.inf:
+        raise ValueError(f"not_before must be a finite unix time, got {not_before!r}")
+    return not_before
 
 
 class RequestHandle:
@@ -160,6 +182,7 @@ class Client:
         self.client_id = client_id or new_id()[:12]
         self.reply_queue = reply_queue or self.topology.reply_queue(f"client-{self.client_id}")
         self.durable_replies = durable_replies
+        self.reply_queue_expiry = settings.reply_queue_expiry
         self.default_timeout = default_timeout
         self.router = ReplyRouter(self.broker, self.reply_queue)
         # Back-pressure: past this many unanswered requests, submit waits for an answer, so a
@@ -174,7 +197,11 @@ class Client:
             if self._owns_broker:
                 await stack.enter_async_context(self.broker)
             await self.broker.declare(self.topology)
-            await self.broker.declare_reply_queue(self.reply_queue, durable=self.durable_replies)
+            await self.broker.declare_reply_queue(
+                self.reply_queue,
+                durable=self.durable_replies,
+                expires=self.reply_queue_expiry if self.durable_replies else None,
+            )
             tg = await stack.enter_async_context(anyio.create_task_group())
             stack.callback(tg.cancel_scope.cancel)
             await tg.start(self.router.run)
@@ -197,6 +224,7 @@ class Client:
         timeout: float | None,
         user_id: str | None,
         on_busy: OnBusy | None = None,
+        not_before: float | None = None,
     ) -> Envelope:
         if isinstance(request, str):
             request = AgentRequest(input=[user_message(request)])
@@ -211,6 +239,9 @@ class Client:
         now = time.time()
         timeout = self.default_timeout if timeout is None else timeout
         request_id = request.id or new_id()
+        if not_before is not None and not_before <= now:
+            not_before = None  # due already: an ordinary request
+        starts = now if not_before is None else not_before  # the timeout counts from here
         return Envelope(
             id=request_id,
             session_id=session,
@@ -218,7 +249,8 @@ class Client:
             reply_to=self.reply_queue,
             body=request,
             created_at=now,
-            deadline=None if timeout is None else now + timeout,
+            deadline=None if timeout is None else starts + timeout,
+            not_before=not_before,
         )
 
     async def submit(
@@ -230,18 +262,38 @@ class Client:
         timeout: float | None = None,
         user_id: str | None = None,
         on_busy: OnBusy | None = None,
+        delay: float | None = None,
+        not_before: datetime | float | None = None,
     ) -> RequestHandle:
         """Publish a request (confirmed by the broker) and return a handle to its events.
 
         `on_busy`: what it does if its session is busy (default: the agent's, `enqueue`).
+        `delay` (seconds) or `not_before` (an aware datetime or unix seconds): the request
+        starts no earlier, and joins its session's turns only then; `timeout` counts from then.
         """
-        envelope = self._request(request, session_id, agent, timeout, user_id, on_busy)
+        due = due_time(delay, not_before)
+        envelope = self._request(request, session_id, agent, timeout, user_id, on_busy, due)
+        return await self._send(envelope)
+
+    async def resubmit(self, envelope: Envelope) -> RequestHandle:
+        """Publish a prepared envelope (e.g. a dead letter's replay) with this client as its
+        caller, and return a handle to its events."""
+        caller = msgspec.structs.replace(
+            envelope, reply_to=self.reply_queue, correlation_id=envelope.id
+        )
+        return await self._send(caller)
+
+    async def _send(self, envelope: Envelope) -> RequestHandle:
         await self._slots.acquire()  # released when the handle's terminal event is read
         inbox = self.router.expect(envelope.id)
         queue = self.topology.route(envelope)
+        # A broker that can hold the message back (MNS) is asked to; otherwise the worker
+        # receiving it parks it in a timer of the session store (see workers/delayed.py).
+        wait = 0.0 if envelope.not_before is None else envelope.not_before - time.time()
+        held = min(max(wait, 0.0), self.broker.max_delay)
         try:
             with tracing.publishing(self.broker, queue, envelope):
-                await self.broker.publish(queue, encode(envelope))
+                await self.broker.publish(queue, encode(envelope), delay=held)
         except BaseException:
             self.router.forget(envelope.id)
             self._slots.release()
@@ -257,6 +309,8 @@ class Client:
         timeout: float | None = None,
         user_id: str | None = None,
         on_busy: OnBusy | None = None,
+        delay: float | None = None,
+        not_before: datetime | float | None = None,
     ) -> ResultEvent:
         """Run a request and return its `final` event; raises `RequestError` otherwise."""
         with tracing.round_trip("call", agent) as trip, trip.current():
@@ -267,6 +321,8 @@ class Client:
                 timeout=timeout,
                 user_id=user_id,
                 on_busy=on_busy,
+                delay=delay,
+                not_before=not_before,
             )
             return await handle.final()
 
@@ -279,6 +335,8 @@ class Client:
         timeout: float | None = None,
         user_id: str | None = None,
         on_busy: OnBusy | None = None,
+        delay: float | None = None,
+        not_before: datetime | float | None = None,
     ) -> AsyncIterator[ResultEvent]:
         """Run a request and yield its events as they come: deltas, then the terminal one."""
         with tracing.round_trip("stream", agent) as trip:
@@ -290,6 +348,8 @@ class Client:
                     timeout=timeout,
                     user_id=user_id,
                     on_busy=on_busy,
+                    delay=delay,
+                    not_before=not_before,
                 )
             async for event in handle.events():
                 trip.result(event)

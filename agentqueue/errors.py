@@ -4,7 +4,7 @@ AgentQueueError
 ├── ProtocolError          bytes that are not a valid envelope (names the field)
 ├── BrokerError            a broker operation failed
 │   ├── BrokerConnectionError (QueueUnavailable: a nack, publish again), MessageTooLarge,
-│   │   QueueFull, QueueMissing, UnknownBroker
+│   │   PartitionMismatch, QueueFull, QueueMissing, UnknownBroker
 ├── WorkerError            LeaseLost, PermanentError, UnknownHandler
 ├── RequestError           a request did not end with a final answer
 │   ├── RequestFailed      the worker gave up (the dead-letter reason is the message)
@@ -20,6 +20,7 @@ from agentqueue.broker.errors import (
     BrokerConnectionError,
     BrokerError,
     MessageTooLarge,
+    PartitionMismatch,
     QueueFull,
     QueueMissing,
     QueueUnavailable,
@@ -70,6 +71,7 @@ __all__ = [
     "BrokerError",
     "LeaseLost",
     "MessageTooLarge",
+    "PartitionMismatch",
     "PermanentError",
     "ProtocolError",
     "QueueFull",

@@ -58,6 +58,30 @@ async def serve_worker(
         await store.close()
 
 
+def run_worker(
+    app: App,
+    settings: Settings | None = None,
+    *,
+    role: Role = "all",
+    partitions: list[int] | None = None,
+    tool_partitions: list[int] | None = None,
+) -> None:
+    """Serve `app` from this process until SIGTERM or Ctrl-C, as `agentqueue worker` does.
+
+    The in-process counterpart of the CLI (FastStream's `app.run()`, Celery's `worker_main`):
+    settings come from `settings`, else from `AGENTQUEUE_*` and the defaults.
+    """
+    settings = Settings.load() if settings is None else settings
+    if not logging.getLogger().handlers:  # the script set up no logging: log as the CLI does
+        logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        logging.getLogger("agentqueue").setLevel(logging.INFO)
+    anyio.run(
+        lambda: serve_worker(
+            app, settings, role=role, partitions=partitions, tool_partitions=tool_partitions
+        )
+    )
+
+
 async def _stop_on_signal(worker: Worker) -> None:
     with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async for signum in signals:

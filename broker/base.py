@@ -14,6 +14,9 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from types import TracebackType
 
+import anyio
+
+from agentqueue.broker.partition_check import check_partitions
 from agentqueue.broker.topology import Topology
 from agentqueue.protocol.codec import decode_dead_letter, encode_dead_letter
 from agentqueue.protocol.errors import ProtocolError
@@ -43,6 +46,9 @@ class Delivery(abc.ABC):
         """Give it back for redelivery (requeue) or drop it to the broker's dead letters."""
 
 
+CLOSE_TIMEOUT = 10.0  # seconds a subscription's close may take when its block is left
+
+
 class Subscription(abc.ABC):
     """An open consumer on one queue: iterate for deliveries, close to stop and hand back."""
 
@@ -60,7 +66,12 @@ class Subscription(abc.ABC):
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        await self.close()
+        # Shielded: leaving the block is often a cancellation (a task group winding down), and
+        # a close cut short would leave the consumer open on the broker, holding its queue (a
+        # single-active-consumer partition would wait for it for ever; an unused durable reply
+        # queue would never expire).
+        with anyio.CancelScope(shield=True), anyio.move_on_after(CLOSE_TIMEOUT):
+            await self.close()
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,13 +114,28 @@ class Broker(abc.ABC):
     async def close(self) -> None:
         """Close consumers and the connection; idempotent."""
 
-    @abc.abstractmethod
     async def declare(self, topology: Topology) -> None:
-        """Create the partition queues and the dead-letter queue if missing (idempotent)."""
+        """Create the partition queues and the dead-letter queue if missing (idempotent).
+
+        Refused with `PartitionMismatch`, before anything is created, when the namespace's
+        queues already have other partition counts than `topology`.
+        """
+        await check_partitions(self, topology)
+        await self._declare(topology)
 
     @abc.abstractmethod
-    async def declare_reply_queue(self, name: str, *, durable: bool = False) -> None:
-        """A reply queue: exclusive to this connection, or durable so a batch can resume."""
+    async def _declare(self, topology: Topology) -> None:
+        """Create the queues of `topology` that are missing."""
+
+    @abc.abstractmethod
+    async def declare_reply_queue(
+        self, name: str, *, durable: bool = False, expires: float | None = None
+    ) -> None:
+        """A reply queue: exclusive to this connection, or durable so a batch can resume.
+
+        `expires`: seconds a durable queue may go unused before the broker deletes it (RabbitMQ's
+        `x-expires`; MNS has no such setting: `agentqueue batch forget` deletes one there).
+        """
 
     @abc.abstractmethod
     async def delete_queue(self, name: str) -> None:
@@ -117,11 +143,32 @@ class Broker(abc.ABC):
 
     signing: KeyRing | None = None  # when set, every envelope published is signed with it
 
-    async def publish(self, queue: str, body: bytes, *, sign: bool = True) -> None:
-        """Publish persistently (signed when the broker has keys); returns once confirmed."""
+    # Seconds the broker itself can hold a message back before delivering it (MNS:
+    # DelaySeconds, up to 7 days); 0 when it cannot, and delayed requests wait in timers.
+    max_delay: float = 0.0
+
+    async def publish(
+        self, queue: str, body: bytes, *, sign: bool = True, delay: float = 0.0
+    ) -> None:
+        """Publish persistently (signed when the broker has keys); returns once confirmed.
+
+        `delay`: seconds the broker holds the message back (at most `max_delay`).
+        """
         if sign and self.signing is not None:
             body = self.signing.sign(body)
+        if delay > 0:
+            if delay > self.max_delay:
+                raise ValueError(
+                    f"{type(self).__name__} can hold a message back at most"
+                    f" {self.max_delay:.0f} s, not {delay:.0f} s; park it in a timer instead"
+                )
+            await self._publish_delayed(queue, body, delay)
+            return
         await self._publish(queue, body)
+
+    async def _publish_delayed(self, queue: str, body: bytes, delay: float) -> None:
+        """Publish bytes the broker delivers `delay` seconds from now (where `max_delay` > 0)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot delay messages")
 
     @abc.abstractmethod
     async def _publish(self, queue: str, body: bytes) -> None:

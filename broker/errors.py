@@ -31,5 +31,10 @@ class QueueFull(BrokerError):
     """The queue refused the message because it is at its length limit; retry later."""
 
 
+class PartitionMismatch(BrokerError, ValueError):
+    """The namespace's queues on the broker have another partition count than this process was
+    given: requests would go to partitions no worker serves (or workers would miss some)."""
+
+
 class UnknownBroker(BrokerError, ValueError):
     """A broker URL whose scheme no broker handles."""

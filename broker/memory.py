@@ -174,7 +174,7 @@ class MemoryBroker(Broker):
             listeners[:] = [q for q in listeners if q.owner is not self]
         self._hub = None
 
-    async def declare(self, topology: Topology) -> None:
+    async def _declare(self, topology: Topology) -> None:
         hub = self.hub
         dlq = topology.dead_letter_queue
         hub.queues.setdefault(dlq, _Queue(dlq, None, None))
@@ -182,7 +182,9 @@ class MemoryBroker(Broker):
             for name in topology.queues(family):
                 hub.queues.setdefault(name, _Queue(name, None, dlq))
 
-    async def declare_reply_queue(self, name: str, *, durable: bool = False) -> None:
+    async def declare_reply_queue(
+        self, name: str, *, durable: bool = False, expires: float | None = None
+    ) -> None:
         self.hub.queues.setdefault(name, _Queue(name, None if durable else self, None))
 
     async def delete_queue(self, name: str) -> None:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
 import re
 import threading
 import time
@@ -65,6 +66,7 @@ class MNSBroker(Broker):
     """Alibaba Cloud MNS (or a local MNS-compatible server); see the module docs."""
 
     max_message_size = MAX_BODY_BYTES
+    max_delay = 7 * 24 * 3600.0  # DelaySeconds: MNS holds a message back up to 7 days
 
     def __init__(self, url: str, *, credentials: Credentials | None = None) -> None:
         self.url = url
@@ -267,7 +269,7 @@ class MNSBroker(Broker):
 
         await self.call(create)
 
-    async def declare(self, topology: Topology) -> None:
+    async def _declare(self, topology: Topology) -> None:
         names = [topology.dead_letter_queue, *topology.queues(REQUESTS), *topology.queues(TOOLS)]
         async with anyio.create_task_group() as tg:
             for name in names:
@@ -275,7 +277,9 @@ class MNSBroker(Broker):
         for name in names[1:]:
             self._dead_letters[name] = topology.dead_letter_queue
 
-    async def declare_reply_queue(self, name: str, *, durable: bool = False) -> None:
+    async def declare_reply_queue(
+        self, name: str, *, durable: bool = False, expires: float | None = None
+    ) -> None:
         await self._create(name)
         if not durable:
             self._owned_replies.add(name)
@@ -295,6 +299,13 @@ class MNSBroker(Broker):
         self._owned_replies.discard(name)
 
     async def _publish(self, queue: str, body: bytes) -> None:
+        await self._send(queue, body, None)
+
+    async def _publish_delayed(self, queue: str, body: bytes, delay: float) -> None:
+        # DelaySeconds is whole seconds: rounded up, so the message is never early.
+        await self._send(queue, body, math.ceil(delay))
+
+    async def _send(self, queue: str, body: bytes, delay_seconds: int | None) -> None:
         text = to_wire(body)
         size = len(text.encode("utf-8")) if text[:1] == "{" else len(text)
         if size > MAX_BODY_BYTES:
@@ -304,7 +315,7 @@ class MNSBroker(Broker):
                 f" {MAX_BODY_BYTES} bytes; send large inputs by reference (a URL) instead"
             )
         try:
-            await self.call(lambda: self.queue(queue).send_message(Message(text)))
+            await self.call(lambda: self.queue(queue).send_message(Message(text, delay_seconds)))
         except QueueMissing:
             raise QueueMissing(
                 f"queue {queue!r} does not exist in MNS; declare the topology first, or the"

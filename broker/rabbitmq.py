@@ -136,9 +136,10 @@ class _RabbitSubscription(Subscription):
             await self._close_channel()
 
     async def _declare(self, channel: aio_pika.abc.AbstractChannel) -> aio_pika.abc.AbstractQueue:
-        durable = self.broker._reply_queues.get(self.queue_name)
-        if durable is None:
+        declared = self.broker._reply_queues.get(self.queue_name)
+        if declared is None:
             return await channel.declare_queue(self.queue_name, passive=True)
+        durable, expires = declared
         # Reply queues are declared again on every open: an exclusive one dies with the
         # connection, and its replies must find it again after a reconnect.
         return await channel.declare_queue(
@@ -146,7 +147,7 @@ class _RabbitSubscription(Subscription):
             durable=durable,
             exclusive=not durable,
             auto_delete=not durable,
-            arguments=_reply_queue_arguments(durable),
+            arguments=_reply_queue_arguments(durable, expires),
         )
 
     def _on_cancel(self, frame: Any) -> None:
@@ -227,7 +228,7 @@ class RabbitMQBroker(Broker):
         self._topology: Topology | None = None
         self._subscriptions: set[_RabbitSubscription] = set()
         self._broadcast_exchanges: dict[str, aio_pika.abc.AbstractExchange] = {}
-        self._reply_queues: dict[str, bool] = {}  # name -> durable
+        self._reply_queues: dict[str, tuple[bool, float | None]] = {}  # name -> durable, expires
         self._routes: dict[str, tuple[str, str, bool]] = {}
 
     @property
@@ -270,7 +271,7 @@ class RabbitMQBroker(Broker):
             connection, self._connection = self._connection, None
             await connection.close()
 
-    async def declare(self, topology: Topology) -> None:
+    async def _declare(self, topology: Topology) -> None:
         channel = await self.connection.channel()
         try:
             dlx = await channel.declare_exchange(
@@ -307,8 +308,10 @@ class RabbitMQBroker(Broker):
             )
         self._routes.clear()
 
-    async def declare_reply_queue(self, name: str, *, durable: bool = False) -> None:
-        self._reply_queues[name] = durable
+    async def declare_reply_queue(
+        self, name: str, *, durable: bool = False, expires: float | None = None
+    ) -> None:
+        self._reply_queues[name] = (durable, expires)
         channel = await self.connection.channel()
         try:
             await channel.declare_queue(
@@ -316,7 +319,7 @@ class RabbitMQBroker(Broker):
                 durable=durable,
                 exclusive=not durable,
                 auto_delete=not durable,
-                arguments=_reply_queue_arguments(durable),
+                arguments=_reply_queue_arguments(durable, expires),
             )
         except aiormq.exceptions.ChannelPreconditionFailed as exc:
             raise BrokerError(
@@ -515,10 +518,15 @@ def _cancelling() -> bool:
     return task is not None and task.cancelling() > 0
 
 
-def _reply_queue_arguments(durable: bool) -> dict[str, Any] | None:
+def _reply_queue_arguments(durable: bool, expires: float | None) -> dict[str, Any] | None:
     # A durable reply queue must outlive a cluster node, so it is replicated (quorum): a
     # classic queue lives on one node, and replies sent while that node is down are dropped.
-    return {"x-queue-type": "quorum"} if durable else None
+    if not durable:
+        return None
+    arguments: dict[str, Any] = {"x-queue-type": "quorum"}
+    if expires is not None:
+        arguments["x-expires"] = max(1, int(expires * 1000))  # unused that long: deleted
+    return arguments
 
 
 def _partition_arguments(topology: Topology) -> dict[str, Any]:

@@ -96,6 +96,7 @@ class Attempt:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     finished_at: float | None = None  # when the last byte of the answer was sent
+    path: str = "/v1/chat/completions"  # DashScope's compatible mode calls its own path
 
     @property
     def last_message(self) -> dict[str, Any]:
@@ -177,9 +178,11 @@ class _ChatApp:
             if not message.get("more_body"):
                 break
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-        await self._chat(headers, body, receive, send)
+        await self._chat(path, headers, body, receive, send)
 
-    async def _chat(self, headers: dict[str, str], body: bytes, receive: Any, send: Any) -> None:
+    async def _chat(
+        self, path: str, headers: dict[str, str], body: bytes, receive: Any, send: Any
+    ) -> None:
         try:
             request = json.loads(body)
         except ValueError:
@@ -193,6 +196,7 @@ class _ChatApp:
             messages=messages,
             tools=[t.get("function", {}).get("name", "") for t in request.get("tools") or []],
             prompt_tokens=max(1, sum(count_tokens(message_text(m)) for m in messages)),
+            path=path,
         )
         with self.lock:
             self.attempts.append(attempt)

@@ -7,9 +7,7 @@ namespace keeps this app's queues apart from every other app's on the same broke
 
 import anyio
 
-from agentqueue import App, Client, Settings
-from agentqueue.workers.agent_context import AgentContext
-from agentqueue.workers.worker import Worker
+from agentqueue import AgentContext, App, Client, Settings, Worker
 
 app = App("weather")  # what workers serve
 
@@ -26,12 +24,10 @@ def weather(ctx: AgentContext):  # type: ignore[no-untyped-def]
 
 async def main() -> None:
     settings = Settings.load(namespace="quickstart")  # AGENTQUEUE_* fill in the rest
-    async with settings.open_broker() as broker, anyio.create_task_group() as tg:
+    async with settings.open_broker() as broker:
         worker = Worker(app, broker, settings.open_store(), settings)  # `agentqueue worker`
-        await tg.start(worker.run)
-        async with Client(broker, settings=settings) as client:
+        async with worker.running(), Client(broker, settings=settings) as client:
             print((await client.call("What's the weather in Paris?", session_id="s1")).text)
-        worker.stop()
 
 
 if __name__ == "__main__":

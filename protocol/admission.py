@@ -107,9 +107,9 @@ def admit(
     """`data` as an admitted `Envelope`, or a `Refusal` saying why not; never raises.
 
     Checks, in order: size; the signature, when `keys` is set; strict decoding; and, when
-    `keys` is set and `window` is not None, that `created_at` is within `window` seconds of
-    `now`. Decoding comes before freshness so that bytes are decoded once, and only after the
-    signature is proven.
+    `keys` is set and `window` is not None, that `created_at` (or, for a delayed envelope,
+    `not_before`) is within `window` seconds of `now`. Decoding comes before freshness so
+    that bytes are decoded once, and only after the signature is proven.
     """
     try:
         return _admit(data, keys, max_size, window, now)
@@ -148,7 +148,12 @@ def _admit(
     except ProtocolError as exc:
         return refusal(data, str(exc), field=exc.field)
     if keys is not None and window is not None:
-        age = (time.time() if now is None else now) - envelope.created_at
+        now = time.time() if now is None else now
+        age = now - envelope.created_at
+        # A delayed envelope that the broker held back (MNS DelaySeconds) is fresh around
+        # when it became due; a replay then is still caught by the replay window and Dedup.
+        if envelope.not_before is not None and abs(now - envelope.not_before) < abs(age):
+            age = now - envelope.not_before
         if not abs(age) <= window:  # `not <=`: a NaN age is stale too
             return refused_envelope(
                 envelope,

@@ -244,6 +244,7 @@ class Envelope(msgspec.Struct, omit_defaults=True):
     deadline: float | None = None  # unix seconds
     trace: TraceContext | None = None
     replay_of: str | None = None  # the id of the dead letter this envelope replays (`dlq replay`)
+    not_before: float | None = None  # unix seconds: a delayed request runs at this time, not before
     sig: str | None = None  # "<key id>:<hex HMAC>", appended last by a KeyRing (see signing.py)
 
     @property

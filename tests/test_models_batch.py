@@ -114,8 +114,10 @@ def test_a_rate_limited_batch_never_fails_and_its_tokens_are_the_servers(
         )
     assert summary["counts"]["final"] == ITEMS and summary["missing"] == 0
     assert len(accepted) == ITEMS
-    assert {a.status for a in refused} <= {429}
-    assert most_in_a_window(accepted) <= LIMIT
+    # The shared budget kept every attempt, refused ones included, within the server's limit:
+    # so the server never had to refuse one.
+    assert most_in_a_window(attempts) <= LIMIT
+    assert refused == []
     prompt = sum(a.prompt_tokens for a in accepted)
     completion = sum(a.completion_tokens for a in accepted)
     tokens = summary["tokens"]

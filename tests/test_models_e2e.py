@@ -301,3 +301,38 @@ def test_a_named_model_without_a_key_refuses_to_start_the_worker(rabbitmq_url: s
         " such as vLLM or Ollama) or DASHSCOPE_API_KEY; AGENTQUEUE_MODEL=scripted uses the"
         " offline model"
     )
+
+
+async def test_a_dashscope_worker_streams_and_uses_a_tool_the_model_chose(
+    rabbitmq_url: str, live: Deployment, tmp_path: Path
+) -> None:
+    """AgentScope's DashScope model class, through its OpenAI-compatible mode, on the same path."""
+    ns = f"md{new_id()[:6]}"
+    env = {
+        "DASHSCOPE_API_KEY": KEY,
+        "DASHSCOPE_BASE_URL": live.server.dashscope_url,
+        "OPENAI_API_KEY": "",
+        "OPENAI_BASE_URL": "",
+        "AGENTQUEUE_MODEL": "test-model",
+    }
+    args = worker_args(rabbitmq_url, ns, f"sqlite:///{tmp_path}/s.db", "all", tmp_path / "t.jsonl")
+    live.server.script(
+        CallTool("get_weather", {"city": "Oslo"}, call_id="call_oslo"), Answer("Cold in Oslo")
+    )
+    with workers(args, env=env) as [worker]:
+        assert any(
+            f"agents use the dashscope model 'test-model' at {live.server.dashscope_url}" in line
+            for line in worker.lines
+        )
+        topology = Topology(namespace=ns, partitions=4, tool_partitions=4)
+        async with Client(rabbitmq_url, topology=topology) as client:
+            with anyio.fail_after(60):
+                events = [e async for e in client.stream("Weather in Oslo?", session_id=new_id())]
+    chose, answered = live.server.attempts()
+    assert {chose.path, answered.path} == {"/compatible-mode/v1/chat/completions"}
+    assert chose.tools == ["get_weather"] and chose.stream
+    weather = f"sunny, 21°C in Oslo (tool worker {worker.pid})"
+    assert weather in json.dumps(answered.last_message["content"], ensure_ascii=False)
+    assert [e.text for e in events if e.kind == "delta"] == ["Cold ", "in ", "Oslo"]
+    assert events[-1].kind == "final" and events[-1].text == "Cold in Oslo"
+    assert events[-1].usage is not None and events[-1].usage.calls == 2

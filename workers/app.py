@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, get_args
@@ -197,7 +198,16 @@ def load_app(spec: str) -> App:
     module_name, _, attr = spec.partition(":")
     if not module_name or not attr:
         raise ValueError(f"app spec {spec!r} must look like 'package.module:app'")
-    module = importlib.import_module(module_name)
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name is None or not (module_name + ".").startswith(exc.name + "."):
+            raise  # the app's own import failed: its traceback is what helps
+        raise ValueError(
+            f"cannot import the app module {module_name!r} of {spec!r}: no module named"
+            f" {exc.name!r} in {os.getcwd()} or on PYTHONPATH; run from the folder that holds"
+            " it, or give its full dotted path"
+        ) from None
     try:
         app = getattr(module, attr)
     except AttributeError:

@@ -4,9 +4,18 @@ worker and the Function Compute handler build it, so they cannot drift apart."""
 from __future__ import annotations
 
 from agentqueue.broker.base import Broker
+from agentqueue.protocol.messages import AgentRequest
+from agentqueue.workers.agent_handler import AgentHandler
 from agentqueue.workers.app import App
 from agentqueue.workers.handling import Handler
-from agentqueue.workers.middleware import ApprovalPauses, BusySessions, EventLog, Signing, Tracing
+from agentqueue.workers.middleware import (
+    ApprovalPauses,
+    BusySessions,
+    EventLog,
+    ModelBudget,
+    Signing,
+    Tracing,
+)
 from agentqueue.workers.pipeline import Middleware, Pipeline
 from agentqueue.workers.session_store import SessionStore
 from agentqueue.workers.settings import Settings
@@ -25,9 +34,10 @@ def assemble_pipeline(
     timers: Timers | None = None,
 ) -> Pipeline:
     """Tracing, the event log, signatures (when the broker has keys), busy-session policies,
-    approval pauses, the app's middleware, then the stages. `function_compute`: for the FC
-    handler, whose trigger hands out batches with no delivery count (counted in the store
-    instead). `timers`: where approval timeouts wait."""
+    approval pauses, the shared model budget (when a rate limit is set), the app's middleware,
+    then the stages. `function_compute`: for the FC handler, whose trigger hands out batches
+    with no delivery count (counted in the store instead). `timers`: where delayed requests
+    wait on a broker that cannot delay messages itself, and approval timeouts."""
     middleware: list[Middleware] = [Tracing(broker, worker_id), EventLog()]
     if broker.signing is not None:
         signing = Signing(
@@ -39,6 +49,9 @@ def assemble_pipeline(
         middleware.append(signing)
     middleware.append(BusySessions(app, interrupts=not function_compute))
     middleware.append(ApprovalPauses(app))
+    agents = handlers.get(AgentRequest)
+    if isinstance(agents, AgentHandler) and agents.models.limit is not None:
+        middleware.append(ModelBudget(agents.models))
     return Pipeline(
         broker,
         store,

@@ -251,10 +251,11 @@ class ModelRuntime:
 
     def limiter(self, provider: str, model: str) -> ModelLimiter | None:
         """The shared budget (and usage counters) of one model, in this loop's backend."""
-        backend = current_backend() or self._backend()
+        backend = current_backend() or self.backend()
         return ModelLimiter(backend, self.namespace, provider, model, self.limit)
 
-    def _backend(self) -> LimitBackend:
+    def backend(self) -> LimitBackend:
+        """Where this loop's grants and usage counters live (opened on first use)."""
         loop = asyncio.get_running_loop()
         backend = self._backends.get(loop)
         if backend is None:

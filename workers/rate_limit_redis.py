@@ -140,7 +140,7 @@ class RedisLimitBackend(LimitBackend):
         wait = await _cancellable(
             self._acquire(
                 keys=self._keys(key),
-                args=[grant_id, tokens, limit.requests or 0, limit.tokens or 0, limit.window],
+                args=[grant_id, tokens, limit.requests or 0, limit.tokens or 0, limit.span],
             )
         )
         return float(wait)

@@ -3,14 +3,9 @@
 from __future__ import annotations
 
 import sqlite3
-import threading
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import urlsplit
-
-import anyio
 
 from agentqueue.workers.errors import ModelConfigError
 from agentqueue.workers.rate_limit import (
@@ -20,7 +15,7 @@ from agentqueue.workers.rate_limit import (
     RateLimit,
     seconds_until_room,
 )
-from agentqueue.workers.sqlite_store import retry_while_locked
+from agentqueue.workers.sqlite_file import SQLiteFile
 
 T = TypeVar("T")
 
@@ -56,38 +51,18 @@ class SQLiteLimitBackend(LimitBackend):
 
     def __init__(self, url: str) -> None:
         self.url = url
-        path = urlsplit(url).path
-        self.path = Path(path[1:] if path.startswith("/") else path)
-        if not str(self.path):
-            raise ModelConfigError(f"sqlite URL {url!r} names no file; use sqlite:///sessions.db")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock = threading.Lock()
-        self._db = sqlite3.connect(
-            self.path, check_same_thread=False, isolation_level=None, timeout=10.0
-        )
-        retry_while_locked(lambda: self._db.execute("PRAGMA journal_mode=WAL"))
-        retry_while_locked(lambda: self._db.executescript(_SCHEMA))
+        self._file = SQLiteFile(url, _SCHEMA, error=ModelConfigError)
+        self.path = self._file.path
         self._pruned = 0.0
 
     async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        return await anyio.to_thread.run_sync(self._transaction, fn)
-
-    def _transaction(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                result = fn(self._db)
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
-            return result
+        return await self._file.run(fn)
 
     async def try_acquire(self, key: str, grant_id: str, tokens: int, limit: RateLimit) -> float:
         def op(db: sqlite3.Connection) -> float:
             now = time.time()
             db.execute(
-                "DELETE FROM model_grants WHERE budget=? AND at <= ?", (key, now - limit.window)
+                "DELETE FROM model_grants WHERE budget=? AND at <= ?", (key, now - limit.span)
             )
             row = db.execute("SELECT until FROM model_pauses WHERE budget=?", (key,)).fetchone()
             grants = db.execute(
@@ -156,5 +131,4 @@ class SQLiteLimitBackend(LimitBackend):
         return sorted((ModelUsage(*row) for row in rows), key=lambda u: -u.total_tokens)
 
     async def close(self) -> None:
-        with self._lock:
-            self._db.close()
+        self._file.close()

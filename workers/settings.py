@@ -21,6 +21,7 @@ from agentqueue.protocol.signing import KeyRing
 from agentqueue.workers.retry import RetryPolicy
 from agentqueue.workers.session_store import DEFAULT_RETENTION, SessionStore, open_store
 
+MISSED_POLICIES = ("once", "skip")  # what a schedule does with ticks missed while no worker ran
 SECRET_FIELDS = frozenset({"signing_keys", "ingress_key"})
 # What a worker elsewhere (a Function Compute function) must be told to behave like this one.
 WORKER_FIELDS = (
@@ -74,11 +75,18 @@ class Settings:
     shutdown_grace: float = 30.0
     reply_grace: float = 10.0  # seconds an answer waits for its missing reply queue to return
     approval_timeout: float = 3600.0  # seconds a paused turn waits for a decision, then denied
+    # Seconds a durable reply queue (a batch's) may sit unused before RabbitMQ deletes it, so
+    # an abandoned batch does not leave a queue behind for good; a resume within it is safe.
+    reply_queue_expiry: float = 7 * 24 * 3600.0
     max_message_size: int = DEFAULT_MAX_SIZE  # bytes; larger messages are refused unread
     freshness_window: float = 300.0  # seconds a signed envelope may take to arrive
     queue_max_length: int | None = None  # partition depth past which publishes are refused
     balance: bool = True  # share partitions with the other live workers of the namespace
     heartbeat_interval: float = 1.0  # seconds between a balancing worker's heartbeats
+    # Schedule ticks that fell while no worker ran: `once` runs them once, as one turn (the
+    # latest tick); `skip` drops every tick more than `schedule_grace` seconds late.
+    schedule_missed: str = "once"
+    schedule_grace: float = 5.0
     # `id:secret,…` or `@/path/to/file`; shown masked by `agentqueue config`.
     signing_keys: str | None = field(default=None, repr=False)
     # The ingress's Standard Webhooks secret (`whsec_…`, or `@/path/to/file`); shown masked.
@@ -99,6 +107,13 @@ class Settings:
     # initializer imports (comma-separated).
     app: str | None = None
     preload: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.schedule_missed not in MISSED_POLICIES:
+            raise ValueError(
+                f"setting schedule_missed (AGENTQUEUE_SCHEDULE_MISSED) must be one of"
+                f" {', '.join(MISSED_POLICIES)}, got {self.schedule_missed!r}"
+            )
 
     @classmethod
     def load(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:

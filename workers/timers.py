@@ -35,6 +35,7 @@ log = logging.getLogger("agentqueue.timers")
 
 CLAIM_TTL = 10.0  # seconds a claim holds a timer while its action runs
 POLL_INTERVAL = 0.2  # seconds between looks for due timers
+RETRY_AFTER = 1.0  # seconds before a timer whose action failed is fired again
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,8 +90,9 @@ class TimerStore(abc.ABC):
         cancelled or replaced meanwhile."""
 
     @abc.abstractmethod
-    async def unclaim(self, timer: Timer) -> None:
-        """Give a claimed timer back unfired, due again at once."""
+    async def unclaim(self, timer: Timer, ready_at: float | None = None) -> None:
+        """Give a claimed timer back unfired: claimable again at `ready_at` (default: its due
+        time, so at once)."""
 
     async def close(self) -> None:  # noqa: B027 - the memory store has nothing to close
         """Release connections."""
@@ -178,10 +180,10 @@ class MemoryTimerStore(TimerStore):
             record.ready_at = due
         return True
 
-    async def unclaim(self, timer: Timer) -> None:
+    async def unclaim(self, timer: Timer, ready_at: float | None = None) -> None:
         record = self._records.get(timer.key)
         if record is not None and record.timer.token == timer.token:
-            record.ready_at = record.timer.due
+            record.ready_at = record.timer.due if ready_at is None else ready_at
 
 
 class Timers:
@@ -237,9 +239,16 @@ class Timers:
             try:
                 with anyio.fail_after(self.claim_ttl * 0.8):  # done before another may claim
                     outcome = await self._actions[timer.kind](timer)
-            except Exception:
-                log.exception("timer %s (%s) failed; it fires again", timer.key, timer.kind)
-                await self.store.unclaim(timer)
+            except Exception as exc:  # e.g. the broker is away: the timer waits in the store
+                log.warning(
+                    "timer %s (%s) could not fire (%s: %s); trying again in %.0f s",
+                    timer.key,
+                    timer.kind,
+                    type(exc).__name__,
+                    exc,
+                    RETRY_AFTER,
+                )
+                await self.store.unclaim(timer, time.time() + RETRY_AFTER)
                 continue
             if outcome is None:
                 due, payload = None, timer.payload

@@ -65,10 +65,12 @@ end
 return 1
 """
 
-# KEYS: timer hash, ready set; ARGV: key, token
+# KEYS: timer hash, ready set; ARGV: key, token, ready at ('' = its due time)
 _UNCLAIM = """
 if redis.call('HGET', KEYS[1], 'token') ~= ARGV[2] then return 0 end
-redis.call('ZADD', KEYS[2], redis.call('HGET', KEYS[1], 'due'), ARGV[1])
+local ready = ARGV[3]
+if ready == '' then ready = redis.call('HGET', KEYS[1], 'due') end
+redis.call('ZADD', KEYS[2], ready, ARGV[1])
 return 1
 """
 
@@ -137,8 +139,9 @@ class RedisTimerStore(TimerStore):
         args = [timer.key, str(timer.token), "" if due is None else repr(due), payload]
         return int(await self._complete(keys=self._keys(timer.key), args=args)) == 1
 
-    async def unclaim(self, timer: Timer) -> None:
-        await self._unclaim(keys=self._keys(timer.key), args=[timer.key, str(timer.token)])
+    async def unclaim(self, timer: Timer, ready_at: float | None = None) -> None:
+        ready = "" if ready_at is None else repr(ready_at)
+        await self._unclaim(keys=self._keys(timer.key), args=[timer.key, str(timer.token), ready])
 
     async def close(self) -> None:
         await self._redis.aclose()

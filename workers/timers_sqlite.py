@@ -7,16 +7,13 @@ at a time; the file is synced on commit (WAL), so a timer written survives any p
 from __future__ import annotations
 
 import sqlite3
-import threading
 import time
 from collections.abc import Callable, Iterable
-from pathlib import Path
 from typing import TypeVar
-from urllib.parse import urlsplit
 
 import anyio
 
-from agentqueue.workers.sqlite_store import retry_while_locked
+from agentqueue.workers.sqlite_file import SQLiteFile
 from agentqueue.workers.timers import Timer, TimerStore
 
 T = TypeVar("T")
@@ -43,31 +40,10 @@ class SQLiteTimerStore(TimerStore):
     def __init__(self, url: str, namespace: str) -> None:
         self.url = url
         self.namespace = namespace
-        path = urlsplit(url).path
-        self.path = Path(path[1:] if path.startswith("/") else path)
-        if not str(self.path):
-            raise ValueError(f"sqlite URL {url!r} names no file; use sqlite:///sessions.db")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock = threading.Lock()
-        self._db = sqlite3.connect(
-            self.path, check_same_thread=False, isolation_level=None, timeout=10.0
-        )
-        retry_while_locked(lambda: self._db.execute("PRAGMA journal_mode=WAL"))
-        retry_while_locked(lambda: self._db.executescript(_SCHEMA))
+        self._file = SQLiteFile(url, _SCHEMA)
 
     async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        return await anyio.to_thread.run_sync(self._transaction, fn)
-
-    def _transaction(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                result = fn(self._db)
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
-            return result
+        return await self._file.run(fn)
 
     def _row(self, row: tuple[str, str, float, bytes, int]) -> Timer:
         key, kind, due, payload, token = row
@@ -169,14 +145,15 @@ class SQLiteTimerStore(TimerStore):
 
         return await self._run(op)
 
-    async def unclaim(self, timer: Timer) -> None:
+    async def unclaim(self, timer: Timer, ready_at: float | None = None) -> None:
         def op(db: sqlite3.Connection) -> None:
             db.execute(
-                "UPDATE timers SET ready_at=due WHERE namespace=? AND key=? AND token=?",
-                (self.namespace, timer.key, timer.token),
+                "UPDATE timers SET ready_at=COALESCE(?, due) WHERE namespace=? AND key=?"
+                " AND token=?",
+                (ready_at, self.namespace, timer.key, timer.token),
             )
 
         await self._run(op)
 
     async def close(self) -> None:
-        await anyio.to_thread.run_sync(self._db.close)
+        await anyio.to_thread.run_sync(self._file.close)

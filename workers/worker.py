@@ -8,10 +8,11 @@ queued ones back to the broker and closes the subscriptions.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Literal
 
 import anyio
@@ -24,6 +25,7 @@ from agentqueue.broker.replies import ReplyRouter
 from agentqueue.broker.topology import REQUESTS, TOOLS
 from agentqueue.protocol.ids import new_id
 from agentqueue.protocol.messages import AgentRequest, Approval, Cancel, ToolCall
+from agentqueue.workers import delayed, schedules
 from agentqueue.workers.agent_handler import AgentHandler, import_agentscope
 from agentqueue.workers.app import App
 from agentqueue.workers.assembly import assemble_pipeline
@@ -155,6 +157,17 @@ class Worker:
         """Return once the worker is subscribed to all of its queues."""
         await self._started.wait()
 
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[Worker]:
+        """Serve in this process for the `async with` block (subscribed when it starts); on
+        leaving it, stop gracefully: in-flight events finish or go back to the broker."""
+        async with anyio.create_task_group() as tg:
+            await tg.start(self.run)
+            try:
+                yield self
+            finally:
+                self.stop()
+
     async def run(
         self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
     ) -> None:
@@ -164,6 +177,7 @@ class Worker:
         await self.broker.declare_reply_queue(reply_queue)
         router = ReplyRouter(self.broker, reply_queue)
         handlers: dict[type, Handler] = {}
+        models: ModelRuntime | None = None
         if self.role in ("agents", "all"):
             await anyio.to_thread.run_sync(import_agentscope)
             remote = RemoteTools(self.broker, self.topology, router)
@@ -191,6 +205,14 @@ class Worker:
             self.settings,
             worker_id=self.worker_id,
             timers=self.timers,
+        )
+        delayed.register(self.timers, self.pipeline)
+        schedules.register(
+            self.timers,
+            self.broker,
+            self.topology,
+            missed=self.settings.schedule_missed,
+            grace=self.settings.schedule_grace,
         )
         approvals.register(self.timers, self.broker, self.topology)
         async with anyio.create_task_group() as tg:
@@ -242,6 +264,8 @@ class Worker:
             with anyio.CancelScope(shield=True):
                 for hook in self.app.stopping:
                     await hook(self.worker_id, self.role)
+                if models is not None:
+                    await models.aclose()  # the rate limit's connection to its store
             tg.cancel_scope.cancel()
         with anyio.CancelScope(shield=True):
             await self.timers.close()

@@ -241,7 +241,7 @@ def test_the_description_names_model_url_policy_and_limit_but_not_the_key(
     ).describe()
     assert described == (
         f"openai model 'test-model' at {server.url} with a key; 3 attempts per call, 1 s each;"
-        " rate limit 10 requests and 5000 tokens per 1 s (sliding) shared in"
+        " rate limit 10 requests and 5000 tokens per 1 s (sliding, 0.25 s slack) shared in"
         " redis://:***@127.0.0.1:6379/0"
     )
     assert KEY not in described

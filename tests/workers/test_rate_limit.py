@@ -40,10 +40,15 @@ async def backends(url: str) -> AsyncIterator[tuple[LimitBackend, LimitBackend]]
 
 def test_a_limit_is_read_from_its_setting_and_bad_ones_are_refused() -> None:
     assert RateLimit.parse("requests=500, tokens=200000, window=60s") == RateLimit(500, 200000, 60)
-    assert RateLimit.parse("requests=2") == RateLimit(requests=2, window=60)
+    assert RateLimit.parse("requests=2") == RateLimit(requests=2, window=60, slack=0.25)
+    assert RateLimit.parse("requests=2,window=1,slack=0").span == 1
     for text, error in [
         ("requests=5,window=0.5", "rate limit window must be at least 1 s, got 0.5"),
         ("window=10", "a rate limit needs requests=N, tokens=N or both"),
+        (
+            "requests=5,window=1,slack=2",
+            "rate limit slack must be between 0 and the window (1 s), got 2",
+        ),
         (
             "rpm=5",
             "AGENTQUEUE_RATE_LIMIT='rpm=5': cannot read 'rpm=5';"
@@ -63,7 +68,8 @@ async def test_grants_are_paced_a_window_over_the_limit_apart_for_every_worker(
     assert await a.try_acquire(key, "g0", 0, limit) == 0
     for n, backend in enumerate([b, a, b], start=1):
         wait = await backend.try_acquire(key, f"g{n}", 0, limit)
-        assert 0 < wait <= 1 / 4  # not at once: a quarter of the window after the last grant
+        # Not at once: a quarter of the window (and its slack) after the last grant.
+        assert 0 < wait <= limit.span / 4
         await anyio.sleep(wait)
         while (wait := await backend.try_acquire(key, f"g{n}", 0, limit)) > 0:
             await anyio.sleep(wait)  # the sleep may end a hair early on the store's clock

@@ -1,6 +1,6 @@
 """The stages in order, and where middleware sits among them. Read this file to see the pipeline.
 
-    receive:  SizeLimit -> [middleware.admit …] -> Decode -> Route
+    receive:  SizeLimit -> [middleware.admit …] -> Decode -> Park -> Route
     process:  [observing middleware.process …] -> Settle -> [app middleware.process …]
               -> Supported -> Dedup -> Deadline -> (CountDeliveries) -> DeliveryLimit
               -> Lease -> Commit -> Run
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from agentqueue.workers.delayed import Park
 from agentqueue.workers.pipeline.admit import Decode, Route, SizeLimit
 from agentqueue.workers.pipeline.guards import (
     CountDeliveries,
@@ -34,7 +35,7 @@ if TYPE_CHECKING:
 def receive_chain(p: Pipeline) -> list[object]:
     """The layers an event passes on arrival, outermost first."""
     admitting = [m.admit for m in p.middleware if overrides(m, "admit")]
-    return [SizeLimit(p), *admitting, Decode(p), Route(p)]
+    return [SizeLimit(p), *admitting, Decode(p), Park(p), Route(p)]
 
 
 def process_chain(p: Pipeline, count_deliveries_in_store: bool) -> list[object]:
