@@ -31,7 +31,6 @@ from agentqueue.workers.app import App
 from agentqueue.workers.assembly import assemble_pipeline
 from agentqueue.workers.handling import Handler
 from agentqueue.workers.membership import Membership
-from agentqueue.workers.middleware import approvals
 from agentqueue.workers.models import ModelRuntime
 from agentqueue.workers.pipeline import Event, Pipeline
 from agentqueue.workers.remote_tools import RemoteTools
@@ -214,7 +213,6 @@ class Worker:
             missed=self.settings.schedule_missed,
             grace=self.settings.schedule_grace,
         )
-        approvals.register(self.timers, self.broker, self.topology)
         async with anyio.create_task_group() as tg:
             self._tg = tg
             # Tool calls get lanes and a concurrency limit of their own: an agent turn waits for

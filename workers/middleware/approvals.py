@@ -9,10 +9,12 @@ another, in the lane of the event that decided it, through the same pipeline (de
 lease, commit). A worker that dies meanwhile leaves them in the store: the next event of the
 session runs them first.
 
-The timeout is a timer (`workers/timers.py`) keyed by the paused call: when it fires it
-publishes a denial on the session's partition, an `Approval` like any other, so it is decided
+The timeout is a denial published when the turn pauses, an `approval` like any other with
+`not_before` its expiry: it waits where delayed requests wait (the broker's own delay on MNS, a
+timer in the session store's backend on RabbitMQ; see `workers/delayed.py`), then is decided
 once, in order, on whichever worker owns the session then. A decision that arrives after the
-timeout is a denial too, fired timer or not.
+expiry is a denial too, whatever it asked, and a denial that arrives after a decision is
+answered from the store.
 """
 
 from __future__ import annotations
@@ -24,8 +26,6 @@ from collections.abc import Callable
 import anyio
 import msgspec
 
-from agentqueue.broker.base import Broker
-from agentqueue.broker.topology import Topology
 from agentqueue.protocol.codec import decode, encode, encode_dead_letter
 from agentqueue.protocol.messages import (
     AgentRequest,
@@ -36,24 +36,22 @@ from agentqueue.protocol.messages import (
     ResultEvent,
     TraceContext,
 )
-from agentqueue.workers import approval_state
+from agentqueue.workers import approval_state, delayed
 from agentqueue.workers.app import App
 from agentqueue.workers.approval_state import Approvals, Caller
 from agentqueue.workers.middleware.busy import busy_error, policy_of
 from agentqueue.workers.pipeline.event import Event, Next
 from agentqueue.workers.pipeline.middleware import Middleware
 from agentqueue.workers.pipeline.pipeline import Pipeline
-from agentqueue.workers.timers import Fired, Timer, Timers
 
 log = logging.getLogger("agentqueue.worker")
 
-TIMER_KIND = "approval-timeout"
 _DRAINED = "approvals.drained"  # event.extra: a turn that waited behind a pause, run now
 
 
-def timer_key(session_id: str, request_id: str, call_id: str) -> str:
-    """The timer of one paused call (one per call: scheduling it again changes nothing)."""
-    return f"approval:{session_id}:{request_id}:{call_id}"
+def denial_id(session_id: str, request_id: str, call_id: str) -> str:
+    """The envelope id of a paused call's timeout denial (one per call, so copies dedup)."""
+    return f"approval-timeout:{session_id}:{request_id}:{call_id}"
 
 
 class ApprovalPauses(Middleware):
@@ -86,7 +84,10 @@ class ApprovalPauses(Middleware):
         if not isinstance(result, ResultEvent):
             return
         decides = isinstance(body, (Approval, Cancel))
-        if decides:
+        # A decision answered from the decided record (a second approve, a late timeout) was
+        # forwarded when it was made; one answered by dedup may not have been (a crash).
+        fresh = event.result is None or event.result.state is not None
+        if decides and fresh:
             await self._answer_caller(event, body, result)  # type: ignore[arg-type]
         if result.kind == "approval_required" and result.approval is not None:
             await self._schedule_timeout(envelope, result)
@@ -234,22 +235,22 @@ class ApprovalPauses(Middleware):
             return
         stand_in = Event(b"", event.settler, envelope=original)
         await p.publish_reply(stand_in, p.encode_reply(original, result))
-        if p.timers is not None:
+        if p.timers is not None:  # the timeout's denial, if it is parked in a timer here
             for key in list(approvals.decided):
                 if key.startswith(f"{decision.request_id}:"):
                     call_id = key.split(":", 1)[1]
-                    await p.timers.cancel(
-                        timer_key(event.envelope.session_id, decision.request_id, call_id)
-                    )
+                    denial = denial_id(event.envelope.session_id, decision.request_id, call_id)
+                    await p.timers.cancel(delayed.timer_key(denial))
 
     async def _schedule_timeout(self, envelope: Envelope, result: ResultEvent) -> None:
+        """Publish the pause's denial now, due at its expiry (`not_before`)."""
         approval = result.approval
         assert approval is not None
         if approval.expires_at is None:
             return
-        due = approval.expires_at
+        p, now = self._p, time.time()
         denial = Envelope(
-            id=f"{timer_key(envelope.session_id, result.request_id, approval.call_id)}:timeout",
+            id=denial_id(envelope.session_id, result.request_id, approval.call_id),
             session_id=envelope.session_id,
             key=envelope.key,
             body=Approval(
@@ -257,35 +258,15 @@ class ApprovalPauses(Middleware):
                 call_id=approval.call_id,
                 approved=False,  # the reason is the timeout's, whatever it says (see choose)
             ),
-            created_at=due,
+            created_at=now,
+            not_before=approval.expires_at,
         )
-        await schedule_denial(self._p, denial, due)
-
-
-async def schedule_denial(pipeline: Pipeline, denial: Envelope, due: float) -> None:
-    """Have `denial` published on its session's partition at `due`.
-
-    Through the worker's timers; where a pipeline has none (the FC handler) the paused turn
-    still turns into a denial when a decision comes late (see `approval_turn.choose`).
-    """
-    assert isinstance(denial.body, Approval) and denial.body.call_id is not None
-    key = timer_key(denial.session_id, denial.body.request_id, denial.body.call_id)
-    if pipeline.timers is None:
-        log.info("no timers here: a decision on %s after %.0f is a denial", key, due)
-        return
-    await pipeline.timers.schedule(key, TIMER_KIND, due, encode(denial))
-
-
-def register(timers: Timers, broker: Broker, topology: Topology) -> None:
-    """Let `timers` fire approval timeouts: each publishes its stored denial."""
-
-    async def fire(timer: Timer) -> Fired:
-        envelope = decode(timer.payload)
-        await broker.publish(topology.route(envelope), timer.payload)
-        log.info("approval %s timed out: denial sent", timer.key)
-        return None
-
-    timers.register(TIMER_KIND, fire)
+        queue = p.topology.route(denial)
+        wait = approval.expires_at - now
+        if wait > 0 and p.broker.max_delay > 0:  # held by the broker: no round trip to park it
+            await p.broker.publish(queue, encode(denial), delay=min(wait, p.broker.max_delay))
+        else:
+            await p.broker.publish(queue, encode(denial))
 
 
 def _caller_envelope(caller: Caller, session_id: str) -> Envelope:
@@ -336,4 +317,4 @@ class _WaitedSettler:
         await self.ack()
 
 
-__all__ = ["TIMER_KIND", "ApprovalPauses", "register", "schedule_denial", "timer_key"]
+__all__ = ["ApprovalPauses", "denial_id"]
