@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import inspect
+import logging
 import math
 import re
 from collections.abc import Awaitable, Callable, Iterable
@@ -22,9 +23,11 @@ if TYPE_CHECKING:
     from agentscope.tool import FunctionTool, ToolChunk, Toolkit
 
 InvokeRemote = Callable[[str, dict[str, Any], float | None], Awaitable[str]]
+"""`await invoke_remote(name, arguments, timeout)` runs a tool elsewhere and returns its text."""
 NeedsApproval = Callable[[dict[str, Any]], bool]
 """`needs(arguments) -> bool`: whether one call of a tool waits for a person's yes."""
-"""`await invoke_remote(name, arguments, timeout)` runs a tool elsewhere and returns its text."""
+
+log = logging.getLogger("agentqueue.worker")
 
 # Providers reject other tool names (OpenAI and DashScope enforce this pattern).
 _TOOL_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -180,7 +183,12 @@ def _approval_tool_class() -> type[FunctionTool]:
 
         async def check_permissions(self, tool_input: dict[str, Any], context: Any) -> Any:
             needs = self.spec.requires_approval
-            if needs is True or (callable(needs) and needs(dict(tool_input))):
+            try:
+                ask = needs is True or (callable(needs) and bool(needs(dict(tool_input))))
+            except Exception as exc:  # a predicate that cannot tell: a person decides
+                log.warning("requires_approval of tool %s failed (%s): asking", self.spec.name, exc)
+                ask = True
+            if ask:
                 # Bypass-immune: no allow rule or permission mode may skip the person.
                 return PermissionDecision(
                     behavior=PermissionBehavior.ASK,
