@@ -121,7 +121,9 @@ def _envelope_id(text: str) -> str | None:
 
 def read(state: str | None) -> Approvals:
     """The approvals kept in a saved state (none for a new session)."""
-    if not state:
+    # Most sessions never pause: a substring test spares parsing their whole memory per turn
+    # (text that merely contains the key is parsed, and found to hold none).
+    if not state or f'"{KEY}":' not in state:
         return Approvals()
     raw = json.loads(state).get("middle_context", {}).get(KEY)
     if not raw:
