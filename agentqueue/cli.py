@@ -307,6 +307,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("request_id", help="id of the request to cancel (`call` prints it)")
     p.add_argument("--session", required=True, help="session id of that request")
 
+    for decision, does in (("approve", "run it and resume"), ("deny", "resume without it")):
+        p = sub.add_parser(decision, help=f"{decision} a paused request's tool call: {does}")
+        _settings_args(p)
+        p.add_argument("request_id", help="id of the paused request (`call` prints it)")
+        p.add_argument("--session", required=True, help="session id of that request")
+        p.add_argument("--call", dest="call_id", help="tool call id (default: the one waiting)")
+        if decision == "deny":
+            p.add_argument("--reason", help="why, for the agent to explain (default: none given)")
+
     p = sub.add_parser(
         "status", help="queue depths per partition and which worker is active on each"
     )
@@ -713,6 +722,16 @@ def _call(args: argparse.Namespace, settings: Settings) -> int:
                 if args.stream:
                     print(event.text, end="", flush=True)
                 continue
+            if event.kind == "approval_required" and event.approval is not None:
+                asked = event.approval
+                print(
+                    f"approval required: tool {asked.tool} {json.dumps(asked.arguments)}"
+                    f" (call {asked.call_id}); agentqueue approve|deny {handle.id}"
+                    f" --session {handle.session_id}",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                continue
             if args.stream:
                 print()
                 if event.kind != "final":
@@ -782,6 +801,48 @@ def _cancel(args: argparse.Namespace, settings: Settings) -> int:
     anyio.run(go)
     print(f"cancel sent for {args.request_id}")
     return 0
+
+
+@command("approve")
+def _approve(args: argparse.Namespace, settings: Settings) -> int:
+    return _decide(args, settings, approved=True)
+
+
+@command("deny")
+def _deny(args: argparse.Namespace, settings: Settings) -> int:
+    return _decide(args, settings, approved=False)
+
+
+def _decide(args: argparse.Namespace, settings: Settings, *, approved: bool) -> int:
+    """Send a decision and print the resumed turn's answer (stderr: its kind when not final)."""
+    from agentqueue.client import Client
+    from agentqueue.errors import RequestError
+
+    what = "approve" if approved else "deny"
+    _require_shared_broker(settings, what)
+
+    async def go() -> int:
+        async with Client(
+            settings.broker, topology=settings.topology, default_timeout=settings.timeout
+        ) as client:
+            try:
+                if approved:
+                    result = await client.approve(
+                        args.request_id, args.call_id, session_id=args.session
+                    )
+                else:
+                    result = await client.deny(
+                        args.request_id, args.call_id, session_id=args.session, reason=args.reason
+                    )
+            except RequestError as exc:
+                print(f"agentqueue {what}: {exc}", file=sys.stderr)
+                return 1
+        if result.kind != "final":
+            print(f"{result.kind}: {result.error or ''}".rstrip(), file=sys.stderr)
+        print(result.text)
+        return 0 if result.kind in ("final", "approval_required") else 1
+
+    return anyio.run(go)
 
 
 @command("status")

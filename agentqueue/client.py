@@ -24,6 +24,7 @@ from agentqueue.protocol.ids import new_id
 from agentqueue.protocol.messages import (
     RESULT_KINDS,
     AgentRequest,
+    Approval,
     Cancel,
     Envelope,
     OnBusy,
@@ -379,6 +380,79 @@ class Client:
         with tracing.publishing(self.broker, queue, envelope):
             await self.broker.publish(queue, encode(envelope))
 
+    async def _ask(
+        self, envelope: Envelope, timeout: float | None, silence: str, request_id: str
+    ) -> Envelope:
+        """Publish `envelope` and wait for its one reply; `RequestTimedOut` names `silence`."""
+        inbox = self.router.expect(envelope.id)
+        queue = self.topology.route(envelope)
+        try:
+            with tracing.publishing(self.broker, queue, envelope):
+                await self.broker.publish(queue, encode(envelope))
+            wait = None if timeout is None else timeout + ANSWER_GRACE
+            with anyio.fail_after(wait):
+                return await inbox.get()  # type: ignore[no-any-return]
+        except TimeoutError:
+            raise RequestTimedOut(f"{silence} within {wait} s", request_id=request_id) from None
+        finally:
+            self.router.forget(envelope.id)
+
+    async def approve(
+        self,
+        request_id: str,
+        call_id: str | None = None,
+        *,
+        session_id: str,
+        timeout: float | None = None,
+    ) -> ResultEvent:
+        """Approve a paused request's tool call (None: the one it waits on): the tool runs once
+        and the turn resumes; returns the answer its caller gets too."""
+        return await self._decide(Approval(request_id, True, call_id), session_id, timeout)
+
+    async def deny(
+        self,
+        request_id: str,
+        call_id: str | None = None,
+        *,
+        session_id: str,
+        reason: str | None = None,
+        timeout: float | None = None,
+    ) -> ResultEvent:
+        """Deny a paused request's tool call: the turn resumes with the denial (and `reason`)
+        as the tool's error, for the agent to explain; returns the answer its caller gets too."""
+        return await self._decide(Approval(request_id, False, call_id, reason), session_id, timeout)
+
+    async def _decide(
+        self, decision: Approval, session_id: str, timeout: float | None
+    ) -> ResultEvent:
+        """Publish a decision on the session's partition (routed like `Cancel`) and wait for
+        the resumed turn's answer; a decision made before is answered from the store."""
+        event_id = new_id()
+        now = time.time()
+        timeout = self.default_timeout if timeout is None else timeout
+        envelope = Envelope(
+            id=event_id,
+            session_id=session_id,
+            correlation_id=event_id,
+            reply_to=self.reply_queue,
+            body=decision,
+            created_at=now,
+        )
+        reply = await self._ask(
+            envelope,
+            timeout,
+            f"no answer to the decision on request {decision.request_id}",
+            decision.request_id,
+        )
+        result = reply.body
+        if not isinstance(result, ResultEvent):
+            raise RequestFailed(
+                f"unexpected {reply.type} reply to a decision", request_id=decision.request_id
+            )
+        if result.kind == "failed":
+            raise RequestFailed(result.error or "failed", request_id=decision.request_id)
+        return result
+
     async def call_tool(
         self,
         name: str,
@@ -432,20 +506,7 @@ class Client:
             created_at=now,
             deadline=None if timeout is None else now + timeout,
         )
-        inbox = self.router.expect(call_id)
-        queue = self.topology.route(envelope)
-        try:
-            with tracing.publishing(self.broker, queue, envelope):
-                await self.broker.publish(queue, encode(envelope))
-            wait = None if timeout is None else timeout + ANSWER_GRACE
-            with anyio.fail_after(wait):
-                reply = await inbox.get()
-        except TimeoutError:
-            raise RequestTimedOut(
-                f"tool {name} gave no answer within {wait} s", request_id=call_id
-            ) from None
-        finally:
-            self.router.forget(call_id)
+        reply = await self._ask(envelope, timeout, f"tool {name} gave no answer", call_id)
         result = reply.body
         if isinstance(result, ToolResult):
             if result.ok:

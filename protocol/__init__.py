@@ -10,10 +10,13 @@ from agentqueue.protocol.codec import (
 from agentqueue.protocol.errors import AgentQueueError, ProtocolError
 from agentqueue.protocol.ids import new_id
 from agentqueue.protocol.messages import (
+    PROGRESS_KINDS,
     PROTOCOL_VERSION,
     RESULT_KINDS,
     TERMINAL_KINDS,
     AgentRequest,
+    Approval,
+    ApprovalRequest,
     Body,
     Cancel,
     Content,
@@ -38,11 +41,14 @@ from agentqueue.protocol.schema import envelope_schema
 
 __all__ = [
     "DEFAULT_MAX_SIZE",
+    "PROGRESS_KINDS",
     "PROTOCOL_VERSION",
     "RESULT_KINDS",
     "TERMINAL_KINDS",
     "AgentQueueError",
     "AgentRequest",
+    "Approval",
+    "ApprovalRequest",
     "Body",
     "Cancel",
     "Content",

@@ -172,11 +172,24 @@ RESULT_KINDS = (
     "rejected",  # on_busy="reject" and its session was busy
     "interrupted",  # a newer turn interrupted it (on_busy="interrupt" or "rollback")
     "superseded",  # a newer turn replaced it before it started (on_busy="latest")
+    "approval_required",  # paused before a tool that needs a person's yes: `approval` says which
 )
 ResultKind = str
-TERMINAL_KINDS: frozenset[str] = frozenset(RESULT_KINDS) - {"delta"}
+# Kinds after which more events of the same request follow. A reader that predates one meets
+# it as a terminal result naming it, as the rule for kinds added later says.
+PROGRESS_KINDS: frozenset[str] = frozenset({"delta", "approval_required"})
+TERMINAL_KINDS: frozenset[str] = frozenset(RESULT_KINDS) - PROGRESS_KINDS
 # What a new turn does when its session is busy (see docs/architecture.md, "Busy sessions").
 OnBusy = Literal["enqueue", "reject", "interrupt", "rollback", "latest"]
+
+
+class ApprovalRequest(msgspec.Struct, omit_defaults=True):
+    """A tool call waiting for a person's decision: what would run, and until when."""
+
+    call_id: str
+    tool: str
+    arguments: dict[str, Any] = {}
+    expires_at: float | None = None  # unix seconds; no decision by then counts as a denial
 
 
 class ResultEvent(msgspec.Struct, tag="result", tag_field="type", omit_defaults=True):
@@ -190,12 +203,13 @@ class ResultEvent(msgspec.Struct, tag="result", tag_field="type", omit_defaults=
     output: list[Message] | None = None
     worker: str | None = None
     usage: Usage | None = None  # on the final event of a turn that called a model
+    approval: ApprovalRequest | None = None  # on `approval_required`: the call waiting
 
     @property
     def terminal(self) -> bool:
-        """True for the one event that ends the request: every kind but `delta`, including
-        kinds this version does not know yet."""
-        return self.kind != "delta"
+        """True for the one event that ends the request: every kind but `delta` and
+        `approval_required`, including kinds this version does not know yet."""
+        return self.kind not in PROGRESS_KINDS
 
 
 class Cancel(msgspec.Struct, tag="cancel", tag_field="type", omit_defaults=True):
@@ -205,7 +219,17 @@ class Cancel(msgspec.Struct, tag="cancel", tag_field="type", omit_defaults=True)
     reason: str | None = None
 
 
-Body = AgentRequest | ToolCall | ToolResult | ResultEvent | Cancel
+class Approval(msgspec.Struct, tag="approval", tag_field="type", omit_defaults=True):
+    """A person's decision on a tool call of the paused request `request_id` of the same
+    session: `approved` runs it once and resumes the turn; otherwise the agent is told `reason`."""
+
+    request_id: str
+    approved: bool
+    call_id: str | None = None  # None: the one call the request waits on
+    reason: str | None = None
+
+
+Body = AgentRequest | ToolCall | ToolResult | ResultEvent | Cancel | Approval
 
 
 class TraceContext(msgspec.Struct, omit_defaults=True):
@@ -240,7 +264,7 @@ class Envelope(msgspec.Struct, omit_defaults=True):
 
     @property
     def type(self) -> str:
-        """The body's tag: agent_request, tool_call, tool_result, result or cancel."""
+        """The body's tag: agent_request, tool_call, tool_result, result, cancel or approval."""
         return self.body.__struct_config__.tag  # type: ignore[return-value]
 
     @property

@@ -23,7 +23,7 @@ from agentqueue.workers.usage import UsageCounter
 
 if TYPE_CHECKING:
     from agentscope.agent import Agent
-    from agentscope.message import DataBlock, Msg, TextBlock
+    from agentscope.message import DataBlock, Msg, TextBlock, ToolCallBlock
     from agentscope.state import AgentState
 
     from agentqueue.protocol.messages import Usage
@@ -42,8 +42,8 @@ class TurnOutcome:
 
     `finished_reason` is AgentScope's reason as a plain string: "completed",
     "interrupted", "exceed_max_iters" or "error", or "parked" when the agent
-    stopped to wait for a tool confirmation or an external tool result (only
-    tools not built by `build_toolkit` can cause that).
+    stopped to wait for a tool confirmation (`asking` names the calls: tools
+    registered with `requires_approval`) or an external tool result.
 
     `text` is the text of the reply's final message: the last model call's
     answer, or AgentScope's interruption message (`ReActConfig.interruption_message`)
@@ -57,6 +57,7 @@ class TurnOutcome:
     state_json: str
     tool_calls: tuple[str, ...]
     usage: Usage | None = None  # tokens of the turn's model calls (None: no model was called)
+    asking: tuple[ToolCallBlock, ...] = ()  # calls waiting for a person ("parked" on them)
 
 
 def load_state(state_json: str) -> AgentState:
@@ -97,9 +98,31 @@ async def run_turn(
     Errors other than cancellation (e.g. the model API failing) propagate; if
     `on_delta` raises, the agent is interrupted first, then the error propagates.
     """
-    msgs = to_agentscope_messages(input_messages)
+    return await _drive(agent, to_agentscope_messages(input_messages), on_delta)
+
+
+async def resume_turn(
+    agent: Agent,
+    event: Any,
+    on_delta: OnDelta | None = None,
+    on_item: Callable[[Any], None] | None = None,
+) -> TurnOutcome:
+    """Continue a parked reply with AgentScope's `UserConfirmResultEvent` (or
+    `UserInterruptEvent`), as `run_turn` does for messages; `on_item` sees each event of the
+    reply while the agent waits for it to return (so it may adjust the agent's memory)."""
+    return await _drive(agent, event, on_delta, on_item)
+
+
+async def _drive(
+    agent: Agent,
+    inputs: Any,
+    on_delta: OnDelta | None,
+    on_item: Callable[[Any], None] | None = None,
+) -> TurnOutcome:
     queue: asyncio.Queue[Any] = asyncio.Queue()
-    pump = asyncio.create_task(_pump(agent, msgs, queue), name=f"agent-reply-{agent.name}")
+    pump = asyncio.create_task(
+        _pump(agent, inputs, queue, on_item), name=f"agent-reply-{agent.name}"
+    )
     collector = _Collector()
     try:
         while (item := await queue.get()) is not _DONE:
@@ -136,10 +159,17 @@ async def _stop(agent: Agent, pump: asyncio.Task[None]) -> None:
         )
 
 
-async def _pump(agent: Agent, msgs: list[Msg], queue: asyncio.Queue[Any]) -> None:
+async def _pump(
+    agent: Agent,
+    inputs: list[Msg] | Any,
+    queue: asyncio.Queue[Any],
+    on_item: Callable[[Any], None] | None = None,
+) -> None:
     """Move the reply's events into the queue; its only awaits are inside AgentScope."""
     try:
-        async for item in agent.reply_stream(msgs, yield_final_msg=True):
+        async for item in agent.reply_stream(inputs, yield_final_msg=True):
+            if on_item is not None:
+                on_item(item)
             queue.put_nowait(item)
     finally:
         queue.put_nowait(_DONE)
@@ -159,16 +189,19 @@ class _Collector:
         self.final: Msg | None = None
         self.end_reason: str | None = None
         self.tool_calls: list[str] = []
+        self.asking: list[ToolCallBlock] = []
         self.interrupted = False
         self.usage = UsageCounter()
 
     def add(self, item: Any) -> None:
         """Record one event or the final message."""
-        from agentscope.event import ReplyEndEvent, ToolCallStartEvent
+        from agentscope.event import ReplyEndEvent, RequireUserConfirmEvent, ToolCallStartEvent
         from agentscope.message import Msg
 
         self.usage.add(item)
-        if isinstance(item, Msg):
+        if isinstance(item, RequireUserConfirmEvent):
+            self.asking.extend(item.tool_calls)
+        elif isinstance(item, Msg):
             self.final = item
         elif isinstance(item, ReplyEndEvent):
             self.end_reason = str(item.finished_reason)
@@ -186,12 +219,17 @@ class _Collector:
             # (A reply that finished before the cancellation landed stays "completed".)
             reason = "interrupted"
         text = (self.final.get_text_content(separator="") or "") if self.final else ""
+        if reason is None or reason == "parked":
+            asking = tuple(self.asking)
+        else:
+            asking = ()
         return TurnOutcome(
             text=text,
             finished_reason=reason or "parked",
             state_json=dump_state(agent),
             tool_calls=tuple(self.tool_calls),
             usage=self.usage.usage(),
+            asking=asking,
         )
 
 

@@ -11,7 +11,7 @@ from typing import Any, get_args
 from agentqueue.protocol.messages import OnBusy
 from agentqueue.workers.errors import UnknownHandler
 from agentqueue.workers.pipeline.middleware import Middleware
-from agentqueue.workers.toolkit import ToolSpec
+from agentqueue.workers.toolkit import NeedsApproval, ToolSpec
 
 AgentFactory = Callable[..., Any]  # (AgentContext) -> agentscope.agent.Agent
 LifecycleHook = Callable[[str, str], Awaitable[None]]  # (worker id, role)
@@ -105,11 +105,16 @@ class App:
         timeout: float | None = 60.0,
         idempotent: bool = False,
         retry_on: tuple[type[Exception], ...] = (),
+        requires_approval: bool | NeedsApproval = False,
+        approval_timeout: float | None = None,
     ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
         """Expose a typed function as a tool; `remote=True` runs it on tool workers as events.
 
         `timeout` is the most a call may run (a caller may ask for less); exceptions in
         `retry_on` are transient: the call is retried with backoff instead of failing at once.
+        `requires_approval` (True, or a predicate on the arguments) pauses the turn before a
+        call until `client.approve` or `client.deny` decides it, or `approval_timeout` seconds
+        (default: the worker's AGENTQUEUE_APPROVAL_TIMEOUT) pass and it counts as denied.
         """
 
         def register(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -124,6 +129,8 @@ class App:
                 timeout=timeout,
                 idempotent=idempotent,
                 retry_on=retry_on,
+                requires_approval=requires_approval,
+                approval_timeout=approval_timeout,
             )
             return func
 

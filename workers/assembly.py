@@ -11,6 +11,7 @@ from agentqueue.workers.agent_handler import AgentHandler
 from agentqueue.workers.app import App
 from agentqueue.workers.handling import Handler
 from agentqueue.workers.middleware import (
+    ApprovalPauses,
     BusySessions,
     EventLog,
     Metrics,
@@ -38,11 +39,12 @@ def assemble_pipeline(
     owned: Callable[[], Collection[str]] | None = None,
 ) -> Pipeline:
     """Tracing, metrics, the event log, turn summaries, signatures (when the broker has
-    keys), busy-session policies, the shared model budget (when a rate limit is set), the app's
-    middleware, then the stages. `function_compute`: for the FC handler, whose trigger hands out
-    batches with no delivery count (counted in the store instead). `timers`: where delayed
-    requests wait on a broker that cannot delay messages itself. `owned`: the queues the
-    consumer holds now, for the owned-sessions gauge."""
+    keys), busy-session policies, approval pauses, the shared model budget (when a rate limit
+    is set), the app's middleware, then the stages. `function_compute`: for the FC handler,
+    whose trigger hands out batches with no delivery count (counted in the store instead).
+    `timers`: where delayed requests wait on a broker that cannot delay messages itself, and
+    approval timeouts. `owned`: the queues the consumer holds now, for the owned-sessions
+    gauge."""
     middleware: list[Middleware] = [
         Tracing(broker, worker_id),
         Metrics(worker_id, owned),
@@ -58,6 +60,7 @@ def assemble_pipeline(
         )
         middleware.append(signing)
     middleware.append(BusySessions(app, interrupts=not function_compute))
+    middleware.append(ApprovalPauses(app))
     agents = handlers.get(AgentRequest)
     if isinstance(agents, AgentHandler) and agents.models.limit is not None:
         middleware.append(ModelBudget(agents.models))

@@ -56,7 +56,7 @@ from agentqueue.broker.base import Broker
 from agentqueue.broker.replies import ReplyRouter
 from agentqueue.protocol.codec import encode_dead_letter
 from agentqueue.protocol.ids import new_id
-from agentqueue.protocol.messages import AgentRequest, DeadLetter, ToolCall
+from agentqueue.protocol.messages import AgentRequest, Approval, Cancel, DeadLetter, ToolCall
 from agentqueue.workers.admission import check_signing
 from agentqueue.workers.agent_handler import AgentHandler
 from agentqueue.workers.app import load_app
@@ -132,12 +132,16 @@ class FCInstance:
         self.broker: Broker = config.settings.open_broker()
         self.store: SessionStore = config.settings.open_store()
         self.router = ReplyRouter(self.broker, self.topology.reply_queue(self.instance_id))
+        agents = AgentHandler(
+            self.app,
+            RemoteTools(self.broker, self.topology, self.router),
+            worker_name=self.instance_id,
+            approval_timeout=config.settings.approval_timeout,
+        )
         handlers: dict[type, Handler] = {
-            AgentRequest: AgentHandler(
-                self.app,
-                RemoteTools(self.broker, self.topology, self.router),
-                worker_name=self.instance_id,
-            ),
+            AgentRequest: agents,
+            Approval: agents,  # a decision or a cancel resumes the session's paused turn
+            Cancel: agents,
             ToolCall: ToolHandler(self.app, worker_name=self.instance_id, store=self.store),
         }
         self.pipeline = assemble_pipeline(
@@ -186,7 +190,8 @@ class FCInstance:
     def invoke(self, messages: list[TriggerMessage]) -> BatchOutcome:
         """Handle one batch on the instance's loop; blocks the calling (FC) thread."""
         assert self._portal is not None, "FCInstance.start() was not called"
-        if self._router_task is None and any(b'"agent_request"' in m.body for m in messages):
+        agent_events = (b'"agent_request"', b'"approval"')
+        if self._router_task is None and any(t in m.body for m in messages for t in agent_events):
             with self._lock:
                 if self._router_task is None:
                     # Remote tools answer on this instance's own reply queue; consumed from the

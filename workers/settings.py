@@ -18,6 +18,7 @@ from agentqueue.broker.topology import Topology
 from agentqueue.broker.urls import key_ring, open_broker, redact_url
 from agentqueue.protocol.codec import DEFAULT_MAX_SIZE
 from agentqueue.protocol.signing import KeyRing
+from agentqueue.workers.approval_turn import DEFAULT_APPROVAL_TIMEOUT
 from agentqueue.workers.retry import RetryPolicy
 from agentqueue.workers.session_store import DEFAULT_RETENTION, SessionStore, open_store
 
@@ -35,6 +36,7 @@ WORKER_FIELDS = (
     "lease_ttl",
     "store_retention",
     "session_ttl",
+    "approval_timeout",
 )
 
 
@@ -73,6 +75,7 @@ class Settings:
     timeout: float = 300.0
     shutdown_grace: float = 30.0
     reply_grace: float = 10.0  # seconds an answer waits for its missing reply queue to return
+    approval_timeout: float = DEFAULT_APPROVAL_TIMEOUT  # seconds a paused turn waits, then denied
     # Seconds a durable reply queue (a batch's) may sit unused before RabbitMQ deletes it, so
     # an abandoned batch does not leave a queue behind for good; a resume within it is safe.
     reply_queue_expiry: float = 7 * 24 * 3600.0

@@ -13,6 +13,7 @@ import asyncio
 import base64
 import functools
 import inspect
+import logging
 import math
 import re
 from collections.abc import Awaitable, Callable, Iterable
@@ -26,6 +27,10 @@ if TYPE_CHECKING:
 
 InvokeRemote = Callable[[str, dict[str, Any], float | None], Awaitable["str | ToolOutput"]]
 """`await invoke_remote(name, arguments, timeout)` runs a tool elsewhere and returns its output."""
+NeedsApproval = Callable[[dict[str, Any]], bool]
+"""`needs(arguments) -> bool`: whether one call of a tool waits for a person's yes."""
+
+log = logging.getLogger("agentqueue.worker")
 
 # Providers reject other tool names (OpenAI and DashScope enforce this pattern).
 _TOOL_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -87,6 +92,12 @@ class ToolSpec:
     retry_on: tuple[type[BaseException], ...] = ()
     """Exceptions that are transient: a call failing with one is retried with backoff (up to
     the worker's max_attempts) instead of answering the error at once. Remote tools only."""
+    requires_approval: bool | NeedsApproval = False
+    """True, or a predicate on the call's arguments: the turn pauses before the call runs
+    until a person approves or denies it (AgentScope's ASK permission)."""
+    approval_timeout: float | None = None
+    """Seconds a call waits for a decision before it counts as denied; None: the worker's
+    setting (AGENTQUEUE_APPROVAL_TIMEOUT)."""
 
     def __post_init__(self) -> None:
         """Reject names providers refuse, timeouts that are not positive and finite, and
@@ -106,6 +117,17 @@ class ToolSpec:
             raise ValueError(
                 f"tool {self.name} retry_on must be a tuple of exception classes,"
                 f" got {self.retry_on!r}"
+            )
+        if not (isinstance(self.requires_approval, bool) or callable(self.requires_approval)):
+            raise ValueError(
+                f"tool {self.name} requires_approval must be True, False or a function of the"
+                f" call's arguments returning a bool, got {self.requires_approval!r}"
+            )
+        timeout = self.approval_timeout
+        if timeout is not None and not (math.isfinite(timeout) and timeout > 0):
+            raise ValueError(
+                f"tool {self.name} approval_timeout must be a finite number of seconds > 0, or"
+                f" None (the worker's setting), got {timeout!r}"
             )
         if self.retry_on and not self.remote:
             raise ValueError(
@@ -167,18 +189,55 @@ def _function_tool(spec: ToolSpec, invoke_remote: InvokeRemote | None) -> Functi
 
     functools.update_wrapper(run, spec.func)
     run.__signature__ = inspect.signature(spec.func)  # type: ignore[attr-defined]
-    return FunctionTool(
-        run,
-        name=name,
-        description=description,
-        input_schema=input_schema,
+    if spec.requires_approval is False:
         # The default ASK parks the reply waiting for a user confirmation
         # that never comes in a worker; registered tools are pre-approved.
-        permission=PermissionDecision(
-            behavior=PermissionBehavior.ALLOW,
-            message="Tools registered with the agentqueue worker are allowed.",
-        ),
+        return FunctionTool(
+            run,
+            name=name,
+            description=description,
+            input_schema=input_schema,
+            permission=PermissionDecision(
+                behavior=PermissionBehavior.ALLOW,
+                message="Tools registered with the agentqueue worker are allowed.",
+            ),
+        )
+    return _approval_tool_class()(
+        run, name=name, description=description, input_schema=input_schema, spec=spec
     )
+
+
+@functools.cache
+def _approval_tool_class() -> type[FunctionTool]:
+    """A FunctionTool whose permission asks (AgentScope's ASK) when its spec says so."""
+    from agentscope.permission import PermissionBehavior, PermissionDecision
+    from agentscope.tool import FunctionTool
+
+    class ApprovalTool(FunctionTool):
+        def __init__(self, func: Callable[..., Any], *, spec: ToolSpec, **kw: Any) -> None:
+            super().__init__(func, **kw)
+            self.spec = spec
+
+        async def check_permissions(self, tool_input: dict[str, Any], context: Any) -> Any:
+            needs = self.spec.requires_approval
+            try:
+                ask = needs is True or (callable(needs) and bool(needs(dict(tool_input))))
+            except Exception as exc:  # a predicate that cannot tell: a person decides
+                log.warning("requires_approval of tool %s failed (%s): asking", self.spec.name, exc)
+                ask = True
+            if ask:
+                # Bypass-immune: no allow rule or permission mode may skip the person.
+                return PermissionDecision(
+                    behavior=PermissionBehavior.ASK,
+                    message=f"tool {self.spec.name} runs only once a person approves the call",
+                    bypass_immune=True,
+                )
+            return PermissionDecision(
+                behavior=PermissionBehavior.ALLOW,
+                message=f"this call of tool {self.spec.name} needs no approval",
+            )
+
+    return ApprovalTool
 
 
 async def _call_local(func: Callable[..., Any], kwargs: dict[str, Any]) -> Any:

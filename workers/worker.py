@@ -25,7 +25,7 @@ from agentqueue.broker.errors import BrokerConnectionError
 from agentqueue.broker.replies import ReplyRouter
 from agentqueue.broker.topology import REQUESTS, TOOLS
 from agentqueue.protocol.ids import new_id
-from agentqueue.protocol.messages import AgentRequest, ToolCall
+from agentqueue.protocol.messages import AgentRequest, Approval, Cancel, ToolCall
 from agentqueue.workers import delayed, schedules
 from agentqueue.workers.agent_handler import AgentHandler, import_agentscope
 from agentqueue.workers.app import App
@@ -192,8 +192,14 @@ class Worker:
             models = ModelRuntime.from_env(
                 namespace=self.topology.namespace, store_url=self.store.url
             )
-            handlers[AgentRequest] = AgentHandler(
-                self.app, remote, tracing=tracing, worker_name=self.worker_id, models=models
+            # One handler: a decision or a cancel resumes the session's paused turn.
+            handlers[AgentRequest] = handlers[Approval] = handlers[Cancel] = AgentHandler(
+                self.app,
+                remote,
+                tracing=tracing,
+                worker_name=self.worker_id,
+                models=models,
+                approval_timeout=self.settings.approval_timeout,
             )
         if self.role in ("tools", "all"):
             handlers[ToolCall] = ToolHandler(self.app, worker_name=self.worker_id, store=self.store)

@@ -10,6 +10,8 @@ import pytest
 
 from agentqueue.protocol import (
     AgentRequest,
+    Approval,
+    ApprovalRequest,
     Envelope,
     ProtocolError,
     ResultEvent,
@@ -95,9 +97,25 @@ def test_result_events_know_whether_they_are_terminal() -> None:
     )
 
 
+def test_approval_required_is_not_terminal_and_names_the_call_waiting() -> None:
+    data = (
+        b'{"id":"r1","session_id":"s","body":{"type":"result","request_id":"q1",'
+        b'"kind":"approval_required","approval":{"call_id":"c1","tool":"pay",'
+        b'"arguments":{"amount":5},"expires_at":12.5}}}'
+    )
+    event = decode(data).body
+    assert isinstance(event, ResultEvent) and not event.terminal
+    assert event.approval == ApprovalRequest("c1", "pay", {"amount": 5}, 12.5)
+    decision = decode(
+        b'{"id":"a1","session_id":"s","body":{"type":"approval","request_id":"q1",'
+        b'"approved":false,"reason":"no"}}'
+    ).body
+    assert decision == Approval(request_id="q1", approved=False, reason="no")
+
+
 def test_the_json_schema_covers_every_body_type() -> None:
     schema = json.dumps(envelope_schema())
-    for tag in ("agent_request", "tool_call", "tool_result", "result", "cancel"):
+    for tag in ("agent_request", "tool_call", "tool_result", "result", "cancel", "approval"):
         assert f'"{tag}"' in schema
 
 

@@ -1,6 +1,7 @@
 """Middleware that ships with agentqueue: tracing, metrics, an event log, turn summaries,
-envelope signatures, busy sessions, the shared model budget."""
+envelope signatures, busy sessions, sessions paused for an approval, the shared model budget."""
 
+from agentqueue.workers.middleware.approvals import ApprovalPauses
 from agentqueue.workers.middleware.busy import BusySessions
 from agentqueue.workers.middleware.event_log import EventLog
 from agentqueue.workers.middleware.metrics import Metrics
@@ -10,6 +11,7 @@ from agentqueue.workers.middleware.tracing import Tracing
 from agentqueue.workers.middleware.turns import TurnSummaries
 
 __all__ = [
+    "ApprovalPauses",
     "BusySessions",
     "EventLog",
     "Metrics",

@@ -109,21 +109,13 @@ class BusySessions(Middleware):
             self._forget_if_idle(event.key, session)
 
     def _policy(self, request: AgentRequest) -> str:
-        if request.on_busy is not None:
-            return request.on_busy
-        try:
-            return self.app.agent_spec(request.agent).on_busy
-        except UnknownHandler:
-            return "enqueue"  # refused when it runs, with the reason
+        return policy_of(self.app, request)
 
     async def _reject(self, event: Event, session: _Session) -> None:
         assert self._pipeline is not None and event.envelope is not None
         ahead = session.running or session.waiting[0]
         assert ahead.envelope is not None
-        error = (
-            f"session {event.envelope.session_id!r} is busy with request {ahead.envelope.id}"
-            " (on_busy='reject'): send it again when that turn has finished"
-        )
+        error = busy_error(event.envelope.session_id, ahead.envelope.id)
         await self._pipeline.publish_reply(
             event, self._pipeline.failure_reply(event, "rejected", error)
         )
@@ -133,3 +125,21 @@ class BusySessions(Middleware):
     def _forget_if_idle(self, key: str, session: _Session) -> None:
         if session.running is None and not session.waiting:
             self._sessions.pop(key, None)
+
+
+def policy_of(app: App, request: AgentRequest) -> str:
+    """The request's `on_busy`, else its agent's default."""
+    if request.on_busy is not None:
+        return request.on_busy
+    try:
+        return app.agent_spec(request.agent).on_busy
+    except UnknownHandler:
+        return "enqueue"  # refused when it runs, with the reason
+
+
+def busy_error(session_id: str, ahead: str) -> str:
+    """What a turn refused with on_busy='reject' is told."""
+    return (
+        f"session {session_id!r} is busy with request {ahead} (on_busy='reject'):"
+        " send it again when that turn has finished"
+    )

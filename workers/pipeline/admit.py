@@ -69,8 +69,16 @@ class Route:
             found = self.pipeline.cancel(envelope.body.request_id)
             state = "running" if found else "not running yet"
             log.info("cancel of %s (%s)", envelope.body.request_id, state)
-            event.ack()
-            await event.settler.ack()
+            paused_here = self.pipeline.handlers.get(Cancel)
+            if found or paused_here is None:
+                event.ack()
+                await event.settler.ack()
+                return
+            # Not running: it may be paused waiting for approval, which only the session's
+            # lane can see (in the store), so the cancel goes there, in order.
+            event.handler, event.key = paused_here, paused_here.store_key(envelope)
+            event.dedup = paused_here.deduplicates(envelope)
+            await call_next(event)
             return
         handler = self.pipeline.handlers.get(type(envelope.body))
         event.handler = handler

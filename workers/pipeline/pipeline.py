@@ -67,7 +67,8 @@ class Pipeline:
         self.retry = retry or RetryPolicy()
         self.lease_ttl, self.delivery_limit = lease_ttl, delivery_limit
         self.max_message_size, self.reply_grace = max_message_size, reply_grace
-        self.timers = timers  # where delayed requests wait (None: FC, whose broker delays)
+        # Where delayed requests and approval timeouts wait (None: FC, whose broker delays).
+        self.timers = timers
         self.running: dict[str, RunControl] = {}  # request id -> its running handler
         self.accepting = True  # False once shutting down: unstarted events are handed back
         self._stop_early: dict[str, tuple[str, bool, float]] = {}  # id -> reason, discard, at
