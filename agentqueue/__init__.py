@@ -13,6 +13,7 @@ from agentqueue.errors import (
     RequestError,
     RequestFailed,
     RequestTimedOut,
+    StreamNotKept,
 )
 from agentqueue.protocol import AgentRequest, Envelope, Message, ResultEvent, ToolCall, ToolResult
 from agentqueue.settings import Settings
@@ -34,6 +35,7 @@ __all__ = [
     "RequestTimedOut",
     "ResultEvent",
     "Settings",
+    "StreamNotKept",
     "ToolCall",
     "ToolResult",
 ]

@@ -6,10 +6,11 @@ from __future__ import annotations
 from agentqueue.broker.base import Broker
 from agentqueue.workers.app import App
 from agentqueue.workers.handling import Handler
-from agentqueue.workers.middleware import BusySessions, EventLog, Signing, Tracing
+from agentqueue.workers.middleware import BusySessions, EventLog, KeepStreams, Signing, Tracing
 from agentqueue.workers.pipeline import Middleware, Pipeline
 from agentqueue.workers.session_store import SessionStore
 from agentqueue.workers.settings import Settings
+from agentqueue.workers.stream_log import StreamLog
 
 
 def assemble_pipeline(
@@ -21,11 +22,15 @@ def assemble_pipeline(
     *,
     worker_id: str,
     function_compute: bool = False,
+    stream_log: StreamLog | None = None,
 ) -> Pipeline:
-    """Tracing, the event log, signatures (when the broker has keys), busy-session policies,
-    the app's middleware, then the stages. `function_compute`: for the FC handler, whose trigger
-    hands out batches with no delivery count (counted in the store instead)."""
+    """Tracing, the event log, the kept streams (with a `stream_log`), signatures (when the
+    broker has keys), busy-session policies, the app's middleware, then the stages.
+    `function_compute`: for the FC handler, whose trigger hands out batches with no delivery
+    count (counted in the store instead)."""
     middleware: list[Middleware] = [Tracing(broker, worker_id), EventLog()]
+    if stream_log is not None:
+        middleware.append(KeepStreams(stream_log))
     if broker.signing is not None:
         signing = Signing(
             broker.signing,

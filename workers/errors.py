@@ -47,3 +47,7 @@ class SandboxError(WorkerError):
 
 class UnknownSandboxType(WorkerError, ValueError):
     """An app asked for a sandbox type this project does not provide."""
+
+
+class StreamNotKept(WorkerError, LookupError):
+    """The events an attach asks for are not kept: an unknown request, or past its retention."""

@@ -20,6 +20,12 @@ from agentqueue.protocol.codec import DEFAULT_MAX_SIZE
 from agentqueue.protocol.signing import KeyRing
 from agentqueue.workers.retry import RetryPolicy
 from agentqueue.workers.session_store import DEFAULT_RETENTION, SessionStore, open_store
+from agentqueue.workers.stream_log import (
+    DEFAULT_STREAM_EVENTS,
+    DEFAULT_STREAM_RETENTION,
+    StreamLog,
+    open_stream_log,
+)
 
 SECRET_FIELDS = frozenset({"signing_keys", "ingress_key"})
 # What a worker elsewhere (a Function Compute function) must be told to behave like this one.
@@ -34,6 +40,8 @@ WORKER_FIELDS = (
     "lease_ttl",
     "store_retention",
     "session_ttl",
+    "stream_events",
+    "stream_retention",
 )
 
 
@@ -67,6 +75,10 @@ class Settings:
     lease_ttl: float = 30.0
     store_retention: float = DEFAULT_RETENTION  # seconds handled-event records are kept
     session_ttl: float | None = None  # seconds idle before a session's state is deleted; off
+    # A streaming request's events are kept beside the store for attachers: its last
+    # `stream_events`, until `stream_retention` seconds after its last one.
+    stream_events: int = DEFAULT_STREAM_EVENTS
+    stream_retention: float = DEFAULT_STREAM_RETENTION
     retry_base_delay: float = 0.2  # seconds before the first retry; doubles, with jitter
     retry_max_delay: float = 10.0
     timeout: float = 300.0
@@ -135,6 +147,14 @@ class Settings:
     def open_store(self) -> SessionStore:
         """The session store these settings name, with their retention."""
         return open_store(self.store, retention=self.store_retention, session_ttl=self.session_ttl)
+
+    def open_stream_log(self, store_url: str | None = None) -> StreamLog:
+        """The log of kept streams beside the store `store_url` (default: these settings')."""
+        return open_stream_log(
+            self.store if store_url is None else store_url,
+            max_events=self.stream_events,
+            retention=self.stream_retention,
+        )
 
     @property
     def retry(self) -> RetryPolicy:

@@ -170,9 +170,24 @@ class Worker:
             )
         if self.role in ("tools", "all"):
             handlers[ToolCall] = ToolHandler(self.app, worker_name=self.worker_id)
+        # Streams are kept beside this worker's own store, where attachers look for them.
+        stream_log = self.settings.open_stream_log(self.store.url)
         self.pipeline = assemble_pipeline(
-            self.app, self.broker, self.store, handlers, self.settings, worker_id=self.worker_id
+            self.app,
+            self.broker,
+            self.store,
+            handlers,
+            self.settings,
+            worker_id=self.worker_id,
+            stream_log=stream_log,
         )
+        try:
+            await self._serve(router, task_status)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await stream_log.close()
+
+    async def _serve(self, router: ReplyRouter, task_status: anyio.abc.TaskStatus[None]) -> None:
         async with anyio.create_task_group() as tg:
             self._tg = tg
             # Tool calls get lanes and a concurrency limit of their own: an agent turn waits for
