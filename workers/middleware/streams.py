@@ -17,8 +17,10 @@ log = logging.getLogger("agentqueue.worker")
 
 
 class KeepStreams(Middleware):
-    """Opens the stream of each streaming request in its log (numbering on from what is kept)
-    and keeps its terminal event there once it is settled; deltas are kept as they are sent.
+    """Opens the stream of each streaming request in its log (numbering on from what is kept);
+    its deltas and its terminal event are kept as they are sent (`Pipeline.publish_reply`),
+    and a terminal event that was not sent (no reply queue, or answered from the store) when
+    it is settled.
 
     It wraps the settlement, so every answer the pipeline encodes for the request — the final,
     a dead letter's `failed`, a `timed_out` — is numbered in the same stream.
@@ -49,8 +51,7 @@ class KeepStreams(Middleware):
         answer = stream.answer
         if answer is None and event.outcome == "ack" and event.reply is not None:
             answer = _stored_answer(event.reply)  # a redelivery answered from the store
-        if answer is not None:
-            await stream.keep(answer)
+        await stream.keep_answer(answer)  # unless publishing the answer kept it already
 
 
 def _stored_answer(reply: bytes) -> ResultEvent | None:

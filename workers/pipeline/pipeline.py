@@ -153,6 +153,10 @@ class Pipeline:
     async def publish_reply(self, event: Event, reply: bytes, *, delta: bool = False) -> bool:
         """Publish to the event's `reply_to`; False when the queue stayed missing."""
         assert event.envelope is not None
+        stream = self.streams.get(event.envelope.id)
+        if stream is not None:
+            # Kept before it is sent: an attacher is not kept waiting on a caller gone away.
+            await stream.keep_answer()
         queue = event.envelope.reply_to
         if not queue:
             return True

@@ -31,6 +31,7 @@ class Stream:
         self.request_id, self.log = request_id, log
         self.seq, self.attempt = seq, attempt
         self.answer: ResultEvent | None = None  # the terminal event, once numbered
+        self._answer_kept = False
 
     def number(self, event: ResultEvent) -> ResultEvent:
         """`event` with the next `seq` and this attempt."""
@@ -46,6 +47,13 @@ class Stream:
         if self.attempt == 1:
             return None
         return self.number(ResultEvent(request_id=self.request_id, kind="delta", restart=True))
+
+    async def keep_answer(self, answer: ResultEvent | None = None) -> None:
+        """Keep the terminal event once (`answer`: one numbered elsewhere, e.g. stored)."""
+        answer = answer or self.answer
+        if answer is not None and not self._answer_kept:
+            await self.keep(answer)
+            self._answer_kept = True
 
     async def keep(self, event: ResultEvent) -> None:
         """Write `event` to the request's log, when there is one."""
