@@ -30,7 +30,7 @@ from agentqueue.protocol.messages import (
     user_message,
 )
 from agentqueue.settings import Settings
-from agentqueue.workers.stream_log import StreamLog, follow
+from agentqueue.workers.stream_log import StreamLog, follow, replay
 
 if TYPE_CHECKING:
     from agentqueue.batch_report import BatchSummary
@@ -211,10 +211,8 @@ class Client:
         `timeout` seconds (default the client's) without the terminal event, it ends with a
         `timed_out` one.
         """
-        if self._stream_log is None:
-            self._stream_log = self._settings.open_stream_log(self.store_url)
         timeout = self.default_timeout if timeout is None else timeout
-        async for event in follow(self._stream_log, request_id, after, timeout=timeout):
+        async for event in follow(self._streams(), request_id, after, timeout=timeout):
             yield event
             if event.terminal:
                 return
@@ -223,6 +221,16 @@ class Client:
             kind="timed_out",
             error=f"attach saw no terminal event of request {request_id!r} within {timeout} s",
         )
+
+    async def replay(self, request_id: str, *, after: int = 0) -> list[ResultEvent]:
+        """The kept events `attach` would yield at once, without following; raises
+        `StreamNotKept` as `attach` does."""
+        return await replay(self._streams(), request_id, after)
+
+    def _streams(self) -> StreamLog:
+        if self._stream_log is None:
+            self._stream_log = self._settings.open_stream_log(self.store_url)
+        return self._stream_log
 
     def _request(
         self,

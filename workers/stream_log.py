@@ -103,16 +103,13 @@ def not_kept(request_id: str, log: StreamLog) -> StreamNotKept:
     )
 
 
-async def follow(
-    log: StreamLog, request_id: str, after: int = 0, *, timeout: float | None = None
-) -> AsyncIterator[ResultEvent]:
-    """The request's events after `seq` `after`, then each as it is kept, to the terminal one
-    (or until `timeout` seconds passed: the iterator then ends without one).
+async def replay(log: StreamLog, request_id: str, after: int = 0) -> list[ResultEvent]:
+    """What an attacher after `seq` `after` gets at once: the kept events since, from the
+    newest restart marker among them if a retried attempt began (an earlier attempt's deltas
+    are void), or the terminal event once more when everything was seen.
 
-    An attacher follows one attempt: when the kept events hold a restart marker (a retried
-    attempt began), the replay starts at the newest marker, so deltas of an earlier attempt are
-    never spliced into the stream. Raises `StreamNotKept` when there is no log, or when events
-    after `after` were dropped for the count bound.
+    Raises `StreamNotKept` when the request has no log, or when events after `after` were
+    dropped for the count bound.
     """
     kept = await log.read(request_id, after)
     if kept is None:
@@ -120,19 +117,34 @@ async def follow(
     if not kept:
         newest = await log.last(request_id)
         if newest is not None and newest.seq <= after and newest.event().terminal:
-            yield newest.event()  # everything was seen: the answer once more, to end on it
-            return
+            return [newest.event()]  # everything was seen: the answer once more, to end on it
+        return []
     events = [k.event() for k in kept]
     restarts = [i for i, e in enumerate(events) if e.restart]
-    start = restarts[-1] if restarts else 0
-    if events and start == 0 and not events[0].restart and events[0].seq > after + 1:
+    if restarts:
+        return events[restarts[-1] :]
+    if events[0].seq > after + 1:
         raise StreamNotKept(
             f"events {after + 1} to {events[0].seq - 1} of request {request_id[:200]!r} are no"
             f" longer kept (a request keeps its last {log.max_events}, setting stream_events);"
-            f" attach with after={events[0].seq - 1} or later"
+            f" attach with after={events[0].seq - 1} or later",
+            first_kept=events[0].seq,
         )
+    return events
+
+
+async def follow(
+    log: StreamLog, request_id: str, after: int = 0, *, timeout: float | None = None
+) -> AsyncIterator[ResultEvent]:
+    """The request's events after `seq` `after` (see `replay`), then each as it is kept, to
+    the terminal one (or until `timeout` seconds passed: the iterator then ends without one).
+
+    An attacher follows one attempt: a retried attempt shows as its restart marker, then its
+    deltas, never spliced onto an earlier attempt's. Raises `StreamNotKept` as `replay` does,
+    and when the log is deleted while followed.
+    """
     seen = after
-    for event in events[start:]:
+    for event in await replay(log, request_id, after):
         seen = event.seq
         yield event
         if event.terminal:
