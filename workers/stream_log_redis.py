@@ -76,7 +76,7 @@ class RedisStreamLog(StreamLog):
 
     async def open(self, request_id: str) -> tuple[int, int]:
         entry_id, attempt = await self._open(
-            keys=[self._key(request_id)], args=[self._retention_ms, self.max_events + 1]
+            keys=[self._key(request_id)], args=[self._retention_ms, self.max_events]
         )
         return _seq(entry_id), int(attempt)
 
@@ -88,7 +88,7 @@ class RedisStreamLog(StreamLog):
                 kept.attempt,
                 kept.data,
                 self._retention_ms,
-                self.max_events + 1,  # + the entry that opened the log, while it is kept
+                self.max_events,  # the entry that opened the log is the first to go
             ],
         )
 
