@@ -30,7 +30,13 @@ from agentqueue.protocol.messages import (
     user_message,
 )
 from agentqueue.settings import Settings
-from agentqueue.workers.stream_log import StreamLog, follow, replay
+from agentqueue.workers.stream_log import (
+    DEFAULT_STREAM_EVENTS,
+    StreamLog,
+    follow,
+    open_stream_log,
+    replay,
+)
 
 if TYPE_CHECKING:
     from agentqueue.batch_report import BatchSummary
@@ -229,7 +235,12 @@ class Client:
 
     def _streams(self) -> StreamLog:
         if self._stream_log is None:
-            self._stream_log = self._settings.open_stream_log(self.store_url)
+            # Whatever this process's stream_events says: the workers decide what is kept.
+            self._stream_log = open_stream_log(
+                self.store_url,
+                max_events=self._settings.stream_events or DEFAULT_STREAM_EVENTS,
+                retention=self._settings.stream_retention,
+            )
         return self._stream_log
 
     def _request(

@@ -184,7 +184,8 @@ class FCInstance:
     async def _aclose(self) -> None:
         await self.broker.close()
         await self.store.close()
-        await self.stream_log.close()
+        if self.stream_log is not None:
+            await self.stream_log.close()
 
     def invoke(self, messages: list[TriggerMessage]) -> BatchOutcome:
         """Handle one batch on the instance's loop; blocks the calling (FC) thread."""

@@ -76,7 +76,7 @@ class Settings:
     store_retention: float = DEFAULT_RETENTION  # seconds handled-event records are kept
     session_ttl: float | None = None  # seconds idle before a session's state is deleted; off
     # A streaming request's events are kept beside the store for attachers: its last
-    # `stream_events`, until `stream_retention` seconds after its last one.
+    # `stream_events` (0: none kept, no attach), until `stream_retention` s after its last one.
     stream_events: int = DEFAULT_STREAM_EVENTS
     stream_retention: float = DEFAULT_STREAM_RETENTION
     retry_base_delay: float = 0.2  # seconds before the first retry; doubles, with jitter
@@ -148,8 +148,11 @@ class Settings:
         """The session store these settings name, with their retention."""
         return open_store(self.store, retention=self.store_retention, session_ttl=self.session_ttl)
 
-    def open_stream_log(self, store_url: str | None = None) -> StreamLog:
-        """The log of kept streams beside the store `store_url` (default: these settings')."""
+    def open_stream_log(self, store_url: str | None = None) -> StreamLog | None:
+        """The log of kept streams beside the store `store_url` (default: these settings');
+        None when `stream_events` is 0 (streams are not kept)."""
+        if self.stream_events == 0:
+            return None
         return open_stream_log(
             self.store if store_url is None else store_url,
             max_events=self.stream_events,

@@ -72,6 +72,11 @@ class StreamLog(abc.ABC):
     async def append(self, request_id: str, kept: Kept) -> None:
         """Keep one event; an event with a `seq` kept before is ignored (a redelivery)."""
 
+    async def append_many(self, request_id: str, kept: list[Kept]) -> None:
+        """Keep several events, in order (one round trip where the store allows)."""
+        for entry in kept:
+            await self.append(request_id, entry)
+
     @abc.abstractmethod
     async def read(self, request_id: str, after: int) -> list[Kept] | None:
         """The kept events with `seq > after`, in order; None when the request has no log."""
@@ -263,7 +268,10 @@ def open_stream_log(
 ) -> StreamLog:
     """The stream log kept beside the session store `url` (memory, SQLite or Redis)."""
     if not max_events >= 1:
-        raise ValueError(f"stream_events must be at least 1, got {max_events!r}")
+        raise ValueError(
+            f"stream_events must be a whole number of events, at least 1 (or 0 in the settings:"
+            f" keep no streams), got {max_events!r}"
+        )
     if not retention > 0 or retention == float("inf"):
         raise ValueError(
             f"stream_retention must be a positive number of seconds, got {retention!r}"

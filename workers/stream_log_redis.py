@@ -80,17 +80,20 @@ class RedisStreamLog(StreamLog):
         )
         return _seq(entry_id), int(attempt)
 
+    def _args(self, kept: Kept) -> list[object]:
+        # MAXLEN max_events: the entry that opened the log is the first to go.
+        return [f"{kept.seq}-1", kept.attempt, kept.data, self._retention_ms, self.max_events]
+
     async def append(self, request_id: str, kept: Kept) -> None:
-        await self._append(
-            keys=[self._key(request_id)],
-            args=[
-                f"{kept.seq}-1",
-                kept.attempt,
-                kept.data,
-                self._retention_ms,
-                self.max_events,  # the entry that opened the log is the first to go
-            ],
-        )
+        await self._append(keys=[self._key(request_id)], args=self._args(kept))
+
+    async def append_many(self, request_id: str, kept: list[Kept]) -> None:
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for entry in kept:
+                await self._append(
+                    keys=[self._key(request_id)], args=self._args(entry), client=pipe
+                )
+            await pipe.execute()
 
     async def read(self, request_id: str, after: int) -> list[Kept] | None:
         key = self._key(request_id)

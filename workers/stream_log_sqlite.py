@@ -101,16 +101,20 @@ class SQLiteStreamLog(StreamLog):
         return await self._run(op)  # type: ignore[no-any-return]
 
     async def append(self, request_id: str, kept: Kept) -> None:
+        await self.append_many(request_id, [kept])
+
+    async def append_many(self, request_id: str, kept: list[Kept]) -> None:
         def op(db: sqlite3.Connection) -> None:
             db.execute("BEGIN IMMEDIATE")
             try:
-                db.execute(
+                now = time.time()
+                db.executemany(
                     "INSERT OR IGNORE INTO stream_events VALUES (?, ?, ?, ?, ?)",
-                    (request_id, kept.seq, kept.attempt, kept.data, time.time()),
+                    [(request_id, k.seq, k.attempt, k.data, now) for k in kept],
                 )
                 db.execute(
                     "DELETE FROM stream_events WHERE request_id=? AND seq > 0 AND seq <= ?",
-                    (request_id, kept.seq - self.max_events),
+                    (request_id, kept[-1].seq - self.max_events),
                 )
             except BaseException:
                 db.execute("ROLLBACK")

@@ -184,8 +184,9 @@ class Worker:
         try:
             await self._serve(router, task_status)
         finally:
-            with anyio.CancelScope(shield=True):
-                await stream_log.close()
+            if stream_log is not None:
+                with anyio.CancelScope(shield=True):
+                    await stream_log.close()
 
     async def _serve(self, router: ReplyRouter, task_status: anyio.abc.TaskStatus[None]) -> None:
         async with anyio.create_task_group() as tg:

@@ -48,8 +48,8 @@ async def test_events_are_kept_in_order_and_a_repeated_seq_once(store_url: str) 
     rid = new_id()
     async with opened(store_url) as log:
         assert await log.open(rid) == (0, 0)
-        for kept in (delta(rid, 1), delta(rid, 2), delta(rid, 2), delta(rid, 3, attempt=2)):
-            await log.append(rid, kept)
+        await log.append(rid, delta(rid, 1))
+        await log.append_many(rid, [delta(rid, 2), delta(rid, 2), delta(rid, 3, attempt=2)])
         assert [k.seq for k in await log.read(rid, 0) or []] == [1, 2, 3]
         assert [k.seq for k in await log.read(rid, 2) or []] == [3]
         assert await log.open(rid) == (3, 2)  # a worker that runs it again numbers on

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 
+import anyio
+
 from agentqueue.protocol.codec import decode
 from agentqueue.protocol.errors import ProtocolError
 from agentqueue.protocol.messages import AgentRequest, ResultEvent
@@ -44,14 +46,17 @@ class KeepStreams(Middleware):
         seq, attempt = await self.log.open(envelope.id)
         stream = Stream(envelope.id, log=self.log, seq=seq, attempt=attempt)
         p.streams[envelope.id] = stream
-        try:
-            await call_next(event)
-        finally:
-            p.streams.pop(envelope.id, None)
-        answer = stream.answer
-        if answer is None and event.outcome == "ack" and event.reply is not None:
-            answer = _stored_answer(event.reply)  # a redelivery answered from the store
-        await stream.keep_answer(answer)  # unless publishing the answer kept it already
+        async with anyio.create_task_group() as writing:
+            writing.start_soon(stream.write)
+            try:
+                await call_next(event)
+                answer = stream.answer
+                if answer is None and event.outcome == "ack" and event.reply is not None:
+                    answer = _stored_answer(event.reply)  # a redelivery answered from the store
+                await stream.keep_answer(answer)  # unless publishing the answer kept it already
+            finally:
+                p.streams.pop(envelope.id, None)
+                stream.close()
 
 
 def _stored_answer(reply: bytes) -> ResultEvent | None:

@@ -6,12 +6,20 @@ made a reader that drops repeated numbers splice two attempts' deltas together).
 after the first opens with a restart marker: an empty `delta` with `restart=True` and the new
 `attempt`. The worker that runs a request takes the numbering up where the request's log left
 off, so a redelivery to another worker numbers on too.
+
+Deltas are written behind: `keep` queues an event and a writer task (`write`, owned by the
+middleware that opened the stream) writes what is queued in one batch per store round trip,
+in order, so a handler never waits on the store per delta. The terminal event is written
+through (`keep_answer` waits for everything queued), before it is sent and the request acked.
 """
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING
 
+import anyio
+import anyio.abc
 import msgspec
 
 from agentqueue.protocol.messages import ResultEvent
@@ -32,6 +40,9 @@ class Stream:
         self.seq, self.attempt = seq, attempt
         self.answer: ResultEvent | None = None  # the terminal event, once numbered
         self._answer_kept = False
+        self._send, self._receive = anyio.create_memory_object_stream[Kept](math.inf)
+        self._queued = self._written = seq  # the newest seq queued, and written
+        self._wrote = anyio.Event()
 
     def number(self, event: ResultEvent) -> ResultEvent:
         """`event` with the next `seq` and this attempt."""
@@ -49,16 +60,43 @@ class Stream:
         return self.number(ResultEvent(request_id=self.request_id, kind="delta", restart=True))
 
     async def keep_answer(self, answer: ResultEvent | None = None) -> None:
-        """Keep the terminal event once (`answer`: one numbered elsewhere, e.g. stored)."""
+        """Keep the terminal event once (`answer`: one numbered elsewhere, e.g. stored),
+        returning when it and everything before it is written."""
         answer = answer or self.answer
-        if answer is not None and not self._answer_kept:
-            await self.keep(answer)
+        if answer is None:
+            return  # deltas are written behind, never waited for
+        if not self._answer_kept:
             self._answer_kept = True
+            self.keep(answer)
+        while self._written < self._queued:
+            await self._wrote.wait()
 
-    async def keep(self, event: ResultEvent) -> None:
-        """Write `event` to the request's log, when there is one."""
+    def keep(self, event: ResultEvent) -> None:
+        """Queue `event` for the request's log (when there is one); `write` writes it."""
         if self.log is not None:
-            await self.log.append(self.request_id, Kept.of(event))
+            self._queued = max(self._queued, event.seq)
+            self._send.send_nowait(Kept.of(event))
+
+    def close(self) -> None:
+        """No more events: `write` ends once it wrote what is queued."""
+        self._send.close()
+
+    async def write(self) -> None:
+        """Write queued events to the log in order, each batch in one round trip, until
+        `close`. A store error ends it (and its owner's task group) with that error."""
+        assert self.log is not None
+        async with self._receive:
+            async for first in self._receive:
+                batch = [first]
+                while True:
+                    try:
+                        batch.append(self._receive.receive_nowait())
+                    except (anyio.WouldBlock, anyio.EndOfStream):
+                        break
+                await self.log.append_many(self.request_id, batch)
+                self._written = batch[-1].seq
+                self._wrote.set()
+                self._wrote = anyio.Event()
 
 
 class Emitter:
@@ -87,9 +125,9 @@ class Emitter:
             await self._send(marker)
 
     async def _send(self, delta: ResultEvent) -> None:
-        # Kept first: whatever a caller has seen, an attacher can replay.
+        # Queued for the log first: whatever a caller sees is written, in order.
         assert self.stream is not None and self.event.envelope is not None
-        await self.stream.keep(delta)
+        self.stream.keep(delta)
         if self.publish:
             reply = self.pipeline.encode_reply(self.event.envelope, delta)
             await self.pipeline.publish_reply(self.event, reply, delta=True)
