@@ -9,8 +9,11 @@ off, so a redelivery to another worker numbers on too.
 
 Deltas are written behind: `keep` queues an event and a writer task (`write`, owned by the
 middleware that opened the stream) writes what is queued in one batch per store round trip,
-in order, so a handler never waits on the store per delta. The terminal event is written
-through (`keep_answer` waits for everything queued), before it is sent and the request acked.
+in order, so a handler never waits on the store per delta. The writer lingers `LINGER`
+seconds after the first event of a batch so that a fast stream costs a few round trips, not
+one per token; an attacher sees a delta at most that much later than the caller. The
+terminal event is written through (`keep_answer` waits for everything queued), before it is
+sent and the request acked.
 """
 
 from __future__ import annotations
@@ -29,6 +32,8 @@ if TYPE_CHECKING:
     from agentqueue.workers.pipeline.event import Event
     from agentqueue.workers.pipeline.pipeline import Pipeline
 
+LINGER = 0.01  # seconds the writer waits for more events before writing a batch
+
 
 class Stream:
     """The numbering of one request's events, and the log they are kept in (if any)."""
@@ -43,6 +48,7 @@ class Stream:
         self._send, self._receive = anyio.create_memory_object_stream[Kept](math.inf)
         self._queued = self._written = seq  # the newest seq queued, and written
         self._wrote = anyio.Event()
+        self._hurry = anyio.Event()  # set when someone waits for the writes: no lingering
 
     def number(self, event: ResultEvent) -> ResultEvent:
         """`event` with the next `seq` and this attempt."""
@@ -68,6 +74,11 @@ class Stream:
         if not self._answer_kept:
             self._answer_kept = True
             self.keep(answer)
+        await self.flush()
+
+    async def flush(self) -> None:
+        """Return once everything queued is written."""
+        self._hurry.set()
         while self._written < self._queued:
             await self._wrote.wait()
 
@@ -79,6 +90,7 @@ class Stream:
 
     def close(self) -> None:
         """No more events: `write` ends once it wrote what is queued."""
+        self._hurry.set()
         self._send.close()
 
     async def write(self) -> None:
@@ -87,6 +99,8 @@ class Stream:
         assert self.log is not None
         async with self._receive:
             async for first in self._receive:
+                with anyio.move_on_after(LINGER):
+                    await self._hurry.wait()
                 batch = [first]
                 while True:
                     try:
@@ -97,6 +111,8 @@ class Stream:
                 self._written = batch[-1].seq
                 self._wrote.set()
                 self._wrote = anyio.Event()
+                if self._written >= self._queued:  # else a flush still waits: no lingering
+                    self._hurry = anyio.Event()
 
 
 class Emitter:
@@ -122,12 +138,20 @@ class Emitter:
             return
         marker = self.stream.begin_attempt()
         if marker is not None:
-            await self._send(marker)
+            # Written through, like the answer: an attacher that finds the new attempt's
+            # first deltas kept finds its marker before them, so it skips the void ones.
+            self.stream.keep(marker)
+            await self.stream.flush()
+            await self._publish(marker)
 
     async def _send(self, delta: ResultEvent) -> None:
         # Queued for the log first: whatever a caller sees is written, in order.
-        assert self.stream is not None and self.event.envelope is not None
+        assert self.stream is not None
         self.stream.keep(delta)
+        await self._publish(delta)
+
+    async def _publish(self, delta: ResultEvent) -> None:
+        assert self.event.envelope is not None
         if self.publish:
             reply = self.pipeline.encode_reply(self.event.envelope, delta)
             await self.pipeline.publish_reply(self.event, reply, delta=True)
