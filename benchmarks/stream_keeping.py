@@ -4,8 +4,9 @@
 
 Two measures, on a private Redis (and RabbitMQ) this script starts:
 
-- the store work alone: per request, what a worker adds — one `open` of the request's log and
-  one `append` per event (`--words` deltas and the final) — on SQLite and Redis;
+- the store work alone: per request, what a worker adds — one `open` of the request's log, its
+  `--words` deltas and the final — on SQLite and Redis, written as a fast stream's are (the
+  deltas in one batch, then the final) and as a slow stream's (one write per event);
 - end to end: streaming agent requests (the scripted model, `--words` words each, so as many
   deltas) through a worker on RabbitMQ with a Redis store, streams kept (the default) against
   `stream_events=0` (nothing kept). Kept and not-kept runs alternate so a busy machine slows
@@ -48,7 +49,7 @@ def echo(ctx: AgentContext):  # type: ignore[no-untyped-def]
     return ctx.build_agent("You repeat what you are told.")
 
 
-async def store_work(url: str, requests: int, words: int) -> float:
+async def store_work(url: str, requests: int, words: int, *, batched: bool) -> float:
     """Seconds per request of the log writes a worker makes for one streaming request."""
     log = open_stream_log(url)
     try:
@@ -56,9 +57,15 @@ async def store_work(url: str, requests: int, words: int) -> float:
         for _ in range(requests):
             rid = new_id()
             seq, _ = await log.open(rid)
-            for n in range(1, words + 1):
-                delta = ResultEvent(rid, "delta", seq=seq + n, text=f"word{n} ", attempt=1)
-                await log.append(rid, Kept.of(delta))
+            deltas = [
+                Kept.of(ResultEvent(rid, "delta", seq=seq + n, text=f"word{n} ", attempt=1))
+                for n in range(1, words + 1)
+            ]
+            if batched:
+                await log.append_many(rid, deltas)
+            else:
+                for delta in deltas:
+                    await log.append(rid, delta)
             final = ResultEvent(rid, "final", seq=seq + words + 1, text="…", attempt=1)
             await log.append(rid, Kept.of(final))
         return (time.perf_counter() - started) / requests
@@ -109,11 +116,11 @@ async def main(args: argparse.Namespace) -> None:
         redis_url = stack.enter_context(LocalRedis(run_dir / "redis")).url
         sqlite_url = f"sqlite:///{run_dir}/sessions.db"
         for name, url in (("sqlite", sqlite_url), ("redis", redis_url)):
-            per_request = await store_work(url, args.requests, args.words)
-            events = args.words + 1
+            fast = await store_work(url, args.requests, args.words, batched=True)
+            slow = await store_work(url, args.requests, args.words, batched=False)
             print(
-                f"store work, {name}: {per_request * 1e3:.2f} ms per request"
-                f" (1 open + {events} appends; {per_request / (events + 1) * 1e6:.0f} µs each)"
+                f"store work, {name}: {fast * 1e3:.2f} ms per request as a fast stream"
+                f" (3 writes), {slow * 1e3:.2f} ms as a slow one ({args.words + 2} writes)"
             )
         rabbit = stack.enter_context(LocalRabbitMQ(run_dir / "rabbit"))
         kept, bare = [], []
