@@ -16,10 +16,9 @@ import pytest
 
 from agentqueue.protocol import new_id
 from tests.apps.streams import HOLD_AFTER
+from tests.ingress_server import runtime_request, system
 from tests.processes import ROOT, workers
 from tests.streams.test_attach_processes import ANSWER, PROMPT, cli, following
-
-pytestmark = [pytest.mark.broker, pytest.mark.slow]
 
 
 def free_port() -> int:
@@ -79,6 +78,8 @@ async def sse(response: httpx.Response, stop) -> list[tuple[int, str, dict]]:  #
     return frames
 
 
+@pytest.mark.broker
+@pytest.mark.slow
 async def test_sse_resumes_from_last_event_id_on_a_second_ingress_process(
     rabbitmq_url: str, redis_url: str, tmp_path: Path
 ) -> None:
@@ -114,4 +115,26 @@ async def test_sse_resumes_from_last_event_id_on_a_second_ingress_process(
     assert unknown.status_code == 404
     assert unknown.json()["error"] == (
         "no request 'no-such-request' here (unknown, or its result is past retention)"
+    )
+
+
+async def test_sse_resumes_from_last_event_id_on_the_ingress_that_took_the_post() -> None:
+    async with system() as (http, _, _):
+        request_id = (await http.post("/v1/requests", json=runtime_request(PROMPT))).json()["id"]
+        async with http.stream("GET", f"/v1/requests/{request_id}/events") as whole:
+            frames = await sse(whole, lambda frame: frame[1] == "final")
+        resume_at = frames[-3][0]
+        async with http.stream(
+            "GET", f"/v1/requests/{request_id}/events", headers={"Last-Event-ID": str(resume_at)}
+        ) as resumed:
+            rest = await sse(resumed, lambda frame: frame[1] == "final")
+        bad = await http.get(
+            f"/v1/requests/{request_id}/events", headers={"Last-Event-ID": "seven"}
+        )
+    assert [frame[0] for frame in frames] == list(range(1, len(frames) + 1))
+    assert rest == frames[-2:]
+    assert bad.status_code == 400
+    assert bad.json()["error"] == (
+        "Last-Event-ID 'seven' is not an event id of this stream; send the id of the last event"
+        " received (a whole number), or none to start from the beginning"
     )
