@@ -5,14 +5,11 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
-from pathlib import Path
-from urllib.parse import urlsplit
 
 import anyio
 
-from agentqueue.broker.urls import redact_url
 from agentqueue.workers.session_store import PURGE_EVERY
-from agentqueue.workers.sqlite_store import retry_while_locked
+from agentqueue.workers.sqlite_store import open_database
 from agentqueue.workers.stream_log import (
     DEFAULT_STREAM_EVENTS,
     DEFAULT_STREAM_RETENTION,
@@ -45,20 +42,8 @@ class SQLiteStreamLog(StreamLog):
         retention: float = DEFAULT_STREAM_RETENTION,
     ) -> None:
         self.url, self.max_events, self.retention = url, max_events, retention
-        path = urlsplit(url).path
-        self.path = Path(path[1:] if path.startswith("/") else path)
-        if not str(self.path):
-            raise ValueError(
-                f"sqlite store URL {redact_url(url)!r} names no file; use sqlite:///sessions.db"
-            )
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path, self._db = open_database(url, _SCHEMA)
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(
-            self.path, check_same_thread=False, isolation_level=None, timeout=10.0
-        )
-        retry_while_locked(lambda: self._db.execute("PRAGMA journal_mode=WAL"))
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        retry_while_locked(lambda: self._db.executescript(_SCHEMA))
         self._next_purge = 0.0
 
     async def _run(self, fn, *args):  # type: ignore[no-untyped-def]
