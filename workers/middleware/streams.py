@@ -19,10 +19,10 @@ log = logging.getLogger("agentqueue.worker")
 
 
 class KeepStreams(Middleware):
-    """Opens the stream of each streaming request in its log (numbering on from what is kept);
-    its deltas and its terminal event are kept as they are sent (`Pipeline.publish_reply`),
-    and a terminal event that was not sent (no reply queue, or answered from the store) when
-    it is settled.
+    """Opens the stream of each streaming request in its log (numbering on from what is kept)
+    and runs its writer; its deltas and its terminal event are kept as they are sent
+    (`Pipeline.publish_reply`, also without a reply queue), a stored answer that a redelivery
+    is answered with once it is settled.
 
     It wraps the settlement, so every answer the pipeline encodes for the request — the final,
     a dead letter's `failed`, a `timed_out` — is numbered in the same stream.
@@ -50,10 +50,11 @@ class KeepStreams(Middleware):
             writing.start_soon(stream.write)
             try:
                 await call_next(event)
-                answer = stream.answer
-                if answer is None and event.outcome == "ack" and event.reply is not None:
-                    answer = _stored_answer(event.reply)  # a redelivery answered from the store
-                await stream.keep_answer(answer)  # unless publishing the answer kept it already
+                # An answer sent was kept as it was sent (`Pipeline.publish_reply`); one
+                # answered from the store (a redelivery) is kept here, and one numbered but
+                # never sent (its commit lost the lease, and the event went back) not at all.
+                if stream.answer is None and event.outcome == "ack" and event.reply is not None:
+                    await stream.keep_answer(_stored_answer(event.reply))
             finally:
                 p.streams.pop(envelope.id, None)
                 stream.close()

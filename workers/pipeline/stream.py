@@ -22,7 +22,6 @@ import math
 from typing import TYPE_CHECKING
 
 import anyio
-import anyio.abc
 import msgspec
 
 from agentqueue.protocol.messages import ResultEvent
@@ -45,7 +44,10 @@ class Stream:
         self.seq, self.attempt = seq, attempt
         self.answer: ResultEvent | None = None  # the terminal event, once numbered
         self._answer_kept = False
-        self._send, self._receive = anyio.create_memory_object_stream[Kept](math.inf)
+        # Only a stream with a log has a queue (and a writer, which closes it).
+        self._send, self._receive = (
+            anyio.create_memory_object_stream[Kept](math.inf) if log is not None else (None, None)
+        )
         self._queued = self._written = seq  # the newest seq queued, and written
         self._wrote = anyio.Event()
         self._hurry = anyio.Event()  # set when someone waits for the writes: no lingering
@@ -84,19 +86,20 @@ class Stream:
 
     def keep(self, event: ResultEvent) -> None:
         """Queue `event` for the request's log (when there is one); `write` writes it."""
-        if self.log is not None:
+        if self._send is not None:
             self._queued = max(self._queued, event.seq)
             self._send.send_nowait(Kept.of(event))
 
     def close(self) -> None:
         """No more events: `write` ends once it wrote what is queued."""
         self._hurry.set()
-        self._send.close()
+        if self._send is not None:
+            self._send.close()
 
     async def write(self) -> None:
         """Write queued events to the log in order, each batch in one round trip, until
         `close`. A store error ends it (and its owner's task group) with that error."""
-        assert self.log is not None
+        assert self.log is not None and self._receive is not None
         async with self._receive:
             async for first in self._receive:
                 with anyio.move_on_after(LINGER):
