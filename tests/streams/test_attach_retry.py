@@ -11,9 +11,10 @@ from agentqueue import Client, StreamNotKept
 from agentqueue.broker.memory import MemoryBroker
 from agentqueue.broker.topology import Topology
 from agentqueue.protocol import new_id
-from agentqueue.protocol.messages import ResultEvent
+from agentqueue.protocol.messages import AgentRequest, ResultEvent, user_message
 from agentqueue.workers.app import load_app
 from agentqueue.workers.session_store import MemorySessionStore
+from agentqueue.workers.stream_log import Kept, open_stream_log
 from agentqueue.workers.worker import Worker
 from tests.apps.streams import HOLD_AFTER
 from tests.config import worker_settings
@@ -78,3 +79,30 @@ async def test_attaching_to_an_unknown_request_is_a_clear_error() -> None:
         f" {settings.store}, not started yet, or finished more than 3600 s ago"
         " (setting stream_retention)"
     )
+
+
+async def test_a_request_run_again_elsewhere_numbers_on_from_its_log_after_a_restart_marker() -> (
+    None
+):
+    # What a worker that died mid-stream left in the log; another worker now runs the request.
+    url, store_url = f"memory://sr-{new_id()[:8]}", f"memory://sr-{new_id()[:8]}"
+    settings = worker_settings(
+        Topology(namespace="sn", partitions=2, tool_partitions=2), store=store_url
+    )
+    request = AgentRequest(input=[user_message("one two three")], id=new_id())
+    log = open_stream_log(store_url)
+    await log.open(request.id)  # type: ignore[arg-type]
+    for seq, text in enumerate(["You ", "said: "], 1):
+        await log.append(request.id, Kept.of(ResultEvent(request.id, "delta", seq=seq, text=text)))  # type: ignore[arg-type]
+    async with MemoryBroker(url) as broker, anyio.create_task_group() as tg:
+        await tg.start(Worker(app, broker, MemorySessionStore(store_url), settings).run)
+        async with Client(broker, settings=settings) as client:
+            direct = [e async for e in client.stream(request, session_id="s2", agent="gated")]
+            attached = [e async for e in client.attach(request.id, after=1)]  # type: ignore[arg-type]
+        tg.cancel_scope.cancel()
+    marker, *deltas, final = direct
+    assert (marker.seq, marker.attempt, marker.restart) == (3, 2, True)
+    assert [e.seq for e in direct] == list(range(3, 3 + len(direct)))
+    assert {e.attempt for e in direct} == {2}
+    assert "".join(d.text for d in deltas) == final.text == "You said: one two three"
+    assert attached == direct  # after=1 missed the restart: it gets it, then attempt 2 only
