@@ -599,7 +599,9 @@ def _call(args: argparse.Namespace, settings: Settings) -> int:
         async for event in handle.events():
             trip.result(event)
             if event.kind == "delta":
-                if args.stream:
+                if args.stream and event.restart:  # what was printed is void: say so
+                    print(f"\n[attempt {event.attempt} starts over]", file=sys.stderr, flush=True)
+                elif args.stream:
                     print(event.text, end="", flush=True)
                 continue
             if args.stream:
