@@ -46,18 +46,24 @@ class KeepStreams(Middleware):
         seq, attempt = await self.log.open(envelope.id)
         stream = Stream(envelope.id, log=self.log, seq=seq, attempt=attempt)
         p.streams[envelope.id] = stream
-        async with anyio.create_task_group() as writing:
-            writing.start_soon(stream.write)
-            try:
-                await call_next(event)
-                # An answer sent was kept as it was sent (`Pipeline.publish_reply`); one
-                # answered from the store (a redelivery) is kept here, and one numbered but
-                # never sent (its commit lost the lease, and the event went back) not at all.
-                if stream.answer is None and event.outcome == "ack" and event.reply is not None:
-                    await stream.keep_answer(_stored_answer(event.reply))
-            finally:
-                p.streams.pop(envelope.id, None)
-                stream.close()
+        try:
+            async with anyio.create_task_group() as writing:
+                writing.start_soon(stream.write)
+                try:
+                    await call_next(event)
+                    # An answer sent was kept as it was sent (`Pipeline.publish_reply`); one
+                    # answered from the store (a redelivery) is kept here, and one numbered
+                    # but never sent (its commit lost the lease: run again) not at all.
+                    if stream.answer is None and event.outcome == "ack" and event.reply:
+                        await stream.keep_answer(_stored_answer(event.reply))
+                finally:
+                    p.streams.pop(envelope.id, None)
+                    stream.close()
+        except BaseExceptionGroup as group:
+            # The runtimes report what escaped by its own type and text, not as a group.
+            if len(group.exceptions) == 1:
+                raise group.exceptions[0] from None
+            raise
 
 
 def _stored_answer(reply: bytes) -> ResultEvent | None:
