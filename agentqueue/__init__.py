@@ -13,6 +13,7 @@ from agentqueue.errors import (
     RequestError,
     RequestFailed,
     RequestTimedOut,
+    StreamNotKept,
 )
 from agentqueue.protocol import AgentRequest, Envelope, Message, ResultEvent, ToolCall, ToolResult
 from agentqueue.serve import run_worker
@@ -41,6 +42,7 @@ __all__ = [
     "Schedule",
     "Schedules",
     "Settings",
+    "StreamNotKept",
     "ToolCall",
     "ToolResult",
     "Worker",

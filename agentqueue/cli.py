@@ -302,6 +302,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--delay", type=float, help="seconds before the request may start (default: at once)"
     )
 
+    p = sub.add_parser(
+        "attach", help="follow a running or recently finished request's stream from here"
+    )
+    _settings_args(p)
+    p.add_argument("request_id", help="id of the request (`call` prints it)")
+    p.add_argument(
+        "--after", type=int, default=0, help="the last seq already seen (default 0: from the start)"
+    )
+    p.add_argument("--json", action="store_true", help="print each event as one JSON line")
+
     p = sub.add_parser("cancel", help="cancel a running request")
     _settings_args(p)
     p.add_argument("request_id", help="id of the request to cancel (`call` prints it)")
@@ -719,7 +729,9 @@ def _call(args: argparse.Namespace, settings: Settings) -> int:
         async for event in handle.events():
             trip.result(event)
             if event.kind == "delta":
-                if args.stream:
+                if args.stream and event.restart:  # what was printed is void: say so
+                    print(f"\n[attempt {event.attempt} starts over]", file=sys.stderr, flush=True)
+                elif args.stream:
                     print(event.text, end="", flush=True)
                 continue
             if event.kind == "approval_required" and event.approval is not None:
@@ -786,6 +798,41 @@ def _call(args: argparse.Namespace, settings: Settings) -> int:
 
     with _telemetry(settings, "agentqueue-client"):
         return anyio.run(go)
+
+
+@command("attach")
+def _attach(args: argparse.Namespace, settings: Settings) -> int:
+    import msgspec
+
+    from agentqueue.client import Client
+
+    if settings.store.startswith("memory:"):
+        raise ValueError(
+            "attach reads the store the workers keep streams in: pass --store redis://… or"
+            " sqlite:///… (or set AGENTQUEUE_STORE); memory:// exists only inside one process"
+        )
+
+    async def go() -> int:
+        # Only the store is read (the workers' store, where streams are kept): no broker.
+        client = Client("memory://", settings=settings, default_timeout=settings.timeout)
+        async with client:
+            async for event in client.attach(args.request_id, after=args.after):
+                if args.json:
+                    print(msgspec.json.encode(event).decode(), flush=True)
+                elif event.restart:
+                    print(f"\n[attempt {event.attempt} starts over]", file=sys.stderr, flush=True)
+                elif event.kind == "delta":
+                    print(event.text, end="", flush=True)
+                if event.terminal:
+                    if not args.json:
+                        print()
+                    if event.kind != "final":
+                        print(f"{event.kind}: {event.error}", file=sys.stderr)
+                        return 1
+                    return 0
+        return 1
+
+    return anyio.run(go)
 
 
 @command("cancel")

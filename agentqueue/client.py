@@ -35,6 +35,13 @@ from agentqueue.protocol.messages import (
 )
 from agentqueue.settings import Settings
 from agentqueue.workers.session_store import artifact_key, open_store
+from agentqueue.workers.stream_log import (
+    DEFAULT_STREAM_EVENTS,
+    StreamLog,
+    follow,
+    open_stream_log,
+    replay,
+)
 
 if TYPE_CHECKING:
     from agentqueue.batch_report import BatchSummary
@@ -174,6 +181,7 @@ class Client:
         durable_replies: bool = False,
         default_timeout: float | None = 300.0,
         max_in_flight: int = 1024,
+        store: str | None = None,
     ) -> None:
         # With no arguments, the same settings a worker takes (AGENTQUEUE_BROKER, _NAMESPACE, …).
         settings = Settings.load() if settings is None else settings
@@ -193,6 +201,10 @@ class Client:
         self.max_in_flight = max_in_flight
         self._slots = anyio.Semaphore(max_in_flight)
         self._stack: contextlib.AsyncExitStack | None = None
+        # Where `attach` finds kept streams: the workers' session store (opened on first use).
+        self._settings = settings
+        self.store_url = store or settings.store
+        self._stream_log: StreamLog | None = None
 
     async def __aenter__(self) -> Client:
         stack = contextlib.AsyncExitStack()
@@ -218,6 +230,49 @@ class Client:
         if self._stack is not None:
             stack, self._stack = self._stack, None
             await stack.aclose()
+        if self._stream_log is not None:
+            stream_log, self._stream_log = self._stream_log, None
+            await stream_log.close()
+
+    async def attach(
+        self, request_id: str, *, after: int = 0, timeout: float | None = None
+    ) -> AsyncIterator[ResultEvent]:
+        """Follow a running or recently finished request from any process: replay its events
+        after `seq` `after`, then each as it comes, to its terminal event.
+
+        Only the request id is needed: its events are kept in the workers' session store
+        (`store`, default the settings'). A retried attempt shows as a `delta` with
+        `restart=True` and its `attempt`; the replay starts at the newest one, so an attacher
+        never sees two attempts' deltas spliced. Raises `StreamNotKept` for a request whose
+        events are not kept (unknown, not started, or past `stream_retention`). Past
+        `timeout` seconds (default the client's) without the terminal event, it ends with a
+        `timed_out` one.
+        """
+        timeout = self.default_timeout if timeout is None else timeout
+        async for event in follow(self._streams(), request_id, after, timeout=timeout):
+            yield event
+            if event.terminal:
+                return
+        yield ResultEvent(
+            request_id=request_id,
+            kind="timed_out",
+            error=f"attach saw no terminal event of request {request_id!r} within {timeout} s",
+        )
+
+    async def replay(self, request_id: str, *, after: int = 0) -> list[ResultEvent]:
+        """The kept events `attach` would yield at once, without following; raises
+        `StreamNotKept` as `attach` does."""
+        return await replay(self._streams(), request_id, after)
+
+    def _streams(self) -> StreamLog:
+        if self._stream_log is None:
+            # Whatever this process's stream_events says: the workers decide what is kept.
+            self._stream_log = open_stream_log(
+                self.store_url,
+                max_events=self._settings.stream_events or DEFAULT_STREAM_EVENTS,
+                retention=self._settings.stream_retention,
+            )
+        return self._stream_log
 
     def _request(
         self,

@@ -5,7 +5,8 @@ AgentQueueError
 ├── BrokerError            a broker operation failed
 │   ├── BrokerConnectionError (QueueUnavailable: a nack, publish again), MessageTooLarge,
 │   │   PartitionMismatch, QueueFull, QueueMissing, UnknownBroker
-├── WorkerError            LeaseLost, PermanentError, UnknownHandler
+├── WorkerError            LeaseLost, PermanentError, UnknownHandler,
+│                          StreamNotKept (attach: an unknown request, or past retention)
 ├── RequestError           a request did not end with a final answer
 │   ├── RequestFailed      the worker gave up (the dead-letter reason is the message)
 │   ├── RequestTimedOut    its deadline passed
@@ -28,7 +29,13 @@ from agentqueue.broker.errors import (
     UnknownBroker,
 )
 from agentqueue.protocol.errors import AgentQueueError, ProtocolError
-from agentqueue.workers.errors import LeaseLost, PermanentError, UnknownHandler, WorkerError
+from agentqueue.workers.errors import (
+    LeaseLost,
+    PermanentError,
+    StreamNotKept,
+    UnknownHandler,
+    WorkerError,
+)
 
 
 class RequestError(AgentQueueError):
@@ -88,6 +95,7 @@ __all__ = [
     "RequestError",
     "RequestFailed",
     "RequestTimedOut",
+    "StreamNotKept",
     "UnknownBroker",
     "UnknownHandler",
     "WorkerError",

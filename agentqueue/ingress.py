@@ -8,7 +8,12 @@
 
 A POST is published as an `AgentRequest` through one `Client`; a task per request collects its
 events. Results are kept in this process's memory for `retention` seconds after they finish, so
-a GET must reach the ingress process that accepted the request (route by id, or run one).
+a GET of the status must reach the ingress process that accepted the request (route by id, or
+run one). The event stream need not: with the workers' `store`, an ingress serves the events of
+a request it does not track from the stream the workers keep there, so `GET …/events` works
+on any ingress process. SSE event ids are the events' `seq`; a client that reconnects with
+`Last-Event-ID` (any ingress process) gets the events after it, and after a retried attempt's
+restart marker only the newest attempt's.
 
 With signing keys (`WebhookKeys`), a POST must be a Standard Webhooks delivery (see
 `ingress_auth`): signed id, time and body, fresh, not seen before; its session and request id
@@ -40,6 +45,7 @@ from agentqueue.broker.base import Broker
 from agentqueue.broker.errors import BrokerError, MessageTooLarge
 from agentqueue.broker.topology import Topology
 from agentqueue.client import Client, RequestHandle
+from agentqueue.errors import StreamNotKept
 from agentqueue.ingress_auth import ReplayWindow, Signed, WebhookKeys
 from agentqueue.ingress_requests import (
     Incoming,
@@ -153,8 +159,10 @@ class Ingress:
         agent: str | None = None,
         max_pending: int = MAX_PENDING,
         replay_capacity: int = 100_000,
+        store: str | None = None,
     ) -> None:
         self.broker = broker
+        self.store = store  # the workers' session store, where streams are kept (None: not read)
         self.topology = topology or Topology()
         self.keys = WebhookKeys.parse(keys) if isinstance(keys, str) else keys
         self.max_body = max_body
@@ -184,6 +192,7 @@ class Ingress:
             topology=self.topology,
             default_timeout=self.timeout,
             max_in_flight=self.max_pending,
+            store=self.store,
         )
         async with client, anyio.create_task_group() as tasks:
             self.client, self._tasks = client, tasks
@@ -331,33 +340,92 @@ class Ingress:
         return JSONResponse(entry.to_dict(), status_code=202)
 
     async def get_events(self, request: Request) -> Response:
-        """The request's events as Server-Sent Events: those so far, then each as it comes."""
+        """The request's events as Server-Sent Events: those so far (after `Last-Event-ID`),
+        then each as it comes; from the workers' kept stream for a request tracked elsewhere."""
         try:
-            entry = self._lookup(request)
+            after = _last_event_id(request.headers.get("last-event-id"))
+            try:
+                events = _sse(self._lookup(request), after)
+            except IngressError as exc:
+                if exc.status != 404 or self.store is None or self.client is None:
+                    raise
+                events = await self._kept(request.path_params["request_id"], after, exc)
         except IngressError as exc:
             return _refusal(exc)
         return StreamingResponse(
-            _sse(entry),
+            events,
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
 
+    async def _kept(
+        self, request_id: str, after: int, unknown: IngressError
+    ) -> AsyncIterator[bytes]:
+        """The SSE of a request this process does not track, from the stream the workers keep;
+        `unknown` (before the response starts) when no events of it are kept."""
+        client = self.client
+        assert client is not None
+        try:
+            await client.replay(request_id, after=after)  # refused before the response starts
+        except StreamNotKept as exc:
+            if exc.first_kept is None:
+                raise unknown from None  # the store's name is not the caller's business
+            raise IngressError(
+                410,
+                f"events {after + 1} to {exc.first_kept - 1} of request {request_id[:200]!r}"
+                f" are no longer kept; reconnect with Last-Event-ID {exc.first_kept - 1}",
+            ) from None
+        return _sse_kept(client.attach(request_id, after=after))
 
-async def _sse(entry: Tracked) -> AsyncIterator[bytes]:
-    sent = 0
+
+def _last_event_id(header: str | None) -> int:
+    if header is None or not header.strip():
+        return 0
+    if not header.strip().isdigit():
+        raise IngressError(
+            400,
+            f"Last-Event-ID {header[:40]!r} is not an event id of this stream; send the id of"
+            " the last event received (a whole number), or none to start from the beginning",
+        )
+    return int(header)
+
+
+def _frame(event: ResultEvent, fallback_id: int) -> bytes:
+    data = _encoder.encode(event)
+    return b"id: %d\nevent: %s\ndata: %s\n\n" % (
+        event.seq or fallback_id,  # seq 0: a worker older than seq numbers across attempts
+        event.kind.encode(),
+        data,
+    )
+
+
+def _resumed(events: list[ResultEvent], after: int) -> int:
+    """Where a stream resumed after `after` starts in `events`: past what was seen, and at the
+    newest restart marker if one came since (an earlier attempt's deltas are void)."""
+    start = next((i for i, e in enumerate(events) if (e.seq or i + 1) > after), len(events))
+    restarts = [i for i in range(start, len(events)) if events[i].restart]
+    return restarts[-1] if restarts else start
+
+
+async def _sse(entry: Tracked, after: int = 0) -> AsyncIterator[bytes]:
+    sent = _resumed(entry.events, after) if after else 0
     while True:
         changed = entry.changed
         while sent < len(entry.events):
             event = entry.events[sent]
             sent += 1
-            data = _encoder.encode(event)
-            yield b"id: %d\nevent: %s\ndata: %s\n\n" % (sent, event.kind.encode(), data)
+            yield _frame(event, sent)
         if entry.final is not None:
             return
         with anyio.move_on_after(KEEPALIVE) as scope:
             await changed.wait()
         if scope.cancelled_caught:
             yield b": keep-alive\n\n"
+
+
+async def _sse_kept(events: AsyncIterator[ResultEvent]) -> AsyncIterator[bytes]:
+    async for event in events:
+        yield _frame(event, event.seq)
 
 
 def _refusal(exc: IngressError) -> Response:
@@ -403,6 +471,7 @@ async def serve_ingress(
         )
     ingress = Ingress(
         settings.broker,
+        store=None if settings.store.startswith("memory:") else settings.store,
         topology=settings.topology,
         keys=keys,
         max_body=max_body,

@@ -21,8 +21,10 @@ class ReplyRouter:
     """Consumes a reply queue and hands each envelope to the inbox of its correlation id.
 
     Replies are delivered at least once: a terminal `ResultEvent` is passed on once per
-    correlation id and stream deltas once per sequence number, so a redelivered reply never
-    reaches a caller twice. Replies nobody waits for go to `on_unmatched`, or are dropped.
+    correlation id and stream deltas once per `(attempt, seq)`, so a redelivered reply never
+    reaches a caller twice while a retried attempt's deltas (and its restart marker) always
+    do, never mistaken for repeats of the attempt before. Replies nobody waits for go to
+    `on_unmatched`, or are dropped.
     A reply that fails admission (unsigned or forged while the broker has keys, undecodable)
     is dropped and counted in `refused`.
     """
@@ -40,7 +42,7 @@ class ReplyRouter:
         self.prefetch = prefetch
         self.on_unmatched = on_unmatched
         self._inboxes: dict[str, asyncio.Queue[Envelope]] = {}
-        self._seen_seq: dict[str, set[int]] = {}
+        self._seen_seq: dict[str, set[tuple[int, int]]] = {}
         self.refused = 0  # replies dropped because they failed admission
 
     def expect(self, correlation_id: str) -> asyncio.Queue[Envelope]:
@@ -111,10 +113,12 @@ class ReplyRouter:
             return
         body = envelope.body
         if isinstance(body, ResultEvent) and not body.terminal:
-            seen = self._seen_seq[key]
-            if body.seq in seen:
+            # Workers number a request's events on across attempts; the attempt is in the key
+            # too, so even a worker that numbers each attempt from 1 has its retry delivered.
+            seen, mark = self._seen_seq[key], (body.attempt, body.seq)
+            if mark in seen:
                 return
-            seen.add(body.seq)
+            seen.add(mark)
         inbox.put_nowait(envelope)
         if not isinstance(body, ResultEvent) or body.terminal:
             # One terminal answer per id: a redelivered duplicate finds no inbox and is dropped.

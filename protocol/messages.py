@@ -197,6 +197,8 @@ class ResultEvent(msgspec.Struct, tag="result", tag_field="type", omit_defaults=
 
     request_id: str
     kind: ResultKind
+    # The event's place in the request's stream, counted across attempts (1, 2, …): a retried
+    # attempt goes on numbering, so no two events of a request share one. 0 from older workers.
     seq: int = 0
     text: str = ""
     error: str | None = None
@@ -204,6 +206,12 @@ class ResultEvent(msgspec.Struct, tag="result", tag_field="type", omit_defaults=
     worker: str | None = None
     usage: Usage | None = None  # on the final event of a turn that called a model
     approval: ApprovalRequest | None = None  # on `approval_required`: the call waiting
+    # Which run of the handler made this event (1 first; each retry or redelivery that runs it
+    # again counts one up). A `delta` with `restart=True` and no text opens attempt `attempt`:
+    # what earlier attempts streamed is void, the stream starts over from here. An older
+    # reader sees an empty delta, which changes nothing it shows.
+    attempt: int = 1
+    restart: bool = False
 
     @property
     def terminal(self) -> bool:

@@ -14,6 +14,7 @@ from agentqueue.workers.middleware import (
     ApprovalPauses,
     BusySessions,
     EventLog,
+    KeepStreams,
     Metrics,
     ModelBudget,
     Signing,
@@ -23,6 +24,7 @@ from agentqueue.workers.middleware import (
 from agentqueue.workers.pipeline import Middleware, Pipeline
 from agentqueue.workers.session_store import SessionStore
 from agentqueue.workers.settings import Settings
+from agentqueue.workers.stream_log import StreamLog
 from agentqueue.workers.timers import Timers
 
 
@@ -37,20 +39,20 @@ def assemble_pipeline(
     function_compute: bool = False,
     timers: Timers | None = None,
     owned: Callable[[], Collection[str]] | None = None,
+    stream_log: StreamLog | None = None,
 ) -> Pipeline:
-    """Tracing, metrics, the event log, turn summaries, signatures (when the broker has
-    keys), busy-session policies, approval pauses, the shared model budget (when a rate limit
-    is set), the app's middleware, then the stages. `function_compute`: for the FC handler,
-    whose trigger hands out batches with no delivery count (counted in the store instead).
-    `timers`: where delayed requests wait on a broker that cannot delay messages itself, and
-    approval timeouts. `owned`: the queues the consumer holds now, for the owned-sessions
-    gauge."""
-    middleware: list[Middleware] = [
-        Tracing(broker, worker_id),
-        Metrics(worker_id, owned),
-        EventLog(),
-        TurnSummaries(worker_id),
-    ]
+    """Tracing, metrics, the event log, the kept streams (with a `stream_log`), turn
+    summaries, signatures (when the broker has keys), busy-session policies, approval pauses,
+    the shared model budget (when a rate limit is set), the app's middleware, then the stages.
+    `function_compute`: for the FC handler, whose trigger hands out batches with no delivery
+    count (counted in the store instead). `timers`: where delayed requests wait on a broker that
+    cannot delay messages itself, and approval timeouts. `owned`: the queues the consumer holds
+    now, for the owned-sessions gauge."""
+    middleware: list[Middleware] = [Tracing(broker, worker_id), Metrics(worker_id, owned)]
+    middleware.append(EventLog())
+    if stream_log is not None:
+        middleware.append(KeepStreams(stream_log))
+    middleware.append(TurnSummaries(worker_id))
     if broker.signing is not None:
         signing = Signing(
             broker.signing,

@@ -47,3 +47,14 @@ class SandboxError(WorkerError):
 
 class UnknownSandboxType(WorkerError, ValueError):
     """An app asked for a sandbox type this project does not provide."""
+
+
+class StreamNotKept(WorkerError, LookupError):
+    """The events an attach asks for are not kept: an unknown request, or past its retention.
+
+    `first_kept` is the oldest seq still kept when only the start of the stream is gone
+    (None: nothing of the request is kept)."""
+
+    def __init__(self, message: str, *, first_kept: int | None = None) -> None:
+        super().__init__(message)
+        self.first_kept = first_kept

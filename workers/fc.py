@@ -131,6 +131,7 @@ class FCInstance:
         self.app = load_app(config.app)
         self.broker: Broker = config.settings.open_broker()
         self.store: SessionStore = config.settings.open_store()
+        self.stream_log = config.settings.open_stream_log()
         self.router = ReplyRouter(self.broker, self.topology.reply_queue(self.instance_id))
         agents = AgentHandler(
             self.app,
@@ -152,6 +153,7 @@ class FCInstance:
             config.settings,
             worker_id=self.instance_id,
             function_compute=True,  # no delivery count from the trigger: counted in the store
+            stream_log=self.stream_log,
         )
         self.invocations = 0
         self._portal_cm: AbstractContextManager[anyio.from_thread.BlockingPortal] | None = None
@@ -186,6 +188,8 @@ class FCInstance:
     async def _aclose(self) -> None:
         await self.broker.close()
         await self.store.close()
+        if self.stream_log is not None:
+            await self.stream_log.close()
 
     def invoke(self, messages: list[TriggerMessage]) -> BatchOutcome:
         """Handle one batch on the instance's loop; blocks the calling (FC) thread."""

@@ -21,6 +21,12 @@ from agentqueue.protocol.signing import KeyRing
 from agentqueue.workers.approval_turn import DEFAULT_APPROVAL_TIMEOUT
 from agentqueue.workers.retry import RetryPolicy
 from agentqueue.workers.session_store import DEFAULT_RETENTION, SessionStore, open_store
+from agentqueue.workers.stream_log import (
+    DEFAULT_STREAM_EVENTS,
+    DEFAULT_STREAM_RETENTION,
+    StreamLog,
+    open_stream_log,
+)
 
 MISSED_POLICIES = ("once", "skip")  # what a schedule does with ticks missed while no worker ran
 SECRET_FIELDS = frozenset({"signing_keys", "ingress_key", "console_token"})
@@ -37,6 +43,8 @@ WORKER_FIELDS = (
     "store_retention",
     "session_ttl",
     "approval_timeout",
+    "stream_events",
+    "stream_retention",
 )
 
 
@@ -70,6 +78,10 @@ class Settings:
     lease_ttl: float = 30.0
     store_retention: float = DEFAULT_RETENTION  # seconds handled-event records are kept
     session_ttl: float | None = None  # seconds idle before a session's state is deleted; off
+    # A streaming request's events are kept beside the store for attachers: its last
+    # `stream_events` (0: none kept, no attach), until `stream_retention` s after its last one.
+    stream_events: int = DEFAULT_STREAM_EVENTS
+    stream_retention: float = DEFAULT_STREAM_RETENTION
     retry_base_delay: float = 0.2  # seconds before the first retry; doubles, with jitter
     retry_max_delay: float = 10.0
     timeout: float = 300.0
@@ -156,6 +168,17 @@ class Settings:
     def open_store(self) -> SessionStore:
         """The session store these settings name, with their retention."""
         return open_store(self.store, retention=self.store_retention, session_ttl=self.session_ttl)
+
+    def open_stream_log(self, store_url: str | None = None) -> StreamLog | None:
+        """The log of kept streams beside the store `store_url` (default: these settings');
+        None when `stream_events` is 0 (streams are not kept)."""
+        if self.stream_events == 0:
+            return None
+        return open_stream_log(
+            self.store if store_url is None else store_url,
+            max_events=self.stream_events,
+            retention=self.stream_retention,
+        )
 
     @property
     def retry(self) -> RetryPolicy:

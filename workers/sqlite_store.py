@@ -99,6 +99,27 @@ def retry_while_locked(statement: Callable[[], object], timeout: float = 10.0) -
             time.sleep(0.05)
 
 
+def open_database(url: str, schema: str) -> tuple[Path, sqlite3.Connection]:
+    """The file a `sqlite:///path` URL names (created if missing), in WAL mode, with `schema`'s
+    tables; used from worker threads, in autocommit mode (transactions are explicit)."""
+    path_part = urlsplit(url).path
+    # sqlite:///rel/path -> "rel/path"; sqlite:////abs/path -> "/abs/path"
+    path = Path(path_part[1:] if path_part.startswith("/") else path_part)
+    if not str(path):
+        raise ValueError(
+            f"sqlite store URL {redact_url(url)!r} names no file; use sqlite:///sessions.db"
+        )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=10.0)
+    # Workers that start together all switch the file to WAL and create the tables at once.
+    # The busy handler (timeout=) does not cover every case: switching the journal mode can
+    # fail "database is locked" at once, so the losers wait here and try again.
+    retry_while_locked(lambda: db.execute("PRAGMA journal_mode=WAL"))
+    db.execute("PRAGMA synchronous=NORMAL")
+    retry_while_locked(lambda: db.executescript(schema))
+    return path, db
+
+
 class SQLiteSessionStore(SessionStore):
     """One SQLite file (WAL mode) used from worker threads; safe across processes."""
 
@@ -114,24 +135,8 @@ class SQLiteSessionStore(SessionStore):
         self.retention = retention
         self._purge_every = min(PURGE_EVERY, retention / 2)
         self._next_purge = time.monotonic() + self._purge_every
-        path = urlsplit(url).path
-        # sqlite:///rel/path -> "rel/path"; sqlite:////abs/path -> "/abs/path"
-        self.path = Path(path[1:] if path.startswith("/") else path)
-        if not str(self.path):
-            raise ValueError(
-                f"sqlite store URL {redact_url(url)!r} names no file; use sqlite:///sessions.db"
-            )
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path, self._db = open_database(url, _SCHEMA)
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(
-            self.path, check_same_thread=False, isolation_level=None, timeout=10.0
-        )
-        # Workers that start together all switch the file to WAL and create the tables at
-        # once. The busy handler (timeout=) does not cover every case: switching the journal
-        # mode can fail "database is locked" at once, so the losers wait here and try again.
-        retry_while_locked(lambda: self._db.execute("PRAGMA journal_mode=WAL"))
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        retry_while_locked(lambda: self._db.executescript(_SCHEMA))
         retry_while_locked(lambda: self._locked(_add_times))
 
     async def _run(self, fn, *args):  # type: ignore[no-untyped-def]

@@ -203,6 +203,8 @@ class Worker:
             )
         if self.role in ("tools", "all"):
             handlers[ToolCall] = ToolHandler(self.app, worker_name=self.worker_id, store=self.store)
+        # Streams are kept beside this worker's own store, where attachers look for them.
+        stream_log = self.settings.open_stream_log(self.store.url)
         self.pipeline = assemble_pipeline(
             self.app,
             self.broker,
@@ -212,6 +214,7 @@ class Worker:
             worker_id=self.worker_id,
             timers=self.timers,
             owned=self._consumers.keys,
+            stream_log=stream_log,
         )
         delayed.register(self.timers, self.pipeline)
         schedules.register(
@@ -222,6 +225,16 @@ class Worker:
             grace=self.settings.schedule_grace,
         )
         self._metrics = next((m for m in self.pipeline.middleware if isinstance(m, Metrics)), None)
+        try:
+            await self._serve(router, task_status)
+        finally:
+            with anyio.CancelScope(shield=True):
+                if stream_log is not None:
+                    await stream_log.close()
+                if models is not None:
+                    await models.aclose()  # the rate limit's connection to its store
+
+    async def _serve(self, router: ReplyRouter, task_status: anyio.abc.TaskStatus[None]) -> None:
         async with anyio.create_task_group() as tg:
             self._tg = tg
             # Tool calls get lanes and a concurrency limit of their own: an agent turn waits for
@@ -272,8 +285,6 @@ class Worker:
             with anyio.CancelScope(shield=True):
                 for hook in self.app.stopping:
                     await hook(self.worker_id, self.role)
-                if models is not None:
-                    await models.aclose()  # the rate limit's connection to its store
             tg.cancel_scope.cancel()
         with anyio.CancelScope(shield=True):
             await self.timers.close()

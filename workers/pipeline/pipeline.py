@@ -26,10 +26,11 @@ from agentqueue.broker.topology import Topology
 from agentqueue.protocol.codec import encode, encode_dead_letter
 from agentqueue.protocol.ids import new_id
 from agentqueue.protocol.messages import AgentRequest, Body, DeadLetter, Envelope, ResultEvent
-from agentqueue.workers.handling import Emit, Handler, RunControl, failure_body
+from agentqueue.workers.handling import Handler, RunControl, failure_body
 from agentqueue.workers.pipeline.event import Event, Next
 from agentqueue.workers.pipeline.middleware import Middleware, overrides
 from agentqueue.workers.pipeline.stages import process_chain, receive_chain
+from agentqueue.workers.pipeline.stream import Emitter, Stream
 from agentqueue.workers.refusal import answer_refused
 from agentqueue.workers.retry import RetryPolicy
 from agentqueue.workers.session_store import SessionStore
@@ -70,6 +71,9 @@ class Pipeline:
         # Where delayed requests and approval timeouts wait (None: FC, whose broker delays).
         self.timers = timers
         self.running: dict[str, RunControl] = {}  # request id -> its running handler
+        # request id -> its open stream, whose numbering every reply to it takes (a middleware
+        # that keeps streams opens and closes them; see `stream.py`)
+        self.streams: dict[str, Stream] = {}
         self.accepting = True  # False once shutting down: unstarted events are handed back
         self._stop_early: dict[str, tuple[str, bool, float]] = {}  # id -> reason, discard, at
         self._gone: dict[str, float] = {}  # reply queue -> when it was last found missing
@@ -117,7 +121,12 @@ class Pipeline:
     # --- replies -------------------------------------------------------------------------
 
     def encode_reply(self, envelope: Envelope, body: Body) -> bytes:
-        """The reply envelope answering `envelope`, encoded."""
+        """The reply envelope answering `envelope`, encoded; a result of an open stream not
+        numbered yet takes its next number."""
+        if isinstance(body, ResultEvent) and body.seq == 0:
+            stream = self.streams.get(envelope.id)
+            if stream is not None:
+                body = stream.number(body)
         reply = Envelope(
             id=new_id(),
             session_id=envelope.session_id,
@@ -134,26 +143,24 @@ class Pipeline:
         assert event.envelope is not None
         return self.encode_reply(event.envelope, failure_body(event.envelope, kind, error))
 
-    def emitter(self, event: Event) -> Emit:
-        """How a handler streams deltas to the caller (a no-op unless the caller streams)."""
+    def emitter(self, event: Event) -> Emitter:
+        """How a handler streams deltas: to the request's open stream (kept for attachers)
+        and to the caller if it streams; a no-op for a request that does not stream."""
         envelope = event.envelope
         assert envelope is not None
         body = envelope.body
-        if not (isinstance(body, AgentRequest) and body.stream and envelope.reply_to):
-            return _no_emit
-        seq = 0
-
-        async def emit(text: str) -> None:
-            nonlocal seq
-            seq += 1
-            delta = ResultEvent(request_id=envelope.id, kind="delta", seq=seq, text=text)
-            await self.publish_reply(event, self.encode_reply(envelope, delta), delta=True)
-
-        return emit
+        if not (isinstance(body, AgentRequest) and body.stream):
+            return Emitter(self, event, None, publish=False)
+        stream = self.streams.get(envelope.id) or Stream(envelope.id)
+        return Emitter(self, event, stream, publish=envelope.reply_to is not None)
 
     async def publish_reply(self, event: Event, reply: bytes, *, delta: bool = False) -> bool:
         """Publish to the event's `reply_to`; False when the queue stayed missing."""
         assert event.envelope is not None
+        stream = self.streams.get(event.envelope.id)
+        if stream is not None:
+            # Kept before it is sent: an attacher is not kept waiting on a caller gone away.
+            await stream.keep_answer()
         queue = event.envelope.reply_to
         if not queue:
             return True
@@ -240,10 +247,6 @@ class Pipeline:
         log.error("refusing a message on %s: %s", event.queue or "?", refused.reason)
         await event.settler.dead_letter(refused.reason, refused.id, refused.session_id)
         await answer_refused(self.broker, refused)
-
-
-async def _no_emit(text: str) -> None:
-    return None
 
 
 def _chain(layers: Sequence[object]) -> Next:

@@ -11,8 +11,9 @@ import anyio
 
 from agentqueue.broker.errors import BrokerConnectionError
 from agentqueue.workers.errors import LeaseLost, PermanentError, UnknownHandler
-from agentqueue.workers.handling import Emit, HandlerResult, RunControl, failure_body
+from agentqueue.workers.handling import HandlerResult, RunControl, failure_body
 from agentqueue.workers.pipeline.event import Event, Next
+from agentqueue.workers.pipeline.stream import Emitter
 from agentqueue.workers.session_store import Lease
 
 if TYPE_CHECKING:
@@ -62,6 +63,7 @@ class Run:
         while True:
             attempt += 1
             try:
+                await emit.begin_attempt()  # a restart marker, when the stream ran before
                 result, control = await self._attempt(event, state, emit)
                 break
             except (PermanentError, UnknownHandler) as exc:
@@ -117,7 +119,7 @@ class Run:
         return delay, attempt, outages
 
     async def _attempt(
-        self, event: Event, state: str | None, emit: Emit
+        self, event: Event, state: str | None, emit: Emitter
     ) -> tuple[HandlerResult | None, RunControl]:
         """One run of the handler, interruptible by a cancel or the deadline."""
         p, envelope, handler = self.pipeline, event.envelope, event.handler
