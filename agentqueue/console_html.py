@@ -37,6 +37,8 @@ tr.stuck td{background:#ffe3e0;font-weight:600}
 a.turn{display:inline-block;padding:0 6px;margin-right:4px;border-radius:3px;background:#e2f5e6;
 color:#1d232a;text-decoration:none;font-size:12px}
 a.turn.dead_letter,a.turn.failed,a.turn.timed_out{background:#ffd7d2}
+a.turn.approval_required{background:#ffe8b0}
+a.turn.rejected,a.turn.interrupted,a.turn.superseded,a.turn.cancelled{background:#e4e6ea}
 td.down{background:#ffd7d2}
 pre{background:#f2f4f6;padding:8px;overflow:auto;max-height:300px}
 button{cursor:pointer}
