@@ -182,6 +182,9 @@ def test_a_newcomer_runs_every_documented_command_against_their_own_app(tmp_path
                 "1 replayed; waiting for their answers",
                 f"{replayed[0].split()[-1]}: final: Nice to meet you, Cy. I'll remember that.",
             ]
+            # The replayed answer is kept: fetched again by its new id from any shell.
+            fetched = agentqueue("attach", replayed[0].split()[-1])
+            assert fetched.stdout == "Nice to meet you, Cy. I'll remember that.\n"
             # The session goes on at once: its next turn is not held up by the replay.
             assert agentqueue("call", "What is my name?", "--session", "s4", "--timeout", "20")
 
