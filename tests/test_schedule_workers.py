@@ -1,9 +1,8 @@
 """Three real worker processes on RabbitMQ fire a 2-second schedule once per tick, across one
 worker's SIGKILL and its restart; delayed requests parked before the kill run once, on time.
 
-The issue asks for a minute; the CI budget for all of its tests (two minutes) does not leave
-room for one next to the worker start-ups, so the run is 40 s (21 ticks) by default.
-`TICKS_TEST_SECONDS=60` runs the full minute.
+The schedule runs for a minute (31 ticks); `TICKS_TEST_SECONDS=20` shortens it for a quick
+local check.
 """
 
 from __future__ import annotations
@@ -28,7 +27,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.broker]
 
 PERIOD = 2.0
 ADA = "Nice to meet you, Ada. I'll remember that."
-MINUTE = float(os.environ.get("TICKS_TEST_SECONDS", "40"))  # see the module doc
+MINUTE = float(os.environ.get("TICKS_TEST_SECONDS", "60"))  # see the module doc
 
 
 def worker_args(url: str, ns: str, store: str) -> tuple[str, ...]:
