@@ -72,6 +72,15 @@ class WorkerProcess:
         return self.proc.returncode
 
 
+def worker_args(
+    app: str, url: str, ns: str, store: str, *, partitions: int = 2, balance: bool = True
+) -> tuple[str, ...]:
+    """`agentqueue worker` arguments: one app on a broker, a store and a namespace."""
+    args = ("--app", app, "--broker", url, "--store", store, "--namespace", ns)
+    args += ("--partition-count", str(partitions), "--tool-partition-count", str(partitions))
+    return args if balance else (*args, "--no-balance")
+
+
 @contextmanager
 def workers(
     *specs: tuple[str, ...], env: dict[str, str] | None = None

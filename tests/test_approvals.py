@@ -17,6 +17,7 @@ from agentqueue import Client, RequestBusy, RequestFailed
 from agentqueue.broker.topology import Topology
 from agentqueue.client import RequestHandle
 from agentqueue.protocol import ResultEvent, new_id
+from tests import processes
 from tests.processes import ROOT, WorkerProcess, workers
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
@@ -32,21 +33,7 @@ def denied(tool: str, reason: str) -> str:
 
 
 def worker_args(url: str, ns: str, store: str) -> tuple[str, ...]:
-    return (
-        "--app",
-        "tests.apps.approvals:app",
-        "--broker",
-        url,
-        "--store",
-        store,
-        "--namespace",
-        ns,
-        "--partition-count",
-        "2",
-        "--tool-partition-count",
-        "2",
-        "--no-balance",
-    )
+    return processes.worker_args("tests.apps.approvals:app", url, ns, store, balance=False)
 
 
 def effects(log: Path) -> list[str]:

@@ -17,6 +17,7 @@ from agentqueue.broker.topology import Topology
 from agentqueue.client import RequestHandle
 from agentqueue.deploy.local_fc import LocalFC, TriggerConfig
 from agentqueue.protocol import AgentRequest, Envelope, new_id, user_message
+from tests import processes
 from tests.deploy.test_local_fc import function_env, publish_and_collect
 from tests.processes import workers
 
@@ -28,21 +29,7 @@ TOLD_NOTHING = "You haven't told me anything yet."
 
 
 def worker_args(url: str, ns: str, store: str) -> tuple[str, ...]:
-    return (
-        "--app",
-        "tests.apps.busy:app",
-        "--broker",
-        url,
-        "--store",
-        store,
-        "--namespace",
-        ns,
-        "--partition-count",
-        "2",
-        "--tool-partition-count",
-        "2",
-        "--no-balance",
-    )
+    return processes.worker_args("tests.apps.busy:app", url, ns, store, balance=False)
 
 
 @pytest.fixture(scope="module")

@@ -21,6 +21,7 @@ import pytest
 from agentqueue import Client
 from agentqueue.broker.topology import Topology
 from agentqueue.protocol import new_id
+from tests import processes
 from tests.processes import ROOT, WorkerProcess, workers
 
 pytestmark = [pytest.mark.slow, pytest.mark.broker]
@@ -31,20 +32,7 @@ MINUTE = float(os.environ.get("TICKS_TEST_SECONDS", "60"))  # see the module doc
 
 
 def worker_args(url: str, ns: str, store: str) -> tuple[str, ...]:
-    return (
-        "--app",
-        "tests.apps.ticks:app",
-        "--broker",
-        url,
-        "--store",
-        store,
-        "--namespace",
-        ns,
-        "--partition-count",
-        "2",
-        "--tool-partition-count",
-        "2",
-    )
+    return processes.worker_args("tests.apps.ticks:app", url, ns, store)
 
 
 def ticks_logged(log: Path, name: str) -> list[float]:
