@@ -150,6 +150,7 @@ class App:
         screen: tuple[int, int] = (1024, 768),
         inline_image_limit: int = 32 * 1024,
         artifacts: str | None = None,
+        limits: dict[str, int] | None = None,
     ) -> Any:
         """Register sandboxed tool sets (`"base"`, `"filesystem"`, `"browser"`, `"gui"`) that
         run per session in bwrap.
@@ -157,7 +158,8 @@ class App:
         `root` holds the sessions' workspaces and must be shared by the tool workers for files
         to follow a session to another worker (default `$XDG_STATE_HOME/agentqueue/sandboxes`,
         beside the default session store). `network` is what a browser may reach: `"none"` or
-        a list of `host` / `host:port`; `memory_max` caps a browser by a memory cgroup;
+        a list of `host` / `host:port`; `memory_max` caps each sandbox by a memory cgroup;
+        `limits` replaces the rlimits (`resource.RLIMIT_*` names to values) of base sandboxes;
         `screen` is a gui display's and a browser viewport's size; images over
         `inline_image_limit` bytes go to the store `artifacts` (default: the worker's) and
         travel by reference. Returns the `Sandboxes` object that owns each worker's sandboxes.
@@ -181,6 +183,7 @@ class App:
             screen=tuple(screen),
             inline_image_limit=inline_image_limit,
             artifacts=artifacts,
+            **({"limits": dict(limits)} if limits is not None else {}),
         )
         boxes = sandbox_tools.register(self, types, config)
         self.sandbox_sets.append(boxes)

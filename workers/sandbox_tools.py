@@ -24,6 +24,7 @@ from agentqueue.workers.browser_ops import Screenshot
 from agentqueue.workers.browser_tools import register_browser
 from agentqueue.workers.errors import UnknownSandboxType
 from agentqueue.workers.sandbox import SandboxConfig, SandboxManager, workspace_name
+from agentqueue.workers.sandbox_fs_tools import register_filesystem
 from agentqueue.workers.sandbox_proxy import NetworkPolicy
 from agentqueue.workers.session_store import ARTIFACT_REF, SessionStore, open_store
 from agentqueue.workers.settings import Settings
@@ -151,7 +152,9 @@ def register(app: App, types: tuple[str, ...], config: SandboxConfig) -> Sandbox
                 f"sandbox type {kind!r} is unknown: choose from {', '.join(TYPES)}"
             )
     # A gui sandbox is a base sandbox with a desktop: its shell and Python see the display.
-    boxes = Sandboxes(dataclasses.replace(config, display="gui" in types), types)
+    boxes = Sandboxes(
+        dataclasses.replace(config, display="gui" in types, kernel="base" in types), types
+    )
 
     @app.on_start
     async def warm_pool(worker_id: str, role: str) -> None:
@@ -191,72 +194,7 @@ def register(app: App, types: tuple[str, ...], config: SandboxConfig) -> Sandbox
             return await boxes.call("run_shell_command", {"command": command})
 
     if "filesystem" in types:
-
-        @tool
-        async def read_file(path: str) -> str:
-            """Read a text file from the session's workspace.
-
-            Args:
-                path: The file's path, relative to the workspace.
-            """
-            return await boxes.call("read_file", {"path": path})
-
-        @tool
-        async def write_file(path: str, content: str) -> str:
-            """Write a text file in the session's workspace (replacing it if it exists).
-
-            Args:
-                path: The file's path, relative to the workspace.
-                content: The text to write.
-            """
-            return await boxes.call("write_file", {"path": path, "content": content})
-
-        @tool
-        async def list_directory(path: str) -> str:
-            """List a directory of the session's workspace, [DIR] and [FILE] marked.
-
-            Args:
-                path: The directory's path, relative to the workspace.
-            """
-            return await boxes.call("list_directory", {"path": path})
-
-        @tool
-        async def create_directory(path: str) -> str:
-            """Create a directory (and its parents) in the session's workspace.
-
-            Args:
-                path: The directory's path, relative to the workspace.
-            """
-            return await boxes.call("create_directory", {"path": path})
-
-        @tool
-        async def move_file(source: str, destination: str) -> str:
-            """Move or rename a file or directory inside the session's workspace.
-
-            Args:
-                source: The path to move.
-                destination: The new path.
-            """
-            return await boxes.call("move_file", {"source": source, "destination": destination})
-
-        @tool
-        async def search_files(path: str, pattern: str) -> str:
-            """Find files and directories under `path` whose names contain `pattern`.
-
-            Args:
-                path: Where to start, relative to the workspace.
-                pattern: A case-insensitive part of the name.
-            """
-            return await boxes.call("search_files", {"path": path, "pattern": pattern})
-
-        @tool
-        async def get_file_info(path: str) -> str:
-            """Size, modification time and type of a file or directory in the workspace.
-
-            Args:
-                path: The path, relative to the workspace.
-            """
-            return await boxes.call("get_file_info", {"path": path})
+        register_filesystem(tool, boxes)
 
     if "browser" in types:
         register_browser(tool, boxes)

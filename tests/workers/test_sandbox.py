@@ -20,6 +20,7 @@ from agentqueue.broker.topology import Topology
 from agentqueue.broker.urls import open_broker
 from agentqueue.protocol import Envelope, ToolCall, ToolResult, encode, new_id
 from agentqueue.workers.errors import UnknownSandboxType
+from agentqueue.workers.sandbox import DEFAULT_LIMITS
 from agentqueue.workers.sandbox_tools import Sandboxes
 from agentqueue.workers.session_store import MemorySessionStore
 from agentqueue.workers.worker import Worker
@@ -134,6 +135,33 @@ async def test_a_file_written_in_one_call_is_read_in_the_next_and_other_sessions
         await close_all(boxes)
 
 
+async def test_cells_run_in_an_ipython_kernel_and_a_kernel_that_dies_is_a_tool_error_then_replaced(
+    tmp_path: Path,
+) -> None:
+    app, boxes = sandboxed_app(tmp_path, pool_size=0)
+    try:
+        async with harness(app, "w1") as (h, _):
+            await h.call("s-ipy", "write_file", path="kept.txt", content="on disk")
+            shown = await h.call("s-ipy", "run_ipython_cell", code="n = 6 * 7\nn")
+            assert (shown.ok, shown.output) == (True, "42\n")  # the value, as IPython shows it
+            magic = await h.call("s-ipy", "run_ipython_cell", code="%who_ls")
+            assert magic.output == "['n']\n"
+            error = await h.call("s-ipy", "run_ipython_cell", code="n / 0")
+            assert error.ok and error.output.endswith("ZeroDivisionError: division by zero\n")
+            died = await h.call("s-ipy", "run_ipython_cell", code="import os; os._exit(3)")
+            assert (died.ok, died.output) == (
+                False,
+                "tool run_ipython_cell failed: SandboxError: the IPython kernel died (exit code"
+                " 3, e.g. killed at the sandbox's memory limit or by os._exit); the sandbox was"
+                " replaced: files kept, Python variables lost",
+            )
+            after = await h.call("s-ipy", "run_ipython_cell", code="print(open('kept.txt').read())")
+            assert (after.ok, after.output) == (True, "on disk\n")
+            assert not await anyio.Path(tmp_path / "s-ipy" / ".ipython").exists()
+    finally:
+        await close_all(boxes)
+
+
 async def test_a_symlink_planted_in_the_workspace_cannot_lead_a_file_tool_out(
     tmp_path: Path,
 ) -> None:
@@ -235,7 +263,11 @@ async def test_a_runaway_loop_is_killed_at_the_wall_clock_limit_and_the_files_st
 async def test_a_process_flood_and_a_memory_hog_are_stopped_while_other_sessions_keep_serving(
     tmp_path: Path,
 ) -> None:
-    app, boxes = sandboxed_app(tmp_path, pool_size=0, pids_max=32)
+    # The address-space rlimit is raised so that the memory cgroup is what stops the hog.
+    limits = dict(DEFAULT_LIMITS, RLIMIT_AS=8 << 30)
+    app, boxes = sandboxed_app(
+        tmp_path, pool_size=0, pids_max=32, memory_max=256 << 20, limits=limits
+    )
     try:
         async with harness(app, "w1") as (h, _):
             flood = await h.call(
@@ -244,10 +276,20 @@ async def test_a_process_flood_and_a_memory_hog_are_stopped_while_other_sessions
                 command="for i in $(seq 1 100); do sleep 3 & done 2>&1 | tail -1; echo contained",
             )
             assert (flood.ok, flood.output) == (True, "/bin/sh: 0: Cannot fork\ncontained\n")
-            hog = await h.call("s-flood", "run_ipython_cell", code="x = bytearray(2 << 30)")
-            assert hog.output.endswith('File "<cell>", line 1, in <module>\nMemoryError\n')
+            await h.call("s-hog", "run_ipython_cell", code="kept = 1")
+            hog = await h.call(
+                "s-hog", "run_ipython_cell", code="chunks = [b'x' * (32 << 20) for _ in range(32)]"
+            )
+            assert (hog.ok, hog.output) == (
+                False,
+                "tool run_ipython_cell failed: SandboxError: the IPython kernel died (exit code"
+                " -9, e.g. killed at the sandbox's memory limit or by os._exit); the sandbox was"
+                " replaced: files kept, Python variables lost",
+            )
             other = await h.call("s-calm", "run_shell_command", command="echo still serving")
             assert (other.ok, other.output) == (True, "still serving\n")
+            fresh = await h.call("s-hog", "run_ipython_cell", code="print('kept' in dir())")
+            assert (fresh.ok, fresh.output) == (True, "False\n")
     finally:
         await close_all(boxes)
 
