@@ -69,6 +69,9 @@ class SandboxConfig:
     artifacts: str | None = None  # the store URL for large screenshots (None: the worker's)
     display: bool = False  # a gui sandbox: Xvfb, a window manager and xdotool beside the server
     kernel: bool = False  # a base sandbox: an IPython kernel runs `run_ipython_cell`
+    # Bytes of files up to which a workspace is snapshot into the store after each call that
+    # changed it, so it follows the session to a worker with another root; 0 is off.
+    snapshot_max: int = 16 << 20
 
 
 class Sandbox:

@@ -22,10 +22,11 @@ from agentqueue.protocol.messages import Image
 from agentqueue.workers.browser import BrowserBox, BrowserRuntime
 from agentqueue.workers.browser_ops import Screenshot
 from agentqueue.workers.browser_tools import register_browser
-from agentqueue.workers.errors import UnknownSandboxType
+from agentqueue.workers.errors import SandboxError, UnknownSandboxType
 from agentqueue.workers.sandbox import SandboxConfig, SandboxManager, workspace_name
 from agentqueue.workers.sandbox_fs_tools import register_filesystem
 from agentqueue.workers.sandbox_proxy import NetworkPolicy
+from agentqueue.workers.sandbox_snapshot import RESTORED, WorkspaceSync
 from agentqueue.workers.session_store import ARTIFACT_REF, SessionStore, open_store
 from agentqueue.workers.settings import Settings
 from agentqueue.workers.tool_handler import current_call, current_store
@@ -45,6 +46,7 @@ class Sandboxes:
         self.browsers: dict[str, SandboxManager] = {}  # browser sandboxes, per worker
         self.runtimes: dict[str, BrowserRuntime] = {}
         self._artifacts: SessionStore | None = None
+        self.sync = WorkspaceSync(config.snapshot_max)
 
     def browser_manager(self, worker_name: str) -> SandboxManager:
         """The browser sandboxes of the worker called `worker_name` (created on first use)."""
@@ -73,7 +75,7 @@ class Sandboxes:
     async def computer_use(self, args: dict[str, object]) -> str | ToolOutput:
         """Run a `computer_use` action on the calling session's desktop; screenshots are images."""
         session_id, _ = current_call.get()
-        output = await self.call("computer_use", args)
+        output = await self.call("computer_use", args, notes=False)
         if args.get("action") != "screenshot":
             return output
         shot = json.loads(output)
@@ -133,13 +135,46 @@ class Sandboxes:
             self.managers[worker_name] = SandboxManager(self.config)
         return self.managers[worker_name]
 
-    async def call(self, op: str, args: dict[str, object]) -> str:
-        """Run `op` in the sandbox of the session whose tool call is running now."""
+    async def call(self, op: str, args: dict[str, object], notes: bool = True) -> str:
+        """Run `op` in the sandbox of the session whose tool call is running now.
+
+        With snapshots on, a session new to this worker first gets its workspace back from the
+        store, and a call that may have changed the workspace is followed by a snapshot; the
+        agent is told of either (`notes=False` leaves the output untouched, e.g. JSON).
+        """
         session_id, worker_name = current_call.get()
-        return await self.manager(worker_name).call(session_id, op, args)
+        manager = self.manager(worker_name)
+        if not self.config.snapshot_max:
+            return await manager.call(session_id, op, args)
+        workspace = manager.config.root / workspace_name(session_id)
+        store = self.artifact_store()
+        restored = session_id not in manager.sessions and await self.sync.restore(store, workspace)
+        try:
+            output = await manager.call(session_id, op, args)
+        except SandboxError:
+            if op not in READ_ONLY:
+                await self.sync.save(store, workspace)  # a cell that wrote, then died
+            raise
+        warning = "" if op in READ_ONLY else await self.sync.save(store, workspace)
+        if not notes:
+            return output
+        return (RESTORED if restored else "") + output + (f"\n{warning}" if warning else "")
 
 
 TYPES = ("base", "filesystem", "browser", "gui")
+# Operations that never change the workspace: no snapshot is considered after them.
+READ_ONLY = frozenset(
+    {
+        "read_file",
+        "read_multiple_files",
+        "list_directory",
+        "directory_tree",
+        "search_files",
+        "get_file_info",
+        "list_allowed_directories",
+        "computer_use",
+    }
+)
 
 
 def register(app: App, types: tuple[str, ...], config: SandboxConfig) -> Sandboxes:
