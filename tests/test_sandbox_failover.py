@@ -1,4 +1,5 @@
-"""A session's workspace survives a SIGKILL of its tool worker and a move to another root."""
+"""A session's workspace survives a SIGKILL of its tool worker and a move to another root;
+`client.end_session` closes its sandbox where it now runs and deletes workspace and snapshot."""
 
 from __future__ import annotations
 
@@ -68,6 +69,12 @@ async def test_after_a_sigkill_the_new_owner_with_another_root_has_the_sessions_
             assert (tmp_path / "machine-b" / "s-move" / "t.csv").read_text() == "a\n1\n"
             gone = await call(client, topology, "s-move", "run_ipython_cell", code="'n' in dir()")
             assert gone == "False\n"
+            ended = await client.end_session("s-move")
+            assert ended.startswith("ended session 's-move' on ")
+            assert ended.endswith(": closed sandbox; its workspace and its snapshot are deleted")
+            assert not (tmp_path / "machine-b" / "s-move").exists()
+            fresh = await call(client, topology, "s-move", "list_directory", path=".")
+            assert fresh == ""  # a new sandbox, nothing restored
     finally:
         first.kill()
         if second is not None:

@@ -107,6 +107,7 @@ class App:
         retry_on: tuple[type[Exception], ...] = (),
         requires_approval: bool | NeedsApproval = False,
         approval_timeout: float | None = None,
+        offered: bool = True,
     ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
         """Expose a typed function as a tool; `remote=True` runs it on tool workers as events.
 
@@ -115,6 +116,7 @@ class App:
         `requires_approval` (True, or a predicate on the arguments) pauses the turn before a
         call until `client.approve` or `client.deny` decides it, or `approval_timeout` seconds
         (default: the worker's AGENTQUEUE_APPROVAL_TIMEOUT) pass and it counts as denied.
+        `offered=False` keeps the tool from agents' models (callers still reach it).
         """
 
         def register(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -131,6 +133,7 @@ class App:
                 retry_on=retry_on,
                 requires_approval=requires_approval,
                 approval_timeout=approval_timeout,
+                offered=offered,
             )
             return func
 

@@ -27,6 +27,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 PREFIX = "sandbox-workspace/"
+# The control tool `client.end_session` calls on the session's tool partition.
+END_SESSION_TOOL = "end_session"
 
 
 def snapshot_key(name: str) -> str:

@@ -10,10 +10,12 @@ session (`browser.py`). Screenshots over the inline limit go to the artifact sto
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import dataclasses
 import functools
 import json
+import shutil
 import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -26,7 +28,7 @@ from agentqueue.workers.errors import SandboxError, UnknownSandboxType
 from agentqueue.workers.sandbox import SandboxConfig, SandboxManager, workspace_name
 from agentqueue.workers.sandbox_fs_tools import register_filesystem
 from agentqueue.workers.sandbox_proxy import NetworkPolicy
-from agentqueue.workers.sandbox_snapshot import RESTORED, WorkspaceSync
+from agentqueue.workers.sandbox_snapshot import END_SESSION_TOOL, RESTORED, WorkspaceSync
 from agentqueue.workers.session_store import ARTIFACT_REF, SessionStore, open_store
 from agentqueue.workers.settings import Settings
 from agentqueue.workers.tool_handler import current_call, current_store
@@ -106,6 +108,27 @@ class Sandboxes:
         await self.artifact_store().put_artifact(key, shot.data)
         image.ref = ARTIFACT_REF + key
         return ToolOutput(f"{text}, stored as {image.ref}", [image])
+
+    async def end_session(self) -> str:
+        """Close the calling session's sandboxes here; delete its workspaces and snapshot."""
+        session_id, worker_name = current_call.get()
+        closed = []
+        for kind, managers in (("sandbox", self.managers), ("browser", self.browsers)):
+            manager = managers.get(worker_name)
+            box = manager.sessions.pop(session_id, None) if manager else None
+            if box is not None:
+                await box.close()
+                closed.append(kind)
+        name = workspace_name(session_id)
+        for workspace in (self.config.root / name, self.config.root / ".browser" / name):
+            await asyncio.to_thread(shutil.rmtree, workspace, ignore_errors=True)
+        if self.config.snapshot_max:
+            await self.sync.forget(self.artifact_store(), self.config.root / name)
+        return (
+            f"ended session {session_id!r} on {worker_name}: closed"
+            f" {' and '.join(closed) or 'nothing (no sandbox was open)'}; its workspace and its"
+            " snapshot are deleted"
+        )
 
     def artifact_store(self) -> SessionStore:
         """Where large images go: the `artifacts` store, else the running worker's own store."""
@@ -233,6 +256,13 @@ def register(app: App, types: tuple[str, ...], config: SandboxConfig) -> Sandbox
 
     if "browser" in types:
         register_browser(tool, boxes)
+
+    if END_SESSION_TOOL not in app.tools:  # once per app, for all its sandbox sets
+
+        @app.tool(name=END_SESSION_TOOL, offered=False, timeout=config.call_timeout + 10.0)
+        async def end_session() -> str:
+            """Close the calling session's sandboxes; delete its workspaces and snapshots."""
+            return "\n".join([await each.end_session() for each in app.sandbox_sets])
 
     if "gui" in types:
 

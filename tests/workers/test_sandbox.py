@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
 import socket
+import tarfile
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -158,6 +160,30 @@ async def test_cells_run_in_an_ipython_kernel_and_a_kernel_that_dies_is_a_tool_e
             after = await h.call("s-ipy", "run_ipython_cell", code="print(open('kept.txt').read())")
             assert (after.ok, after.output) == (True, "on disk\n")
             assert not await anyio.Path(tmp_path / "s-ipy" / ".ipython").exists()
+    finally:
+        await close_all(boxes)
+
+
+async def test_a_workspace_over_the_snapshot_limit_is_not_saved_and_the_agent_is_told(
+    tmp_path: Path,
+) -> None:
+    app, boxes = sandboxed_app(tmp_path, pool_size=0, snapshot_max=16)
+    try:
+        async with harness(app, "w1") as (h, workers):
+            small = await h.call("s-big", "write_file", path="a.txt", content="0123456789")
+            assert small.output == "wrote 10 characters to a.txt"
+            big = await h.call("s-big", "write_file", path="b.txt", content="0123456789")
+            assert big.output == (
+                "wrote 10 characters to b.txt\n[the workspace holds 20 bytes, over the 16-byte"
+                " snapshot limit: this change was NOT saved to the store and will not follow the"
+                " session to another worker (the last snapshot that fit will); keep large files"
+                " out of the workspace, or give the workers a shared workspace root (a shared"
+                " volume) and snapshot_max=0]"
+            )
+            snapshot = await workers[0].store.get_artifact("sandbox-workspace/s-big")
+            assert snapshot is not None
+            with tarfile.open(fileobj=io.BytesIO(snapshot)) as tar:
+                assert tar.getnames() == ["a.txt"]  # the last snapshot that fit
     finally:
         await close_all(boxes)
 
