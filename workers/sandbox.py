@@ -21,6 +21,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import sys
 import sysconfig
 import time
@@ -328,5 +329,7 @@ class SandboxManager:
                     await task
         for box in [*self.sessions.values(), *self.pool]:
             await box.close()
+        for box in self.pool:  # nobody's workspace yet: nothing in it to keep
+            await asyncio.to_thread(shutil.rmtree, box.workspace, ignore_errors=True)
         self.sessions.clear()
         self.pool.clear()

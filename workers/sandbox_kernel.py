@@ -13,6 +13,7 @@ import queue
 import re
 import subprocess
 import sys
+import threading
 
 SITE = "/sandbox/site-packages"
 RUNTIME = "/tmp/kernel"
@@ -54,6 +55,16 @@ class Kernel:
             stderr=open("/tmp/kernel.log", "wb"),
         )
         self.client = None
+        self._failed: Exception | None = None
+        # Connected in the background: a pooled sandbox's first cell finds the kernel ready.
+        self._connecting = threading.Thread(target=self._connect_quietly, daemon=True)
+        self._connecting.start()
+
+    def _connect_quietly(self) -> None:
+        try:
+            self._connect()
+        except Exception as exc:  # raised by the first cell, which waits for this thread
+            self._failed = exc
 
     def _died(self) -> KernelDied:
         code = self.process.poll()
@@ -82,8 +93,9 @@ class Kernel:
 
     def run(self, code: str) -> str:
         """Run one cell; its streams, results, displays and traceback as text."""
+        self._connecting.join()
         if self.client is None:
-            self._connect()
+            raise self._failed or RuntimeError("the IPython kernel could not be reached")
         client = self.client
         msg_id = client.execute(code, store_history=True, allow_stdin=False)
         parts: list[str] = []
