@@ -56,9 +56,13 @@ class Kernel:
         )
         self.client = None
         self._failed: Exception | None = None
-        # Connected in the background: a pooled sandbox's first cell finds the kernel ready.
+        # Connected beside the server's start-up; `wait_connected` joins it.
         self._connecting = threading.Thread(target=self._connect_quietly, daemon=True)
         self._connecting.start()
+
+    def wait_connected(self) -> None:
+        """Block until the client is connected or has failed (the first cell raises why)."""
+        self._connecting.join()
 
     def _connect_quietly(self) -> None:
         try:

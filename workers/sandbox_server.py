@@ -189,6 +189,8 @@ def main() -> None:
         from kernel import Kernel, KernelDied
 
         scope["kernel"], died = Kernel(), KernelDied
+        # Ready means the kernel answers: a pooled sandbox's first cell pays no kernel start.
+        scope["kernel"].wait_connected()  # type: ignore[attr-defined]
     replies.write(json.dumps({"ready": os.getpid()}) + "\n")
     replies.flush()
     for line in sys.stdin:
