@@ -8,8 +8,9 @@ a process mapped to host root could read (`/etc/shadow`). We keep its flags (`--
 check, and mount only `/usr`, the interpreter and the session's workspace.
 
 A sandbox is a long-lived `sandbox_server` process (standard library only, `python -I -S`) that
-answers one JSON request per line. The workspace lives under a root the workers share, so a
-session's files survive its partition moving to another worker; Python variables do not.
+answers one JSON request per line; a base sandbox runs an IPython kernel beside it. The workspace
+lives under the worker's root; it follows a session to another worker by a shared root or by
+store snapshots (`sandbox_snapshot.py`); Python variables do not.
 """
 
 from __future__ import annotations

@@ -2,10 +2,11 @@
 
 `app.sandbox_tools("base", "filesystem", root=...)` registers them as ordinary remote tools; each
 call runs in the calling session's sandbox on the tool worker that owns the session's partition.
-`run_ipython_cell` runs in a Python process kept per session (standard `exec`, not an IPython
-kernel: IPython and ipykernel are not installed), so variables persist across a session's calls.
-`gui` gives that sandbox a desktop (`computer_use`); `browser` runs a sandboxed Chromium per
-session (`browser.py`). Screenshots over the inline limit go to the artifact store.
+`run_ipython_cell` runs in the session's IPython kernel (`sandbox_kernel.py`), so variables
+persist across a session's calls; workspaces follow sessions through store snapshots
+(`sandbox_snapshot.py`); `client.end_session` reaches the `end_session` control tool. `gui`
+gives that sandbox a desktop (`computer_use`); `browser` runs a sandboxed Chromium per session
+(`browser.py`). Screenshots over the inline limit go to the artifact store.
 """
 
 from __future__ import annotations
