@@ -126,6 +126,8 @@ async def test_a_file_written_in_one_call_is_read_in_the_next_and_other_sessions
                 "tool read_file failed: SandboxError: FileNotFoundError: [Errno 2] No such file"
                 " or directory: '/workspace/notes.txt'",
             )
+            theirs = await h.call("s-bob", "run_ipython_cell", code="print('x' in dir())")
+            assert theirs.output == "False\n"  # alice's kernel variables are hers alone
             listing = await h.call("s-bob", "run_shell_command", command="ls -a /workspace")
             assert listing.output == ".\n..\n"
             escape = await h.call("s-bob", "read_file", path="../s-alice/notes.txt")
@@ -266,12 +268,13 @@ async def test_the_sandbox_cannot_write_outside_its_workspace_nor_reach_the_netw
         await close_all(boxes)
 
 
+@pytest.mark.broker
 async def test_a_runaway_loop_is_killed_at_the_wall_clock_limit_and_the_files_stay(
-    tmp_path: Path,
+    tmp_path: Path, rabbitmq_url: str
 ) -> None:
     app, boxes = sandboxed_app(tmp_path, pool_size=0, call_timeout=1.0)
     try:
-        async with harness(app, "w1") as (h, _):
+        async with harness(app, "w1", broker_url=rabbitmq_url) as (h, _):
             await h.call("s-loop", "write_file", path="kept.txt", content="still here")
             loop = await h.call("s-loop", "run_ipython_cell", code="while True:\n    pass")
             assert (loop.ok, loop.output) == (
@@ -286,8 +289,9 @@ async def test_a_runaway_loop_is_killed_at_the_wall_clock_limit_and_the_files_st
         await close_all(boxes)
 
 
+@pytest.mark.broker
 async def test_a_process_flood_and_a_memory_hog_are_stopped_while_other_sessions_keep_serving(
-    tmp_path: Path,
+    tmp_path: Path, rabbitmq_url: str
 ) -> None:
     # The address-space rlimit is raised so that the memory cgroup is what stops the hog.
     limits = dict(DEFAULT_LIMITS, RLIMIT_AS=8 << 30)
@@ -295,7 +299,7 @@ async def test_a_process_flood_and_a_memory_hog_are_stopped_while_other_sessions
         tmp_path, pool_size=0, pids_max=32, memory_max=256 << 20, limits=limits
     )
     try:
-        async with harness(app, "w1") as (h, _):
+        async with harness(app, "w1", broker_url=rabbitmq_url) as (h, _):
             flood = await h.call(
                 "s-flood",
                 "run_shell_command",
@@ -376,6 +380,7 @@ async def test_a_sessions_files_follow_it_to_a_second_worker_sharing_the_root(
         await close_all(boxes)
 
 
+@pytest.mark.broker
 async def test_over_rabbitmq_the_sandbox_hides_the_env_other_sessions_and_the_brokers_port(
     tmp_path: Path, rabbitmq_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -396,6 +401,20 @@ async def test_over_rabbitmq_the_sandbox_hides_the_env_other_sessions_and_the_br
             )
             broker = await h.call("s-two", "run_ipython_cell", code=code)
             assert broker.output == "ConnectionRefusedError\n"
+            shadow = await h.call("s-two", "run_shell_command", command="cat /etc/shadow")
+            assert shadow.output == (
+                "\n[stderr]\ncat: /etc/shadow: No such file or directory\n\n[exit code 1]"
+            )
+            environ = await h.call(
+                "s-two", "run_shell_command", command=f"cat /proc/{os.getpid()}/environ"
+            )
+            assert "hunter2" not in environ.output and environ.output.endswith("[exit code 1]")
+            await h.call("s-two", "run_shell_command", command="ln -s /etc/shadow planted")
+            planted = await h.call("s-two", "read_file", path="planted")
+            assert planted.output == (
+                "tool read_file failed: SandboxError: PermissionError: path 'planted' leaves the"
+                " workspace: give a path inside /workspace"
+            )
     finally:
         await close_all(boxes)
 
