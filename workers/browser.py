@@ -158,7 +158,7 @@ class BrowserBox:
         await runtime.start()
         await asyncio.to_thread(workspace.mkdir, parents=True, exist_ok=True)
         cgroups = [await asyncio.to_thread(pids_cgroup, max(config.pids_max, BROWSER_PIDS_MAX))]
-        memory = await asyncio.to_thread(memory_cgroup, config.memory_max)
+        memory = await asyncio.to_thread(memory_cgroup, config.memory_max, cgroups[0])
         if memory is not None:
             cgroups.append(memory)
         rundir = Path(tempfile.mkdtemp(prefix="aq-browser-"))

@@ -95,7 +95,7 @@ class Sandbox:
         """Start bwrap over `workspace` and wait for the server inside to say it is ready."""
         await asyncio.to_thread(workspace.mkdir, parents=True, exist_ok=True)
         cgroups = [await asyncio.to_thread(pids_cgroup, config.pids_max)]
-        memory = await asyncio.to_thread(memory_cgroup, config.memory_max)
+        memory = await asyncio.to_thread(memory_cgroup, config.memory_max, cgroups[0])
         if memory is not None:
             cgroups.append(memory)
         # sh joins the cgroups before exec'ing bwrap, so every process of the sandbox is in them.
@@ -265,7 +265,13 @@ class SandboxManager:
         """Fill the pool to its size and start the idle reaper (idempotent)."""
         while len(self.pool) < self.config.pool_size:
             workspace = self.pool_dir / uuid.uuid4().hex
-            self.pool.append(await self._start(workspace))
+            try:
+                self.pool.append(await self._start(workspace))
+            except BaseException:  # cancelled by close(), or failed: no empty workspace left
+                await asyncio.shield(
+                    asyncio.to_thread(shutil.rmtree, workspace, ignore_errors=True)
+                )
+                raise
         if self._reaper is None:
             self._reaper = asyncio.create_task(self._reap())
 

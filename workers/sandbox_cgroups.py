@@ -71,10 +71,12 @@ async def release_cgroup(group: Path, within: float = 5.0) -> None:
 MEMORY_ROOTS = (Path("/sys/fs/cgroup/memory"), Path("/sys/fs/cgroup"))  # cgroup v1, then v2
 
 
-def memory_cgroup(limit: int) -> Path | None:
+def memory_cgroup(limit: int, pids_group: Path | None = None) -> Path | None:
     """A fresh memory cgroup capped at `limit` bytes, or None (logged loudly) when none can be.
 
     A sandbox past it has its biggest process killed by the kernel; the worker is not in it.
+    On cgroup v2 a process is in one group per hierarchy: when `pids_group` is in the same one,
+    the cap is written there and None returned (there is no second group to join).
     """
     for base in MEMORY_ROOTS:
         v1 = base.name == "memory" and (base / "memory.limit_in_bytes").exists()
@@ -82,13 +84,17 @@ def memory_cgroup(limit: int) -> Path | None:
         v2 = controllers.exists() and "memory" in controllers.read_text().split()
         if not (v1 or v2):
             continue
-        group = base / f"agentqueue-sandbox-{uuid.uuid4().hex[:12]}"
+        shared = v2 and pids_group is not None and pids_group.parent == base
+        group = pids_group if shared else base / f"agentqueue-sandbox-{uuid.uuid4().hex[:12]}"
+        assert group is not None
         try:
-            group.mkdir()
+            if not shared:
+                group.mkdir()
             (group / ("memory.limit_in_bytes" if v1 else "memory.max")).write_text(f"{limit}\n")
         except OSError as exc:
-            with contextlib.suppress(OSError):
-                group.rmdir()
+            if not shared:
+                with contextlib.suppress(OSError):
+                    group.rmdir()
             log.warning(
                 "sandbox runs WITHOUT a memory limit: cannot create a memory cgroup"
                 " under %s (%s); make the memory controller writable by the worker",
@@ -96,7 +102,7 @@ def memory_cgroup(limit: int) -> Path | None:
                 exc,
             )
             return None
-        return group
+        return None if shared else group
     log.warning(
         "sandbox runs WITHOUT a memory limit: no memory cgroup controller under %s;"
         " mount it writable for the worker",
