@@ -92,14 +92,22 @@ class Kernel:
             except RuntimeError:
                 continue
         else:
-            raise RuntimeError("the IPython kernel did not become ready within 60 s")
+            raise KernelDied(
+                "the IPython kernel did not answer within 60 s of its start; the sandbox was"
+                " replaced: files kept, Python variables lost"
+            )
         self.client = client
 
     def run(self, code: str) -> str:
         """Run one cell; its streams, results, displays and traceback as text."""
         self._connecting.join()
         if self.client is None:
-            raise self._failed or RuntimeError("the IPython kernel could not be reached")
+            if isinstance(self._failed, KernelDied):
+                raise self._failed
+            raise KernelDied(
+                f"the IPython kernel could not be reached ({self._failed}); the sandbox was"
+                " replaced: files kept, Python variables lost"
+            )
         client = self.client
         msg_id = client.execute(code, store_history=True, allow_stdin=False)
         parts: list[str] = []

@@ -179,12 +179,16 @@ def _png(width: int, height: int, data: bytes) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", data) + chunk(b"IEND", b"")
 
 
+class NoKernel(Exception):
+    """Stands in for KernelDied in a sandbox that has no kernel."""
+
+
 def main() -> None:
     _limits(json.loads(sys.argv[1]))
     options = json.loads(sys.argv[2]) if len(sys.argv) > 2 else {}
     replies = os.fdopen(os.dup(1), "w", encoding="utf-8")  # cells' prints never reach it
     scope: dict[str, object] = {"__name__": "__main__"}
-    died: type[Exception] = RuntimeError
+    died: type[Exception] = NoKernel  # never raised: a sandbox without a kernel is never broken
     if options.get("kernel"):
         from kernel import Kernel, KernelDied
 
