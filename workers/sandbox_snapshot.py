@@ -18,6 +18,7 @@ import os
 import shutil
 import stat
 import tarfile
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -99,6 +100,7 @@ RESTORED = (
 
 
 NOTE = "sandbox-workspace"  # the store note holding the digest of a workspace's last snapshot
+USED = "sandbox-used"  # the store note holding when a session's sandbox was last called
 
 
 class WorkspaceSync:
@@ -109,6 +111,23 @@ class WorkspaceSync:
         self.last: dict[Path, str] = {}  # the digest each workspace had when last looked at
         self.unsaved: dict[Path, str] = {}  # over the limit: newer here than in the store
         self.locks: dict[Path, asyncio.Lock] = {}
+        self.touched: dict[Path, float] = {}  # when this worker last wrote the USED note
+
+    async def touch(self, store: SessionStore, workspace: Path, ttl: float) -> None:
+        """Note in the store that the session was used now (for the session idle TTL).
+
+        Written at most every ttl/4 seconds (and once a minute at most), so a busy session
+        costs few store writes; the TTL is seen by every worker through the store.
+        """
+        now = time.time()
+        if now - self.touched.get(workspace, 0.0) >= min(60.0, ttl / 4):
+            await store.put_note(USED, workspace.name, repr(now).encode())
+            self.touched[workspace] = now
+
+    async def expired(self, store: SessionStore, workspace: Path, ttl: float) -> bool:
+        """Whether the session of `workspace` was last used (by any worker) over `ttl` ago."""
+        used = await store.note(USED, workspace.name)
+        return bool(used) and time.time() - float(used) > ttl
 
     async def restore(self, store: SessionStore, workspace: Path) -> bool:
         """Unpack the store's snapshot into `workspace` unless the local copy is as new."""
@@ -159,6 +178,8 @@ class WorkspaceSync:
         async with self.locks.setdefault(workspace, asyncio.Lock()):
             await store.put_note(NOTE, workspace.name, b"")
             await store.put_artifact(snapshot_key(workspace.name), b"")
+            await store.put_note(USED, workspace.name, b"")
+            self.touched.pop(workspace, None)
             self.last.pop(workspace, None)
             self.unsaved.pop(workspace, None)
         self.locks.pop(workspace, None)

@@ -13,9 +13,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import dataclasses
 import functools
 import json
+import logging
+import os
 import shutil
 import uuid
 from pathlib import Path
@@ -38,6 +41,8 @@ from agentqueue.workers.toolkit import ToolOutput
 if TYPE_CHECKING:
     from agentqueue.workers.app import App
 
+log = logging.getLogger("agentqueue.sandbox")
+
 
 class Sandboxes:
     """An app's sandbox configuration and one SandboxManager per worker that serves it."""
@@ -50,6 +55,9 @@ class Sandboxes:
         self.runtimes: dict[str, BrowserRuntime] = {}
         self._artifacts: SessionStore | None = None
         self.sync = WorkspaceSync(config.snapshot_max)
+        self.stores: dict[str, SessionStore] = {}  # each worker's store, seen in its calls
+        self.sweepers: dict[str, asyncio.Task[None]] = {}
+        self.in_flight: dict[Path, int] = {}  # workspaces with a call running now
 
     def browser_manager(self, worker_name: str) -> SandboxManager:
         """The browser sandboxes of the worker called `worker_name` (created on first use)."""
@@ -141,8 +149,52 @@ class Sandboxes:
             self._artifacts = open_store(self.config.artifacts or Settings.load().store)
         return self._artifacts
 
+    async def sweep(self, worker_name: str) -> list[str]:
+        """End the sessions whose workspaces are here and idle past the store's session TTL.
+
+        Idle is read from the store (the last call by any worker), so a session that moved on
+        is not ended by the worker it left. Returns the workspaces' names.
+        """
+        store = self.stores.get(worker_name)
+        ttl = store.session_ttl if store is not None else None
+        root = self.config.root
+        if store is None or not ttl or not await asyncio.to_thread(root.is_dir):
+            return []
+        ended = []
+        manager = self.managers.get(worker_name)
+        for name in sorted(await asyncio.to_thread(os.listdir, root)):
+            workspace = root / name
+            if name.startswith(".") or workspace in self.in_flight:
+                continue
+            if not await self.sync.expired(store, workspace, ttl):
+                continue
+            for session_id, box in list(manager.sessions.items() if manager else ()):
+                if box.workspace == workspace:
+                    del manager.sessions[session_id]  # type: ignore[union-attr]
+                    await box.close()
+            await asyncio.to_thread(shutil.rmtree, workspace, ignore_errors=True)
+            await self.sync.forget(store, workspace)
+            log.info("ended idle sandbox session %s (session TTL %s s)", name, ttl)
+            ended.append(name)
+        return ended
+
+    async def _sweep_forever(self, worker_name: str) -> None:
+        while True:
+            store = self.stores.get(worker_name)
+            ttl = store.session_ttl if store is not None else None
+            await asyncio.sleep(min(30.0, ttl / 4) if ttl else 1.0)
+            try:
+                await self.sweep(worker_name)
+            except Exception:  # a store hiccup: the next round tries again
+                log.exception("sweeping idle sandbox sessions failed; trying again")
+
     async def close_worker(self, worker_name: str) -> None:
         """Close every sandbox and browser of one worker (gone from the maps once closed)."""
+        sweeper = self.sweepers.pop(worker_name, None)
+        if sweeper is not None:
+            sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sweeper
         runtime = self.runtimes.get(worker_name)
         if runtime is not None:
             await self.browsers[worker_name].close()
@@ -167,11 +219,32 @@ class Sandboxes:
         agent is told of either (`notes=False` leaves the output untouched, e.g. JSON).
         """
         session_id, worker_name = current_call.get()
+        workspace = self.config.root / workspace_name(session_id)
+        store = self.artifact_store()
+        self.stores[worker_name] = store  # for the idle sweep, which runs outside any call
+        self.in_flight[workspace] = self.in_flight.get(workspace, 0) + 1  # never swept meanwhile
+        try:
+            if store.session_ttl:
+                await self.sync.touch(store, workspace, store.session_ttl)
+            return await self._call(session_id, worker_name, workspace, store, op, args, notes)
+        finally:
+            self.in_flight[workspace] -= 1
+            if not self.in_flight[workspace]:
+                del self.in_flight[workspace]
+
+    async def _call(
+        self,
+        session_id: str,
+        worker_name: str,
+        workspace: Path,
+        store: SessionStore,
+        op: str,
+        args: dict[str, object],
+        notes: bool,
+    ) -> str:
         manager = self.manager(worker_name)
         if not self.config.snapshot_max:
             return await manager.call(session_id, op, args)
-        workspace = manager.config.root / workspace_name(session_id)
-        store = self.artifact_store()
         restored = session_id not in manager.sessions and await self.sync.restore(store, workspace)
         try:
             output = await manager.call(session_id, op, args)
@@ -222,6 +295,7 @@ def register(app: App, types: tuple[str, ...], config: SandboxConfig) -> Sandbox
         # A tool worker: its first new session must not pay a cold start.
         if {"base", "filesystem", "gui"} & set(types):
             await boxes.manager(worker_id).warm()
+            boxes.sweepers[worker_id] = asyncio.create_task(boxes._sweep_forever(worker_id))
         if "browser" in types:
             await boxes.browser_manager(worker_id).warm()
 

@@ -64,7 +64,7 @@ class Harness:
 
 @asynccontextmanager
 async def harness(
-    app: App, *worker_ids: str, broker_url: str | None = None
+    app: App, *worker_ids: str, broker_url: str | None = None, session_ttl: float | None = None
 ) -> AsyncIterator[tuple[Harness, list[Worker]]]:
     """A broker (memory unless given) and one tool worker per id (the first owns the partition)."""
     topology = Topology(namespace=f"sbx{new_id()[:6]}", partitions=1, tool_partitions=1)
@@ -77,7 +77,7 @@ async def harness(
             Worker(
                 app,
                 broker,
-                MemorySessionStore(f"memory://{new_id()[:8]}"),
+                MemorySessionStore(f"memory://{new_id()[:8]}", session_ttl=session_ttl),
                 worker_settings(topology),
                 worker_id=worker_id,
             )
@@ -186,6 +186,26 @@ async def test_a_workspace_over_the_snapshot_limit_is_not_saved_and_the_agent_is
             assert snapshot is not None
             with tarfile.open(fileobj=io.BytesIO(snapshot)) as tar:
                 assert tar.getnames() == ["a.txt"]  # the last snapshot that fit
+    finally:
+        await close_all(boxes)
+
+
+async def test_a_session_idle_past_the_stores_session_ttl_loses_its_sandbox_workspace_and_snapshot(
+    tmp_path: Path,
+) -> None:
+    app, boxes = sandboxed_app(tmp_path, pool_size=0)
+    try:
+        async with harness(app, "w1", session_ttl=0.4) as (h, workers):
+            await h.call("s-ttl", "write_file", path="a.txt", content="soon gone")
+            store = workers[0].store
+            assert await store.get_artifact("sandbox-workspace/s-ttl")
+            manager = boxes.manager("w1")
+            with anyio.fail_after(20):
+                while "s-ttl" in manager.sessions or (tmp_path / "s-ttl").exists():
+                    await anyio.sleep(0.05)
+            assert await store.get_artifact("sandbox-workspace/s-ttl") == b""
+            again = await h.call("s-ttl", "list_directory", path=".")
+            assert (again.ok, again.output) == (True, "")  # a fresh sandbox, nothing restored
     finally:
         await close_all(boxes)
 
