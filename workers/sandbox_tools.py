@@ -17,9 +17,6 @@ import contextlib
 import dataclasses
 import functools
 import json
-import logging
-import os
-import shutil
 import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -32,6 +29,8 @@ from agentqueue.workers.errors import SandboxError, UnknownSandboxType
 from agentqueue.workers.sandbox import SandboxConfig, SandboxManager, workspace_name
 from agentqueue.workers.sandbox_fs_tools import register_filesystem
 from agentqueue.workers.sandbox_proxy import NetworkPolicy
+from agentqueue.workers.sandbox_sessions import end_session as end_sandboxes
+from agentqueue.workers.sandbox_sessions import sweep_forever
 from agentqueue.workers.sandbox_snapshot import END_SESSION_TOOL, RESTORED, WorkspaceSync
 from agentqueue.workers.session_store import ARTIFACT_REF, SessionStore, open_store
 from agentqueue.workers.settings import Settings
@@ -40,8 +39,6 @@ from agentqueue.workers.toolkit import ToolOutput
 
 if TYPE_CHECKING:
     from agentqueue.workers.app import App
-
-log = logging.getLogger("agentqueue.sandbox")
 
 
 class Sandboxes:
@@ -118,27 +115,6 @@ class Sandboxes:
         image.ref = ARTIFACT_REF + key
         return ToolOutput(f"{text}, stored as {image.ref}", [image])
 
-    async def end_session(self) -> str:
-        """Close the calling session's sandboxes here; delete its workspaces and snapshot."""
-        session_id, worker_name = current_call.get()
-        closed = []
-        for kind, managers in (("sandbox", self.managers), ("browser", self.browsers)):
-            manager = managers.get(worker_name)
-            box = manager.sessions.pop(session_id, None) if manager else None
-            if box is not None:
-                await box.close()
-                closed.append(kind)
-        name = workspace_name(session_id)
-        for workspace in (self.config.root / name, self.config.root / ".browser" / name):
-            await asyncio.to_thread(shutil.rmtree, workspace, ignore_errors=True)
-        if self.config.snapshot_max:
-            await self.sync.forget(self.artifact_store(), self.config.root / name)
-        return (
-            f"ended session {session_id!r} on {worker_name}: closed"
-            f" {' and '.join(closed) or 'nothing (no sandbox was open)'}; its workspace and its"
-            " snapshot are deleted"
-        )
-
     def artifact_store(self) -> SessionStore:
         """Where large images go: the `artifacts` store, else the running worker's own store."""
         if self.config.artifacts is None:
@@ -148,45 +124,6 @@ class Sandboxes:
         if self._artifacts is None:
             self._artifacts = open_store(self.config.artifacts or Settings.load().store)
         return self._artifacts
-
-    async def sweep(self, worker_name: str) -> list[str]:
-        """End the sessions whose workspaces are here and idle past the store's session TTL.
-
-        Idle is read from the store (the last call by any worker), so a session that moved on
-        is not ended by the worker it left. Returns the workspaces' names.
-        """
-        store = self.stores.get(worker_name)
-        ttl = store.session_ttl if store is not None else None
-        root = self.config.root
-        if store is None or not ttl or not await asyncio.to_thread(root.is_dir):
-            return []
-        ended = []
-        manager = self.managers.get(worker_name)
-        for name in sorted(await asyncio.to_thread(os.listdir, root)):
-            workspace = root / name
-            if name.startswith(".") or workspace in self.in_flight:
-                continue
-            if not await self.sync.expired(store, workspace, ttl):
-                continue
-            for session_id, box in list(manager.sessions.items() if manager else ()):
-                if box.workspace == workspace:
-                    del manager.sessions[session_id]  # type: ignore[union-attr]
-                    await box.close()
-            await asyncio.to_thread(shutil.rmtree, workspace, ignore_errors=True)
-            await self.sync.forget(store, workspace)
-            log.info("ended idle sandbox session %s (session TTL %s s)", name, ttl)
-            ended.append(name)
-        return ended
-
-    async def _sweep_forever(self, worker_name: str) -> None:
-        while True:
-            store = self.stores.get(worker_name)
-            ttl = store.session_ttl if store is not None else None
-            await asyncio.sleep(min(30.0, ttl / 4) if ttl else 1.0)
-            try:
-                await self.sweep(worker_name)
-            except Exception:  # a store hiccup: the next round tries again
-                log.exception("sweeping idle sandbox sessions failed; trying again")
 
     async def close_worker(self, worker_name: str) -> None:
         """Close every sandbox and browser of one worker (gone from the maps once closed)."""
@@ -295,7 +232,7 @@ def register(app: App, types: tuple[str, ...], config: SandboxConfig) -> Sandbox
         # A tool worker: its first new session must not pay a cold start.
         if {"base", "filesystem", "gui"} & set(types):
             await boxes.manager(worker_id).warm()
-            boxes.sweepers[worker_id] = asyncio.create_task(boxes._sweep_forever(worker_id))
+            boxes.sweepers[worker_id] = asyncio.create_task(sweep_forever(boxes, worker_id))
         if "browser" in types:
             await boxes.browser_manager(worker_id).warm()
 
@@ -337,7 +274,7 @@ def register(app: App, types: tuple[str, ...], config: SandboxConfig) -> Sandbox
         @app.tool(name=END_SESSION_TOOL, offered=False, timeout=config.call_timeout + 10.0)
         async def end_session() -> str:
             """Close the calling session's sandboxes; delete its workspaces and snapshots."""
-            return "\n".join([await each.end_session() for each in app.sandbox_sets])
+            return "\n".join([await end_sandboxes(each) for each in app.sandbox_sets])
 
     if "gui" in types:
 
