@@ -187,6 +187,11 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="through a local MNS server and FC instances (the Alibaba Cloud path)",
     )
+    p.add_argument(
+        "--sandbox",
+        action="store_true",
+        help="the data-analyst example: Python in a per-session sandbox, two turns sharing it",
+    )
 
     p = sub.add_parser(
         "local", help="servers for development: RabbitMQ, an MNS server, an FC emulator, a model"
@@ -667,6 +672,12 @@ def _demo(args: argparse.Namespace, settings: Settings) -> int:
         from agentqueue.demo_cloud import run_cloud_local_demo
 
         report = anyio.run(run_cloud_local_demo, args.app, settings)
+        print(report.summary())
+        return 0 if report.lost == 0 else 1
+    if args.sandbox:
+        from agentqueue.demo import run_sandbox_demo
+
+        report = anyio.run(run_sandbox_demo, settings)
         print(report.summary())
         return 0 if report.lost == 0 else 1
     with _telemetry(settings, "agentqueue-demo"):

@@ -34,6 +34,7 @@ from agentqueue.protocol.messages import (
     user_message,
 )
 from agentqueue.settings import Settings
+from agentqueue.workers.sandbox_snapshot import END_SESSION_TOOL
 from agentqueue.workers.session_store import artifact_key, open_store
 from agentqueue.workers.stream_log import (
     DEFAULT_STREAM_EVENTS,
@@ -520,6 +521,11 @@ class Client:
         async with self._slots:
             with tracing.round_trip("call_tool", name, tool=True) as trip, trip.current():
                 return await self._call_tool(name, arguments, session_id, timeout)
+
+    async def end_session(self, session_id: str, *, timeout: float | None = None) -> str:
+        """End a session's sandboxes: closed on the worker owning its tool partition, their
+        workspaces and snapshots deleted; returns what was closed."""
+        return await self.call_tool(END_SESSION_TOOL, session_id=session_id, timeout=timeout)
 
     async def fetch_artifact(self, ref: str, *, store: str | None = None) -> bytes:
         """The bytes of an image a tool returned by reference (`Image.ref`).

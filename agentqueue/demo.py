@@ -43,8 +43,15 @@ class DemoReport:
         )
 
 
-async def run_demo(app: App, settings: Settings, *, out=sys.stdout) -> DemoReport:  # type: ignore[no-untyped-def]
-    """Run 3 sessions x 2 turns through two workers and print each exchange."""
+async def run_demo(  # type: ignore[no-untyped-def]
+    app: App,
+    settings: Settings,
+    *,
+    out=sys.stdout,
+    conversations: list[tuple[str, list[str]]] | None = None,
+) -> DemoReport:
+    """Run the conversations (default: 3 sessions x 2 turns) through two workers, print them."""
+    conversations = CONVERSATIONS if conversations is None else conversations
     topology = settings.topology
     half = topology.partitions // 2
     store_dir = tempfile.TemporaryDirectory(prefix="agentqueue-demo-")
@@ -87,19 +94,37 @@ async def run_demo(app: App, settings: Settings, *, out=sys.stdout) -> DemoRepor
         for worker in workers:
             await tg.start(worker.run)
         async with Client(broker, topology=topology, default_timeout=settings.timeout) as client:
-            replies, lost = await converse_all(client, out)
+            replies, lost = await converse_all(
+                client, out, conversations, end_sessions=bool(app.sandbox_sets)
+            )
         for worker in workers:
             worker.stop()
     for store in stores:
         await store.close()
     store_dir.cleanup()
     print_tool_trace(spans, out)
-    turns = sum(len(t) for _, t in CONVERSATIONS)
-    return DemoReport(len(CONVERSATIONS), turns, replies, lost)
+    turns = sum(len(t) for _, t in conversations)
+    return DemoReport(len(conversations), turns, replies, lost)
 
 
-async def converse_all(client: Client, out=sys.stdout) -> tuple[int, int]:  # type: ignore[no-untyped-def]
-    """Hold the CONVERSATIONS side by side, print each exchange; returns (replies, lost)."""
+async def run_sandbox_demo(settings: Settings, *, out=sys.stdout) -> DemoReport:  # type: ignore[no-untyped-def]
+    """The data analyst (examples/analyst.py): one session, turn 2 uses turn 1's variables."""
+    analyst = importlib.import_module("examples.analyst")
+    return await run_demo(analyst.app, settings, out=out, conversations=[("ana", analyst.TURNS)])
+
+
+async def converse_all(  # type: ignore[no-untyped-def]
+    client: Client,
+    out=sys.stdout,
+    conversations: list[tuple[str, list[str]]] | None = None,
+    end_sessions: bool = False,
+) -> tuple[int, int]:
+    """Hold the conversations side by side, print each exchange; returns (replies, lost).
+
+    With `end_sessions` (an app with sandboxes) each session is ended afterwards
+    (`client.end_session`), so its workspace does not outlive the demo.
+    """
+    conversations = CONVERSATIONS if conversations is None else conversations
     transcripts: dict[str, list[tuple[str, str, str]]] = {}
     replies = lost = 0
 
@@ -116,11 +141,13 @@ async def converse_all(client: Client, out=sys.stdout) -> tuple[int, int]:  # ty
                 continue
             replies += 1
             lines.append((text, result.text, result.worker or "?"))
+        if end_sessions:
+            await client.end_session(session)
 
-    async with anyio.create_task_group() as conversations:
-        for name, turns in CONVERSATIONS:
-            conversations.start_soon(converse, name, turns)
-    for name, _ in CONVERSATIONS:
+    async with anyio.create_task_group() as group:
+        for name, turns in conversations:
+            group.start_soon(converse, name, turns)
+    for name, _ in conversations:
         print(f"── session {name} " + "─" * (60 - len(name)), file=out)
         for said, answer, worker in transcripts[name]:
             print(f"  you    › {said}", file=out)

@@ -1,6 +1,6 @@
 """The first call of a new session, cold start vs warm pool, for every sandbox type.
 
-    uv run python -m benchmarks.sandbox_start [--runs 5]
+    uv run python -m benchmarks.sandbox_start [--runs 5] [--types base browser gui]
 
 Through a tool worker on the embedded (memory) broker, with `Client.call_tool`: for each type,
 the first call of a fresh session with no pool (cold: bwrap, plus Chromium or Xvfb, starts in
@@ -66,11 +66,11 @@ async def first_calls(kind: str, pool_size: int, runs: int, root: Path) -> tuple
     return statistics.median(firsts), statistics.median(kept)
 
 
-async def main(runs: int) -> None:
+async def main(runs: int, types: list[str]) -> None:
     with tempfile.TemporaryDirectory(prefix="aq-bench-") as tmp:
         print("| type | first call, cold start | first call, warm pool | call on a kept sandbox |")
         print("|---|---|---|---|")
-        for kind in CALLS:
+        for kind in types:
             cold, _ = await first_calls(kind, 0, runs, Path(tmp))
             warm, kept = await first_calls(kind, 1, runs, Path(tmp))
             print(f"| `{kind}` | {cold:.0f} ms | {warm:.1f} ms | {kept:.1f} ms |")
@@ -79,4 +79,6 @@ async def main(runs: int) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--runs", type=int, default=5)
-    anyio.run(main, parser.parse_args().runs)
+    parser.add_argument("--types", nargs="+", choices=list(CALLS), default=list(CALLS))
+    args = parser.parse_args()
+    anyio.run(main, args.runs, args.types)

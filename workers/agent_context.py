@@ -99,7 +99,7 @@ class AgentContext:
     def _specs(self, names: Iterable[str] | None) -> list[ToolSpec]:
         """The specs for the given names (all when None); unknown names are an error."""
         if names is None:
-            return list(self.tools.values())
+            return [spec for spec in self.tools.values() if spec.offered]
         if isinstance(names, str):
             names = [names]
         wanted = list(dict.fromkeys(names))

@@ -107,6 +107,7 @@ class App:
         retry_on: tuple[type[Exception], ...] = (),
         requires_approval: bool | NeedsApproval = False,
         approval_timeout: float | None = None,
+        offered: bool = True,
     ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
         """Expose a typed function as a tool; `remote=True` runs it on tool workers as events.
 
@@ -115,6 +116,7 @@ class App:
         `requires_approval` (True, or a predicate on the arguments) pauses the turn before a
         call until `client.approve` or `client.deny` decides it, or `approval_timeout` seconds
         (default: the worker's AGENTQUEUE_APPROVAL_TIMEOUT) pass and it counts as denied.
+        `offered=False` keeps the tool from agents' models (callers still reach it).
         """
 
         def register(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -131,6 +133,7 @@ class App:
                 retry_on=retry_on,
                 requires_approval=requires_approval,
                 approval_timeout=approval_timeout,
+                offered=offered,
             )
             return func
 
@@ -150,14 +153,19 @@ class App:
         screen: tuple[int, int] = (1024, 768),
         inline_image_limit: int = 32 * 1024,
         artifacts: str | None = None,
+        limits: dict[str, int] | None = None,
+        snapshot_max: int = 16 << 20,
     ) -> Any:
         """Register sandboxed tool sets (`"base"`, `"filesystem"`, `"browser"`, `"gui"`) that
         run per session in bwrap.
 
-        `root` holds the sessions' workspaces and must be shared by the tool workers for files
-        to follow a session to another worker (default `$XDG_STATE_HOME/agentqueue/sandboxes`,
-        beside the default session store). `network` is what a browser may reach: `"none"` or
-        a list of `host` / `host:port`; `memory_max` caps a browser by a memory cgroup;
+        `root` holds the sessions' workspaces (default: the worker's AGENTQUEUE_SANDBOX_ROOT,
+        else `$XDG_STATE_HOME/agentqueue/sandboxes`). `network` is what a browser may reach:
+        `"none"` or a list of `host` / `host:port`; `memory_max` caps each sandbox by a memory
+        cgroup;
+        `limits` replaces the rlimits (`resource.RLIMIT_*` names to values) of base sandboxes;
+        a workspace of up to `snapshot_max` bytes is snapshot into the store after each call
+        that changed it and restored where the session moves (0: off, for a shared root);
         `screen` is a gui display's and a browser viewport's size; images over
         `inline_image_limit` bytes go to the store `artifacts` (default: the worker's) and
         travel by reference. Returns the `Sandboxes` object that owns each worker's sandboxes.
@@ -166,9 +174,9 @@ class App:
 
         from agentqueue.workers import sandbox_tools
         from agentqueue.workers.sandbox_proxy import network_allow_list
-        from agentqueue.workers.settings import state_dir
+        from agentqueue.workers.settings import Settings, state_dir
 
-        where = Path(root) if root else Path(state_dir()) / "sandboxes"
+        where = Path(root or Settings.load().sandbox_root or Path(state_dir()) / "sandboxes")
         config = sandbox_tools.default_config(
             where,
             pool_size=pool_size,
@@ -181,6 +189,8 @@ class App:
             screen=tuple(screen),
             inline_image_limit=inline_image_limit,
             artifacts=artifacts,
+            snapshot_max=snapshot_max,
+            **({"limits": dict(limits)} if limits is not None else {}),
         )
         boxes = sandbox_tools.register(self, types, config)
         self.sandbox_sets.append(boxes)

@@ -23,12 +23,12 @@ import shutil
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
 from agentqueue.workers.errors import SandboxError
-from agentqueue.workers.sandbox import SandboxConfig, bwrap_prefix, pids_cgroup, release_cgroup
+from agentqueue.workers.sandbox import SandboxConfig, bwrap_prefix
+from agentqueue.workers.sandbox_cgroups import memory_cgroup, pids_cgroup, release_cgroup
 from agentqueue.workers.sandbox_proxy import FilteringProxy, NetworkPolicy
 
 log = logging.getLogger("agentqueue.sandbox")
@@ -48,38 +48,6 @@ CHROMIUM_FLAGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
-MEMORY_ROOTS = (Path("/sys/fs/cgroup/memory"), Path("/sys/fs/cgroup"))  # cgroup v1, then v2
-
-
-def memory_cgroup(limit: int) -> Path | None:
-    """A fresh memory cgroup capped at `limit` bytes, or None (logged loudly) when none can be."""
-    for base in MEMORY_ROOTS:
-        v1 = base.name == "memory" and (base / "memory.limit_in_bytes").exists()
-        controllers = base / "cgroup.controllers"
-        v2 = controllers.exists() and "memory" in controllers.read_text().split()
-        if not (v1 or v2):
-            continue
-        group = base / f"agentqueue-browser-{uuid.uuid4().hex[:12]}"
-        try:
-            group.mkdir()
-            (group / ("memory.limit_in_bytes" if v1 else "memory.max")).write_text(f"{limit}\n")
-        except OSError as exc:
-            with contextlib.suppress(OSError):
-                group.rmdir()
-            log.warning(
-                "browser sandbox runs WITHOUT a memory limit: cannot create a memory cgroup"
-                " under %s (%s); make the memory controller writable by the worker",
-                base,
-                exc,
-            )
-            return None
-        return group
-    log.warning(
-        "browser sandbox runs WITHOUT a memory limit: no memory cgroup controller under %s;"
-        " mount it writable for the worker",
-        ", ".join(map(str, MEMORY_ROOTS)),
-    )
-    return None
 
 
 def require_chromium() -> None:
@@ -190,7 +158,7 @@ class BrowserBox:
         await runtime.start()
         await asyncio.to_thread(workspace.mkdir, parents=True, exist_ok=True)
         cgroups = [await asyncio.to_thread(pids_cgroup, max(config.pids_max, BROWSER_PIDS_MAX))]
-        memory = await asyncio.to_thread(memory_cgroup, config.memory_max)
+        memory = await asyncio.to_thread(memory_cgroup, config.memory_max, cgroups[0])
         if memory is not None:
             cgroups.append(memory)
         rundir = Path(tempfile.mkdtemp(prefix="aq-browser-"))

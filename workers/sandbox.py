@@ -8,21 +8,23 @@ a process mapped to host root could read (`/etc/shadow`). We keep its flags (`--
 check, and mount only `/usr`, the interpreter and the session's workspace.
 
 A sandbox is a long-lived `sandbox_server` process (standard library only, `python -I -S`) that
-answers one JSON request per line. The workspace lives under a root the workers share, so a
-session's files survive its partition moving to another worker; Python variables do not.
+answers one JSON request per line; a base sandbox runs an IPython kernel beside it. The workspace
+lives under the worker's root; it follows a session to another worker by a shared root or by
+store snapshots (`sandbox_snapshot.py`); Python variables do not.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import functools
 import hashlib
 import json
 import os
 import re
+import shutil
 import sys
+import sysconfig
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -31,8 +33,11 @@ from pathlib import Path
 from typing import Any
 
 from agentqueue.workers.errors import SandboxError
+from agentqueue.workers.sandbox_cgroups import memory_cgroup, pids_cgroup, release_cgroup
 
 SERVER = Path(__file__).with_name("sandbox_server.py")
+KERNEL = Path(__file__).with_name("sandbox_kernel.py")
+FILES = Path(__file__).with_name("sandbox_files.py")
 DEFAULT_LIMITS = {
     "RLIMIT_AS": 1 << 30,  # 1 GiB of address space
     "RLIMIT_FSIZE": 64 << 20,  # 64 MiB per file written
@@ -59,21 +64,27 @@ class SandboxConfig:
     share_net: bool = False
     pids_max: int = 128  # enforced by the pids cgroup: RLIMIT_NPROC does not bind host root
     limits: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_LIMITS))
-    memory_max: int = 1 << 30  # bytes, by a memory cgroup, for browsers (no RLIMIT_AS there)
+    memory_max: int = 1 << 30  # bytes, by a memory cgroup (all of a sandbox's processes)
     network: tuple[str, ...] = ()  # hosts a browser may reach through the proxy; () is none
     screen: tuple[int, int] = (1024, 768)  # a gui sandbox's display, a browser's viewport
     inline_image_limit: int = 32 * 1024  # bytes; larger screenshots go to the artifact store
     artifacts: str | None = None  # the store URL for large screenshots (None: the worker's)
     display: bool = False  # a gui sandbox: Xvfb, a window manager and xdotool beside the server
+    kernel: bool = False  # a base sandbox: an IPython kernel runs `run_ipython_cell`
+    # Bytes of files up to which a workspace is snapshot into the store after each call that
+    # changed it, so it follows the session to a worker with another root; 0 is off.
+    snapshot_max: int = 16 << 20
 
 
 class Sandbox:
     """One bwrap process bound to one workspace directory; requests run one at a time."""
 
-    def __init__(self, workspace: Path, process: asyncio.subprocess.Process, cgroup: Path) -> None:
+    def __init__(
+        self, workspace: Path, process: asyncio.subprocess.Process, cgroups: list[Path]
+    ) -> None:
         self.workspace = workspace
         self.process = process
-        self.cgroup = cgroup
+        self.cgroups = cgroups
         self.started_at = time.time()
         self.last_used = time.monotonic()
         self.from_pool = False
@@ -83,17 +94,20 @@ class Sandbox:
     async def start(cls, workspace: Path, config: SandboxConfig) -> Sandbox:
         """Start bwrap over `workspace` and wait for the server inside to say it is ready."""
         await asyncio.to_thread(workspace.mkdir, parents=True, exist_ok=True)
-        cgroup = await asyncio.to_thread(pids_cgroup, config.pids_max)
-        # sh joins the cgroup before exec'ing bwrap, so every process of the sandbox is in it.
+        cgroups = [await asyncio.to_thread(pids_cgroup, config.pids_max)]
+        memory = await asyncio.to_thread(memory_cgroup, config.memory_max, cgroups[0])
+        if memory is not None:
+            cgroups.append(memory)
+        # sh joins the cgroups before exec'ing bwrap, so every process of the sandbox is in them.
         process: asyncio.subprocess.Process | None = None
         try:
-            join = 'echo $$ > "$1" && shift && exec "$@"'
+            join = 'echo $$ > "$1" && shift && ' * len(cgroups) + 'exec "$@"'
             process = await asyncio.create_subprocess_exec(
                 "/bin/sh",
                 "-c",
                 join,
                 "sh",
-                str(cgroup / "cgroup.procs"),
+                *(str(group / "cgroup.procs") for group in cgroups),
                 *bwrap_command(workspace, config),
                 stdin=asyncio.subprocess.PIPE,
                 stdout=asyncio.subprocess.PIPE,
@@ -108,14 +122,15 @@ class Sandbox:
                     (await process.stderr.read()).decode(errors="replace") if process.stderr else ""
                 )
                 raise SandboxError(f"sandbox failed to start: {err.strip() or 'no output'}")
-            return cls(workspace, process, cgroup)
+            return cls(workspace, process, cgroups)
         except BaseException:
             # Cancelled or failed half-way: leave neither a process nor an empty cgroup behind.
             if process is not None and process.returncode is None:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(process.pid, 9)
-            with contextlib.suppress(OSError, TimeoutError):
-                await asyncio.shield(release_cgroup(cgroup))
+            for group in cgroups:
+                with contextlib.suppress(OSError, TimeoutError):
+                    await asyncio.shield(release_cgroup(group))
             raise
 
     async def request(self, op: str, args: dict[str, object], timeout: float) -> tuple[bool, str]:
@@ -145,6 +160,9 @@ class Sandbox:
                     " the sandbox was restarted (files kept, Python variables lost)"
                 )
             reply = json.loads(line)
+            if reply.get("broken"):
+                await self.close()  # the next call of the session starts a fresh sandbox
+                raise SandboxError(str(reply["output"]))
             return bool(reply["ok"]), str(reply["output"])
 
     @property
@@ -162,64 +180,22 @@ class Sandbox:
         """Kill the sandbox's whole process group and reap it."""
         self.kill()
         await self.process.wait()
-        await release_cgroup(self.cgroup)
-
-
-PIDS_ROOTS = (Path("/sys/fs/cgroup/pids"), Path("/sys/fs/cgroup"))  # cgroup v1, then v2
-
-
-def pids_cgroup(pids_max: int) -> Path:
-    """A fresh pids cgroup limited to `pids_max` tasks; refused when none can be made."""
-    for base in PIDS_ROOTS:
-        v1 = base.name == "pids" and (base / "tasks").exists()
-        v2 = (base / "cgroup.controllers").exists() and "pids" in (
-            base / "cgroup.controllers"
-        ).read_text().split()
-        if v1 or v2:
-            group = base / f"agentqueue-sandbox-{uuid.uuid4().hex[:12]}"
-            try:
-                group.mkdir()
-                (group / "pids.max").write_text(f"{pids_max}\n")
-            except OSError as exc:
-                raise SandboxError(
-                    f"cannot create a pids cgroup under {base} ({exc}): sandboxes need the pids"
-                    " controller writable by the worker to cap their process count"
-                ) from None
-            return group
-    raise SandboxError(
-        f"no pids cgroup controller found under {', '.join(map(str, PIDS_ROOTS))}: sandboxes"
-        " need it to cap their process count; mount the pids controller"
-    )
-
-
-async def release_cgroup(group: Path, within: float = 5.0) -> None:
-    """Kill what is left in `group` (a child outliving bwrap), wait until empty, remove it."""
-    procs = group / "cgroup.procs"
-    async with asyncio.timeout(within):
-        while True:
-            try:
-                pids = (await asyncio.to_thread(procs.read_text)).split()
-            except FileNotFoundError:
-                return
-            except OSError as exc:
-                if exc.errno == errno.ENODEV:  # removed while read: a dead cgroup's files say so
-                    return
-                raise
-            for pid in pids:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(int(pid), 9)
-            if not pids:
-                with contextlib.suppress(FileNotFoundError):
-                    await asyncio.to_thread(group.rmdir)
-                return
-            await asyncio.sleep(0.01)  # the kernel is reaping the killed tasks
+        for group in self.cgroups:
+            await release_cgroup(group)
 
 
 def bwrap_command(workspace: Path, config: SandboxConfig) -> list[str]:
     """The bwrap argv: every namespace unshared, host read-only, workspace the one writable bind."""
     python = os.path.realpath(sys._base_executable)  # the base interpreter, not the venv
     binds = [("--ro-bind", str(SERVER), "/sandbox/server.py")]
-    server = [python, "-I", "-S", "/sandbox/server.py", json.dumps(config.limits)]
+    binds += [("--ro-bind", str(FILES), "/sandbox/files.py")]
+    if config.kernel:
+        # ipykernel and jupyter-client come from the worker's own site-packages, read-only.
+        site = sysconfig.get_paths()["purelib"]
+        binds += [("--ro-bind", str(KERNEL), "/sandbox/kernel.py")]
+        binds += [("--ro-bind", site, "/sandbox/site-packages")]
+    options = json.dumps({"kernel": config.kernel})
+    server = [python, "-I", "-S", "/sandbox/server.py", json.dumps(config.limits), options]
     if not config.display:
         return bwrap_prefix(workspace, config, binds) + server
     if os.path.isdir("/etc/fonts"):  # fontconfig's configuration, for Tk and friends
@@ -289,7 +265,13 @@ class SandboxManager:
         """Fill the pool to its size and start the idle reaper (idempotent)."""
         while len(self.pool) < self.config.pool_size:
             workspace = self.pool_dir / uuid.uuid4().hex
-            self.pool.append(await self._start(workspace))
+            try:
+                self.pool.append(await self._start(workspace))
+            except BaseException:  # cancelled by close(), or failed: no empty workspace left
+                await asyncio.shield(
+                    asyncio.to_thread(shutil.rmtree, workspace, ignore_errors=True)
+                )
+                raise
         if self._reaper is None:
             self._reaper = asyncio.create_task(self._reap())
 
@@ -354,5 +336,7 @@ class SandboxManager:
                     await task
         for box in [*self.sessions.values(), *self.pool]:
             await box.close()
+        for box in self.pool:  # nobody's workspace yet: nothing in it to keep
+            await asyncio.to_thread(shutil.rmtree, box.workspace, ignore_errors=True)
         self.sessions.clear()
         self.pool.clear()

@@ -1,9 +1,10 @@
 """The process that runs inside a session's sandbox: one JSON request per line on stdin.
 
 It is started by `agentqueue.workers.sandbox` under bwrap with `python -I -S`, so it may use the
-standard library only (the worker's virtualenv is not mounted). Python cells share one globals
-dict for the sandbox's life: variables persist across the calls of a session. Every path is
-resolved under the workspace and refused when it leaves it (`..`, absolute paths, symlinks).
+standard library only (the worker's virtualenv is not on its path). In a base sandbox Python cells
+run in a real IPython kernel started with the server (`sandbox_kernel.py`): variables persist
+across the calls of a session. Every path is resolved under the workspace and refused when it
+leaves it (`..`, absolute paths, symlinks).
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ import io
 import json
 import os
 import resource
-import shutil
 import struct
 import subprocess
 import sys
@@ -22,22 +22,12 @@ import traceback
 import zlib
 
 WORKSPACE = "/workspace"
-OUTPUT_CAP = 64 * 1024  # characters per output stream; more is cut with a note
+sys.path.insert(0, "/sandbox")  # -I leaves the script's directory off the path
+import files  # noqa: E402 - sandbox_files.py, mounted beside this file
 
 
 def _cap(text: str) -> str:
-    if len(text) <= OUTPUT_CAP:
-        return text
-    return text[:OUTPUT_CAP] + f"\n[output cut at {OUTPUT_CAP} characters of {len(text)}]"
-
-
-def _path(relative: str) -> str:
-    full = os.path.realpath(os.path.join(WORKSPACE, relative))
-    if full != WORKSPACE and not full.startswith(WORKSPACE + "/"):
-        raise PermissionError(
-            f"path {relative!r} leaves the workspace: give a path inside {WORKSPACE}"
-        )
-    return full
+    return files.cap(text)
 
 
 def _limits(limits: dict[str, int]) -> None:
@@ -47,7 +37,10 @@ def _limits(limits: dict[str, int]) -> None:
 
 
 def run_python(code: str, scope: dict[str, object]) -> str:
-    out = io.StringIO()
+    kernel = scope.get("kernel")
+    if kernel is not None:
+        return _cap(kernel.run(code))  # type: ignore[attr-defined]
+    out = io.StringIO()  # a sandbox without a kernel (gui-only): plain exec in one globals dict
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
         try:
             exec(compile(code, "<cell>", "exec"), scope)
@@ -77,37 +70,9 @@ def handle(request: dict[str, object], scope: dict[str, object]) -> str:
         return run_python(a["code"], scope)
     if op == "run_shell_command":
         return run_shell(a["command"])
-    if op == "read_file":
-        with open(_path(a["path"]), encoding="utf-8") as f:
-            return _cap(f.read())
-    if op == "write_file":
-        with open(_path(a["path"]), "w", encoding="utf-8") as f:
-            f.write(a["content"])
-        return f"wrote {len(a['content'])} characters to {a['path']}"
-    if op == "list_directory":
-        full = _path(a["path"])
-        names = sorted(os.listdir(full))
-        return "\n".join(
-            ("[DIR] " if os.path.isdir(os.path.join(full, n)) else "[FILE] ") + n for n in names
-        )
-    if op == "create_directory":
-        os.makedirs(_path(a["path"]), exist_ok=True)
-        return f"created directory {a['path']}"
-    if op == "move_file":
-        shutil.move(_path(a["source"]), _path(a["destination"]))
-        return f"moved {a['source']} to {a['destination']}"
-    if op == "search_files":
-        root, pattern = _path(a["path"]), str(a["pattern"]).lower()
-        hits = []
-        for base, dirs, files in os.walk(root):
-            for n in dirs + files:
-                if pattern in n.lower():
-                    hits.append(os.path.relpath(os.path.join(base, n), WORKSPACE))
-        return "\n".join(sorted(hits)) or "no matches"
-    if op == "get_file_info":
-        st = os.stat(_path(a["path"]))
-        kind = "directory" if os.path.isdir(_path(a["path"])) else "file"
-        return json.dumps({"size": st.st_size, "modified": st.st_mtime, "type": kind})
+    answer = files.handle(op, a)
+    if answer is not None:
+        return answer
     if op == "computer_use":
         return computer_use(a)
     raise ValueError(f"unknown sandbox operation {op!r}")
@@ -214,16 +179,30 @@ def _png(width: int, height: int, data: bytes) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", data) + chunk(b"IEND", b"")
 
 
+class NoKernel(Exception):
+    """Stands in for KernelDied in a sandbox that has no kernel."""
+
+
 def main() -> None:
     _limits(json.loads(sys.argv[1]))
+    options = json.loads(sys.argv[2]) if len(sys.argv) > 2 else {}
     replies = os.fdopen(os.dup(1), "w", encoding="utf-8")  # cells' prints never reach it
     scope: dict[str, object] = {"__name__": "__main__"}
+    died: type[Exception] = NoKernel  # never raised: a sandbox without a kernel is never broken
+    if options.get("kernel"):
+        from kernel import Kernel, KernelDied
+
+        scope["kernel"], died = Kernel(), KernelDied
+        # Ready means the kernel answers: a pooled sandbox's first cell pays no kernel start.
+        scope["kernel"].wait_connected()  # type: ignore[attr-defined]
     replies.write(json.dumps({"ready": os.getpid()}) + "\n")
     replies.flush()
     for line in sys.stdin:
         request = json.loads(line)
         try:
             reply = {"ok": True, "output": handle(request, scope)}
+        except died as exc:  # the kernel is gone: the worker replaces this sandbox
+            reply = {"ok": False, "output": str(exc), "broken": True}
         except Exception as exc:
             reply = {"ok": False, "output": f"{type(exc).__name__}: {exc}"}
         replies.write(json.dumps(reply) + "\n")

@@ -2,15 +2,18 @@
 
 `app.sandbox_tools("base", "filesystem", root=...)` registers them as ordinary remote tools; each
 call runs in the calling session's sandbox on the tool worker that owns the session's partition.
-`run_ipython_cell` runs in a Python process kept per session (standard `exec`, not an IPython
-kernel: IPython and ipykernel are not installed), so variables persist across a session's calls.
-`gui` gives that sandbox a desktop (`computer_use`); `browser` runs a sandboxed Chromium per
-session (`browser.py`). Screenshots over the inline limit go to the artifact store.
+`run_ipython_cell` runs in the session's IPython kernel (`sandbox_kernel.py`), so variables
+persist across a session's calls; workspaces follow sessions through store snapshots
+(`sandbox_snapshot.py`); `client.end_session` reaches the `end_session` control tool. `gui`
+gives that sandbox a desktop (`computer_use`); `browser` runs a sandboxed Chromium per session
+(`browser.py`). Screenshots over the inline limit go to the artifact store.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import contextlib
 import dataclasses
 import functools
 import json
@@ -22,9 +25,13 @@ from agentqueue.protocol.messages import Image
 from agentqueue.workers.browser import BrowserBox, BrowserRuntime
 from agentqueue.workers.browser_ops import Screenshot
 from agentqueue.workers.browser_tools import register_browser
-from agentqueue.workers.errors import UnknownSandboxType
+from agentqueue.workers.errors import SandboxError, UnknownSandboxType
 from agentqueue.workers.sandbox import SandboxConfig, SandboxManager, workspace_name
+from agentqueue.workers.sandbox_fs_tools import register_filesystem
 from agentqueue.workers.sandbox_proxy import NetworkPolicy
+from agentqueue.workers.sandbox_sessions import end_session as end_sandboxes
+from agentqueue.workers.sandbox_sessions import sweep_forever
+from agentqueue.workers.sandbox_snapshot import END_SESSION_TOOL, RESTORED, WorkspaceSync
 from agentqueue.workers.session_store import ARTIFACT_REF, SessionStore, open_store
 from agentqueue.workers.settings import Settings
 from agentqueue.workers.tool_handler import current_call, current_store
@@ -44,6 +51,10 @@ class Sandboxes:
         self.browsers: dict[str, SandboxManager] = {}  # browser sandboxes, per worker
         self.runtimes: dict[str, BrowserRuntime] = {}
         self._artifacts: SessionStore | None = None
+        self.sync = WorkspaceSync(config.snapshot_max)
+        self.stores: dict[str, SessionStore] = {}  # each worker's store, seen in its calls
+        self.sweepers: dict[str, asyncio.Task[None]] = {}
+        self.in_flight: dict[Path, int] = {}  # workspaces with a call running now
 
     def browser_manager(self, worker_name: str) -> SandboxManager:
         """The browser sandboxes of the worker called `worker_name` (created on first use)."""
@@ -72,7 +83,7 @@ class Sandboxes:
     async def computer_use(self, args: dict[str, object]) -> str | ToolOutput:
         """Run a `computer_use` action on the calling session's desktop; screenshots are images."""
         session_id, _ = current_call.get()
-        output = await self.call("computer_use", args)
+        output = await self.call("computer_use", args, notes=False)
         if args.get("action") != "screenshot":
             return output
         shot = json.loads(output)
@@ -116,6 +127,11 @@ class Sandboxes:
 
     async def close_worker(self, worker_name: str) -> None:
         """Close every sandbox and browser of one worker (gone from the maps once closed)."""
+        sweeper = self.sweepers.pop(worker_name, None)
+        if sweeper is not None:
+            sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sweeper
         runtime = self.runtimes.get(worker_name)
         if runtime is not None:
             await self.browsers[worker_name].close()
@@ -132,13 +148,67 @@ class Sandboxes:
             self.managers[worker_name] = SandboxManager(self.config)
         return self.managers[worker_name]
 
-    async def call(self, op: str, args: dict[str, object]) -> str:
-        """Run `op` in the sandbox of the session whose tool call is running now."""
+    async def call(self, op: str, args: dict[str, object], notes: bool = True) -> str:
+        """Run `op` in the sandbox of the session whose tool call is running now.
+
+        With snapshots on, a session new to this worker first gets its workspace back from the
+        store, and a call that may have changed the workspace is followed by a snapshot; the
+        agent is told of either (`notes=False` leaves the output untouched, e.g. JSON).
+        """
         session_id, worker_name = current_call.get()
-        return await self.manager(worker_name).call(session_id, op, args)
+        workspace = self.config.root / workspace_name(session_id)
+        store = self.artifact_store()
+        self.stores[worker_name] = store  # for the idle sweep, which runs outside any call
+        self.in_flight[workspace] = self.in_flight.get(workspace, 0) + 1  # never swept meanwhile
+        try:
+            if store.session_ttl:
+                await self.sync.touch(store, workspace, store.session_ttl)
+            return await self._call(session_id, worker_name, workspace, store, op, args, notes)
+        finally:
+            self.in_flight[workspace] -= 1
+            if not self.in_flight[workspace]:
+                del self.in_flight[workspace]
+
+    async def _call(
+        self,
+        session_id: str,
+        worker_name: str,
+        workspace: Path,
+        store: SessionStore,
+        op: str,
+        args: dict[str, object],
+        notes: bool,
+    ) -> str:
+        manager = self.manager(worker_name)
+        if not self.config.snapshot_max:
+            return await manager.call(session_id, op, args)
+        restored = session_id not in manager.sessions and await self.sync.restore(store, workspace)
+        try:
+            output = await manager.call(session_id, op, args)
+        except SandboxError:
+            if op not in READ_ONLY:
+                await self.sync.save(store, workspace)  # a cell that wrote, then died
+            raise
+        warning = "" if op in READ_ONLY else await self.sync.save(store, workspace)
+        if not notes:
+            return output
+        return (RESTORED if restored else "") + output + (f"\n{warning}" if warning else "")
 
 
 TYPES = ("base", "filesystem", "browser", "gui")
+# Operations that never change the workspace: no snapshot is considered after them.
+READ_ONLY = frozenset(
+    {
+        "read_file",
+        "read_multiple_files",
+        "list_directory",
+        "directory_tree",
+        "search_files",
+        "get_file_info",
+        "list_allowed_directories",
+        "computer_use",
+    }
+)
 
 
 def register(app: App, types: tuple[str, ...], config: SandboxConfig) -> Sandboxes:
@@ -151,7 +221,9 @@ def register(app: App, types: tuple[str, ...], config: SandboxConfig) -> Sandbox
                 f"sandbox type {kind!r} is unknown: choose from {', '.join(TYPES)}"
             )
     # A gui sandbox is a base sandbox with a desktop: its shell and Python see the display.
-    boxes = Sandboxes(dataclasses.replace(config, display="gui" in types), types)
+    boxes = Sandboxes(
+        dataclasses.replace(config, display="gui" in types, kernel="base" in types), types
+    )
 
     @app.on_start
     async def warm_pool(worker_id: str, role: str) -> None:
@@ -160,6 +232,7 @@ def register(app: App, types: tuple[str, ...], config: SandboxConfig) -> Sandbox
         # A tool worker: its first new session must not pay a cold start.
         if {"base", "filesystem", "gui"} & set(types):
             await boxes.manager(worker_id).warm()
+            boxes.sweepers[worker_id] = asyncio.create_task(sweep_forever(boxes, worker_id))
         if "browser" in types:
             await boxes.browser_manager(worker_id).warm()
 
@@ -191,75 +264,17 @@ def register(app: App, types: tuple[str, ...], config: SandboxConfig) -> Sandbox
             return await boxes.call("run_shell_command", {"command": command})
 
     if "filesystem" in types:
-
-        @tool
-        async def read_file(path: str) -> str:
-            """Read a text file from the session's workspace.
-
-            Args:
-                path: The file's path, relative to the workspace.
-            """
-            return await boxes.call("read_file", {"path": path})
-
-        @tool
-        async def write_file(path: str, content: str) -> str:
-            """Write a text file in the session's workspace (replacing it if it exists).
-
-            Args:
-                path: The file's path, relative to the workspace.
-                content: The text to write.
-            """
-            return await boxes.call("write_file", {"path": path, "content": content})
-
-        @tool
-        async def list_directory(path: str) -> str:
-            """List a directory of the session's workspace, [DIR] and [FILE] marked.
-
-            Args:
-                path: The directory's path, relative to the workspace.
-            """
-            return await boxes.call("list_directory", {"path": path})
-
-        @tool
-        async def create_directory(path: str) -> str:
-            """Create a directory (and its parents) in the session's workspace.
-
-            Args:
-                path: The directory's path, relative to the workspace.
-            """
-            return await boxes.call("create_directory", {"path": path})
-
-        @tool
-        async def move_file(source: str, destination: str) -> str:
-            """Move or rename a file or directory inside the session's workspace.
-
-            Args:
-                source: The path to move.
-                destination: The new path.
-            """
-            return await boxes.call("move_file", {"source": source, "destination": destination})
-
-        @tool
-        async def search_files(path: str, pattern: str) -> str:
-            """Find files and directories under `path` whose names contain `pattern`.
-
-            Args:
-                path: Where to start, relative to the workspace.
-                pattern: A case-insensitive part of the name.
-            """
-            return await boxes.call("search_files", {"path": path, "pattern": pattern})
-
-        @tool
-        async def get_file_info(path: str) -> str:
-            """Size, modification time and type of a file or directory in the workspace.
-
-            Args:
-                path: The path, relative to the workspace.
-            """
-            return await boxes.call("get_file_info", {"path": path})
+        register_filesystem(tool, boxes)
 
     if "browser" in types:
         register_browser(tool, boxes)
+
+    if END_SESSION_TOOL not in app.tools:  # once per app, for all its sandbox sets
+
+        @app.tool(name=END_SESSION_TOOL, offered=False, timeout=config.call_timeout + 10.0)
+        async def end_session() -> str:
+            """Close the calling session's sandboxes; delete its workspaces and snapshots."""
+            return "\n".join([await end_sandboxes(each) for each in app.sandbox_sets])
 
     if "gui" in types:
 

@@ -123,6 +123,9 @@ class Settings:
     # initializer imports (comma-separated).
     app: str | None = None
     preload: str | None = None
+    # Where this worker keeps its sandboxes' workspaces when the app names no `root` (default
+    # `<state dir>/sandboxes`); each machine its own: workspaces travel by store snapshots.
+    sandbox_root: str | None = None
 
     def __post_init__(self) -> None:
         if self.schedule_missed not in MISSED_POLICIES:

@@ -98,6 +98,9 @@ class ToolSpec:
     approval_timeout: float | None = None
     """Seconds a call waits for a decision before it counts as denied; None: the worker's
     setting (AGENTQUEUE_APPROVAL_TIMEOUT)."""
+    offered: bool = True
+    """False: a control tool (e.g. ending a session's sandbox) that callers run through
+    `client.call_tool`; it is never offered to an agent's model."""
 
     def __post_init__(self) -> None:
         """Reject names providers refuse, timeouts that are not positive and finite, and

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
 import socket
+import tarfile
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -20,6 +22,7 @@ from agentqueue.broker.topology import Topology
 from agentqueue.broker.urls import open_broker
 from agentqueue.protocol import Envelope, ToolCall, ToolResult, encode, new_id
 from agentqueue.workers.errors import UnknownSandboxType
+from agentqueue.workers.sandbox import DEFAULT_LIMITS
 from agentqueue.workers.sandbox_tools import Sandboxes
 from agentqueue.workers.session_store import MemorySessionStore
 from agentqueue.workers.worker import Worker
@@ -61,7 +64,7 @@ class Harness:
 
 @asynccontextmanager
 async def harness(
-    app: App, *worker_ids: str, broker_url: str | None = None
+    app: App, *worker_ids: str, broker_url: str | None = None, session_ttl: float | None = None
 ) -> AsyncIterator[tuple[Harness, list[Worker]]]:
     """A broker (memory unless given) and one tool worker per id (the first owns the partition)."""
     topology = Topology(namespace=f"sbx{new_id()[:6]}", partitions=1, tool_partitions=1)
@@ -74,7 +77,7 @@ async def harness(
             Worker(
                 app,
                 broker,
-                MemorySessionStore(f"memory://{new_id()[:8]}"),
+                MemorySessionStore(f"memory://{new_id()[:8]}", session_ttl=session_ttl),
                 worker_settings(topology),
                 worker_id=worker_id,
             )
@@ -123,6 +126,8 @@ async def test_a_file_written_in_one_call_is_read_in_the_next_and_other_sessions
                 "tool read_file failed: SandboxError: FileNotFoundError: [Errno 2] No such file"
                 " or directory: '/workspace/notes.txt'",
             )
+            theirs = await h.call("s-bob", "run_ipython_cell", code="print('x' in dir())")
+            assert theirs.output == "False\n"  # alice's kernel variables are hers alone
             listing = await h.call("s-bob", "run_shell_command", command="ls -a /workspace")
             assert listing.output == ".\n..\n"
             escape = await h.call("s-bob", "read_file", path="../s-alice/notes.txt")
@@ -130,6 +135,77 @@ async def test_a_file_written_in_one_call_is_read_in_the_next_and_other_sessions
                 "tool read_file failed: SandboxError: PermissionError: path"
                 " '../s-alice/notes.txt' leaves the workspace: give a path inside /workspace"
             )
+    finally:
+        await close_all(boxes)
+
+
+async def test_cells_run_in_an_ipython_kernel_and_a_kernel_that_dies_is_a_tool_error_then_replaced(
+    tmp_path: Path,
+) -> None:
+    app, boxes = sandboxed_app(tmp_path, pool_size=0)
+    try:
+        async with harness(app, "w1") as (h, _):
+            await h.call("s-ipy", "write_file", path="kept.txt", content="on disk")
+            shown = await h.call("s-ipy", "run_ipython_cell", code="n = 6 * 7\nn")
+            assert (shown.ok, shown.output) == (True, "42\n")  # the value, as IPython shows it
+            magic = await h.call("s-ipy", "run_ipython_cell", code="%who_ls")
+            assert magic.output == "['n']\n"
+            error = await h.call("s-ipy", "run_ipython_cell", code="n / 0")
+            assert error.ok and error.output.endswith("ZeroDivisionError: division by zero\n")
+            died = await h.call("s-ipy", "run_ipython_cell", code="import os; os._exit(3)")
+            assert (died.ok, died.output) == (
+                False,
+                "tool run_ipython_cell failed: SandboxError: the IPython kernel died (exit code"
+                " 3, e.g. killed at the sandbox's memory limit or by os._exit); the sandbox was"
+                " replaced: files kept, Python variables lost",
+            )
+            after = await h.call("s-ipy", "run_ipython_cell", code="print(open('kept.txt').read())")
+            assert (after.ok, after.output) == (True, "on disk\n")
+            assert not await anyio.Path(tmp_path / "s-ipy" / ".ipython").exists()
+    finally:
+        await close_all(boxes)
+
+
+async def test_a_workspace_over_the_snapshot_limit_is_not_saved_and_the_agent_is_told(
+    tmp_path: Path,
+) -> None:
+    app, boxes = sandboxed_app(tmp_path, pool_size=0, snapshot_max=16)
+    try:
+        async with harness(app, "w1") as (h, workers):
+            small = await h.call("s-big", "write_file", path="a.txt", content="0123456789")
+            assert small.output == "wrote 10 characters to a.txt"
+            big = await h.call("s-big", "write_file", path="b.txt", content="0123456789")
+            assert big.output == (
+                "wrote 10 characters to b.txt\n[the workspace holds 20 bytes, over the 16-byte"
+                " snapshot limit: this change was NOT saved to the store and will not follow the"
+                " session to another worker (the last snapshot that fit will); keep large files"
+                " out of the workspace, or give the workers a shared workspace root (a shared"
+                " volume) and snapshot_max=0]"
+            )
+            snapshot = await workers[0].store.get_artifact("sandbox-workspace/s-big")
+            assert snapshot is not None
+            with tarfile.open(fileobj=io.BytesIO(snapshot)) as tar:
+                assert tar.getnames() == ["a.txt"]  # the last snapshot that fit
+    finally:
+        await close_all(boxes)
+
+
+async def test_a_session_idle_past_the_stores_session_ttl_loses_its_sandbox_workspace_and_snapshot(
+    tmp_path: Path,
+) -> None:
+    app, boxes = sandboxed_app(tmp_path, pool_size=0)
+    try:
+        async with harness(app, "w1", session_ttl=0.4) as (h, workers):
+            await h.call("s-ttl", "write_file", path="a.txt", content="soon gone")
+            store = workers[0].store
+            assert await store.get_artifact("sandbox-workspace/s-ttl")
+            manager = boxes.manager("w1")
+            with anyio.fail_after(20):
+                while "s-ttl" in manager.sessions or (tmp_path / "s-ttl").exists():
+                    await anyio.sleep(0.05)
+            assert await store.get_artifact("sandbox-workspace/s-ttl") == b""
+            again = await h.call("s-ttl", "list_directory", path=".")
+            assert (again.ok, again.output) == (True, "")  # a fresh sandbox, nothing restored
     finally:
         await close_all(boxes)
 
@@ -212,12 +288,13 @@ async def test_the_sandbox_cannot_write_outside_its_workspace_nor_reach_the_netw
         await close_all(boxes)
 
 
+@pytest.mark.broker
 async def test_a_runaway_loop_is_killed_at_the_wall_clock_limit_and_the_files_stay(
-    tmp_path: Path,
+    tmp_path: Path, rabbitmq_url: str
 ) -> None:
     app, boxes = sandboxed_app(tmp_path, pool_size=0, call_timeout=1.0)
     try:
-        async with harness(app, "w1") as (h, _):
+        async with harness(app, "w1", broker_url=rabbitmq_url) as (h, _):
             await h.call("s-loop", "write_file", path="kept.txt", content="still here")
             loop = await h.call("s-loop", "run_ipython_cell", code="while True:\n    pass")
             assert (loop.ok, loop.output) == (
@@ -232,22 +309,37 @@ async def test_a_runaway_loop_is_killed_at_the_wall_clock_limit_and_the_files_st
         await close_all(boxes)
 
 
+@pytest.mark.broker
 async def test_a_process_flood_and_a_memory_hog_are_stopped_while_other_sessions_keep_serving(
-    tmp_path: Path,
+    tmp_path: Path, rabbitmq_url: str
 ) -> None:
-    app, boxes = sandboxed_app(tmp_path, pool_size=0, pids_max=32)
+    # The address-space rlimit is raised so that the memory cgroup is what stops the hog.
+    limits = dict(DEFAULT_LIMITS, RLIMIT_AS=8 << 30)
+    app, boxes = sandboxed_app(
+        tmp_path, pool_size=0, pids_max=32, memory_max=256 << 20, limits=limits
+    )
     try:
-        async with harness(app, "w1") as (h, _):
+        async with harness(app, "w1", broker_url=rabbitmq_url) as (h, _):
             flood = await h.call(
                 "s-flood",
                 "run_shell_command",
                 command="for i in $(seq 1 100); do sleep 3 & done 2>&1 | tail -1; echo contained",
             )
             assert (flood.ok, flood.output) == (True, "/bin/sh: 0: Cannot fork\ncontained\n")
-            hog = await h.call("s-flood", "run_ipython_cell", code="x = bytearray(2 << 30)")
-            assert hog.output.endswith('File "<cell>", line 1, in <module>\nMemoryError\n')
+            await h.call("s-hog", "run_ipython_cell", code="kept = 1")
+            hog = await h.call(
+                "s-hog", "run_ipython_cell", code="chunks = [b'x' * (32 << 20) for _ in range(32)]"
+            )
+            assert (hog.ok, hog.output) == (
+                False,
+                "tool run_ipython_cell failed: SandboxError: the IPython kernel died (exit code"
+                " -9, e.g. killed at the sandbox's memory limit or by os._exit); the sandbox was"
+                " replaced: files kept, Python variables lost",
+            )
             other = await h.call("s-calm", "run_shell_command", command="echo still serving")
             assert (other.ok, other.output) == (True, "still serving\n")
+            fresh = await h.call("s-hog", "run_ipython_cell", code="print('kept' in dir())")
+            assert (fresh.ok, fresh.output) == (True, "False\n")
     finally:
         await close_all(boxes)
 
@@ -308,6 +400,7 @@ async def test_a_sessions_files_follow_it_to_a_second_worker_sharing_the_root(
         await close_all(boxes)
 
 
+@pytest.mark.broker
 async def test_over_rabbitmq_the_sandbox_hides_the_env_other_sessions_and_the_brokers_port(
     tmp_path: Path, rabbitmq_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -328,6 +421,20 @@ async def test_over_rabbitmq_the_sandbox_hides_the_env_other_sessions_and_the_br
             )
             broker = await h.call("s-two", "run_ipython_cell", code=code)
             assert broker.output == "ConnectionRefusedError\n"
+            shadow = await h.call("s-two", "run_shell_command", command="cat /etc/shadow")
+            assert shadow.output == (
+                "\n[stderr]\ncat: /etc/shadow: No such file or directory\n\n[exit code 1]"
+            )
+            environ = await h.call(
+                "s-two", "run_shell_command", command=f"cat /proc/{os.getpid()}/environ"
+            )
+            assert "hunter2" not in environ.output and environ.output.endswith("[exit code 1]")
+            await h.call("s-two", "run_shell_command", command="ln -s /etc/shadow planted")
+            planted = await h.call("s-two", "read_file", path="planted")
+            assert planted.output == (
+                "tool read_file failed: SandboxError: PermissionError: path 'planted' leaves the"
+                " workspace: give a path inside /workspace"
+            )
     finally:
         await close_all(boxes)
 
