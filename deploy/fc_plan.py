@@ -79,9 +79,10 @@ class FCOptions:
     sandboxes: SandboxNeeds | None = None  # what the app's sandboxes need (`sandbox_needs`)
 
 
-# MB of memory one sandbox of each type takes, and whether it needs FC's large disk: Chromium
-# (its memory cgroup's default cap) and its profile, Xvfb's framebuffer and Tk.
-SANDBOX_MEMORY = {"base": 128, "filesystem": 0, "browser": 1024, "gui": 256}
+# MB of memory one sandbox of each type takes, and whether it needs FC's large disk: a base
+# sandbox's server and IPython kernel (~120 MB resident, measured), Chromium (its memory
+# cgroup's default cap) and its profile, Xvfb's framebuffer and Tk.
+SANDBOX_MEMORY = {"base": 256, "filesystem": 0, "browser": 1024, "gui": 256}
 WORKER_MEMORY = 512  # MB the worker itself is given besides its sandboxes
 LARGE_DISK = 10240  # MB: FC 3.0 offers 512 (the default) or 10240
 ON_LARGE_DISK = {"browser", "gui"}

@@ -372,12 +372,12 @@ def test_the_plan_sizes_the_function_for_the_apps_browser_and_gui_sandboxes(
     assert "  memory, cpu          2048 MB, 2.0 vCPU\n  disk                 10240 MB\n" in out
     assert (
         "memory 2048 MB is too little for the app's browser, base, gui sandboxes (each"
-        " session's and the warm pool's): pass --memory 3328"
+        " session's and the warm pool's): pass --memory 3584"
     ) in out
-    code, out, _ = run(capsys, "--plan", "--json", *app, "--memory", "3328", "--cpu", "2")
+    code, out, _ = run(capsys, "--plan", "--json", *app, "--memory", "3584", "--cpu", "2")
     function = json.loads(out)["function"]
-    assert (function["memorySize"], function["diskSize"]) == (3328, 10240)
+    assert (function["memorySize"], function["diskSize"]) == (3584, 10240)
     assert json.loads(out)["problems"] == []
-    apply(capsys, cloud, *app, "--memory", "3328", "--cpu", "2")
+    apply(capsys, cloud, *app, "--memory", "3584", "--cpu", "2")
     (create,) = [r for r in cloud.take() if r.action == "CreateFunction"]
-    assert (create.body["memorySize"], create.body["diskSize"]) == (3328, 10240)
+    assert (create.body["memorySize"], create.body["diskSize"]) == (3584, 10240)
