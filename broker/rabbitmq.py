@@ -533,7 +533,7 @@ def _partition_arguments(topology: Topology) -> dict[str, Any]:
     arguments: dict[str, Any] = {
         "x-queue-type": "quorum",
         "x-single-active-consumer": True,
-        "x-delivery-limit": topology.delivery_limit,
+        "x-delivery-limit": topology.broker_delivery_limit,
         "x-dead-letter-exchange": f"{topology.namespace}-dlx",
     }
     if topology.max_length is not None:
