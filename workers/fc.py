@@ -14,8 +14,8 @@ within the batch, the session store's dedup and lease, retries, dead letters, re
 A poison event (one that kills the instance or times the function out) would block its partition
 forever, as the trigger retries the batch in order. So each event's runs that started and never
 finished are counted in the session store (as on RabbitMQ), and an event whose runs died more
-than `delivery_limit` times (default 20) is dead-lettered unrun. An event of the batch that
-waited while its instance died running another is not charged. Not `max_attempts`: the events
+than `delivery_limit` times (default 20) is dead-lettered unrun. An event of the batch that had
+finished, or waited, while its instance died running another is not charged. Not `max_attempts`: the events
 running beside a poison event in its batch die with it.
 
 Configuration comes from the function's environment: `AGENTQUEUE_APP` (module:attribute),
