@@ -15,8 +15,8 @@ A poison event (one that kills the instance or times the function out) would blo
 forever, as the trigger retries the batch in order. So each event's runs that started and never
 finished are counted in the session store (as on RabbitMQ), and an event whose runs died more
 than `delivery_limit` times (default 20) is dead-lettered unrun. An event of the batch that had
-finished, or waited, while its instance died running another is not charged. Not `max_attempts`: the events
-running beside a poison event in its batch die with it.
+finished, or waited, while its instance died running another is not charged. Not
+`max_attempts`: the events running beside a poison event in its batch die with it.
 
 Configuration comes from the function's environment: `AGENTQUEUE_APP` (module:attribute),
 `AGENTQUEUE_BROKER` (an mns:// URL; credentials as `broker.mns_config` says),
