@@ -84,7 +84,8 @@ class CountRuns:
 
     async def __call__(self, event: Event, call_next: Next) -> None:
         assert event.envelope is not None
-        event.runs = await self.store.count_attempt(event.key, event.envelope.id)
+        if event.runs == 0:  # once per delivery: a lost lease runs it again inside this one
+            event.runs = await self.store.count_attempt(event.key, event.envelope.id)
         await call_next(event)
 
 
