@@ -2,7 +2,11 @@
 
 The worker's connection runs through a TCP proxy whose `cut()` drops it as a killed worker's
 would. Its event waits, prefetched, for its session's lease (held by a worker that is gone), so
-it never starts; each cut hands it back to RabbitMQ, which counts one more delivery.
+it never starts; each cut hands it back to RabbitMQ.
+
+Known gap: on the RabbitMQ 3.10 this suite runs, this test passes with the old code too (a cut
+connection's return does not seem to reach the old x-delivery-limit of 20); the hand-back by
+nack of a stopping or handing-over worker, the likelier path in the chaos runs, is not covered.
 """
 
 from __future__ import annotations
