@@ -9,6 +9,8 @@ from pathlib import Path
 
 import anyio
 
+from agentqueue.broker.base import Broker
+from agentqueue.broker.errors import BrokerConnectionError
 from agentqueue.broker.urls import redact_url
 from agentqueue.settings import Settings
 from agentqueue.workers.admission import check_signing
@@ -16,6 +18,40 @@ from agentqueue.workers.app import App
 from agentqueue.workers.worker import Role, Worker
 
 log = logging.getLogger("agentqueue.worker")
+
+FIRST_RETRY, LAST_RETRY = 0.5, 30.0  # seconds between tries to reach a broker not up yet
+# Loggers that report a lost broker connection with a traceback, though reconnecting is routine.
+_RECONNECT_LOGGERS = ("aiormq.connection", "aio_pika.robust_connection", "aio_pika.tools")
+
+
+class _OneLineReconnects(logging.Filter):
+    """Drops the traceback of an expected connection loss: the reason stays, on one line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and record.exc_info[1] is not None:
+            record.msg = f"{record.getMessage()}: {record.exc_info[1]!r}"
+            record.args, record.exc_info, record.exc_text = None, None, None
+        return True
+
+
+def _quiet_reconnects() -> None:
+    for name in _RECONNECT_LOGGERS:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _OneLineReconnects) for f in logger.filters):
+            logger.addFilter(_OneLineReconnects())
+
+
+async def connect_patiently(broker: Broker) -> None:
+    """Connect, waiting with backoff while the broker is not up yet (started after us)."""
+    pause = FIRST_RETRY
+    while True:
+        try:
+            await broker.connect()
+            return
+        except BrokerConnectionError as exc:
+            log.warning("%s; trying again in %.1f s", exc, pause)
+        await anyio.sleep(pause)
+        pause = min(pause * 2, LAST_RETRY)
 
 
 async def serve_worker(
@@ -30,8 +66,11 @@ async def serve_worker(
     """Connect, serve until a signal, drain, disconnect."""
     store = settings.open_store()
     log.info("session store %s", redact_url(settings.store))
+    _quiet_reconnects()
     try:
-        async with settings.open_broker() as broker:
+        broker = settings.open_broker()
+        await connect_patiently(broker)
+        async with broker:
             check_signing(broker.signing)  # says so, once, when envelopes run unsigned
             worker = Worker(
                 app,

@@ -50,6 +50,7 @@ from benchmarks.chaos_report import (
     measure,
     read_handler_log,
     render,
+    stored_answers,
     write_section,
 )
 
@@ -195,10 +196,11 @@ async def run(
         f" request deadline {args.timeout:.0f} s; seed {args.seed}."
     )
     committed = await committed_sequences(store_url, {o.session for o in load.outcomes.values()})
+    stored = await stored_answers(store_url, load.outcomes.values())
     result = measure(
         title=title, setup=setup, seconds=seconds, outcomes=load.outcomes,
         handler_log=read_handler_log(handler_log), committed=committed, dead_lettered=dead,
-        publish_retries=load.publish_retries, events=events,
+        publish_retries=load.publish_retries, events=events, stored=stored,
     )  # fmt: skip
     section = render(result)
     print(section)

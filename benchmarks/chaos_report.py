@@ -61,6 +61,7 @@ class ChaosResult:
     latencies: list[float]
     events: ChaosEvents
     examples: list[str] = field(default_factory=list)
+    lost_requests: list[str] = field(default_factory=list)  # each lost one: handled? where?
 
     @property
     def passed(self) -> bool:
@@ -97,6 +98,40 @@ async def committed_sequences(store_url: str, sessions: set[str]) -> dict[str, l
         return {s: committed_sequence(await store.load_state(s), s) for s in sorted(sessions)}
     finally:
         await store.close()
+
+
+async def stored_answers(store_url: str, outcomes: Iterable[Outcome]) -> set[str]:
+    """The requests among `outcomes` not answered whose reply the session store holds (their
+    run committed): the answer existed, and was lost on its way to the client."""
+    store = open_store(store_url)
+    try:
+        return {
+            o.request_id
+            for o in outcomes
+            if o.published
+            and not o.answered
+            and await store.handled(o.session, o.request_id) is not None
+        }
+    finally:
+        await store.close()
+
+
+def lost_trail(o: Outcome, runs: Mapping[str, list[int]], stored: set[str]) -> str:
+    """For one lost request: whether a handler ran it (and where), and where its answer was
+    last seen."""
+    pids = runs.get(o.request_id, [])
+    handled = (
+        f"handled {len(pids)}x (pids {', '.join(str(p) for p in sorted(set(pids)))})"
+        if pids
+        else "never handled"
+    )
+    if o.request_id in stored:
+        seen = "answer last seen committed in the session store, never received by the client"
+    elif pids:
+        seen = "no answer stored: its run never committed (the worker died mid-run?)"
+    else:
+        seen = "no answer anywhere: it never reached a handler (still queued, or dropped)"
+    return f"lost: {o.request_id} (published {o.publish_attempts}x): {handled}; {seen}"
 
 
 async def dead_lettered(client: Client, topology: Topology) -> dict[str, str]:
@@ -137,6 +172,7 @@ def measure(
     dead_lettered: Mapping[str, str],
     publish_retries: int,
     events: ChaosEvents,
+    stored: set[str] | None = None,
 ) -> ChaosResult:
     """Put the three records side by side."""
     examples: list[str] = []
@@ -166,7 +202,11 @@ def measure(
     examples += [f"failed tool call in {o.request_id}: {o.text!r}"[:200] for o in tool_failed[:3]]
     examples += [f"dead-lettered {i}: {why}"[:200] for i, why in list(dead_lettered.items())[:3]]
     lost = [o for o in sent if not o.answered and o.request_id not in dead_lettered]
-    examples += [f"lost: {o.request_id} (published {o.publish_attempts}x)" for o in lost[:10]]
+    handled_by: dict[str, list[int]] = {}
+    for kind, _, _, event_id, pid in handler_log:
+        if kind == "agent":
+            handled_by.setdefault(event_id, []).append(pid)
+    trails = [lost_trail(o, handled_by, stored or set()) for o in lost]
     return ChaosResult(
         title=title,
         setup=setup,
@@ -187,6 +227,7 @@ def measure(
         latencies=[o.seconds for o in sent if o.seconds is not None],
         events=events,
         examples=examples[:20],
+        lost_requests=trails,
     )
 
 
@@ -237,6 +278,8 @@ def render(result: ChaosResult) -> str:
     ]
     if r.examples:
         lines += ["", "First problems seen:", "", *(f"- {x}" for x in r.examples)]
+    if r.lost_requests:
+        lines += ["", "Every lost request:", "", *(f"- {x}" for x in r.lost_requests)]
     return "\n".join(lines) + "\n"
 
 

@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import logging
 import ssl
+import uuid
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -43,7 +44,14 @@ log = logging.getLogger("agentqueue.broker.rabbitmq")
 
 PUBLISH_TIMEOUT = 30.0  # a publish not confirmed by then fails instead of hanging
 RESUBSCRIBE_PAUSE = 1.0  # seconds between tries to consume a queue again after a reconnect
-_PERSISTENT = aiormq.spec.Basic.Properties(delivery_mode=2)
+
+
+def _persistent() -> aiormq.spec.Basic.Properties:
+    """Properties of one publish, never shared: aiormq writes a `message_id` into them and
+    matches a Basic.Return to its publish by that id. Shared properties gave every publish the
+    same id, so a returned reply matched none (aiormq logged "Unhandled message … returning"),
+    or another's, and its publish was then confirmed as if delivered: the reply was lost."""
+    return aiormq.spec.Basic.Properties(delivery_mode=2, message_id=uuid.uuid4().hex)
 
 
 def _connection_errors() -> tuple[type[BaseException], ...]:
@@ -353,7 +361,7 @@ class RabbitMQBroker(Broker):
                     body,
                     exchange=exchange,
                     routing_key=routing_key,
-                    properties=_PERSISTENT,
+                    properties=_persistent(),
                     mandatory=mandatory,
                 )
         except TimeoutError:
@@ -533,7 +541,7 @@ def _partition_arguments(topology: Topology) -> dict[str, Any]:
     arguments: dict[str, Any] = {
         "x-queue-type": "quorum",
         "x-single-active-consumer": True,
-        "x-delivery-limit": topology.delivery_limit,
+        "x-delivery-limit": topology.broker_delivery_limit,
         "x-dead-letter-exchange": f"{topology.namespace}-dlx",
     }
     if topology.max_length is not None:

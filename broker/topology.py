@@ -10,6 +10,11 @@ from agentqueue.protocol.partitioning import partition_for
 
 REQUESTS = "requests"
 TOOLS = "tools"
+# The partition queues' `x-delivery-limit`: a crash-loop guard only, far above any count of
+# worker deaths. Poison is caught by the workers, which count an event's own unfinished runs in
+# the session store (`delivery_limit`); a broker redelivery also counts prefetched events that
+# never started, and healthy ones would be dead-lettered by kills alone.
+BROKER_DELIVERY_LIMIT = 1000
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]{0,40}$")
 
 
@@ -20,7 +25,7 @@ class Topology:
     namespace: str = "aq"
     partitions: int = 16
     tool_partitions: int = 16
-    delivery_limit: int = 20  # broker-side bound on redeliveries of one message (crash loops)
+    delivery_limit: int = 20  # unfinished runs of one event before workers dead-letter it
     max_length: int | None = None  # partition queue length past which publishes are refused
 
     def __post_init__(self) -> None:
@@ -35,6 +40,11 @@ class Topology:
         ):
             if not 1 <= n <= 1024:
                 raise ValueError(f"{field} must be between 1 and 1024, got {n}")
+
+    @property
+    def broker_delivery_limit(self) -> int:
+        """The partition queues' `x-delivery-limit`: well above the workers' own limit."""
+        return max(BROKER_DELIVERY_LIMIT, 50 * self.delivery_limit)
 
     def family_size(self, family: str) -> int:
         """How many partitions the `requests` or `tools` family has."""

@@ -78,6 +78,5 @@ def assemble_pipeline(
         delivery_limit=settings.delivery_limit,
         max_message_size=settings.max_message_size,
         reply_grace=settings.reply_grace,
-        count_deliveries_in_store=function_compute,
         timers=timers,
     )

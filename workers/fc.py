@@ -12,9 +12,11 @@ within the batch, the session store's dedup and lease, retries, dead letters, re
 - dead letter: the handler publishes the `DeadLetter` record to the dead-letter queue itself.
 
 A poison event (one that kills the instance or times the function out) would block its partition
-forever, as the trigger retries the batch in order. So each event's attempts are counted in the
-session store, and an event seen more than `delivery_limit` times (default 20) is dead-lettered
-unrun. Not `max_attempts`: the events running beside a poison event in its batch die with it.
+forever, as the trigger retries the batch in order. So each event's runs that started and never
+finished are counted in the session store (as on RabbitMQ), and an event whose runs died more
+than `delivery_limit` times (default 20) is dead-lettered unrun. An event of the batch that had
+finished, or waited, while its instance died running another is not charged. Not
+`max_attempts`: the events running beside a poison event in its batch die with it.
 
 Configuration comes from the function's environment: `AGENTQUEUE_APP` (module:attribute),
 `AGENTQUEUE_BROKER` (an mns:// URL; credentials as `broker.mns_config` says),
@@ -114,7 +116,7 @@ class _BatchSettler:
     async def dead_letter(
         self, reason: str, envelope_id: str | None, session_id: str | None
     ) -> None:
-        attempts = self.event.delivery_count if self.event is not None else 1
+        attempts = (self.event.runs or self.event.delivery_count) if self.event is not None else 1
         await self.runtime.publish_dead_letter(
             self.message, self.queue, reason, attempts, envelope_id, session_id
         )

@@ -72,8 +72,9 @@ class Settings:
     tool_partitions: int = 16
     concurrency: int = 32
     max_attempts: int = 3
-    # Deliveries of one event before it is dead-lettered unrun as poison (it keeps killing its
-    # worker); also the partition queues' broker-side x-delivery-limit.
+    # Runs of one event that started and never finished (counted in the store) before it is
+    # dead-lettered unrun as poison (it keeps killing its worker). The partition queues'
+    # x-delivery-limit is far higher (`Topology.broker_delivery_limit`), a crash-loop guard.
     delivery_limit: int = 20
     lease_ttl: float = 30.0
     store_retention: float = DEFAULT_RETENTION  # seconds handled-event records are kept

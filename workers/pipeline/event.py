@@ -37,7 +37,8 @@ class Event:
     data: bytes  # the message as received
     settler: Settler
     queue: str | None = None
-    delivery_count: int = 1  # as the broker (or, on FC, the store) counts deliveries
+    delivery_count: int = 1  # as the broker counts deliveries
+    runs: int = 0  # runs started and not finished, counted in the store (see `CountRuns`)
     redelivered: bool = False  # set by the broker itself, never by a publisher
     message_id: str | None = None  # the broker's own id of the message, where it has one
     envelope: Envelope | None = None  # once admitted

@@ -1,5 +1,5 @@
 """Stages that decide an event without running it: unsupported, already handled, too late,
-delivered too often."""
+started too often."""
 
 from __future__ import annotations
 
@@ -71,28 +71,34 @@ class Deadline:
         await call_next(event)
 
 
-class CountDeliveries:
-    """Counts deliveries in the session store, where the broker cannot (an FC trigger)."""
+class CountRuns:
+    """Counts, in the session store, the runs of an event that started and never finished.
+
+    Not the broker's redeliveries: an event prefetched by a worker that died before starting
+    it, or one that waited in a batch while its instance was killed running another event, did
+    nothing wrong. A commit clears the count, so only runs cut short by a crash add up.
+    """
 
     def __init__(self, pipeline: Pipeline) -> None:
         self.store = pipeline.store
 
     async def __call__(self, event: Event, call_next: Next) -> None:
         assert event.envelope is not None
-        event.delivery_count = await self.store.count_attempt(event.key, event.envelope.id)
+        if event.runs == 0:  # once per delivery: a lost lease runs it again inside this one
+            event.runs = await self.store.count_attempt(event.key, event.envelope.id)
         await call_next(event)
 
 
 class DeliveryLimit:
-    """Dead-letters an event delivered more often than the limit (it keeps killing workers)."""
+    """Dead-letters an event whose runs kept dying unfinished (it keeps killing workers)."""
 
     def __init__(self, pipeline: Pipeline) -> None:
         self.limit = pipeline.delivery_limit
 
     async def __call__(self, event: Event, call_next: Next) -> None:
-        if event.delivery_count > self.limit:
+        if event.runs > self.limit:
             event.dead_letter(
-                f"delivered {event.delivery_count} times without being settled"
+                f"delivered {event.runs} times without being settled"
                 " (a worker probably crashed while handling it)"
             )
             return

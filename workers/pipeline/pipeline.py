@@ -8,7 +8,7 @@ Every event passes two chains of layers (see `stages.py` for the list):
   limit, lease, commit and run. It ends with the message settled exactly once.
 
 A local worker and the Function Compute handler build the same pipeline; they differ only in
-how a message is settled (`Settler`) and in where deliveries are counted.
+how a message is settled (`Settler`). Both count an event's unfinished runs in the store.
 """
 
 from __future__ import annotations
@@ -58,7 +58,6 @@ class Pipeline:
         lease_ttl: float = 30.0,
         delivery_limit: int = 20,
         max_message_size: int,
-        count_deliveries_in_store: bool = False,
         reply_grace: float = REPLY_GRACE,
         timers: Timers | None = None,
     ) -> None:
@@ -86,7 +85,7 @@ class Pipeline:
         # Admit and route an arrived event (then see `Event.refusal` and `Event.decided`).
         self.receive: Next = _chain(receive_chain(self))
         # Handle an admitted event in its session lane, and settle it.
-        self.process: Next = _chain(process_chain(self, count_deliveries_in_store))
+        self.process: Next = _chain(process_chain(self))
 
     # --- control -------------------------------------------------------------------------
 

@@ -2,8 +2,11 @@
 
     receive:  SizeLimit -> [middleware.admit …] -> Decode -> Park -> Route
     process:  [observing middleware.process …] -> Settle -> [app middleware.process …]
-              -> Supported -> Dedup -> Deadline -> (CountDeliveries) -> DeliveryLimit
-              -> Lease -> Commit -> Run
+              -> Supported -> Dedup -> Deadline -> Lease -> CountRuns -> DeliveryLimit
+              -> Commit -> Run
+
+CountRuns sits under the lease: an event waiting for its session's lease (held by a worker
+that just died) has not started, so a kill then does not count against it.
 
 Observing middleware (tracing) wraps Settle, so its span covers the reply and the dead letter;
 the app's middleware sits inside Settle, so an event it refuses, or an exception it raises,
@@ -17,7 +20,7 @@ from typing import TYPE_CHECKING
 from agentqueue.workers.delayed import Park
 from agentqueue.workers.pipeline.admit import Decode, Route, SizeLimit
 from agentqueue.workers.pipeline.guards import (
-    CountDeliveries,
+    CountRuns,
     Deadline,
     Dedup,
     DeliveryLimit,
@@ -38,12 +41,11 @@ def receive_chain(p: Pipeline) -> list[object]:
     return [SizeLimit(p), *admitting, Decode(p), Park(p), Route(p)]
 
 
-def process_chain(p: Pipeline, count_deliveries_in_store: bool) -> list[object]:
+def process_chain(p: Pipeline) -> list[object]:
     """The layers an event passes in its session lane, outermost first."""
     processing = [m for m in p.middleware if overrides(m, "process")]
     observing = [m.process for m in processing if m.wraps_settlement]
     inner = [m.process for m in processing if not m.wraps_settlement]
-    counting = [CountDeliveries(p)] if count_deliveries_in_store else []
     return [
         *observing,
         Settle(p),
@@ -51,9 +53,9 @@ def process_chain(p: Pipeline, count_deliveries_in_store: bool) -> list[object]:
         Supported(p),
         Dedup(p),
         Deadline(p),
-        *counting,
-        DeliveryLimit(p),
         Lease(p),
+        CountRuns(p),
+        DeliveryLimit(p),
         Commit(p),
         Run(p),
     ]
