@@ -281,6 +281,7 @@ class RabbitMQBroker(Broker):
 
     async def _declare(self, topology: Topology) -> None:
         channel = await self.connection.channel()
+        old_limits: list[str] = []
         try:
             dlx = await channel.declare_exchange(
                 f"{topology.namespace}-dlx", aio_pika.ExchangeType.FANOUT, durable=True
@@ -294,11 +295,20 @@ class RabbitMQBroker(Broker):
                     f"{topology.namespace}-{family}", aio_pika.ExchangeType.DIRECT, durable=True
                 )
                 for p in topology.declaration_order(family):
-                    queue = await channel.declare_queue(
-                        topology.queue(family, p),
-                        durable=True,
-                        arguments=_partition_arguments(topology),
-                    )
+                    name = topology.queue(family, p)
+                    try:
+                        queue = await channel.declare_queue(
+                            name, durable=True, arguments=_partition_arguments(topology)
+                        )
+                    except aiormq.exceptions.ChannelPreconditionFailed as exc:
+                        if "x-delivery-limit" not in str(exc):
+                            raise
+                        # Declared by an older version with a lower limit: used as it is, said
+                        # loudly below (the failed declare closed the channel: open another).
+                        old_limits.append(name)
+                        channel = await self.connection.channel()
+                        exchange = await channel.get_exchange(exchange.name, ensure=False)
+                        queue = await channel.declare_queue(name, passive=True)
                     await queue.bind(exchange, routing_key=str(p))
         except aiormq.exceptions.ChannelPreconditionFailed as exc:
             raise BrokerError(
@@ -308,6 +318,17 @@ class RabbitMQBroker(Broker):
         finally:
             if not channel.is_closed:
                 await channel.close()
+        if old_limits:
+            log.warning(
+                "%d partition queues of namespace %r (%s, …) were declared with an older, lower"
+                " x-delivery-limit: there a healthy event redelivered that often by worker deaths"
+                " alone is dead-lettered. Drain and delete them, then start a worker, to get the"
+                " crash-loop guard of %d",
+                len(old_limits),
+                topology.namespace,
+                old_limits[0],
+                topology.broker_delivery_limit,
+            )
         self._topology = topology
         assert self._publisher is not None
         for family in (REQUESTS, TOOLS):

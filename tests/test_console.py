@@ -22,23 +22,13 @@ from agentqueue import Client
 from agentqueue.broker.topology import Topology
 from agentqueue.deploy.local_rabbitmq import free_port
 from agentqueue.protocol import new_id
+from agentqueue.workers.browser import CHROMIUM, CHROMIUM_FLAGS
 from tests.conftest import server_unavailable
 from tests.processes import ROOT, WorkerProcess
 from tests.proxies import ThreadedProxy
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 ARTIFACTS = ROOT / "test-artifacts"
 
 
@@ -235,7 +225,7 @@ def test_the_console_shows_both_owners_a_request_waterfall_and_replays_a_dead_le
     stack.batch("eval-console", 3, tmp_path)
 
     with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
+        browser = pw.chromium.launch(executable_path=executable, args=CHROMIUM_FLAGS)
         try:
             page = browser.new_page(viewport={"width": 1280, "height": 1100})
             page.goto(stack.url + "/")

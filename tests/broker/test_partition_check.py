@@ -70,3 +70,31 @@ async def test_processes_that_declare_one_namespace_at_once_all_start(broker_url
             for broker in (a, b, a, b):
                 tg.start_soon(broker.declare, topology)
         assert await existing_partitions(a, topology, REQUESTS) == 8
+
+
+async def test_queues_from_an_older_delivery_limit_are_used_with_a_loud_warning(
+    rabbitmq_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    import aio_pika
+
+    topology = Topology(namespace=f"old{new_id()[:6]}", partitions=2, tool_partitions=1)
+    connection = await aio_pika.connect(rabbitmq_url)
+    async with connection:
+        channel = await connection.channel()
+        for family in (REQUESTS, TOOLS):
+            for name in topology.queues(family):  # as an older version declared them
+                args = {"x-queue-type": "quorum", "x-single-active-consumer": True}
+                args |= {
+                    "x-delivery-limit": 20,
+                    "x-dead-letter-exchange": f"{topology.namespace}-dlx",
+                }
+                await channel.declare_queue(name, durable=True, arguments=args)
+    async with open_broker(rabbitmq_url) as broker:
+        await broker.declare(topology)
+        await broker.publish(topology.queue(REQUESTS, 1), b"still routed")
+        assert (await broker.stats(topology.queue(REQUESTS, 1))).ready == 1
+    [warning] = [r.getMessage() for r in caplog.records if "x-delivery-limit" in r.getMessage()]
+    assert warning.startswith(
+        f"3 partition queues of namespace {topology.namespace!r} ({topology.namespace}-requests-1,"
+        " …) were declared with an older, lower x-delivery-limit"
+    )
