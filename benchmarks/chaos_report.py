@@ -40,7 +40,8 @@ class ChaosEvents:
 
 @dataclass
 class ChaosResult:
-    """The numbers of one run; `passed` when nothing was lost, duplicated or reordered."""
+    """The numbers of one run; `passed` when every request (all are healthy) got its one final
+    answer, in order, with its effect applied once."""
 
     title: str
     setup: str
@@ -65,9 +66,14 @@ class ChaosResult:
 
     @property
     def passed(self) -> bool:
-        """Lost, duplicate effects, order violations and effect-less answers all zero."""
+        """Nothing lost, failed, timed out or dead-lettered; no duplicate effect, order
+        violation or effect-less answer. Every chaos request is healthy, so a dead letter or a
+        failed answer is the system's fault, not the request's."""
         return not (
             self.lost
+            or self.dead_lettered
+            or sum(self.other_answers.values())
+            or self.tool_errors
             or self.duplicate_effects
             or self.order_violations
             or self.final_without_effect
@@ -272,9 +278,10 @@ def render(result: ChaosResult) -> str:
         f" latency p50 {p50:.2f} s, p99 {p99:.2f} s; publishes repeated with the same id:"
         f" {r.publish_retries}; requests never published: {r.not_published}.",
         "",
-        f"**{'PASS' if r.passed else 'FAIL'}**: lost {r.lost}, duplicate effects "
-        f"{r.duplicate_effects}, order violations {r.order_violations}, final answers without an"
-        f" effect {r.final_without_effect}.",
+        f"**{'PASS' if r.passed else 'FAIL'}**: lost {r.lost}, dead-lettered {r.dead_lettered},"
+        f" other answers {sum(r.other_answers.values())}, failed tool calls {r.tool_errors},"
+        f" duplicate effects {r.duplicate_effects}, order violations {r.order_violations},"
+        f" final answers without an effect {r.final_without_effect}.",
     ]
     if r.examples:
         lines += ["", "First problems seen:", "", *(f"- {x}" for x in r.examples)]
