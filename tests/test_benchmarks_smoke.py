@@ -29,7 +29,7 @@ def amqp_url(
         return
     except pytest.FixtureLookupError:
         pass
-    from agentqueue.deploy.local_rabbitmq import LocalRabbitMQ, ServerNotInstalledError
+    from agentqueue.deploy.local.rabbitmq import LocalRabbitMQ, ServerNotInstalledError
 
     try:
         node = LocalRabbitMQ(tmp_path_factory.mktemp("bench-rabbitmq")).start()

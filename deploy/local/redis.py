@@ -11,7 +11,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
-from agentqueue.deploy.local_rabbitmq import (
+from agentqueue.deploy.local.rabbitmq import (
     HOST,
     ServerStartError,
     claim_data_dir,

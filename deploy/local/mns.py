@@ -32,7 +32,7 @@ from mns.account import Account
 from starlette.requests import Request
 from starlette.responses import Response
 
-from agentqueue.deploy.mns_protocol import (
+from agentqueue.deploy.local.mns_protocol import (
     CONTENT_TYPE,
     MAX_BATCH,
     MAX_BATCH_BODY_BYTES,
@@ -61,14 +61,14 @@ from agentqueue.deploy.mns_protocol import (
     sent_document,
     visibility_document,
 )
-from agentqueue.deploy.mns_store import (
+from agentqueue.deploy.local.mns_store import (
     HandleNotFound,
     MNSStore,
     QueueConflict,
     QueueNotFound,
     StoredMessage,
 )
-from agentqueue.deploy.threaded_server import serve_in_thread
+from agentqueue.deploy.local.threaded_server import serve_in_thread
 
 __all__ = [
     "DEFAULT_ACCESS_ID",

@@ -35,7 +35,7 @@ from typing import Any
 
 import uvicorn
 
-from agentqueue.deploy.threaded_server import serve_in_thread
+from agentqueue.deploy.local.threaded_server import serve_in_thread
 
 DEFAULT_MODEL = "test-model"
 GATE_TIMEOUT = 60.0  # a gate never set still lets the answer finish, so the server can stop
