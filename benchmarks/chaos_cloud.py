@@ -37,7 +37,8 @@ from agentqueue.broker.mns_config import ENV_ID, ENV_SECRET, Credentials
 from agentqueue.broker.topology import REQUESTS, TOOLS, Topology
 from agentqueue.deploy.local.fc import LocalFC, TriggerConfig
 from agentqueue.deploy.local.mns import DEFAULT_ACCESS_ID, DEFAULT_ACCESS_KEY
-from agentqueue.deploy.local.rabbitmq import HOST, end_child, free_port, spawn_child
+from agentqueue.deploy.local.ports import HOST, free_port
+from agentqueue.deploy.local.process import end_child, spawn_child
 from benchmarks.chaos_app import LOG_ENV
 from benchmarks.chaos_driver import ROOT, Chaos, drive
 from benchmarks.chaos_load import ChaosLoad, chaos_client

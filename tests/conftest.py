@@ -9,7 +9,8 @@ from typing import NoReturn
 import pytest
 
 from agentqueue.deploy.local.mns import LocalMNS
-from agentqueue.deploy.local.rabbitmq import LocalRabbitMQ, ServerNotInstalledError
+from agentqueue.deploy.local.process import ServerNotInstalledError
+from agentqueue.deploy.local.rabbitmq import LocalRabbitMQ
 from agentqueue.deploy.local.redis import LocalRedis
 
 

@@ -3,27 +3,12 @@
 from __future__ import annotations
 
 import shutil
-import signal
 import socket
-import subprocess
-import time
 from pathlib import Path
-from types import TracebackType
-from typing import Self
 
-from agentqueue.deploy.local.rabbitmq import (
-    HOST,
-    ServerStartError,
-    claim_data_dir,
-    clean_env,
-    end_child,
-    free_port,
-    kill_leftovers,
-    log_tail,
-    release_data_dir,
-    require_program,
-    spawn_child,
-)
+from agentqueue.deploy.local.ports import HOST, free_port
+from agentqueue.deploy.local.process import clean_env, require_program
+from agentqueue.deploy.local.supervisor import LocalServer
 
 
 def redis_ping(port: int, *, host: str = HOST, timeout: float = 2.0) -> None:
@@ -40,8 +25,12 @@ def _quote(value: object) -> str:
     return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-class LocalRedis:
+class LocalRedis(LocalServer):
     """One private redis-server on 127.0.0.1 with its own port and data dir, kept as a child."""
+
+    ready_when = "answer PING"
+    start_timeout = 30
+    poll_interval = 0.02
 
     def __init__(
         self,
@@ -55,13 +44,10 @@ class LocalRedis:
         """Describe a server; port None picks a free port."""
         if maxmemory_mb < 16:
             raise ValueError(f"maxmemory_mb={maxmemory_mb} is too small; give at least 16")
-        self.data_dir = Path(data_dir).resolve()
-        self.port = port or free_port()
+        super().__init__(Path(data_dir).resolve(), port or free_port())
         self.maxmemory_mb = maxmemory_mb
         self.extra_config = extra_config
         self.binary = binary
-        self.last_start_seconds: float | None = None
-        self._proc: subprocess.Popen[bytes] | None = None
 
     def __repr__(self) -> str:
         state = "running" if self.running else "stopped"
@@ -73,14 +59,31 @@ class LocalRedis:
         return f"redis://{HOST}:{self.port}/0"
 
     @property
-    def running(self) -> bool:
-        """True while the server's process is alive."""
-        return self._proc is not None and self._proc.poll() is None
-
-    @property
     def log_file(self) -> Path:
         """The server's log file."""
         return self.data_dir / "redis.log"
+
+    @property
+    def _failure_log(self) -> Path:
+        # Redis writes its errors to its own log once it has read the config.
+        return self.log_file
+
+    def _describe(self) -> str:
+        return f"redis-server on port {self.port}"
+
+    def _program(self) -> Path:
+        return require_program(
+            self.binary or shutil.which("redis-server") or "/usr/bin/redis-server", "redis-server"
+        )
+
+    def _check_installed(self) -> None:
+        self._program()
+
+    def _prepare(self) -> tuple[list[str], dict[str, str]]:
+        return [str(self._program()), str(self._write_config())], clean_env()
+
+    def _probe(self) -> None:
+        redis_ping(self.port)
 
     def _write_config(self) -> Path:
         conf = [
@@ -104,83 +107,3 @@ class LocalRedis:
         path = self.data_dir / "redis.conf"
         path.write_text("\n".join(conf) + "\n")
         return path
-
-    def start(self, timeout: float = 30) -> Self:
-        """Start the server and block until it answers PING."""
-        if self.running:
-            return self
-        binary = require_program(
-            self.binary or shutil.which("redis-server") or "/usr/bin/redis-server", "redis-server"
-        )
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        claim_data_dir(self.data_dir, self)
-        try:
-            kill_leftovers(self.data_dir)
-            conf = self._write_config()
-            started = time.monotonic()
-            self._proc = spawn_child(
-                [str(binary), str(conf)],
-                env=clean_env(),
-                cwd=self.data_dir,
-                log_path=self.data_dir / "stdout.log",
-                marker=self.data_dir,
-            )
-            self._await_ready(started + timeout, timeout)
-            self.last_start_seconds = time.monotonic() - started
-        except BaseException:
-            self.kill()
-            raise
-        return self
-
-    def _await_ready(self, deadline: float, timeout: float) -> None:
-        assert self._proc is not None
-        last_error: OSError | None = None
-        while True:
-            if self._proc.poll() is not None:
-                raise ServerStartError(
-                    f"redis-server on port {self.port} exited with code {self._proc.returncode} "
-                    f"during start-up. Log:\n{log_tail(self.log_file)}"
-                )
-            try:
-                redis_ping(self.port)
-                return
-            except OSError as exc:
-                last_error = exc
-            if time.monotonic() > deadline:
-                raise ServerStartError(
-                    f"redis-server did not answer PING on {HOST}:{self.port} within {timeout}s "
-                    f"(last error: {last_error}); raise the timeout or see {self.log_file}"
-                )
-            time.sleep(0.02)
-
-    def stop(self, timeout: float = 30) -> None:
-        """Stop the server gracefully (SIGTERM flushes the AOF), SIGKILL after timeout."""
-        if self._proc is not None:
-            end_child(self._proc, sig=signal.SIGTERM, timeout=timeout)
-        self._cleanup()
-
-    def kill(self) -> None:
-        """SIGKILL the server, as a crash would."""
-        if self._proc is not None:
-            end_child(self._proc, sig=signal.SIGKILL, timeout=10)
-        self._cleanup()
-
-    def restart(self, timeout: float = 30) -> Self:
-        """Stop and start again on the same port, keeping the data."""
-        self.stop()
-        return self.start(timeout)
-
-    def _cleanup(self) -> None:
-        self._proc = None
-        release_data_dir(self.data_dir, self)
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()

@@ -14,12 +14,9 @@ import aio_pika
 import pytest
 import redis
 
-from agentqueue.deploy.local.rabbitmq import (
-    LocalRabbitMQ,
-    LocalRabbitMQCluster,
-    ServerStartError,
-    marked_processes,
-)
+from agentqueue.deploy.local.process import ServerStartError, marked_processes
+from agentqueue.deploy.local.rabbitmq import LocalRabbitMQ
+from agentqueue.deploy.local.rabbitmq_cluster import LocalRabbitMQCluster
 from agentqueue.deploy.local.redis import LocalRedis
 
 pytestmark = pytest.mark.broker
