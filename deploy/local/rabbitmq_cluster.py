@@ -5,17 +5,16 @@ from __future__ import annotations
 import json
 import secrets
 from pathlib import Path
-from types import TracebackType
 from typing import Self
 
 from agentqueue.deploy.local.epmd import Epmd
 from agentqueue.deploy.local.ports import free_port
 from agentqueue.deploy.local.process import kill_leftovers
 from agentqueue.deploy.local.rabbitmq import LocalRabbitMQ, default_node_name
-from agentqueue.deploy.local.supervisor import claim_data_dir, release_data_dir
+from agentqueue.deploy.local.supervisor import StartStop, claim_data_dir, release_data_dir
 
 
-class LocalRabbitMQCluster:
+class LocalRabbitMQCluster(StartStop):
     """Several private RabbitMQ nodes on 127.0.0.1 joined into one cluster."""
 
     def __init__(
@@ -127,14 +126,3 @@ class LocalRabbitMQCluster:
             node.stop(timeout)
         self._epmd.stop()
         release_data_dir(self.data_dir, self)
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()

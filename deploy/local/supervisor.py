@@ -63,7 +63,30 @@ def _stop_all_at_exit() -> None:
             server.stop()
 
 
-class LocalServer:
+class StartStop:
+    """`with server:` starts the server and stops it on the way out."""
+
+    def start(self) -> Self:
+        """Start serving and return once the server answers."""
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        """Stop serving."""
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+class LocalServer(StartStop):
     """A private server on 127.0.0.1 kept as a child process; subclasses say how to run it."""
 
     #: What start() waits for, as in "did not <ready_when> on host:port".
@@ -220,14 +243,3 @@ class LocalServer:
             with contextlib.suppress(ServerStartError):
                 kill_leftovers(self.data_dir)
             release_data_dir(self.data_dir, self)
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
