@@ -22,7 +22,7 @@ from mns.mns_client import MNSClient
 from mns.mns_exception import MNSServerException
 from mns.queue import Message, Queue, QueueMeta
 
-from agentqueue.deploy import mns_protocol
+from agentqueue.deploy.local import mns_protocol
 from agentqueue.deploy.local.mns import LocalMNS
 
 NS = "{http://mns.aliyuncs.com/doc/v1/}"
