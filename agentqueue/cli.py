@@ -1161,7 +1161,7 @@ def _local(args: argparse.Namespace, settings: Settings) -> int:
     if args.local_command == "rabbitmq":
         return _local_rabbitmq(args)
     if args.local_command == "mns":
-        from agentqueue.deploy.local_mns import serve, server_credentials
+        from agentqueue.deploy.local.mns import serve, server_credentials
 
         credentials = server_credentials(args.host, args.access_key_id, args.access_key_secret)
         os.makedirs(os.path.dirname(os.path.abspath(args.db)), exist_ok=True)
@@ -1171,7 +1171,7 @@ def _local(args: argparse.Namespace, settings: Settings) -> int:
         serve(args.host, args.port, args.db, credentials.access_id, credentials.access_key)
         return 0
     if args.local_command == "openai":
-        from agentqueue.deploy.local_openai import DEFAULT_MODEL, LocalOpenAI
+        from agentqueue.deploy.local.openai import DEFAULT_MODEL, LocalOpenAI
 
         names = args.model or [DEFAULT_MODEL]
         limit = (args.rate_limit, 1.0) if args.rate_limit else None
@@ -1179,7 +1179,7 @@ def _local(args: argparse.Namespace, settings: Settings) -> int:
             print(f"OPENAI_BASE_URL={api.url} AGENTQUEUE_MODEL={names[0]}", file=sys.stderr)
             _wait_for_stop()
         return 0
-    from agentqueue.deploy.local_fc import TriggerConfig, serve_local_fc
+    from agentqueue.deploy.local.fc import TriggerConfig, serve_local_fc
 
     _load_app(args.app)  # fail here, not in every instance, when the app does not import
     env = {
@@ -1208,7 +1208,7 @@ def _local(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _local_rabbitmq(args: argparse.Namespace) -> int:
-    from agentqueue.deploy.local_rabbitmq import LocalRabbitMQ
+    from agentqueue.deploy.local.rabbitmq import LocalRabbitMQ
     from agentqueue.workers.settings import state_dir
 
     data_dir = args.data_dir or os.path.join(state_dir(), "rabbitmq")

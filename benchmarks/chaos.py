@@ -32,8 +32,9 @@ if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
 import anyio
 
 from agentqueue.broker.topology import Topology
-from agentqueue.deploy.local_rabbitmq import LocalRabbitMQ, LocalRabbitMQCluster
-from agentqueue.deploy.local_redis import LocalRedis
+from agentqueue.deploy.local.rabbitmq import LocalRabbitMQ
+from agentqueue.deploy.local.rabbitmq_cluster import LocalRabbitMQCluster
+from agentqueue.deploy.local.redis import LocalRedis
 from benchmarks.chaos_cloud import cloud_topology, run_cloud
 from benchmarks.chaos_driver import (
     Chaos,

@@ -1,9 +1,9 @@
 """The chaos run on the Alibaba Cloud path: a local MNS server, the FC emulator, instance kills.
 
 `chaos.py --cloud` sends the same requests through MNS queues to FC instances (processes of
-`agentqueue.deploy.fc_instance` running `agentqueue.workers.fc.handler`, started on demand by the
-emulator's queue triggers; one function for the agent queues and one for the tool queues), and
-does the cloud's faults to them:
+`agentqueue.deploy.local.fc_instance` running `agentqueue.workers.fc.handler`, started on demand
+by the emulator's queue triggers; one function for the agent queues and one for the tool
+queues), and does the cloud's faults to them:
 
 - an instance SIGKILLed every few seconds, preferably one in the middle of an invocation: the
   trigger retries its batch on another instance (a cold start, if none is idle);
@@ -35,9 +35,10 @@ import anyio
 from agentqueue.broker.mns import MNSBroker
 from agentqueue.broker.mns_config import ENV_ID, ENV_SECRET, Credentials
 from agentqueue.broker.topology import REQUESTS, TOOLS, Topology
-from agentqueue.deploy.local_fc import LocalFC, TriggerConfig
-from agentqueue.deploy.local_mns import DEFAULT_ACCESS_ID, DEFAULT_ACCESS_KEY
-from agentqueue.deploy.local_rabbitmq import HOST, end_child, free_port, spawn_child
+from agentqueue.deploy.local.fc import LocalFC, TriggerConfig
+from agentqueue.deploy.local.mns import DEFAULT_ACCESS_ID, DEFAULT_ACCESS_KEY
+from agentqueue.deploy.local.ports import HOST, free_port
+from agentqueue.deploy.local.process import end_child, spawn_child
 from benchmarks.chaos_app import LOG_ENV
 from benchmarks.chaos_driver import ROOT, Chaos, drive
 from benchmarks.chaos_load import ChaosLoad, chaos_client

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import anyio
 
-from agentqueue.deploy.local_rabbitmq import end_child, spawn_child
+from agentqueue.deploy.local.process import end_child, spawn_child
 from benchmarks.chaos_app import LOG_ENV
 from benchmarks.chaos_load import ChaosLoad
 from benchmarks.chaos_report import ChaosEvents

@@ -13,7 +13,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from agentqueue.deploy.local_rabbitmq import end_child, free_port, spawn_child
+from agentqueue.deploy.local.ports import free_port
+from agentqueue.deploy.local.process import end_child, spawn_child
 from benchmarks.contenders.common import PYTHON, BenchEnv
 
 ROOT = Path(__file__).resolve().parent.parent

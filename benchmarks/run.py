@@ -221,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
                 url = args.broker
                 results["broker"] = {"kind": "given", "url": "(given by --broker)"}
             else:
-                from agentqueue.deploy.local_rabbitmq import LocalRabbitMQ
+                from agentqueue.deploy.local.rabbitmq import LocalRabbitMQ
 
                 rabbit = LocalRabbitMQ(tmp_dir / "rabbitmq").start()
                 url = rabbit.url

@@ -29,8 +29,8 @@ import anyio
 from agentqueue import Client
 from agentqueue.broker.topology import Topology
 from agentqueue.broker.urls import open_broker
-from agentqueue.deploy.local_rabbitmq import LocalRabbitMQ
-from agentqueue.deploy.local_redis import LocalRedis
+from agentqueue.deploy.local.rabbitmq import LocalRabbitMQ
+from agentqueue.deploy.local.redis import LocalRedis
 from agentqueue.protocol import new_id
 from agentqueue.protocol.messages import ResultEvent
 from agentqueue.settings import Settings

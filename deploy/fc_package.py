@@ -164,38 +164,17 @@ def pinned_requirements() -> tuple[str, ...]:
 def install_dependencies(requirements: tuple[str, ...], target: Path) -> None:
     """Install wheels for FC's Python and platform into `target`; names any without a wheel."""
     uv = shutil.which("uv")
+    install = ["install", "--quiet", "--target", str(target), "--python-version", PYTHON_VERSION]
     if uv:
         command = [
-            uv,
-            "pip",
-            "install",
-            "--quiet",
-            "--target",
-            str(target),
-            "--python-version",
-            PYTHON_VERSION,
-            "--python-platform",
-            UV_PLATFORM,
-            "--only-binary",
-            ":all:",
+            *(uv, "pip", *install),
+            *("--python-platform", UV_PLATFORM, "--only-binary", ":all:"),
             *requirements,
         ]
     elif importlib.util.find_spec("pip") is not None:
         command = [
-            sys.executable,
-            "-m",
-            "pip",
-            "install",
-            "--quiet",
-            "--target",
-            str(target),
-            "--python-version",
-            PYTHON_VERSION,
-            "--platform",
-            PLATFORM,
-            "--implementation",
-            "cp",
-            "--only-binary=:all:",
+            *(sys.executable, "-m", "pip", *install),
+            *("--platform", PLATFORM, "--implementation", "cp", "--only-binary=:all:"),
             *requirements,
         ]
     else:

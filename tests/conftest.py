@@ -8,9 +8,10 @@ from typing import NoReturn
 
 import pytest
 
-from agentqueue.deploy.local_mns import LocalMNS
-from agentqueue.deploy.local_rabbitmq import LocalRabbitMQ, ServerNotInstalledError
-from agentqueue.deploy.local_redis import LocalRedis
+from agentqueue.deploy.local.mns import LocalMNS
+from agentqueue.deploy.local.process import ServerNotInstalledError
+from agentqueue.deploy.local.rabbitmq import LocalRabbitMQ
+from agentqueue.deploy.local.redis import LocalRedis
 
 
 def server_unavailable(reason: str) -> NoReturn:

@@ -29,7 +29,8 @@ def amqp_url(
         return
     except pytest.FixtureLookupError:
         pass
-    from agentqueue.deploy.local_rabbitmq import LocalRabbitMQ, ServerNotInstalledError
+    from agentqueue.deploy.local.process import ServerNotInstalledError
+    from agentqueue.deploy.local.rabbitmq import LocalRabbitMQ
 
     try:
         node = LocalRabbitMQ(tmp_path_factory.mktemp("bench-rabbitmq")).start()

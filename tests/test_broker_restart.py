@@ -9,7 +9,7 @@ import pytest
 
 from agentqueue import AgentQueueError, Client
 from agentqueue.broker.topology import Topology
-from agentqueue.deploy.local_rabbitmq import LocalRabbitMQ
+from agentqueue.deploy.local.rabbitmq import LocalRabbitMQ
 from agentqueue.protocol import new_id
 from tests.processes import workers
 

@@ -15,7 +15,7 @@ from agentqueue.broker.base import read_dead_letter
 from agentqueue.broker.mns import MNSBroker
 from agentqueue.broker.topology import Topology
 from agentqueue.client import RequestHandle
-from agentqueue.deploy.local_fc import LocalFC, TriggerConfig
+from agentqueue.deploy.local.fc import LocalFC, TriggerConfig
 from agentqueue.protocol import AgentRequest, Envelope, new_id, user_message
 from tests import processes
 from tests.deploy.test_local_fc import function_env, publish_and_collect

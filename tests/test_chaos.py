@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from agentqueue.deploy.local_rabbitmq import RABBITMQ_BIN_DIR
+from agentqueue.deploy.local.rabbitmq import RABBITMQ_BIN_DIR
 from tests.conftest import server_unavailable
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -20,7 +20,7 @@ import pytest
 
 from agentqueue import Client
 from agentqueue.broker.topology import Topology
-from agentqueue.deploy.local_rabbitmq import free_port
+from agentqueue.deploy.local.ports import free_port
 from agentqueue.protocol import new_id
 from agentqueue.workers.browser import CHROMIUM, CHROMIUM_FLAGS
 from tests.conftest import server_unavailable

@@ -10,8 +10,8 @@ import pytest
 
 from agentqueue import Client
 from agentqueue.broker.topology import Topology
-from agentqueue.deploy.local_mns import LocalMNS
-from agentqueue.deploy.local_rabbitmq import LocalRabbitMQ
+from agentqueue.deploy.local.mns import LocalMNS
+from agentqueue.deploy.local.rabbitmq import LocalRabbitMQ
 from agentqueue.protocol import new_id
 from agentqueue.workers.delayed import timer_key
 from agentqueue.workers.timers import open_timer_store

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from agentqueue.cli import main
-from agentqueue.deploy.local_openai import Attempt, LocalOpenAI
+from agentqueue.deploy.local.openai import Attempt, LocalOpenAI
 from agentqueue.protocol import new_id
 from tests.processes import ROOT, workers
 

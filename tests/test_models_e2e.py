@@ -18,7 +18,7 @@ import pytest
 
 from agentqueue import Client, RequestFailed
 from agentqueue.broker.topology import Topology
-from agentqueue.deploy.local_openai import Answer, CallTool, Fail, Hang, LocalOpenAI
+from agentqueue.deploy.local.openai import Answer, CallTool, Fail, Hang, LocalOpenAI
 from agentqueue.protocol import new_id
 from agentqueue.trace_file import read_spans
 from tests.processes import ROOT, WorkerProcess, workers

@@ -10,7 +10,7 @@ import pytest
 
 from agentqueue import Client
 from agentqueue.broker.topology import Topology
-from agentqueue.deploy.local_rabbitmq import LocalRabbitMQCluster
+from agentqueue.deploy.local.rabbitmq_cluster import LocalRabbitMQCluster
 from agentqueue.protocol import Envelope, ToolCall, ToolResult, encode, new_id
 from tests.processes import worker_args, workers
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from agentqueue.deploy.local_rabbitmq import LocalRabbitMQ
+from agentqueue.deploy.local.rabbitmq import LocalRabbitMQ
 
 pytestmark = pytest.mark.slow
 

@@ -10,7 +10,7 @@ import pytest
 from agentqueue import Client
 from agentqueue.broker.topology import Topology
 from agentqueue.broker.urls import redact_url
-from agentqueue.deploy.local_rabbitmq import LocalRabbitMQ
+from agentqueue.deploy.local.rabbitmq import LocalRabbitMQ
 from agentqueue.protocol import new_id
 from tests.processes import WorkerProcess, worker_args
 

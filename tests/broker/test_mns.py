@@ -13,7 +13,7 @@ from agentqueue.broker.mns import MNSBroker
 from agentqueue.broker.mns_body import from_wire, to_wire
 from agentqueue.broker.mns_config import load_credentials
 from agentqueue.broker.topology import Topology
-from agentqueue.deploy.local_mns import LocalMNS
+from agentqueue.deploy.local.mns import LocalMNS
 from agentqueue.protocol import new_id
 
 pytestmark = pytest.mark.broker

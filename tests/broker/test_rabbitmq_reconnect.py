@@ -17,7 +17,7 @@ import pytest
 from agentqueue.broker.errors import BrokerError
 from agentqueue.broker.rabbitmq import RESUBSCRIBE_PAUSE, RabbitMQBroker
 from agentqueue.broker.topology import REQUESTS, Topology
-from agentqueue.deploy.local_rabbitmq import LocalRabbitMQ
+from agentqueue.deploy.local.rabbitmq import LocalRabbitMQ
 from agentqueue.protocol import new_id
 from tests.proxies import ThreadedProxy, port_of
 

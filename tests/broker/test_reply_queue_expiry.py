@@ -7,7 +7,7 @@ import pytest
 
 from agentqueue import Client, Settings
 from agentqueue.broker.urls import open_broker
-from agentqueue.deploy.local_rabbitmq import LocalRabbitMQ
+from agentqueue.deploy.local.rabbitmq import LocalRabbitMQ
 from agentqueue.protocol import new_id
 
 pytestmark = pytest.mark.broker

@@ -11,7 +11,8 @@ import pytest
 from agentqueue import App, Client
 from agentqueue.broker.topology import Topology
 from agentqueue.broker.urls import open_broker
-from agentqueue.deploy.local_rabbitmq import LocalRabbitMQ, free_port
+from agentqueue.deploy.local.ports import free_port
+from agentqueue.deploy.local.rabbitmq import LocalRabbitMQ
 from agentqueue.errors import BrokerConnectionError
 from agentqueue.protocol import new_id
 from agentqueue.workers.session_store import MemorySessionStore

@@ -12,7 +12,7 @@ import pytest
 from agentqueue import Client
 from agentqueue.broker.mns import MNSBroker
 from agentqueue.broker.topology import Topology
-from agentqueue.deploy.local_fc import LocalFC, TriggerConfig
+from agentqueue.deploy.local.fc import LocalFC, TriggerConfig
 from agentqueue.protocol import new_id
 from tests.deploy.test_local_fc import function_env
 from tests.test_approvals import PAID, denied, effects, paused

@@ -13,7 +13,7 @@ from agentqueue.broker.base import read_dead_letter
 from agentqueue.broker.mns import MNSBroker
 from agentqueue.broker.replies import ReplyRouter
 from agentqueue.broker.topology import Topology
-from agentqueue.deploy.local_fc import LocalFC, TriggerConfig
+from agentqueue.deploy.local.fc import LocalFC, TriggerConfig
 from agentqueue.protocol import Envelope, ToolCall, ToolResult, encode, new_id
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]

@@ -8,7 +8,7 @@ import pytest
 
 from agentqueue.broker.mns import MNSBroker
 from agentqueue.broker.topology import Topology
-from agentqueue.deploy.local_fc import LocalFC, TriggerConfig
+from agentqueue.deploy.local.fc import LocalFC, TriggerConfig
 from agentqueue.protocol import ToolResult, new_id
 from tests.deploy.test_local_fc import function_env, publish_and_collect, tool_call
 from tests.workers.test_sandbox import bwrap

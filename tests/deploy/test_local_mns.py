@@ -22,8 +22,8 @@ from mns.mns_client import MNSClient
 from mns.mns_exception import MNSServerException
 from mns.queue import Message, Queue, QueueMeta
 
-from agentqueue.deploy import mns_protocol
-from agentqueue.deploy.local_mns import LocalMNS
+from agentqueue.deploy.local import mns_protocol
+from agentqueue.deploy.local.mns import LocalMNS
 
 NS = "{http://mns.aliyuncs.com/doc/v1/}"
 

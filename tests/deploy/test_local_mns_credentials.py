@@ -17,7 +17,7 @@ from mns.account import Account
 from mns.mns_exception import MNSServerException
 from mns.queue import QueueMeta
 
-from agentqueue.deploy.local_mns import (
+from agentqueue.deploy.local.mns import (
     DEFAULT_ACCESS_ID,
     DEFAULT_ACCESS_KEY,
     server_credentials,

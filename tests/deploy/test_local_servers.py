@@ -14,13 +14,10 @@ import aio_pika
 import pytest
 import redis
 
-from agentqueue.deploy.local_rabbitmq import (
-    LocalRabbitMQ,
-    LocalRabbitMQCluster,
-    ServerStartError,
-    marked_processes,
-)
-from agentqueue.deploy.local_redis import LocalRedis
+from agentqueue.deploy.local.process import ServerStartError, marked_processes
+from agentqueue.deploy.local.rabbitmq import LocalRabbitMQ
+from agentqueue.deploy.local.rabbitmq_cluster import LocalRabbitMQCluster
+from agentqueue.deploy.local.redis import LocalRedis
 
 pytestmark = pytest.mark.broker
 
@@ -36,7 +33,7 @@ RA_DIRECTORY_FLUSH = 1.0
 # starting it off the main thread (no parent-death signal) and exiting without atexit.
 OWNER = """
 import os, sys, threading, time
-from agentqueue.deploy.local_rabbitmq import LocalRabbitMQ
+from agentqueue.deploy.local.rabbitmq import LocalRabbitMQ
 node = LocalRabbitMQ(sys.argv[1])
 if sys.argv[2] == "crash":
     starter = threading.Thread(target=node.start)

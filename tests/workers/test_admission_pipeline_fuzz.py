@@ -21,7 +21,7 @@ from agentqueue.broker.base import read_dead_letter
 from agentqueue.broker.memory import MemoryBroker
 from agentqueue.broker.mns_body import to_wire
 from agentqueue.broker.topology import Topology
-from agentqueue.deploy.local_mns import LocalMNS
+from agentqueue.deploy.local.mns import LocalMNS
 from agentqueue.protocol import (
     AgentRequest,
     Cancel,

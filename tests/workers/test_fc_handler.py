@@ -17,7 +17,7 @@ from mns.queue import QueueMeta
 
 from agentqueue.broker.base import read_dead_letter
 from agentqueue.broker.mns_body import from_wire, to_wire
-from agentqueue.deploy.local_mns import LocalMNS
+from agentqueue.deploy.local.mns import LocalMNS
 from agentqueue.protocol import Envelope, ToolCall, ToolResult, decode, encode
 from agentqueue.protocol.signing import KeyRing
 from agentqueue.workers import fc

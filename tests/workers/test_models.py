@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from agentscope.message import UserMsg
 
-from agentqueue.deploy.local_openai import Answer, CallTool, Fail, Hang, LocalOpenAI
+from agentqueue.deploy.local.openai import Answer, CallTool, Fail, Hang, LocalOpenAI
 from agentqueue.workers.errors import ModelCallError, ModelConfigError
 from agentqueue.workers.model_guard import DashScopeChatModel, OpenAIChatModel
 from agentqueue.workers.models import ModelRuntime, choose_model

@@ -14,7 +14,7 @@ from agentqueue import App
 from agentqueue.broker.base import read_dead_letter
 from agentqueue.broker.memory import MemoryBroker
 from agentqueue.broker.topology import Topology
-from agentqueue.deploy.local_mns import LocalMNS
+from agentqueue.deploy.local.mns import LocalMNS
 from agentqueue.protocol import Envelope, ToolCall, decode, decode_dead_letter, encode, new_id
 from agentqueue.workers import fc
 from agentqueue.workers.session_store import MemorySessionStore

@@ -1,4 +1,4 @@
-"""One emulated Function Compute instance: `python -m agentqueue.deploy.fc_instance`.
+"""One emulated Function Compute instance: `python -m agentqueue.deploy.local.fc_instance`.
 
 It speaks JSON lines with the emulator (`local_fc`) over stdin/stdout:
 

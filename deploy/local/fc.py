@@ -9,7 +9,7 @@ died) is retried with exponential backoff, holding the batch (its visibility is 
 so the partition does not move on meanwhile. After `max_retries` the batch goes back to the
 queue (errors tolerance NONE) or is dropped (ALL).
 
-Instances are processes running `agentqueue.deploy.fc_instance`: started on demand (a cold
+Instances are processes running `agentqueue.deploy.local.fc_instance`: started on demand (a cold
 start), reused while warm, at most `max_instances` at once, and stopped after `idle_timeout`
 seconds without work (scale to zero). `stats` counts cold starts, warm invocations, failures and
 durations. As on FC, an agent turn that waits for a remote tool holds its instance meanwhile, and
@@ -308,7 +308,7 @@ class LocalFC:
         started = time.monotonic()
         try:
             process = await anyio.open_process(
-                [sys.executable, "-m", "agentqueue.deploy.fc_instance"],
+                [sys.executable, "-m", "agentqueue.deploy.local.fc_instance"],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=None,

@@ -30,12 +30,12 @@ import uuid
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from types import TracebackType
 from typing import Any
 
 import uvicorn
 
-from agentqueue.deploy.threaded_server import serve_in_thread
+from agentqueue.deploy.local.supervisor import StartStop
+from agentqueue.deploy.local.threaded_server import listen_socket, serve_in_thread, stop_in_thread
 
 DEFAULT_MODEL = "test-model"
 GATE_TIMEOUT = 60.0  # a gate never set still lets the answer finish, so the server can stop
@@ -473,7 +473,7 @@ class _Server(uvicorn.Server):
         await super().shutdown(sockets=sockets)
 
 
-class LocalOpenAI:
+class LocalOpenAI(StartStop):
     """The server on a background thread; a context manager that starts and stops it."""
 
     def __init__(
@@ -523,15 +523,7 @@ class LocalOpenAI:
         """Serve, and return once the server accepts connections."""
         if self._thread is not None:
             raise RuntimeError(f"LocalOpenAI is already running at {self.url}")
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((self.host, self.port))
-        except OSError as error:
-            sock.close()
-            raise OSError(
-                error.errno, f"cannot listen on {self.host}:{self.port}: {error.strerror}"
-            ) from error
+        sock = listen_socket(self.host, self.port)
         self.port = sock.getsockname()[1]
         config = uvicorn.Config(
             self._app,
@@ -556,19 +548,7 @@ class LocalOpenAI:
         """Stop serving; hung requests are ended. Does nothing if stopped."""
         if self._server is None or self._thread is None:
             return
-        self._server.should_exit = True
-        self._thread.join(timeout)
-        if self._thread.is_alive():
-            raise RuntimeError(f"local OpenAI server at {self.url} did not stop in {timeout} s")
+        stop_in_thread(
+            self._server, self._thread, what=f"local OpenAI server at {self.url}", timeout=timeout
+        )
         self._server = self._thread = None
-
-    def __enter__(self) -> LocalOpenAI:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()

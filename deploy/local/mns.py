@@ -23,7 +23,6 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -32,7 +31,7 @@ from mns.account import Account
 from starlette.requests import Request
 from starlette.responses import Response
 
-from agentqueue.deploy.mns_protocol import (
+from agentqueue.deploy.local.mns_protocol import (
     CONTENT_TYPE,
     MAX_BATCH,
     MAX_BATCH_BODY_BYTES,
@@ -61,14 +60,15 @@ from agentqueue.deploy.mns_protocol import (
     sent_document,
     visibility_document,
 )
-from agentqueue.deploy.mns_store import (
+from agentqueue.deploy.local.mns_store import (
     HandleNotFound,
     MNSStore,
     QueueConflict,
     QueueNotFound,
     StoredMessage,
 )
-from agentqueue.deploy.threaded_server import serve_in_thread
+from agentqueue.deploy.local.supervisor import StartStop
+from agentqueue.deploy.local.threaded_server import listen_socket, serve_in_thread, stop_in_thread
 
 __all__ = [
     "DEFAULT_ACCESS_ID",
@@ -529,18 +529,6 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-def _bind(host: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-    except OSError as error:
-        sock.close()
-        raise OSError(error.errno, f"cannot listen on {host}:{port}: {error.strerror}") from error
-    return sock
-
-
 def _url(host: str, port: int) -> str:
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
@@ -555,7 +543,7 @@ def _config(app: MNSApp, **overrides: Any) -> uvicorn.Config:
     )
 
 
-class LocalMNS:
+class LocalMNS(StartStop):
     """A local MNS server on a background thread; a context manager that starts and stops it."""
 
     def __init__(
@@ -595,7 +583,7 @@ class LocalMNS:
         """
         if self._thread is not None:
             raise RuntimeError(f"LocalMNS is already running at {self.endpoint}")
-        sock = _bind(self.host, self.port)
+        sock = listen_socket(self.host, self.port)
         self.port = sock.getsockname()[1]
         store = MNSStore(self.db_path)
         app = MNSApp(store, self.access_id, self.access_key, self.security_token)
@@ -615,23 +603,11 @@ class LocalMNS:
         """Stop serving; pending long polls answer MessageNotExist. Does nothing if stopped."""
         if self._server is None or self._thread is None or self._store is None:
             return
-        self._server.should_exit = True
-        self._thread.join(timeout)
-        if self._thread.is_alive():
-            raise RuntimeError(f"local MNS server at {self.endpoint} did not stop in {timeout} s")
+        stop_in_thread(
+            self._server, self._thread, what=f"local MNS server at {self.endpoint}", timeout=timeout
+        )
         self._store.close()
         self._server = self._thread = self._store = None
-
-    def __enter__(self) -> LocalMNS:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.stop()
 
 
 def serve(
@@ -643,7 +619,7 @@ def serve(
     security_token: str | None = None,
 ) -> None:
     """Serve a local MNS in the foreground until interrupted (Ctrl-C)."""
-    sock = _bind(host, port)
+    sock = listen_socket(host, port)
     store = MNSStore(db_path)
     app = MNSApp(store, access_id, access_key, security_token)
     server = _Server(_config(app, log_level="info"), app)

@@ -221,11 +221,33 @@ class MNSStore:
             self._db.execute("COMMIT")
 
     @staticmethod
-    def _queue_row(db: sqlite3.Connection, name: str) -> sqlite3.Row:
-        row = db.execute("SELECT * FROM queues WHERE name = ?", (name,)).fetchone()
+    def _find_queue(db: sqlite3.Connection, name: str) -> sqlite3.Row | None:
+        return db.execute("SELECT * FROM queues WHERE name = ?", (name,)).fetchone()
+
+    @classmethod
+    def _queue_row(cls, db: sqlite3.Connection, name: str) -> sqlite3.Row:
+        row = cls._find_queue(db, name)
         if row is None:
             raise QueueNotFound(name)
         return row
+
+    @staticmethod
+    def _message_at(db: sqlite3.Connection, seq: int) -> StoredMessage:
+        return _message(db.execute("SELECT * FROM messages WHERE seq = ?", (seq,)).fetchone())
+
+    def _visible(
+        self, db: sqlite3.Connection, name: str, count: int
+    ) -> tuple[sqlite3.Row, int, list[sqlite3.Row]]:
+        """Queue `name`, the time now, and up to `count` visible messages in delivery order."""
+        queue = self._queue_row(db, name)
+        now = self.now_ms()
+        self._purge_expired(db, queue, now)
+        rows = db.execute(
+            "SELECT * FROM messages WHERE queue = ? AND next_visible_time <= ?"
+            " ORDER BY priority, enqueue_time, seq LIMIT ?",
+            (name, now, count),
+        ).fetchall()
+        return queue, now, rows
 
     def _purge_expired(self, db: sqlite3.Connection, queue: sqlite3.Row, now: int) -> None:
         # MessageRetentionPeriod: a message is dropped that long after it was sent, in any state.
@@ -240,7 +262,7 @@ class MNSStore:
         """Create queue `name`; False if it already exists with the same attributes."""
         wanted = dataclasses.replace(QueueAttributes(), **values)
         with self._transaction() as db:
-            row = db.execute("SELECT * FROM queues WHERE name = ?", (name,)).fetchone()
+            row = self._find_queue(db, name)
             if row is not None:
                 existing = _attributes(row)
                 if existing != wanted:
@@ -356,14 +378,7 @@ class MNSStore:
     def receive(self, name: str, count: int) -> list[StoredMessage]:
         """Take up to `count` visible messages, hiding each for the queue's visibility timeout."""
         with self._transaction() as db:
-            queue = self._queue_row(db, name)
-            now = self.now_ms()
-            self._purge_expired(db, queue, now)
-            rows = db.execute(
-                "SELECT seq FROM messages WHERE queue = ? AND next_visible_time <= ?"
-                " ORDER BY priority, enqueue_time, seq LIMIT ?",
-                (name, now, count),
-            ).fetchall()
+            queue, now, rows = self._visible(db, name, count)
             taken = []
             for row in rows:
                 db.execute(
@@ -373,24 +388,13 @@ class MNSStore:
                     " ELSE first_dequeue_time END WHERE seq = ?",
                     (_new_handle(), now + queue["visibility_timeout"] * 1000, now, row["seq"]),
                 )
-                taken.append(
-                    _message(
-                        db.execute("SELECT * FROM messages WHERE seq = ?", (row["seq"],)).fetchone()
-                    )
-                )
+                taken.append(self._message_at(db, row["seq"]))
             return taken
 
     def peek(self, name: str, count: int) -> list[StoredMessage]:
         """Up to `count` visible messages in delivery order, left as they are."""
         with self._transaction() as db:
-            queue = self._queue_row(db, name)
-            now = self.now_ms()
-            self._purge_expired(db, queue, now)
-            rows = db.execute(
-                "SELECT * FROM messages WHERE queue = ? AND next_visible_time <= ?"
-                " ORDER BY priority, enqueue_time, seq LIMIT ?",
-                (name, now, count),
-            ).fetchall()
+            _queue, _now, rows = self._visible(db, name, count)
             return [_message(row) for row in rows]
 
     def _in_flight(self, db: sqlite3.Connection, name: str, handle: str, now: int) -> int:
@@ -419,7 +423,7 @@ class MNSStore:
                 "UPDATE messages SET receipt_handle = ?, next_visible_time = ? WHERE seq = ?",
                 (_new_handle(), now + seconds * 1000, seq),
             )
-            return _message(db.execute("SELECT * FROM messages WHERE seq = ?", (seq,)).fetchone())
+            return self._message_at(db, seq)
 
     def next_visible_at(self, name: str) -> int | None:
         """When the next hidden message of queue `name` becomes visible (epoch ms), if any."""

@@ -11,7 +11,7 @@ import xml.etree.ElementTree as ET
 from collections.abc import Iterable, Mapping
 from xml.sax.saxutils import escape
 
-from agentqueue.deploy.mns_store import NewMessage, Property, QueueInfo, StoredMessage
+from agentqueue.deploy.local.mns_store import NewMessage, Property, QueueInfo, StoredMessage
 
 MNS_VERSION = "2015-06-06"
 XMLNS = "http://mns.aliyuncs.com/doc/v1/"

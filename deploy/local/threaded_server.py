@@ -9,6 +9,19 @@ import time
 import uvicorn
 
 
+def listen_socket(host: str, port: int) -> socket.socket:
+    """Bind a TCP socket on host:port (0: any free port), naming the address if it cannot."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as error:
+        sock.close()
+        raise OSError(error.errno, f"cannot listen on {host}:{port}: {error.strerror}") from error
+    return sock
+
+
 def serve_in_thread(
     server: uvicorn.Server, sock: socket.socket, *, name: str, what: str, timeout: float
 ) -> threading.Thread:
@@ -26,3 +39,13 @@ def serve_in_thread(
             )
         time.sleep(0.01)
     return thread
+
+
+def stop_in_thread(
+    server: uvicorn.Server, thread: threading.Thread, *, what: str, timeout: float
+) -> None:
+    """Ask the server to exit and wait for its thread; raise if it still serves after timeout."""
+    server.should_exit = True
+    thread.join(timeout)
+    if thread.is_alive():
+        raise RuntimeError(f"{what} did not stop in {timeout} s")
