@@ -45,7 +45,7 @@ from agentqueue.workers.stream_log import (
 )
 
 if TYPE_CHECKING:
-    from agentqueue.batch_report import BatchSummary
+    from agentqueue.batch.report import BatchSummary
 
 ANSWER_GRACE = 5.0  # seconds past a deadline the client still waits for the worker's timed_out
 
@@ -416,7 +416,7 @@ class Client:
 
     async def batch(self, input_path: str, output_path: str, **options: Any) -> BatchSummary:
         """Run or resume a JSONL batch on this client's broker; see `agentqueue.batch.run_batch`."""
-        from agentqueue.batch import run_batch
+        from agentqueue.batch.run import run_batch
 
         # The batch gets a durable reply queue of its own, so it resumes after a crash.
         options.setdefault("timeout", self.default_timeout or 300.0)

@@ -27,11 +27,11 @@ import anyio.abc
 import msgspec
 
 from agentqueue import admin
-from agentqueue.batch_progress import BatchProgress, batches_kind, read_progress
+from agentqueue.batch.progress import BatchProgress, batches_kind, read_progress
 from agentqueue.broker.base import Broker
 from agentqueue.broker.topology import REQUESTS, TOOLS, Topology
 from agentqueue.broker.urls import redact_url
-from agentqueue.console_requests import RequestView, find_request
+from agentqueue.console.requests import RequestView, find_request
 from agentqueue.protocol.errors import ProtocolError
 from agentqueue.protocol.messages import DeadLetter
 from agentqueue.workers.membership import Heartbeat

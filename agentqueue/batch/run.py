@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import anyio
 import msgspec
 
-from agentqueue.batch_files import (
+from agentqueue.batch.files import (
     BatchItem,
     ResultLine,
     ResultsFile,
@@ -35,9 +35,9 @@ from agentqueue.batch_files import (
     check_name,
     read_items,
 )
-from agentqueue.batch_progress import ProgressNotes
-from agentqueue.batch_report import BatchCounts, BatchSummary, Progress, Score, summarize
-from agentqueue.batch_tokens import Prices, prices_from_env
+from agentqueue.batch.progress import ProgressNotes
+from agentqueue.batch.report import BatchCounts, BatchSummary, Progress, Score, summarize
+from agentqueue.batch.tokens import Prices, prices_from_env
 from agentqueue.broker import tracing
 from agentqueue.broker.base import Broker
 from agentqueue.broker.errors import BrokerError

@@ -46,15 +46,15 @@ from agentqueue.broker.errors import BrokerError, MessageTooLarge
 from agentqueue.broker.topology import Topology
 from agentqueue.client import Client, RequestHandle
 from agentqueue.errors import StreamNotKept
-from agentqueue.ingress_auth import ReplayWindow, Signed, WebhookKeys
-from agentqueue.ingress_requests import (
+from agentqueue.ingress.auth import ReplayWindow, Signed, WebhookKeys
+from agentqueue.ingress.requests import (
     Incoming,
     IngressError,
     content_kind,
     parse_incoming,
     request_id_for,
 )
-from agentqueue.ingress_server import Limits, server_config
+from agentqueue.ingress.server import Limits, server_config
 from agentqueue.protocol.messages import ResultEvent
 from agentqueue.settings import Settings
 

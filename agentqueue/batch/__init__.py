@@ -1,0 +1,1 @@
+"""Batches: a JSONL file of requests run through the queues, results to JSONL, resumable."""
