@@ -8,7 +8,7 @@
     GET  /metrics                   the console's own metrics, for Prometheus
     GET  /healthz                   200 while the broker answers, 503 while it does not
 
-Served by uvicorn behind the ingress's connection guard (`ingress_server`). It listens on
+Served by uvicorn behind the ingress's connection guard (`ingress.server`). It listens on
 127.0.0.1 unless told otherwise; anywhere else it needs a token of its own
 (AGENTQUEUE_CONSOLE_TOKEN, never a signing key), sent as `Authorization: Bearer …`, or once
 as `?token=…`, which sets a cookie for the browser.

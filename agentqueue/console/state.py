@@ -7,7 +7,7 @@
 - Dead letters: the same look as `agentqueue dlq list` (taken and given back), refreshed when
   the dead-letter queue's depth changes or after a button, not every poll.
 - Sessions and batch runs: the notes workers and batch runs keep in the session store.
-- Requests: `console_requests`, from the span files, when a request is looked at.
+- Requests: `console.requests`, from the span files, when a request is looked at.
 
 A broker that stops answering is shown as such (`broker_error`), and the console keeps trying.
 """
