@@ -416,7 +416,7 @@ class Client:
 
     async def batch(self, input_path: str, output_path: str, **options: Any) -> BatchSummary:
         """Run or resume a JSONL batch on this client's broker; see `agentqueue.batch.run_batch`."""
-        from agentqueue.batch.run import run_batch
+        from agentqueue.batch import run_batch
 
         # The batch gets a durable reply queue of its own, so it resumes after a crash.
         options.setdefault("timeout", self.default_timeout or 300.0)
