@@ -45,7 +45,7 @@ from agentqueue.workers.stream_log import (
 )
 
 if TYPE_CHECKING:
-    from agentqueue.batch_report import BatchSummary
+    from agentqueue.batch.report import BatchSummary
 
 ANSWER_GRACE = 5.0  # seconds past a deadline the client still waits for the worker's timed_out
 

@@ -86,7 +86,7 @@ def install_telemetry(path: Path) -> None:
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
-    from agentqueue.trace_file import JsonLinesSpanExporter
+    from agentqueue.telemetry.trace_file import JsonLinesSpanExporter
 
     provider = TracerProvider()
     provider.add_span_processor(BatchSpanProcessor(JsonLinesSpanExporter(path)))

@@ -13,9 +13,9 @@ import uvicorn
 
 from agentqueue.broker.memory import MemoryBroker
 from agentqueue.broker.topology import Topology
-from agentqueue.ingress import Ingress
-from agentqueue.ingress_auth import WebhookKeys
-from agentqueue.ingress_server import Limits, server_config
+from agentqueue.ingress.app import Ingress
+from agentqueue.ingress.auth import WebhookKeys
+from agentqueue.ingress.server import Limits, server_config
 from agentqueue.protocol import new_id
 from agentqueue.workers.session_store import MemorySessionStore
 from agentqueue.workers.worker import Worker

@@ -9,9 +9,9 @@ import anyio
 import pytest
 
 from agentqueue import Client
-from agentqueue.batch import run_batch
-from agentqueue.batch_files import ResultsFile, batch_name, parse_item, read_items
-from agentqueue.batch_report import summarize
+from agentqueue.batch.files import ResultsFile, batch_name, parse_item, read_items
+from agentqueue.batch.report import summarize
+from agentqueue.batch.run import run_batch
 from agentqueue.broker.memory import MemoryBroker
 from agentqueue.broker.topology import Topology
 from agentqueue.errors import BatchInputError
@@ -221,7 +221,7 @@ def test_the_summary_counts_every_line_and_averages_the_score(tmp_path: Path) ->
     results = ResultsFile(tmp_path / "out.jsonl")
     results.open()
     for i, (status, text) in enumerate([("final", "yes"), ("final", "no"), ("failed", "")]):
-        from agentqueue.batch_files import ResultLine
+        from agentqueue.batch.files import ResultLine
 
         results.append(ResultLine(str(i), "s", status, text, None, float(10 * (i + 1)), 1))
     results.close()

@@ -6,14 +6,15 @@ import argparse
 
 import pytest
 
-from agentqueue.cli import _parsers, build_parser, main
+from agentqueue.cli import build_parser, main
+from agentqueue.cli.options import parsers
 
 SKIP = (argparse._HelpAction, argparse._SubParsersAction, argparse._VersionAction)
 
 
 def test_every_option_of_every_command_has_help_and_shows_its_default() -> None:
     missing: list[str] = []
-    for parser in _parsers(build_parser()):
+    for parser in parsers(build_parser()):
         formatter = parser._get_formatter()
         for action in parser._actions:
             if isinstance(action, SKIP):

@@ -98,7 +98,7 @@ class Stack:
 
     def batch(self, name: str, lines: int, tmp: Path) -> None:
         """Run a small batch whose progress the store keeps."""
-        from agentqueue.batch import run_batch
+        from agentqueue.batch.run import run_batch
         from agentqueue.workers.session_store import open_store
 
         source = tmp / f"{name}.jsonl"
@@ -427,8 +427,8 @@ async def test_a_console_with_a_token_answers_401_without_it_and_takes_it_once_i
     None
 ):
     from agentqueue.broker.memory import MemoryBroker
-    from agentqueue.console import Console
-    from agentqueue.console_state import ConsoleState
+    from agentqueue.console.app import Console
+    from agentqueue.console.state import ConsoleState
 
     broker = MemoryBroker(f"memory://console-{new_id()[:6]}")
     console = Console(ConsoleState(broker, Topology("tok", 2, 2)), token="console-secret-1")
@@ -452,8 +452,8 @@ async def test_a_console_with_a_token_answers_401_without_it_and_takes_it_once_i
 
 async def test_a_partition_with_messages_and_no_consumer_is_highlighted_as_stuck() -> None:
     from agentqueue.broker.memory import MemoryBroker
-    from agentqueue.console_html import overview
-    from agentqueue.console_state import ConsoleState
+    from agentqueue.console.pages import overview
+    from agentqueue.console.state import ConsoleState
 
     topology = Topology(f"stuck{new_id()[:4]}", 2, 1)
     async with MemoryBroker(f"memory://console-{new_id()[:6]}") as broker:
@@ -476,7 +476,7 @@ async def test_a_partition_with_messages_and_no_consumer_is_highlighted_as_stuck
 
 
 def test_a_console_token_that_is_a_signing_key_is_refused() -> None:
-    from agentqueue.console import check_binding
+    from agentqueue.console.app import check_binding
     from agentqueue.errors import ConsoleRefused
     from agentqueue.settings import Settings
 

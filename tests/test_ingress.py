@@ -12,7 +12,7 @@ import anyio
 import httpx
 import pytest
 
-from agentqueue.ingress_auth import WebhookKeys, read_token
+from agentqueue.ingress.auth import WebhookKeys, read_token
 from tests.ingress_server import (
     KEYS,
     SECRET,

@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 import anyio
 import httpx
 
-from agentqueue.ingress_auth import WebhookKeys
-from agentqueue.ingress_server import Limits
+from agentqueue.ingress.auth import WebhookKeys
+from agentqueue.ingress.server import Limits
 from tests.ingress_server import SECRET, runtime_request, system, webhook_headers
 
 SEED = 15

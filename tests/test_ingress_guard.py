@@ -10,8 +10,8 @@ import anyio
 
 from agentqueue.broker.memory import MemoryBroker
 from agentqueue.broker.topology import Topology
-from agentqueue.ingress import Ingress
-from agentqueue.ingress_server import Limits
+from agentqueue.ingress.app import Ingress
+from agentqueue.ingress.server import Limits
 from agentqueue.protocol import new_id
 from tests.ingress_server import serving
 

@@ -20,7 +20,7 @@ from agentqueue import Client, RequestFailed
 from agentqueue.broker.topology import Topology
 from agentqueue.deploy.local.openai import Answer, CallTool, Fail, Hang, LocalOpenAI
 from agentqueue.protocol import new_id
-from agentqueue.trace_file import read_spans
+from agentqueue.telemetry.trace_file import read_spans
 from tests.processes import ROOT, WorkerProcess, workers
 
 pytestmark = [pytest.mark.slow, pytest.mark.broker]

@@ -21,7 +21,7 @@ from agentqueue.broker.topology import Topology
 from agentqueue.broker.urls import open_broker
 from agentqueue.cli import main
 from agentqueue.protocol import new_id
-from agentqueue.trace_file import configure
+from agentqueue.telemetry.trace_file import configure
 from agentqueue.workers.session_store import MemorySessionStore
 from agentqueue.workers.worker import Worker
 from examples.weather import app as weather_app

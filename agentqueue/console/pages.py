@@ -9,9 +9,9 @@ from html import escape
 from urllib.parse import quote
 
 from agentqueue.admin import envelope_json
-from agentqueue.console_requests import RequestView
-from agentqueue.console_state import ConsoleState
-from agentqueue.trace_view import Waterfall, duration_text, waterfall
+from agentqueue.console.requests import RequestView
+from agentqueue.console.state import ConsoleState
+from agentqueue.telemetry.trace_view import Waterfall, duration_text, waterfall
 
 STYLE = """
 body{font:14px/1.4 system-ui,sans-serif;margin:0;color:#1d232a;background:#f6f7f9}

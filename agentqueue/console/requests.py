@@ -18,7 +18,7 @@ import anyio
 from agentqueue.protocol.codec import decode
 from agentqueue.protocol.errors import ProtocolError
 from agentqueue.protocol.messages import ResultEvent
-from agentqueue.trace_file import read_spans
+from agentqueue.telemetry.trace_file import read_spans
 from agentqueue.workers.session_store import SessionStore
 
 

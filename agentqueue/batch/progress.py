@@ -12,7 +12,7 @@ import time
 import anyio
 import msgspec
 
-from agentqueue.batch_report import BatchCounts
+from agentqueue.batch.report import BatchCounts
 from agentqueue.workers.session_store import SessionStore
 
 log = logging.getLogger("agentqueue.batch")

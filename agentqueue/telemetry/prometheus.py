@@ -1,9 +1,9 @@
 """`/metrics` for Prometheus: the OpenTelemetry metrics of this process, in Prometheus' format.
 
-`configure(..., prometheus=True)` (`agentqueue.trace_file`) adds OpenTelemetry's Prometheus
-reader to the meter provider; it registers with `prometheus_client`'s default registry, which
-`MetricsServer` (a worker's `--metrics-port`) and `metrics_text` (the console) expose. Names are
-translated the Prometheus way: `messaging.process.duration` in seconds becomes
+`configure(..., prometheus=True)` (`agentqueue.telemetry.trace_file`) adds OpenTelemetry's
+Prometheus reader to the meter provider; it registers with `prometheus_client`'s default
+registry, which `MetricsServer` (a worker's `--metrics-port`) and `metrics_text` (the console)
+expose. Names are translated the Prometheus way: `messaging.process.duration` in seconds becomes
 `messaging_process_duration_seconds`, the counter `agentqueue.events.handled` becomes
 `agentqueue_events_handled_total`.
 """

@@ -33,7 +33,7 @@ from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from agentqueue.ingress_requests import IngressError
+from agentqueue.ingress.requests import IngressError
 
 SECRET_PREFIX = "whsec_"
 TOLERANCE = 300.0  # seconds a webhook-timestamp may be from the ingress's clock, either way

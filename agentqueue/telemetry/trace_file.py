@@ -170,7 +170,8 @@ def configure(
 ) -> Telemetry:
     """Install the providers `OTEL_*` and `trace_file` ask for; none if neither asks.
 
-    `prometheus`: also keep the metrics for a Prometheus scrape (see `agentqueue.prometheus`).
+    `prometheus`: also keep the metrics for a Prometheus scrape (see
+    `agentqueue.telemetry.prometheus`).
     """
     telemetry = Telemetry()
     if sdk_disabled():

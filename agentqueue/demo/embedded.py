@@ -14,8 +14,8 @@ from agentqueue.client import Client
 from agentqueue.errors import RequestError
 from agentqueue.protocol.ids import new_id
 from agentqueue.settings import Settings
-from agentqueue.trace_file import SpanCollector, collect_spans
-from agentqueue.trace_view import render_waterfall
+from agentqueue.telemetry.trace_file import SpanCollector, collect_spans
+from agentqueue.telemetry.trace_view import render_waterfall
 from agentqueue.workers.app import App
 from agentqueue.workers.session_store import open_store
 from agentqueue.workers.worker import Worker

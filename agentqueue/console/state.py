@@ -7,7 +7,7 @@
 - Dead letters: the same look as `agentqueue dlq list` (taken and given back), refreshed when
   the dead-letter queue's depth changes or after a button, not every poll.
 - Sessions and batch runs: the notes workers and batch runs keep in the session store.
-- Requests: `console_requests`, from the span files, when a request is looked at.
+- Requests: `console.requests`, from the span files, when a request is looked at.
 
 A broker that stops answering is shown as such (`broker_error`), and the console keeps trying.
 """
@@ -27,11 +27,11 @@ import anyio.abc
 import msgspec
 
 from agentqueue import admin
-from agentqueue.batch_progress import BatchProgress, batches_kind, read_progress
+from agentqueue.batch.progress import BatchProgress, batches_kind, read_progress
 from agentqueue.broker.base import Broker
 from agentqueue.broker.topology import REQUESTS, TOOLS, Topology
 from agentqueue.broker.urls import redact_url
-from agentqueue.console_requests import RequestView, find_request
+from agentqueue.console.requests import RequestView, find_request
 from agentqueue.protocol.errors import ProtocolError
 from agentqueue.protocol.messages import DeadLetter
 from agentqueue.workers.membership import Heartbeat

@@ -15,7 +15,7 @@ import anyio
 from agentqueue.broker.mns import MNSBroker
 from agentqueue.broker.mns_config import ENV_ID, ENV_SECRET, Credentials
 from agentqueue.client import Client
-from agentqueue.demo import CONVERSATIONS, DemoReport, converse_all
+from agentqueue.demo.embedded import CONVERSATIONS, DemoReport, converse_all
 from agentqueue.deploy.local.fc import LocalFC, TriggerConfig
 from agentqueue.deploy.local.mns import LocalMNS
 from agentqueue.settings import Settings

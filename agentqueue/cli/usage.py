@@ -3,12 +3,38 @@ them in the store they share (the usage counters of `agentqueue.workers.rate_lim
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
+import anyio
+
+from agentqueue.cli.options import settings_options
 from agentqueue.settings import Settings
 from agentqueue.workers.rate_limit import USAGE_KEPT, ModelUsage, open_limit_backend
+
+if TYPE_CHECKING:
+    from agentqueue.cli.options import Commands
+
+
+def register(commands: Commands) -> None:
+    """Add `usage`."""
+    p = commands.add_parser("usage", help="model calls and tokens per model over the last window")
+    settings_options(p)
+    p.add_argument("--window", type=float, default=60.0, help="seconds to look back (default 60)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    """Print the usage table (or JSON)."""
+    rows = anyio.run(read_usage, settings.store, settings.namespace, args.window)
+    if args.json:
+        print(usage_json(rows))
+    else:
+        print_usage(rows, settings.namespace, args.window)
+    return 0
 
 
 def usage_store(store_url: str) -> str:

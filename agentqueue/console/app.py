@@ -8,7 +8,7 @@
     GET  /metrics                   the console's own metrics, for Prometheus
     GET  /healthz                   200 while the broker answers, 503 while it does not
 
-Served by uvicorn behind the ingress's connection guard (`ingress_server`). It listens on
+Served by uvicorn behind the ingress's connection guard (`ingress.server`). It listens on
 127.0.0.1 unless told otherwise; anywhere else it needs a token of its own
 (AGENTQUEUE_CONSOLE_TOKEN, never a signing key), sent as `Authorization: Bearer …`, or once
 as `?token=…`, which sets a cookie for the browser.
@@ -25,6 +25,7 @@ from pathlib import Path
 from urllib.parse import quote, urlencode
 
 import anyio
+import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
@@ -32,10 +33,12 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from agentqueue.broker.base import Broker
-from agentqueue.console_html import not_found_page, overview, overview_page, request_page
-from agentqueue.console_state import ConsoleState
+from agentqueue.console.pages import not_found_page, overview, overview_page, request_page
+from agentqueue.console.state import ConsoleState
 from agentqueue.errors import ConsoleRefused
+from agentqueue.ingress.server import Limits, server_config
 from agentqueue.settings import Settings
+from agentqueue.telemetry.prometheus import metrics_text
 
 log = logging.getLogger("agentqueue.console")
 
@@ -177,8 +180,6 @@ class Console:
 
     async def metrics(self, request: Request) -> Response:
         """The console's metrics (what it sees of queues and workers), for Prometheus."""
-        from agentqueue.prometheus import metrics_text
-
         body, content_type = metrics_text()
         return Response(body, media_type=content_type)
 
@@ -200,10 +201,6 @@ async def serve_console(
     interval: float = 1.0,
 ) -> None:
     """Serve the console until SIGINT or SIGTERM."""
-    import uvicorn
-
-    from agentqueue.ingress_server import Limits, server_config
-
     check_binding(host, token, settings)
     store = settings.open_store()
     broker: Broker = settings.open_broker()

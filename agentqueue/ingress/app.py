@@ -16,7 +16,7 @@ on any ingress process. SSE event ids are the events' `seq`; a client that recon
 restart marker only the newest attempt's.
 
 With signing keys (`WebhookKeys`), a POST must be a Standard Webhooks delivery (see
-`ingress_auth`): signed id, time and body, fresh, not seen before; its session and request id
+`ingress.auth`): signed id, time and body, fresh, not seen before; its session and request id
 come from the signed content only; and every other endpoint but /healthz needs the request's
 bearer token, which the 202 answer carries. Every refusal is a 4xx (or 503 when the ingress
 itself is full) whose JSON body names the problem; nothing refused is published.
@@ -26,15 +26,12 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import time
-from collections import OrderedDict
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
-from typing import Any
 
 import anyio
 import anyio.abc
 import msgspec
+import uvicorn
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
@@ -46,102 +43,25 @@ from agentqueue.broker.errors import BrokerError, MessageTooLarge
 from agentqueue.broker.topology import Topology
 from agentqueue.client import Client, RequestHandle
 from agentqueue.errors import StreamNotKept
-from agentqueue.ingress_auth import ReplayWindow, Signed, WebhookKeys
-from agentqueue.ingress_requests import (
+from agentqueue.ingress.auth import ReplayWindow, Signed, WebhookKeys
+from agentqueue.ingress.requests import (
     Incoming,
     IngressError,
     content_kind,
     parse_incoming,
     request_id_for,
 )
-from agentqueue.ingress_server import Limits, server_config
+from agentqueue.ingress.results import ResultCache, Tracked, last_event_id, sse, sse_kept
+from agentqueue.ingress.server import Limits, server_config
 from agentqueue.protocol.messages import ResultEvent
 from agentqueue.settings import Settings
 
 log = logging.getLogger("agentqueue.ingress")
 
-KEEPALIVE = 15.0  # seconds between SSE comments, so idle proxies keep the stream open
 MAX_PENDING = 1000  # requests published and not yet answered, at most, before 429
 ROUTES = (
     "POST /v1/requests, GET|DELETE /v1/requests/{id}, GET /v1/requests/{id}/events, GET /healthz"
 )
-_encoder = msgspec.json.Encoder()
-
-
-@dataclass(slots=True)
-class Tracked:
-    """What the ingress knows about one request: its events so far and whether it ended."""
-
-    id: str
-    session_id: str
-    events: list[ResultEvent] = field(default_factory=list)
-    final: ResultEvent | None = None
-    finished_at: float | None = None
-    changed: anyio.Event = field(default_factory=anyio.Event)
-
-    def add(self, event: ResultEvent) -> None:
-        """Record an event and wake everyone streaming this request."""
-        self.events.append(event)
-        if event.terminal:
-            self.final = event
-            self.finished_at = time.monotonic()
-        self.changed.set()
-        self.changed = anyio.Event()
-
-    def to_dict(self) -> dict[str, Any]:
-        """The request's status for `GET /v1/requests/{id}`."""
-        final = self.final
-        text = final.text if final is not None else "".join(e.text for e in self.events)
-        return {
-            "id": self.id,
-            "session_id": self.session_id,
-            "status": final.kind if final is not None else "pending",
-            "text": text,
-            "error": final.error if final is not None else None,
-            "output": msgspec.to_builtins(final.output) if final and final.output else None,
-            "worker": final.worker if final is not None else None,
-            "usage": msgspec.to_builtins(final.usage) if final and final.usage else None,
-        }
-
-
-class ResultCache:
-    """Tracked requests by id; finished ones are forgotten `retention` seconds after they end."""
-
-    def __init__(self, retention: float) -> None:
-        self.retention = retention
-        self.pending = 0  # tracked and not yet finished
-        self._entries: OrderedDict[str, Tracked] = OrderedDict()
-        self._finished: OrderedDict[str, float] = OrderedDict()  # id -> finish time, in order
-
-    def add(self, request_id: str, session_id: str) -> Tracked:
-        """Start tracking a request."""
-        self.purge()
-        entry = self._entries[request_id] = Tracked(request_id, session_id)
-        self.pending += 1
-        return entry
-
-    def finished(self, entry: Tracked) -> None:
-        """Start the retention clock of a request that ended."""
-        self.pending -= 1
-        self._finished[entry.id] = entry.finished_at or time.monotonic()
-
-    def get(self, request_id: str) -> Tracked | None:
-        """A tracked request, or None when unknown or past its retention."""
-        self.purge()
-        return self._entries.get(request_id)
-
-    def purge(self) -> None:
-        """Forget requests that finished more than `retention` seconds ago."""
-        cutoff = time.monotonic() - self.retention
-        while self._finished:
-            request_id, finished = next(iter(self._finished.items()))
-            if finished > cutoff:
-                break
-            del self._finished[request_id]
-            self._entries.pop(request_id, None)
-
-    def __len__(self) -> int:
-        return len(self._entries)
 
 
 class Ingress:
@@ -343,9 +263,9 @@ class Ingress:
         """The request's events as Server-Sent Events: those so far (after `Last-Event-ID`),
         then each as it comes; from the workers' kept stream for a request tracked elsewhere."""
         try:
-            after = _last_event_id(request.headers.get("last-event-id"))
+            after = last_event_id(request.headers.get("last-event-id"))
             try:
-                events = _sse(self._lookup(request), after)
+                events = sse(self._lookup(request), after)
             except IngressError as exc:
                 if exc.status != 404 or self.store is None or self.client is None:
                     raise
@@ -375,57 +295,7 @@ class Ingress:
                 f"events {after + 1} to {exc.first_kept - 1} of request {request_id[:200]!r}"
                 f" are no longer kept; reconnect with Last-Event-ID {exc.first_kept - 1}",
             ) from None
-        return _sse_kept(client.attach(request_id, after=after))
-
-
-def _last_event_id(header: str | None) -> int:
-    if header is None or not header.strip():
-        return 0
-    if not header.strip().isdigit():
-        raise IngressError(
-            400,
-            f"Last-Event-ID {header[:40]!r} is not an event id of this stream; send the id of"
-            " the last event received (a whole number), or none to start from the beginning",
-        )
-    return int(header)
-
-
-def _frame(event: ResultEvent, fallback_id: int) -> bytes:
-    data = _encoder.encode(event)
-    return b"id: %d\nevent: %s\ndata: %s\n\n" % (
-        event.seq or fallback_id,  # seq 0: a worker older than seq numbers across attempts
-        event.kind.encode(),
-        data,
-    )
-
-
-def _resumed(events: list[ResultEvent], after: int) -> int:
-    """Where a stream resumed after `after` starts in `events`: past what was seen, and at the
-    newest restart marker if one came since (an earlier attempt's deltas are void)."""
-    start = next((i for i, e in enumerate(events) if (e.seq or i + 1) > after), len(events))
-    restarts = [i for i in range(start, len(events)) if events[i].restart]
-    return restarts[-1] if restarts else start
-
-
-async def _sse(entry: Tracked, after: int = 0) -> AsyncIterator[bytes]:
-    sent = _resumed(entry.events, after) if after else 0
-    while True:
-        changed = entry.changed
-        while sent < len(entry.events):
-            event = entry.events[sent]
-            sent += 1
-            yield _frame(event, sent)
-        if entry.final is not None:
-            return
-        with anyio.move_on_after(KEEPALIVE) as scope:
-            await changed.wait()
-        if scope.cancelled_caught:
-            yield b": keep-alive\n\n"
-
-
-async def _sse_kept(events: AsyncIterator[ResultEvent]) -> AsyncIterator[bytes]:
-    async for event in events:
-        yield _frame(event, event.seq)
+        return sse_kept(client.attach(request_id, after=after))
 
 
 def _refusal(exc: IngressError) -> Response:
@@ -461,9 +331,7 @@ async def serve_ingress(
     agent: str | None = None,
     limits: Limits | None = None,
 ) -> None:
-    """Serve the ingress (uvicorn behind the guard of `ingress_server`) until SIGINT or SIGTERM."""
-    import uvicorn
-
+    """Serve the ingress (uvicorn behind the guard of `ingress.server`) until SIGINT or SIGTERM."""
     if keys is None:
         log.warning(
             "the ingress accepts unsigned requests and shows any request's result to whoever"

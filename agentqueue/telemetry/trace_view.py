@@ -8,8 +8,8 @@
     worker-a             │ ├ execute_tool get_weather     +9.9ms  28.2ms    ███████████       ok
     worker-a             │ │ └ publish aq-tools-9        +10.0ms    45µs    █
 
-Reads span records (`agentqueue.trace_file.span_record`), so a trace file, several files (one
-per process) or spans collected in memory render the same way. Runs of identical leaf siblings
+Reads span records (`agentqueue.telemetry.trace_file.span_record`), so a trace file, several files
+(one per process) or spans collected in memory render the same way. Runs of identical leaf siblings
 (a streamed reply's deltas) fold into one row marked `×N`; retries and dead-lettering show as
 rows under their span.
 """

@@ -13,8 +13,8 @@ from typing import Any, TextIO
 
 import msgspec
 
-from agentqueue.batch_files import STATUSES, BatchItem, ResultLine
-from agentqueue.batch_tokens import Prices, TokenTotals
+from agentqueue.batch.files import STATUSES, BatchItem, ResultLine
+from agentqueue.batch.tokens import Prices, TokenTotals
 from agentqueue.errors import BatchInputError
 
 Score = Callable[[dict[str, Any], dict[str, Any]], float]

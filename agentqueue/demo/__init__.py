@@ -1,0 +1,1 @@
+"""`agentqueue demo`: conversations through an embedded broker, or the local cloud path."""

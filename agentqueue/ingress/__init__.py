@@ -1,0 +1,1 @@
+"""The HTTP ingress: agent requests as JSON or CloudEvents, signed webhooks, results by id."""

@@ -1,0 +1,1 @@
+"""Spans and metrics: OpenTelemetry set up per command, trace files, waterfalls, Prometheus."""
