@@ -7,7 +7,6 @@ transient (`retry_on`) are raised to the pipeline, which retries the call with b
 
 from __future__ import annotations
 
-import asyncio
 import contextvars
 import functools
 import inspect
@@ -16,7 +15,6 @@ import math
 import os
 from typing import Any
 
-import anyio
 import msgspec
 
 from agentqueue.protocol.messages import Envelope, Image, ToolCall, ToolResult
@@ -24,6 +22,7 @@ from agentqueue.workers.app import App
 from agentqueue.workers.errors import PermanentError
 from agentqueue.workers.handling import Emit, HandlerResult, RunControl
 from agentqueue.workers.session_store import SessionStore
+from agentqueue.workers.tool_runner import run_tool
 from agentqueue.workers.toolkit import ToolOutput
 
 log = logging.getLogger("agentqueue.worker")
@@ -83,8 +82,7 @@ class ToolHandler:
             token = current_call.set((envelope.session_id, self.worker_name))
             store_token = current_store.set(self.store)
             try:
-                async with asyncio.timeout(timeout):
-                    output = await _call(spec.func, arguments)
+                output = await run_tool(spec.func, arguments, timeout)
             finally:
                 current_store.reset(store_token)
                 current_call.reset(token)
@@ -154,9 +152,3 @@ def validate_arguments(func: Any, arguments: dict[str, Any]) -> dict[str, Any]:
         hint = hints.get(name)
         checked[name] = value if hint is None else msgspec.convert(value, hint)
     return checked
-
-
-async def _call(func: Any, arguments: dict[str, Any]) -> Any:
-    if inspect.iscoroutinefunction(func):
-        return await func(**arguments)
-    return await anyio.to_thread.run_sync(lambda: func(**arguments))
