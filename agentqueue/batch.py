@@ -38,7 +38,6 @@ from agentqueue.batch_files import (
 from agentqueue.batch_progress import ProgressNotes
 from agentqueue.batch_report import BatchCounts, BatchSummary, Progress, Score, summarize
 from agentqueue.batch_tokens import Prices, prices_from_env
-from agentqueue.broker import tracing
 from agentqueue.broker.base import Broker
 from agentqueue.broker.errors import BrokerError
 from agentqueue.broker.topology import Topology
@@ -47,6 +46,7 @@ from agentqueue.errors import BatchInputError
 from agentqueue.protocol.codec import encode
 from agentqueue.protocol.messages import Envelope, ResultEvent
 from agentqueue.settings import Settings
+from agentqueue.workers import spans
 from agentqueue.workers.session_store import SessionStore
 
 log = logging.getLogger("agentqueue.batch")
@@ -244,7 +244,7 @@ class BatchRun:
         if pending.first_sent is None:
             pending.first_sent = time.monotonic()
         queue = self.client.topology.route(envelope)
-        with tracing.publishing(self.client.broker, queue, envelope):
+        with spans.publishing(self.client.broker, queue, envelope):
             await self.client.broker.publish(queue, encode(envelope))
 
 

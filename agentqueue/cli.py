@@ -730,9 +730,9 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
 def _call(args: argparse.Namespace, settings: Settings) -> int:
     import signal
 
-    from agentqueue.broker import tracing
     from agentqueue.client import Client, raise_for_kind
     from agentqueue.errors import RequestError
+    from agentqueue.workers import spans
 
     _require_shared_broker(settings, "call")
 
@@ -774,7 +774,7 @@ def _call(args: argparse.Namespace, settings: Settings) -> int:
         async with Client(
             settings.broker, topology=settings.topology, default_timeout=settings.timeout
         ) as client:
-            with tracing.round_trip("call", args.agent) as trip:
+            with spans.round_trip("call", args.agent) as trip:
                 with trip.current():
                     handle = await client.submit(
                         args.text, session_id=args.session, agent=args.agent, delay=args.delay

@@ -13,7 +13,6 @@ import anyio
 import anyio.abc
 import msgspec
 
-from agentqueue.broker import tracing
 from agentqueue.broker.base import Broker
 from agentqueue.broker.replies import ReplyRouter
 from agentqueue.broker.topology import Topology
@@ -34,6 +33,7 @@ from agentqueue.protocol.messages import (
     user_message,
 )
 from agentqueue.settings import Settings
+from agentqueue.workers import spans
 from agentqueue.workers.sandbox_snapshot import END_SESSION_TOOL
 from agentqueue.workers.session_store import artifact_key, open_store
 from agentqueue.workers.stream_log import (
@@ -351,7 +351,7 @@ class Client:
         wait = 0.0 if envelope.not_before is None else envelope.not_before - time.time()
         held = min(max(wait, 0.0), self.broker.max_delay)
         try:
-            with tracing.publishing(self.broker, queue, envelope):
+            with spans.publishing(self.broker, queue, envelope):
                 await self.broker.publish(queue, encode(envelope), delay=held)
         except BaseException:
             self.router.forget(envelope.id)
@@ -372,7 +372,7 @@ class Client:
         not_before: datetime | float | None = None,
     ) -> ResultEvent:
         """Run a request and return its `final` event; raises `RequestError` otherwise."""
-        with tracing.round_trip("call", agent) as trip, trip.current():
+        with spans.round_trip("call", agent) as trip, trip.current():
             handle = await self.submit(
                 request,
                 session_id=session_id,
@@ -398,7 +398,7 @@ class Client:
         not_before: datetime | float | None = None,
     ) -> AsyncIterator[ResultEvent]:
         """Run a request and yield its events as they come: deltas, then the terminal one."""
-        with tracing.round_trip("stream", agent) as trip:
+        with spans.round_trip("stream", agent) as trip:
             with trip.current():  # never across a yield: the caller's code is not ours to trace
                 handle = await self.submit(
                     request,
@@ -433,7 +433,7 @@ class Client:
             created_at=time.time(),
         )
         queue = self.topology.route(envelope)
-        with tracing.publishing(self.broker, queue, envelope):
+        with spans.publishing(self.broker, queue, envelope):
             await self.broker.publish(queue, encode(envelope))
 
     async def _ask(
@@ -443,7 +443,7 @@ class Client:
         inbox = self.router.expect(envelope.id)
         queue = self.topology.route(envelope)
         try:
-            with tracing.publishing(self.broker, queue, envelope):
+            with spans.publishing(self.broker, queue, envelope):
                 await self.broker.publish(queue, encode(envelope))
             wait = None if timeout is None else timeout + ANSWER_GRACE
             with anyio.fail_after(wait):
@@ -519,7 +519,7 @@ class Client:
     ) -> str:
         """Run a registered tool on a tool worker and return its output text."""
         async with self._slots:
-            with tracing.round_trip("call_tool", name, tool=True) as trip, trip.current():
+            with spans.round_trip("call_tool", name, tool=True) as trip, trip.current():
                 return await self._call_tool(name, arguments, session_id, timeout)
 
     async def end_session(self, session_id: str, *, timeout: float | None = None) -> str:
