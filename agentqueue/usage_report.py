@@ -8,7 +8,8 @@ import sys
 from typing import TextIO
 
 from agentqueue.settings import Settings
-from agentqueue.workers.rate_limit import USAGE_KEPT, ModelUsage, open_limit_backend
+from agentqueue.workers.rate_limit import USAGE_KEPT, ModelUsage
+from agentqueue.workers.rate_limit_stores import open_limit_backend
 
 
 def usage_store(store_url: str) -> str:

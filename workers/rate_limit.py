@@ -175,32 +175,6 @@ def limit_key(namespace: str, provider: str, model: str) -> str:
     return f"{namespace}\x1f{provider}\x1f{model}"
 
 
-def check_limit_store(url: str) -> None:
-    """Refuse a URL no backend can serve, before anything is opened."""
-    if urlsplit(url).scheme not in ("memory", "sqlite", "redis", "rediss"):
-        raise ModelConfigError(
-            f"no rate limit store for URL {url!r}; use memory://, sqlite:///path or redis://host/0"
-        )
-
-
-def open_limit_backend(url: str) -> LimitBackend:
-    """The backend for a store URL: memory://, sqlite:///path or redis://host:port/db."""
-    scheme = urlsplit(url).scheme
-    if scheme == "memory":
-        return MemoryLimitBackend(url)
-    if scheme == "sqlite":
-        from agentqueue.workers.rate_limit_sqlite import SQLiteLimitBackend
-
-        return SQLiteLimitBackend(url)
-    if scheme in ("redis", "rediss"):
-        from agentqueue.workers.rate_limit_redis import RedisLimitBackend
-
-        return RedisLimitBackend(url)
-    raise ModelConfigError(
-        f"no rate limit store for URL {url!r}; use memory://, sqlite:///path or redis://host/0"
-    )
-
-
 class ModelLimiter:
     """The shared budget of one model in one namespace, and its usage counters."""
 

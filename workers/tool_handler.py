@@ -7,7 +7,6 @@ transient (`retry_on`) are raised to the pipeline, which retries the call with b
 
 from __future__ import annotations
 
-import contextvars
 import functools
 import inspect
 import logging
@@ -22,18 +21,11 @@ from agentqueue.workers.app import App
 from agentqueue.workers.errors import PermanentError
 from agentqueue.workers.handling import Emit, HandlerResult, RunControl
 from agentqueue.workers.session_store import SessionStore
+from agentqueue.workers.tool_context import current_call, current_store
 from agentqueue.workers.tool_runner import run_tool
 from agentqueue.workers.toolkit import ToolOutput
 
 log = logging.getLogger("agentqueue.worker")
-
-current_call: contextvars.ContextVar[tuple[str, str]] = contextvars.ContextVar("current_call")
-"""(session id, worker name) of the tool call running now: sandboxed tools find their sandbox."""
-
-current_store: contextvars.ContextVar[SessionStore | None] = contextvars.ContextVar(
-    "current_store", default=None
-)
-"""The session store of the worker running the tool call: where large tool outputs are kept."""
 
 
 class ToolHandler:
