@@ -26,6 +26,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import anyio
+
 from agentqueue.workers.errors import SandboxError
 from agentqueue.workers.sandbox import SandboxConfig, bwrap_prefix
 from agentqueue.workers.sandbox_cgroups import memory_cgroup, pids_cgroup, release_cgroup
@@ -200,7 +202,7 @@ class BrowserBox:
         async with self.lock:
             self.last_used = time.monotonic()
             try:
-                async with asyncio.timeout(timeout):
+                with anyio.fail_after(timeout):
                     output = await run_op(self, op, args)
             except TimeoutError:
                 await self.close()

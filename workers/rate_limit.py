@@ -23,7 +23,6 @@ finished call is also added to per-second usage counters, which `agentqueue usag
 from __future__ import annotations
 
 import abc
-import asyncio
 import random
 import time
 from collections import OrderedDict
@@ -32,6 +31,8 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
+
+import anyio
 
 from agentqueue.protocol.ids import new_id
 from agentqueue.workers.errors import ModelConfigError
@@ -205,7 +206,7 @@ class ModelLimiter:
                 return grant
             grant.tries += 1
             # Jitter, so the waiters of all workers do not all come back at the same instant.
-            await asyncio.sleep(min(wait, self.limit.window) + random.uniform(0, 0.02))
+            await anyio.sleep(min(wait, self.limit.window) + random.uniform(0, 0.02))
 
     async def settle(
         self, grant: Grant, prompt: int, completion: int, *, charge: int | None = None

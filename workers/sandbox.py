@@ -32,6 +32,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import anyio
+
 from agentqueue.workers.errors import SandboxError
 from agentqueue.workers.sandbox_cgroups import memory_cgroup, pids_cgroup, release_cgroup
 
@@ -140,7 +142,7 @@ class Sandbox:
             assert self.process.stdin is not None and self.process.stdout is not None
             self.process.stdin.write((json.dumps({"op": op, "args": args}) + "\n").encode())
             try:
-                async with asyncio.timeout(timeout):
+                with anyio.fail_after(timeout):
                     await self.process.stdin.drain()
                     line = await self.process.stdout.readline()
             except asyncio.CancelledError:
@@ -324,7 +326,7 @@ class SandboxManager:
 
     async def _reap(self) -> None:
         while True:
-            await asyncio.sleep(min(self.config.idle_ttl, 5.0))
+            await anyio.sleep(min(self.config.idle_ttl, 5.0))
             await self.reclaim_idle()
 
     async def close(self) -> None:

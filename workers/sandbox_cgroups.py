@@ -14,6 +14,8 @@ import os
 import uuid
 from pathlib import Path
 
+import anyio
+
 from agentqueue.workers.errors import SandboxError
 
 log = logging.getLogger(__name__)
@@ -48,7 +50,7 @@ def pids_cgroup(pids_max: int) -> Path:
 async def release_cgroup(group: Path, within: float = 5.0) -> None:
     """Kill what is left in `group` (a child outliving bwrap), wait until empty, remove it."""
     procs = group / "cgroup.procs"
-    async with asyncio.timeout(within):
+    with anyio.fail_after(within):
         while True:
             try:
                 pids = (await asyncio.to_thread(procs.read_text)).split()
@@ -65,7 +67,7 @@ async def release_cgroup(group: Path, within: float = 5.0) -> None:
                 with contextlib.suppress(FileNotFoundError):
                     await asyncio.to_thread(group.rmdir)
                 return
-            await asyncio.sleep(0.01)  # the kernel is reaping the killed tasks
+            await anyio.sleep(0.01)  # the kernel is reaping the killed tasks
 
 
 MEMORY_ROOTS = (Path("/sys/fs/cgroup/memory"), Path("/sys/fs/cgroup"))  # cgroup v1, then v2

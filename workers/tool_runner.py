@@ -19,6 +19,8 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+import anyio
+
 SYNC_TOOL_THREADS = 32
 """Sync tool calls running at once in a process, abandoned ones (past their timeout) included."""
 
@@ -80,7 +82,7 @@ threads = ToolThreads()
 
 async def run_tool(func: Callable[..., Any], kwargs: dict[str, Any], timeout: float | None) -> Any:
     """`func(**kwargs)`, awaited if it returns an awaitable; TimeoutError after `timeout` s."""
-    async with asyncio.timeout(timeout):
+    with anyio.fail_after(timeout):
         if inspect.iscoroutinefunction(func):
             return await func(**kwargs)
         result = await threads.run(func, kwargs)
