@@ -26,8 +26,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import anyio
-
 from agentqueue.workers.browser_ops import run_op
 from agentqueue.workers.errors import SandboxError
 from agentqueue.workers.sandbox import SandboxConfig, bwrap_prefix
@@ -201,7 +199,7 @@ class BrowserBox:
         async with self.lock:
             self.last_used = time.monotonic()
             try:
-                with anyio.fail_after(timeout):
+                async with asyncio.timeout(timeout):
                     output = await run_op(self, op, args)
             except TimeoutError:
                 await self.close()

@@ -12,9 +12,6 @@ import struct
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import anyio
-import anyio.lowlevel
-
 from agentqueue.workers.browser_snapshot import SNAPSHOT_JS, ref_selector
 from agentqueue.workers.errors import SandboxError
 
@@ -156,13 +153,13 @@ async def settle(box: BrowserBox) -> None:
     try:
         await page(box).wait_for_load_state("load")
     except Exception:  # the page went away mid-navigation: the snapshot shows where we are
-        await anyio.lowlevel.checkpoint()
+        await asyncio.sleep(0)
 
 
 async def wait_for(box: BrowserBox, a: dict[str, Any]) -> str:
     """Wait for a number of seconds, for text to appear, or for text to go."""
     if a.get("time") is not None:
-        await anyio.sleep(float(a["time"]))
+        await asyncio.sleep(float(a["time"]))
         return await describe(box, f"Waited {a['time']} s")
     if a.get("text"):
         await page(box).get_by_text(a["text"]).first.wait_for(state="visible")

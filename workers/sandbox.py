@@ -32,8 +32,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import anyio
-
 from agentqueue.workers.errors import SandboxError
 from agentqueue.workers.sandbox_cgroups import memory_cgroup, pids_cgroup, release_cgroup
 
@@ -142,7 +140,7 @@ class Sandbox:
             assert self.process.stdin is not None and self.process.stdout is not None
             self.process.stdin.write((json.dumps({"op": op, "args": args}) + "\n").encode())
             try:
-                with anyio.fail_after(timeout):
+                async with asyncio.timeout(timeout):
                     await self.process.stdin.drain()
                     line = await self.process.stdout.readline()
             except asyncio.CancelledError:
@@ -326,7 +324,7 @@ class SandboxManager:
 
     async def _reap(self) -> None:
         while True:
-            await anyio.sleep(min(self.config.idle_ttl, 5.0))
+            await asyncio.sleep(min(self.config.idle_ttl, 5.0))
             await self.reclaim_idle()
 
     async def close(self) -> None:

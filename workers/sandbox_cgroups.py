@@ -14,8 +14,6 @@ import os
 import uuid
 from pathlib import Path
 
-import anyio
-
 from agentqueue.workers.errors import SandboxError
 
 log = logging.getLogger(__name__)
@@ -50,7 +48,7 @@ def pids_cgroup(pids_max: int) -> Path:
 async def release_cgroup(group: Path, within: float = 5.0) -> None:
     """Kill what is left in `group` (a child outliving bwrap), wait until empty, remove it."""
     procs = group / "cgroup.procs"
-    with anyio.fail_after(within):
+    async with asyncio.timeout(within):
         while True:
             try:
                 pids = (await asyncio.to_thread(procs.read_text)).split()
@@ -67,7 +65,7 @@ async def release_cgroup(group: Path, within: float = 5.0) -> None:
                 with contextlib.suppress(FileNotFoundError):
                     await asyncio.to_thread(group.rmdir)
                 return
-            await anyio.sleep(0.01)  # the kernel is reaping the killed tasks
+            await asyncio.sleep(0.01)  # the kernel is reaping the killed tasks
 
 
 MEMORY_ROOTS = (Path("/sys/fs/cgroup/memory"), Path("/sys/fs/cgroup"))  # cgroup v1, then v2

@@ -22,8 +22,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-import anyio
-
 from agentqueue.workers.errors import SandboxError
 
 log = logging.getLogger("agentqueue.sandbox")
@@ -172,9 +170,7 @@ class FilteringProxy:
                 kept = [h for h in headers if h and h.split(":")[0].lower() not in HOP_BY_HOP]
                 lines = [f"{method} {path} {version}", *kept, "Connection: close", "", ""]
                 upstream_writer.write("\r\n".join(lines).encode("latin-1"))
-            async with anyio.create_task_group() as pipes:  # each direction ends on its own
-                pipes.start_soon(pipe, reader, upstream_writer)
-                pipes.start_soon(pipe, upstream_reader, writer)
+            await asyncio.gather(pipe(reader, upstream_writer), pipe(upstream_reader, writer))
         finally:
             upstream_writer.close()
 

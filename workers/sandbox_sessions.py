@@ -13,8 +13,6 @@ import os
 import shutil
 from typing import TYPE_CHECKING
 
-import anyio
-
 from agentqueue.workers.sandbox import workspace_name
 from agentqueue.workers.tool_context import current_call
 
@@ -81,7 +79,7 @@ async def sweep_forever(boxes: Sandboxes, worker_name: str) -> None:
     while True:
         store = boxes.stores.get(worker_name)
         ttl = store.session_ttl if store is not None else None
-        await anyio.sleep(min(30.0, ttl / 4) if ttl else 1.0)
+        await asyncio.sleep(min(30.0, ttl / 4) if ttl else 1.0)
         try:
             await sweep(boxes, worker_name)
         except Exception:  # a store hiccup: the next round tries again
