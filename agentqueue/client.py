@@ -7,13 +7,12 @@ import math
 import time
 from collections.abc import AsyncIterator
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypedDict, Unpack
 
 import anyio
 import anyio.abc
 import msgspec
 
-from agentqueue.broker import tracing
 from agentqueue.broker.base import Broker
 from agentqueue.broker.replies import ReplyRouter
 from agentqueue.broker.topology import Topology
@@ -34,6 +33,7 @@ from agentqueue.protocol.messages import (
     user_message,
 )
 from agentqueue.settings import Settings
+from agentqueue.workers import spans
 from agentqueue.workers.sandbox_snapshot import END_SESSION_TOOL
 from agentqueue.workers.session_store import artifact_key, open_store
 from agentqueue.workers.stream_log import (
@@ -48,6 +48,25 @@ if TYPE_CHECKING:
     from agentqueue.batch.report import BatchSummary
 
 ANSWER_GRACE = 5.0  # seconds past a deadline the client still waits for the worker's timed_out
+
+
+class RequestOptions(TypedDict, total=False):
+    """The keyword options of `Client.submit`, `call` and `stream`, all optional."""
+
+    session_id: str | None
+    """The session it joins (default: the request's own, else a new one)."""
+    agent: str | None
+    """The agent that answers it (default: the request's own)."""
+    timeout: float | None
+    """Seconds it may take (default: the client's `default_timeout`)."""
+    user_id: str | None
+    """Whose request it is (default: the request's)."""
+    on_busy: OnBusy | None
+    """What it does if its session is busy (default: the agent's, `enqueue`)."""
+    delay: float | None
+    """Seconds from now before it starts (not with `not_before`)."""
+    not_before: datetime | float | None
+    """When it starts at the earliest: an aware datetime or unix seconds."""
 
 
 def due_time(delay: float | None, not_before: datetime | float | None) -> float | None:
@@ -275,16 +294,15 @@ class Client:
             )
         return self._stream_log
 
-    def _request(
-        self,
-        request: AgentRequest | str,
-        session_id: str | None,
-        agent: str | None,
-        timeout: float | None,
-        user_id: str | None,
-        on_busy: OnBusy | None = None,
-        not_before: float | None = None,
-    ) -> Envelope:
+    def _request(self, request: AgentRequest | str, options: RequestOptions) -> Envelope:
+        unknown = sorted(options.keys() - RequestOptions.__annotations__.keys())
+        if unknown:
+            known = ", ".join(RequestOptions.__annotations__)
+            raise TypeError(f"unknown request option(s) {', '.join(unknown)}: use {known}")
+        session_id, agent = options.get("session_id"), options.get("agent")
+        user_id, on_busy = options.get("user_id"), options.get("on_busy")
+        timeout = options.get("timeout")
+        not_before = due_time(options.get("delay"), options.get("not_before"))
         if isinstance(request, str):
             request = AgentRequest(input=[user_message(request)])
         session = session_id or request.session_id or new_id()
@@ -313,16 +331,7 @@ class Client:
         )
 
     async def submit(
-        self,
-        request: AgentRequest | str,
-        *,
-        session_id: str | None = None,
-        agent: str | None = None,
-        timeout: float | None = None,
-        user_id: str | None = None,
-        on_busy: OnBusy | None = None,
-        delay: float | None = None,
-        not_before: datetime | float | None = None,
+        self, request: AgentRequest | str, **options: Unpack[RequestOptions]
     ) -> RequestHandle:
         """Publish a request (confirmed by the broker) and return a handle to its events.
 
@@ -330,9 +339,7 @@ class Client:
         `delay` (seconds) or `not_before` (an aware datetime or unix seconds): the request
         starts no earlier, and joins its session's turns only then; `timeout` counts from then.
         """
-        due = due_time(delay, not_before)
-        envelope = self._request(request, session_id, agent, timeout, user_id, on_busy, due)
-        return await self._send(envelope)
+        return await self._send(self._request(request, options))
 
     async def resubmit(self, envelope: Envelope) -> RequestHandle:
         """Publish a prepared envelope (e.g. a dead letter's replay) with this client as its
@@ -345,14 +352,12 @@ class Client:
     async def _send(self, envelope: Envelope) -> RequestHandle:
         await self._slots.acquire()  # released when the handle's terminal event is read
         inbox = self.router.expect(envelope.id)
-        queue = self.topology.route(envelope)
         # A broker that can hold the message back (MNS) is asked to; otherwise the worker
         # receiving it parks it in a timer of the session store (see workers/delayed.py).
         wait = 0.0 if envelope.not_before is None else envelope.not_before - time.time()
         held = min(max(wait, 0.0), self.broker.max_delay)
         try:
-            with tracing.publishing(self.broker, queue, envelope):
-                await self.broker.publish(queue, encode(envelope), delay=held)
+            await self._publish(envelope, delay=held)
         except BaseException:
             self.router.forget(envelope.id)
             self._slots.release()
@@ -360,56 +365,20 @@ class Client:
         return RequestHandle(self, envelope, inbox)
 
     async def call(
-        self,
-        request: AgentRequest | str,
-        *,
-        session_id: str | None = None,
-        agent: str | None = None,
-        timeout: float | None = None,
-        user_id: str | None = None,
-        on_busy: OnBusy | None = None,
-        delay: float | None = None,
-        not_before: datetime | float | None = None,
+        self, request: AgentRequest | str, **options: Unpack[RequestOptions]
     ) -> ResultEvent:
         """Run a request and return its `final` event; raises `RequestError` otherwise."""
-        with tracing.round_trip("call", agent) as trip, trip.current():
-            handle = await self.submit(
-                request,
-                session_id=session_id,
-                agent=agent,
-                timeout=timeout,
-                user_id=user_id,
-                on_busy=on_busy,
-                delay=delay,
-                not_before=not_before,
-            )
+        with spans.round_trip("call", options.get("agent")) as trip, trip.current():
+            handle = await self.submit(request, **options)
             return await handle.final()
 
     async def stream(
-        self,
-        request: AgentRequest | str,
-        *,
-        session_id: str | None = None,
-        agent: str | None = None,
-        timeout: float | None = None,
-        user_id: str | None = None,
-        on_busy: OnBusy | None = None,
-        delay: float | None = None,
-        not_before: datetime | float | None = None,
+        self, request: AgentRequest | str, **options: Unpack[RequestOptions]
     ) -> AsyncIterator[ResultEvent]:
         """Run a request and yield its events as they come: deltas, then the terminal one."""
-        with tracing.round_trip("stream", agent) as trip:
+        with spans.round_trip("stream", options.get("agent")) as trip:
             with trip.current():  # never across a yield: the caller's code is not ours to trace
-                handle = await self.submit(
-                    request,
-                    session_id=session_id,
-                    agent=agent,
-                    timeout=timeout,
-                    user_id=user_id,
-                    on_busy=on_busy,
-                    delay=delay,
-                    not_before=not_before,
-                )
+                handle = await self.submit(request, **options)
             async for event in handle.events():
                 trip.result(event)
                 yield event
@@ -432,19 +401,21 @@ class Client:
             body=Cancel(request_id=request_id),
             created_at=time.time(),
         )
+        await self._publish(envelope)
+
+    async def _publish(self, envelope: Envelope, *, delay: float = 0.0) -> None:
+        """Publish `envelope` on its queue inside a `publish` span whose context it carries."""
         queue = self.topology.route(envelope)
-        with tracing.publishing(self.broker, queue, envelope):
-            await self.broker.publish(queue, encode(envelope))
+        with spans.publishing(self.broker, queue, envelope):
+            await self.broker.publish(queue, encode(envelope), delay=delay)
 
     async def _ask(
         self, envelope: Envelope, timeout: float | None, silence: str, request_id: str
     ) -> Envelope:
         """Publish `envelope` and wait for its one reply; `RequestTimedOut` names `silence`."""
         inbox = self.router.expect(envelope.id)
-        queue = self.topology.route(envelope)
         try:
-            with tracing.publishing(self.broker, queue, envelope):
-                await self.broker.publish(queue, encode(envelope))
+            await self._publish(envelope)
             wait = None if timeout is None else timeout + ANSWER_GRACE
             with anyio.fail_after(wait):
                 return await inbox.get()  # type: ignore[no-any-return]
@@ -519,7 +490,7 @@ class Client:
     ) -> str:
         """Run a registered tool on a tool worker and return its output text."""
         async with self._slots:
-            with tracing.round_trip("call_tool", name, tool=True) as trip, trip.current():
+            with spans.round_trip("call_tool", name, tool=True) as trip, trip.current():
                 return await self._call_tool(name, arguments, session_id, timeout)
 
     async def end_session(self, session_id: str, *, timeout: float | None = None) -> str:

@@ -25,12 +25,13 @@ from pathlib import Path
 import anyio
 
 from agentqueue import Client
-from agentqueue.broker import tracing
 from agentqueue.broker.memory import MemoryBroker
 from agentqueue.broker.topology import Topology
 from agentqueue.broker.urls import open_broker, redact_url
 from agentqueue.protocol import Envelope, ToolCall, new_id
 from agentqueue.settings import Settings
+from agentqueue.workers import spans
+from agentqueue.workers.middleware.tracing import processing, publishing_reply
 from agentqueue.workers.session_store import MemorySessionStore
 from agentqueue.workers.worker import Worker
 from benchmarks.apps import app
@@ -62,16 +63,16 @@ async def round_trips(url: str, calls: int, warmup: int) -> tuple[float, float]:
 
 def hooks_off_ns() -> float:
     """Nanoseconds the four hooks of one round trip take with tracing off."""
-    assert not tracing.enabled(), "run before a provider is installed"
+    assert not spans.enabled(), "run before a provider is installed"
     broker = MemoryBroker("memory://hooks")
     envelope = Envelope(id="e", session_id="s", body=ToolCall(name="echo"), created_at=time.time())
 
     def one_round_trip() -> None:
-        with tracing.round_trip("call_tool", "echo", tool=True) as trip, trip.current():
-            with tracing.publishing(broker, "q-tools-0", envelope):
+        with spans.round_trip("call_tool", "echo", tool=True) as trip, trip.current():
+            with spans.publishing(broker, "q-tools-0", envelope):
                 pass
-            with tracing.processing(broker, envelope, "q-tools-0", worker="w"):
-                with tracing.publishing_reply(broker, "q-reply", b'{"id":"r"}', envelope):
+            with processing(broker, envelope, "q-tools-0", worker="w"):
+                with publishing_reply(broker, "q-reply", b'{"id":"r"}', envelope):
                     pass
 
     n = 200_000

@@ -20,6 +20,7 @@ import contextlib
 import logging
 import ssl
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -97,99 +98,97 @@ class _RabbitDelivery(Delivery):
             ) from exc
 
 
+Declare = Callable[[aio_pika.abc.AbstractChannel], Awaitable[aio_pika.abc.AbstractQueue]]
+"""Declares (or looks up) the queue a consumer reads, on its channel; run on every open."""
+
+
 class _RabbitSubscription(Subscription):
     """A consumer on a channel of its own, which it opens again itself after a reconnect.
 
     The channel is a plain one, not aio-pika's robust channel, which would restore the consumer
-    by itself, on its own schedule and out of our sight. Here one task, `_keep`, opens every
-    channel after the first and closes what it opened once the subscription is closed, so no
-    consumer outlives `close()`: with single-active-consumer, a consumer left open that nothing
-    reads would own its partition, and the partition's events would wait for ever. Deliveries of
-    a lost channel cannot be settled any more (their ack raises `BrokerConnectionError`);
-    RabbitMQ delivers them again to the new consumer.
+    by itself, on its own schedule and out of our sight. Here one task, `_keep`, owned by the
+    subscription, opens every channel after the first and ends when the subscription is
+    closed: `close()` cancels its waits but lets an open under way finish (that open then sees
+    `closed` and closes its channel), so no consumer outlives `close()`: with
+    single-active-consumer, a consumer left open that nothing reads would own its partition,
+    and the partition's events would wait for ever. Deliveries of a lost channel cannot be
+    settled any more (their ack raises `BrokerConnectionError`); RabbitMQ delivers them again
+    to the new consumer.
     """
 
     _no_ack = False  # a listener's deliveries need no ack
 
-    def __init__(self, broker: RabbitMQBroker, queue: str, prefetch: int) -> None:
+    def __init__(
+        self,
+        broker: RabbitMQBroker,
+        subscriptions: _Subscriptions,
+        queue: str,
+        prefetch: int,
+        declare: Declare,
+    ) -> None:
         self.broker = broker
+        self._subscriptions = subscriptions
         self.queue_name = queue
         self.prefetch = prefetch
+        self._declare = declare
         self._inbox: asyncio.Queue[aio_pika.abc.AbstractIncomingMessage | None] = asyncio.Queue()
         self._channel: aio_pika.abc.AbstractChannel | None = None
+        self._lost = anyio.Event()  # set when the channel closes or its consumer is cancelled
+        self._waits = anyio.CancelScope()  # the keeper's waits, which close() cuts short
         self._keeper: asyncio.Task[None] | None = None
-        self._cancelled: asyncio.Task[None] | None = None
-        self._opening = False
         self.closed = False
 
     async def start(self) -> None:
         await self._open()
+        # A task of the subscription's own (awaited by close()): it must outlive consume().
         self._keeper = asyncio.create_task(self._keep(), name=f"keep consuming {self.queue_name}")
 
     async def _open(self) -> None:
-        self._opening = True
-        try:
-            channel = aio_pika.Channel(self.broker.connection, publisher_confirms=False)
-            self._channel = channel
-            await channel.initialize()
-            underlay = await channel.get_underlay_channel()
-            # A consumer RabbitMQ cancels (its queue deleted or moved) counts as a lost channel.
-            underlay.on_consumer_cancel_callbacks.add(self._on_cancel)
-            await channel.set_qos(prefetch_count=self.prefetch)
-            queue = await self._declare(channel)
-            await queue.consume(self._inbox.put, no_ack=self._no_ack)
-        finally:
-            self._opening = False
+        lost = self._lost = anyio.Event()
+        channel = aio_pika.Channel(self.broker.connection, publisher_confirms=False)
+        self._channel = channel
+        channel.close_callbacks.add(lambda *_: lost.set())
+        await channel.initialize()
+        underlay = await channel.get_underlay_channel()
+        # A consumer RabbitMQ cancels (its queue deleted or moved) counts as a lost channel.
+        underlay.on_consumer_cancel_callbacks.add(lambda *_: lost.set())
+        await channel.set_qos(prefetch_count=self.prefetch)
+        queue = await self._declare(channel)
+        await queue.consume(self._inbox.put, no_ack=self._no_ack)
         if self.closed:  # closed while opening: what was opened must not stay
             await self._close_channel()
 
-    async def _declare(self, channel: aio_pika.abc.AbstractChannel) -> aio_pika.abc.AbstractQueue:
-        declared = self.broker._reply_queues.get(self.queue_name)
-        if declared is None:
-            return await channel.declare_queue(self.queue_name, passive=True)
-        durable, expires = declared
-        # Reply queues are declared again on every open: an exclusive one dies with the
-        # connection, and its replies must find it again after a reconnect.
-        return await channel.declare_queue(
-            self.queue_name,
-            durable=durable,
-            exclusive=not durable,
-            auto_delete=not durable,
-            arguments=_reply_queue_arguments(durable, expires),
-        )
-
-    def _on_cancel(self, frame: Any) -> None:
-        # Not awaited here: this runs inside the channel's frame reader.
-        self._cancelled = asyncio.create_task(self._close_channel())
-
     async def _keep(self) -> None:
         """Open the channel again whenever it is lost, until the subscription is closed."""
-        while not self.closed:
-            assert self._channel is not None
-            await self._channel.closed()
-            if self.closed:
-                return
-            log.info("consumer of %s lost its channel; subscribing again", self.queue_name)
-            while not self.closed:
-                await self.broker.connection.connected.wait()
+        with self._waits:
+            while True:
+                await self._lost.wait()
+                await self._close_channel()
+                log.info("consumer of %s lost its channel; subscribing again", self.queue_name)
+                await self._reopen()
+
+    async def _reopen(self) -> None:
+        """Consume again once connected, trying until it works; close() never cuts an open."""
+        while True:
+            await self.broker.connection.connected.wait()
+            with anyio.CancelScope(shield=True):
                 try:
                     await self._open()
+                    return
                 except (
                     asyncio.CancelledError,
                     RuntimeError,
                     aiormq.exceptions.AMQPError,
                     *_connection_errors(),
                 ) as exc:
-                    # aiormq fails the operations of a connection that closes under them with a
-                    # bare CancelledError; only our own cancellation ends the loop.
+                    # aiormq fails the operations of a connection that closes under them with
+                    # a bare CancelledError; only our own cancellation ends the loop.
                     if isinstance(exc, asyncio.CancelledError) and _cancelling():
                         raise
                     # The queue may also be without a leader for a moment after a restart.
                     log.info("cannot consume %s again yet: %r", self.queue_name, exc)
                     await self._close_channel()
-                    await asyncio.sleep(RESUBSCRIBE_PAUSE)
-                    continue
-                break
+            await anyio.sleep(RESUBSCRIBE_PAUSE)
 
     async def __anext__(self) -> Delivery:
         if self.closed:
@@ -204,12 +203,12 @@ class _RabbitSubscription(Subscription):
             return
         self.closed = True
         self._inbox.put_nowait(None)
-        self.broker._subscriptions.discard(self)
+        self._subscriptions.open.discard(self)
+        self._waits.cancel()
         keeper = self._keeper
         if keeper is not None:
-            if self._opening:
-                # An open under way closes its own channel when it ends (it sees `closed`).
-                await asyncio.wait([keeper], timeout=PUBLISH_TIMEOUT)
+            # An open under way closes its own channel when it ends (it sees `closed`).
+            await asyncio.wait([keeper], timeout=PUBLISH_TIMEOUT)
             keeper.cancel()
         # Closing the channel hands back exactly this consumer's un-acked deliveries.
         await self._close_channel()
@@ -224,6 +223,39 @@ class _RabbitSubscription(Subscription):
             log.debug("channel of %s closed with %s", self.queue_name, exc)
 
 
+class _Subscriptions:
+    """What a broker restores after a reconnect: its open consumers and its reply queues."""
+
+    def __init__(self) -> None:
+        self.open: set[_RabbitSubscription] = set()
+        self.reply_queues: dict[str, tuple[bool, float | None]] = {}  # name -> durable, expires
+
+    def declarer(self, queue: str) -> Declare:
+        """How a consumer of `queue` finds it on each open of its channel."""
+
+        async def declare(channel: aio_pika.abc.AbstractChannel) -> aio_pika.abc.AbstractQueue:
+            declared = self.reply_queues.get(queue)
+            if declared is None:
+                return await channel.declare_queue(queue, passive=True)
+            durable, expires = declared
+            # Reply queues are declared again on every open: an exclusive one dies with the
+            # connection, and its replies must find it again after a reconnect.
+            return await channel.declare_queue(
+                queue,
+                durable=durable,
+                exclusive=not durable,
+                auto_delete=not durable,
+                arguments=_reply_queue_arguments(durable, expires),
+            )
+
+        return declare
+
+    async def close(self) -> None:
+        """Close every open consumer, handing its un-acked deliveries back."""
+        for subscription in list(self.open):
+            await subscription.close()
+
+
 class RabbitMQBroker(Broker):
     """RabbitMQ over one robust connection: confirmed publishes, a channel per consumer."""
 
@@ -234,9 +266,8 @@ class RabbitMQBroker(Broker):
         self._publisher: aio_pika.abc.AbstractChannel | None = None
         self._exchanges: dict[str, aio_pika.abc.AbstractExchange] = {}
         self._topology: Topology | None = None
-        self._subscriptions: set[_RabbitSubscription] = set()
+        self._subscriptions = _Subscriptions()
         self._broadcast_exchanges: dict[str, aio_pika.abc.AbstractExchange] = {}
-        self._reply_queues: dict[str, tuple[bool, float | None]] = {}  # name -> durable, expires
         self._routes: dict[str, tuple[str, str, bool]] = {}
 
     @property
@@ -273,8 +304,7 @@ class RabbitMQBroker(Broker):
         self.reconnects += 1
 
     async def close(self) -> None:
-        for subscription in list(self._subscriptions):
-            await subscription.close()
+        await self._subscriptions.close()
         if self._connection is not None:
             connection, self._connection = self._connection, None
             await connection.close()
@@ -340,7 +370,7 @@ class RabbitMQBroker(Broker):
     async def declare_reply_queue(
         self, name: str, *, durable: bool = False, expires: float | None = None
     ) -> None:
-        self._reply_queues[name] = (durable, expires)
+        self._subscriptions.reply_queues[name] = (durable, expires)
         channel = await self.connection.channel()
         try:
             await channel.declare_queue(
@@ -422,7 +452,8 @@ class RabbitMQBroker(Broker):
         return "", queue, True
 
     async def consume(self, queue: str, *, prefetch: int = 32) -> Subscription:
-        subscription = _RabbitSubscription(self, queue, prefetch)
+        declare = self._subscriptions.declarer(queue)
+        subscription = _RabbitSubscription(self, self._subscriptions, queue, prefetch, declare)
         try:
             await subscription.start()
         except aiormq.exceptions.ChannelNotFoundEntity as exc:
@@ -437,7 +468,7 @@ class RabbitMQBroker(Broker):
             with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
                 await subscription.close()
             raise BrokerConnectionError(f"cannot subscribe to {queue!r}: {exc!r}") from exc
-        self._subscriptions.add(subscription)
+        self._subscriptions.open.add(subscription)
         return subscription
 
     async def stats(self, queue: str) -> QueueStats:
@@ -469,9 +500,9 @@ class RabbitMQBroker(Broker):
             raise BrokerConnectionError(f"cannot broadcast on {topic!r}: {exc}") from exc
 
     async def listen(self, topic: str) -> Subscription:
-        subscription = _ListenSubscription(self, topic)
+        subscription = _ListenSubscription(self, self._subscriptions, topic)
         await subscription.start()
-        self._subscriptions.add(subscription)
+        self._subscriptions.open.add(subscription)
         return subscription
 
     async def get(self, queue: str) -> Delivery | None:
@@ -511,11 +542,13 @@ class _ListenSubscription(_RabbitSubscription):
 
     _no_ack = True
 
-    def __init__(self, broker: RabbitMQBroker, topic: str) -> None:
-        super().__init__(broker, "", prefetch=1000)
+    def __init__(self, broker: RabbitMQBroker, subscriptions: _Subscriptions, topic: str) -> None:
+        super().__init__(broker, subscriptions, "", 1000, self._declare_listener)
         self.topic = topic
 
-    async def _declare(self, channel: aio_pika.abc.AbstractChannel) -> aio_pika.abc.AbstractQueue:
+    async def _declare_listener(
+        self, channel: aio_pika.abc.AbstractChannel
+    ) -> aio_pika.abc.AbstractQueue:
         exchange = await channel.declare_exchange(
             self.topic, aio_pika.ExchangeType.FANOUT, auto_delete=True
         )

@@ -6,11 +6,15 @@ import importlib
 import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, get_args
 
 from agentqueue.protocol.messages import OnBusy
+from agentqueue.workers import sandbox_tools
 from agentqueue.workers.errors import UnknownHandler
 from agentqueue.workers.pipeline.middleware import Middleware
+from agentqueue.workers.sandbox_proxy import network_allow_list
+from agentqueue.workers.settings import Settings, state_dir
 from agentqueue.workers.toolkit import NeedsApproval, ToolSpec
 
 AgentFactory = Callable[..., Any]  # (AgentContext) -> agentscope.agent.Agent
@@ -170,12 +174,6 @@ class App:
         `inline_image_limit` bytes go to the store `artifacts` (default: the worker's) and
         travel by reference. Returns the `Sandboxes` object that owns each worker's sandboxes.
         """
-        from pathlib import Path
-
-        from agentqueue.workers import sandbox_tools
-        from agentqueue.workers.sandbox_proxy import network_allow_list
-        from agentqueue.workers.settings import Settings, state_dir
-
         where = Path(root or Settings.load().sandbox_root or Path(state_dir()) / "sandboxes")
         config = sandbox_tools.default_config(
             where,

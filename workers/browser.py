@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from agentqueue.workers.browser_ops import run_op
 from agentqueue.workers.errors import SandboxError
 from agentqueue.workers.sandbox import SandboxConfig, bwrap_prefix
 from agentqueue.workers.sandbox_cgroups import memory_cgroup, pids_cgroup, release_cgroup
@@ -195,8 +196,6 @@ class BrowserBox:
 
     async def request(self, op: str, args: dict[str, object], timeout: float) -> tuple[bool, Any]:
         """Run one browser operation; past `timeout` the browser is closed, SandboxError raised."""
-        from agentqueue.workers.browser_ops import run_op
-
         async with self.lock:
             self.last_used = time.monotonic()
             try:

@@ -20,7 +20,6 @@ each (plus the waits between them), all within the request's deadline.
 
 from __future__ import annotations
 
-import asyncio
 import email.utils
 import random
 import time
@@ -28,6 +27,7 @@ from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import anyio
 import httpx
 import openai
 from agentscope.model import ChatModelBase, ChatResponse
@@ -112,7 +112,7 @@ class CallGuard:
             grant = await limiter.acquire(estimate) if limiter is not None else None
             retry_after: float | None = None
             try:
-                async with asyncio.timeout(policy.timeout):
+                with anyio.fail_after(policy.timeout):
                     result = await make()
                     first: Any = None
                     if stream:
@@ -149,7 +149,7 @@ class CallGuard:
             if attempt == policy.attempts:
                 break
             delay = retry_after if retry_after is not None else policy.backoff(attempt)
-            await asyncio.sleep(min(delay, policy.max_wait))
+            await anyio.sleep(min(delay, policy.max_wait))
         raise ModelCallError(f"{label} failed {len(failures)} attempts: {'; '.join(failures)}")
 
     def _refusal(self, model: str, status: int, exc: openai.APIStatusError) -> ModelCallError:
@@ -191,7 +191,7 @@ class CallGuard:
                 chunks += 1
                 yield item
                 try:
-                    async with asyncio.timeout(self.policy.timeout):
+                    with anyio.fail_after(self.policy.timeout):
                         item = await anext(stream)
                 except StopAsyncIteration:
                     break

@@ -32,10 +32,9 @@ from agentqueue.workers.rate_limit import (
     LimitBackend,
     ModelLimiter,
     RateLimit,
-    check_limit_store,
     current_backend,
-    open_limit_backend,
 )
+from agentqueue.workers.rate_limit_stores import check_limit_store, open_limit_backend
 from agentqueue.workers.settings import Settings
 
 if TYPE_CHECKING:

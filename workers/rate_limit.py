@@ -23,7 +23,6 @@ finished call is also added to per-second usage counters, which `agentqueue usag
 from __future__ import annotations
 
 import abc
-import asyncio
 import random
 import time
 from collections import OrderedDict
@@ -32,6 +31,8 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
+
+import anyio
 
 from agentqueue.protocol.ids import new_id
 from agentqueue.workers.errors import ModelConfigError
@@ -175,32 +176,6 @@ def limit_key(namespace: str, provider: str, model: str) -> str:
     return f"{namespace}\x1f{provider}\x1f{model}"
 
 
-def check_limit_store(url: str) -> None:
-    """Refuse a URL no backend can serve, before anything is opened."""
-    if urlsplit(url).scheme not in ("memory", "sqlite", "redis", "rediss"):
-        raise ModelConfigError(
-            f"no rate limit store for URL {url!r}; use memory://, sqlite:///path or redis://host/0"
-        )
-
-
-def open_limit_backend(url: str) -> LimitBackend:
-    """The backend for a store URL: memory://, sqlite:///path or redis://host:port/db."""
-    scheme = urlsplit(url).scheme
-    if scheme == "memory":
-        return MemoryLimitBackend(url)
-    if scheme == "sqlite":
-        from agentqueue.workers.rate_limit_sqlite import SQLiteLimitBackend
-
-        return SQLiteLimitBackend(url)
-    if scheme in ("redis", "rediss"):
-        from agentqueue.workers.rate_limit_redis import RedisLimitBackend
-
-        return RedisLimitBackend(url)
-    raise ModelConfigError(
-        f"no rate limit store for URL {url!r}; use memory://, sqlite:///path or redis://host/0"
-    )
-
-
 class ModelLimiter:
     """The shared budget of one model in one namespace, and its usage counters."""
 
@@ -231,7 +206,7 @@ class ModelLimiter:
                 return grant
             grant.tries += 1
             # Jitter, so the waiters of all workers do not all come back at the same instant.
-            await asyncio.sleep(min(wait, self.limit.window) + random.uniform(0, 0.02))
+            await anyio.sleep(min(wait, self.limit.window) + random.uniform(0, 0.02))
 
     async def settle(
         self, grant: Grant, prompt: int, completion: int, *, charge: int | None = None

@@ -11,7 +11,7 @@ import asyncio
 import math
 import time
 from collections.abc import Awaitable
-from typing import TypeVar
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import redis.asyncio as redis
@@ -24,6 +24,7 @@ T = TypeVar("T")
 PREFIX = "agentqueue"
 SECOND_BUCKETS = 3600  # windows up to an hour are summed from per-second counters
 KEPT = 86400 + 120  # seconds the minute counters live
+STEP_GRACE = 5.0  # seconds close() waits for steps it cancelled (redis-py may ignore a cancel)
 
 _NOW = "local t = redis.call('TIME'); local now = tonumber(t[1]) + tonumber(t[2]) / 1e6\n"
 
@@ -106,19 +107,6 @@ return 1
 )
 
 
-async def _cancellable(step: Awaitable[T]) -> T:
-    """Run one Redis step so that cancelling the caller always cancels it.
-
-    redis-py 8.1 can swallow a cancellation that lands inside a command (the cancelled task
-    then simply carries on): a turn interrupted while it waits for room would keep waiting. The
-    step runs as a task of its own; the caller's await is shielded from it, so the caller's
-    cancellation propagates at once (a step left running finishes on its own).
-    """
-    task = asyncio.ensure_future(step)
-    task.add_done_callback(lambda t: t.cancelled() or t.exception())  # never "not retrieved"
-    return await asyncio.shield(task)
-
-
 class RedisLimitBackend(LimitBackend):
     """Budgets and usage counters under `agentqueue:ratelimit:` and `agentqueue:usage:` keys."""
 
@@ -131,13 +119,33 @@ class RedisLimitBackend(LimitBackend):
         self._acquire = self._redis.register_script(_ACQUIRE)
         self._settle = self._redis.register_script(_SETTLE)
         self._pause = self._redis.register_script(_PAUSE)
+        self._steps: set[asyncio.Task[Any]] = set()  # Redis steps running now (see `_step`)
+
+    async def _step(self, step: Awaitable[T]) -> T:
+        """Run one Redis step so that cancelling the caller always cancels it.
+
+        redis-py 8.1 can swallow a cancellation that lands inside a command (the cancelled task
+        then simply carries on): a turn interrupted while it waits for room would keep waiting.
+        The step runs as a task of its own, which the backend owns until it ends (`close()`
+        cancels the ones left); the caller's await is shielded from it, so the caller's
+        cancellation propagates at once.
+        """
+        task = asyncio.ensure_future(step)
+        self._steps.add(task)
+        task.add_done_callback(self._ended)
+        return await asyncio.shield(task)
+
+    def _ended(self, task: asyncio.Task[Any]) -> None:
+        self._steps.discard(task)
+        if not task.cancelled():
+            task.exception()  # retrieved: a step its caller left is never "not retrieved"
 
     def _keys(self, key: str) -> list[str]:
         base = f"{self._prefix}:ratelimit:{{{key.replace(chr(0x1F), '|')}}}"  # one hash slot
         return [f"{base}:grants", f"{base}:charges", f"{base}:meta"]
 
     async def try_acquire(self, key: str, grant_id: str, tokens: int, limit: RateLimit) -> float:
-        wait = await _cancellable(
+        wait = await self._step(
             self._acquire(
                 keys=self._keys(key),
                 args=[grant_id, tokens, limit.requests or 0, limit.tokens or 0, limit.span],
@@ -146,10 +154,10 @@ class RedisLimitBackend(LimitBackend):
         return float(wait)
 
     async def settle(self, key: str, grant_id: str, tokens: int) -> None:
-        await _cancellable(self._settle(keys=self._keys(key)[1:], args=[grant_id, tokens]))
+        await self._step(self._settle(keys=self._keys(key)[1:], args=[grant_id, tokens]))
 
     async def pause(self, key: str, seconds: float) -> None:
-        await _cancellable(self._pause(keys=self._keys(key)[2:], args=[seconds]))
+        await self._step(self._pause(keys=self._keys(key)[2:], args=[seconds]))
 
     def _usage_key(self, namespace: str, member: str, unit: str, at: int) -> str:
         return f"{self._prefix}:usage:{namespace}:{member}:{unit}:{at}"
@@ -157,7 +165,7 @@ class RedisLimitBackend(LimitBackend):
     async def record(
         self, namespace: str, provider: str, model: str, prompt: int, completion: int
     ) -> None:
-        await _cancellable(self._record(namespace, provider, model, prompt, completion))
+        await self._step(self._record(namespace, provider, model, prompt, completion))
 
     async def _record(
         self, namespace: str, provider: str, model: str, prompt: int, completion: int
@@ -209,4 +217,9 @@ class RedisLimitBackend(LimitBackend):
         return sorted(found, key=lambda u: -u.total_tokens)
 
     async def close(self) -> None:
+        steps = list(self._steps)
+        for task in steps:
+            task.cancel()
+        if steps:
+            await asyncio.wait(steps, timeout=STEP_GRACE)
         await self._redis.aclose()

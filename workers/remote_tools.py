@@ -10,13 +10,13 @@ from typing import Any
 import anyio
 import msgspec
 
-from agentqueue.broker import tracing
 from agentqueue.broker.base import Broker
 from agentqueue.broker.errors import BrokerConnectionError
 from agentqueue.broker.replies import ReplyRouter
 from agentqueue.broker.topology import Topology
 from agentqueue.protocol.codec import encode
 from agentqueue.protocol.messages import Envelope, ToolCall, ToolResult
+from agentqueue.workers import spans
 from agentqueue.workers.toolkit import ToolError, ToolOutput
 
 log = logging.getLogger("agentqueue.worker")
@@ -69,7 +69,7 @@ class RemoteTools:
                     # process span continues it (the span sets the envelope's trace, so it is
                     # encoded inside). Tracing off, request.trace passes through.
                     reconnects = self.broker.reconnects
-                    with tracing.publishing(self.broker, queue, envelope):
+                    with spans.publishing(self.broker, queue, envelope):
                         await self._publish(queue, encode(envelope))
                     reply = await self._await_result(inbox, queue, envelope, reconnects)
             except TimeoutError:

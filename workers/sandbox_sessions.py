@@ -14,7 +14,7 @@ import shutil
 from typing import TYPE_CHECKING
 
 from agentqueue.workers.sandbox import workspace_name
-from agentqueue.workers.tool_handler import current_call
+from agentqueue.workers.tool_context import current_call
 
 if TYPE_CHECKING:
     from agentqueue.workers.sandbox_tools import Sandboxes

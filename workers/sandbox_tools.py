@@ -34,7 +34,7 @@ from agentqueue.workers.sandbox_sessions import sweep_forever
 from agentqueue.workers.sandbox_snapshot import END_SESSION_TOOL, RESTORED, WorkspaceSync
 from agentqueue.workers.session_store import ARTIFACT_REF, SessionStore, open_store
 from agentqueue.workers.settings import Settings
-from agentqueue.workers.tool_handler import current_call, current_store
+from agentqueue.workers.tool_context import current_call, current_store
 from agentqueue.workers.toolkit import ToolOutput
 
 if TYPE_CHECKING:

@@ -6,13 +6,13 @@ memory, streaming, interruption) without a network or an API key.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 import uuid
 from collections.abc import AsyncGenerator, Sequence
 from typing import Any
 
+import anyio
 from agentscope.credential import CredentialBase
 from agentscope.formatter import OpenAIChatFormatter
 from agentscope.message import (
@@ -93,7 +93,7 @@ class ScriptedChatModel(ChatModelBase):
             pieces = _text_chunks(answer)
         if not self.stream:
             if self.delay:
-                await asyncio.sleep(self.delay * len(pieces))
+                await anyio.sleep(self.delay * len(pieces))
             block = answer if isinstance(answer, ToolCallBlock) else TextBlock(text=answer)
             return ChatResponse(content=[block], is_last=True)
         return self._stream(pieces)
@@ -102,7 +102,7 @@ class ScriptedChatModel(ChatModelBase):
         """Yield the partial chunks; ChatModelBase accumulates them into the final one."""
         for piece in pieces:
             if self.delay:
-                await asyncio.sleep(self.delay)
+                await anyio.sleep(self.delay)
             yield piece
 
 

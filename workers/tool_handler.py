@@ -7,8 +7,6 @@ transient (`retry_on`) are raised to the pipeline, which retries the call with b
 
 from __future__ import annotations
 
-import asyncio
-import contextvars
 import functools
 import inspect
 import logging
@@ -16,7 +14,6 @@ import math
 import os
 from typing import Any
 
-import anyio
 import msgspec
 
 from agentqueue.protocol.messages import Envelope, Image, ToolCall, ToolResult
@@ -24,17 +21,11 @@ from agentqueue.workers.app import App
 from agentqueue.workers.errors import PermanentError
 from agentqueue.workers.handling import Emit, HandlerResult, RunControl
 from agentqueue.workers.session_store import SessionStore
+from agentqueue.workers.tool_context import current_call, current_store
+from agentqueue.workers.tool_runner import run_tool
 from agentqueue.workers.toolkit import ToolOutput
 
 log = logging.getLogger("agentqueue.worker")
-
-current_call: contextvars.ContextVar[tuple[str, str]] = contextvars.ContextVar("current_call")
-"""(session id, worker name) of the tool call running now: sandboxed tools find their sandbox."""
-
-current_store: contextvars.ContextVar[SessionStore | None] = contextvars.ContextVar(
-    "current_store", default=None
-)
-"""The session store of the worker running the tool call: where large tool outputs are kept."""
 
 
 class ToolHandler:
@@ -83,8 +74,7 @@ class ToolHandler:
             token = current_call.set((envelope.session_id, self.worker_name))
             store_token = current_store.set(self.store)
             try:
-                async with asyncio.timeout(timeout):
-                    output = await _call(spec.func, arguments)
+                output = await run_tool(spec.func, arguments, timeout)
             finally:
                 current_store.reset(store_token)
                 current_call.reset(token)
@@ -154,9 +144,3 @@ def validate_arguments(func: Any, arguments: dict[str, Any]) -> dict[str, Any]:
         hint = hints.get(name)
         checked[name] = value if hint is None else msgspec.convert(value, hint)
     return checked
-
-
-async def _call(func: Any, arguments: dict[str, Any]) -> Any:
-    if inspect.iscoroutinefunction(func):
-        return await func(**arguments)
-    return await anyio.to_thread.run_sync(lambda: func(**arguments))

@@ -9,7 +9,6 @@ agent as an error tool result, never as an exception out of the reply.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import functools
 import inspect
@@ -21,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from agentqueue.protocol.messages import Image
+from agentqueue.workers.tool_runner import run_tool
 
 if TYPE_CHECKING:
     from agentscope.tool import FunctionTool, ToolChunk, Toolkit
@@ -185,9 +185,9 @@ def _function_tool(spec: ToolSpec, invoke_remote: InvokeRemote | None) -> Functi
             # The tool worker enforces the timeout and its answer travels back
             # after it; a local deadline here would cut off that answer.
             call = invoke_remote(spec.name, dict(kwargs), spec.timeout)
-            output = await _guarded(spec, call, deadline=None)
+            output = await _guarded(spec, call)
         else:
-            output = await _guarded(spec, _call_local(spec.func, kwargs), deadline=spec.timeout)
+            output = await _guarded(spec, run_tool(spec.func, kwargs, spec.timeout))
         return to_chunk(output) if isinstance(output, ToolOutput) else output
 
     functools.update_wrapper(run, spec.func)
@@ -243,21 +243,10 @@ def _approval_tool_class() -> type[FunctionTool]:
     return ApprovalTool
 
 
-async def _call_local(func: Callable[..., Any], kwargs: dict[str, Any]) -> Any:
-    """Run a local tool; a sync one runs in a thread so it cannot block the loop or its timeout."""
-    if inspect.iscoroutinefunction(func):
-        return await func(**kwargs)
-    result = await asyncio.to_thread(func, **kwargs)
-    if inspect.isawaitable(result):
-        result = await result
-    return result
-
-
-async def _guarded(spec: ToolSpec, call: Awaitable[Any], deadline: float | None) -> Any:
-    """Await a tool call (stopping it after `deadline` s), turning failures into error results."""
+async def _guarded(spec: ToolSpec, call: Awaitable[Any]) -> Any:
+    """Await a tool call (it enforces its own timeout), turning failures into error results."""
     try:
-        async with asyncio.timeout(deadline):
-            return await call
+        return await call
     except TimeoutError as e:
         if spec.timeout is not None:
             return _error(f"tool {spec.name} timed out after {spec.timeout} s")

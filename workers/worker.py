@@ -19,14 +19,13 @@ from typing import Literal
 import anyio
 import anyio.abc
 
-from agentqueue.broker import tracing as otel
 from agentqueue.broker.base import Broker, Delivery, Subscription
 from agentqueue.broker.errors import BrokerConnectionError
 from agentqueue.broker.replies import ReplyRouter
 from agentqueue.broker.topology import REQUESTS, TOOLS
 from agentqueue.protocol.ids import new_id
 from agentqueue.protocol.messages import AgentRequest, Approval, Cancel, ToolCall
-from agentqueue.workers import delayed, schedules
+from agentqueue.workers import delayed, schedules, spans
 from agentqueue.workers.agent_handler import AgentHandler, import_agentscope
 from agentqueue.workers.app import App
 from agentqueue.workers.assembly import assemble_pipeline
@@ -187,7 +186,7 @@ class Worker:
         if self.role in ("agents", "all"):
             await anyio.to_thread.run_sync(import_agentscope)
             remote = RemoteTools(self.broker, self.topology, router)
-            tracing = otel.enabled() if self.tracing is None else self.tracing
+            tracing = spans.enabled() if self.tracing is None else self.tracing
             # Model rate limits and usage are shared through this worker's own store.
             models = ModelRuntime.from_env(
                 namespace=self.topology.namespace, store_url=self.store.url

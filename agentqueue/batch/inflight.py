@@ -13,11 +13,11 @@ import msgspec
 
 from agentqueue.batch.files import BatchItem, ResultLine, ResultsFile
 from agentqueue.batch.report import BatchCounts
-from agentqueue.broker import tracing
 from agentqueue.broker.errors import BrokerError
 from agentqueue.client import ANSWER_GRACE, Client
 from agentqueue.protocol.codec import encode
 from agentqueue.protocol.messages import Envelope, ResultEvent
+from agentqueue.workers import spans
 
 log = logging.getLogger("agentqueue.batch")
 
@@ -214,5 +214,5 @@ class BatchRun:
         if pending.first_sent is None:
             pending.first_sent = time.monotonic()
         queue = self.client.topology.route(envelope)
-        with tracing.publishing(self.client.broker, queue, envelope):
+        with spans.publishing(self.client.broker, queue, envelope):
             await self.client.broker.publish(queue, encode(envelope))

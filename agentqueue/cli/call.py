@@ -42,10 +42,10 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def _call(args: argparse.Namespace, client: Client) -> int:
-    from agentqueue.broker import tracing
+    from agentqueue.workers import spans
 
     interrupted = False
-    with tracing.round_trip("call", args.agent) as trip:
+    with spans.round_trip("call", args.agent) as trip:
         with trip.current():
             handle = await client.submit(
                 args.text, session_id=args.session, agent=args.agent, delay=args.delay

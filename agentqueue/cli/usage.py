@@ -12,7 +12,8 @@ import anyio
 
 from agentqueue.cli.options import settings_options
 from agentqueue.settings import Settings
-from agentqueue.workers.rate_limit import USAGE_KEPT, ModelUsage, open_limit_backend
+from agentqueue.workers.rate_limit import USAGE_KEPT, ModelUsage
+from agentqueue.workers.rate_limit_stores import open_limit_backend
 
 if TYPE_CHECKING:
     from agentqueue.cli.options import Commands

@@ -14,6 +14,7 @@ A broker that stops answering is shown as such (`broker_error`), and the console
 
 from __future__ import annotations
 
+import asyncio
 import io
 import logging
 import time
@@ -115,7 +116,7 @@ class ConsoleState:
         self.updated_at = 0.0
         self._dead_depth: int | None = None
         self._dead_stale = True
-        self._lock = anyio.Lock()  # one look at the dead letters at a time
+        self._lock = asyncio.Lock()  # one look at the dead letters at a time
 
     async def run(
         self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED

@@ -16,8 +16,8 @@ from agentqueue.workers.rate_limit import (
     ModelLimiter,
     ModelUsage,
     RateLimit,
-    open_limit_backend,
 )
+from agentqueue.workers.rate_limit_stores import open_limit_backend
 
 
 @pytest.fixture(params=["memory", "sqlite", "redis"])

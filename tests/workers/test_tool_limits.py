@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -24,6 +25,7 @@ from agentqueue.protocol import (
 from agentqueue.workers.errors import PermanentError
 from agentqueue.workers.session_store import MemorySessionStore
 from agentqueue.workers.tool_handler import effective_timeout
+from agentqueue.workers.tool_runner import ToolThreads, threads
 from agentqueue.workers.toolkit import ToolSpec
 from agentqueue.workers.worker import Worker
 from tests.config import worker_settings
@@ -38,6 +40,23 @@ async def slow() -> str:
     calls["slow"] = calls.get("slow", 0) + 1
     await anyio.sleep_forever()
     return "unreachable"
+
+
+released = threading.Event()
+
+
+@app.tool("blocking", timeout=0.3)
+def blocking() -> str:
+    """Blocks its thread for a minute unless the test lets it go (test tool)."""
+    calls["blocking"] = calls.get("blocking", 0) + 1
+    released.wait(60)
+    return "unreachable"
+
+
+@app.tool("quick")
+def quick() -> str:
+    """A sync tool that answers at once (test tool)."""
+    return "quick answer"
 
 
 @app.tool("flaky", retry_on=(ConnectionError,))
@@ -84,6 +103,10 @@ class Tools:
             reply = await inbox.get()
         assert isinstance(reply.body, ToolResult)
         return reply.body
+
+    async def unacked(self, name: str) -> int | None:
+        queue = self.topology.route(Envelope(id="x", session_id="x", body=ToolCall(name=name)))
+        return (await self.broker.stats(queue)).unacked
 
     async def dead_letters(self) -> list[str]:
         reasons = []
@@ -217,3 +240,46 @@ def test_a_tool_spec_refuses_limits_it_cannot_keep(spec: dict, error: str) -> No
     with pytest.raises(ValueError) as raised:
         ToolSpec(name="t", func=slow, **{"remote": True, **spec})
     assert str(raised.value) == error
+
+
+async def wait_until(condition: object) -> None:
+    """Wait (20 s at most) until `condition()` is true."""
+    with anyio.fail_after(20):
+        while not condition():  # type: ignore[operator]
+            await anyio.sleep(0.01)
+
+
+async def test_a_blocking_sync_tool_is_answered_at_its_timeout_and_the_worker_serves_on() -> None:
+    released.clear()
+    async with tools() as t:
+        # The finding: the thread could not be cancelled, so the answer waited the full minute
+        # (past `call`'s 20 s deadline) and the worker's slot with it.
+        result = await t.call("blocking")
+        assert (result.ok, result.output) == (False, "tool blocking timed out after 0.3 s")
+        assert (await t.call("quick")).output == "quick answer"
+        assert await t.unacked("blocking") == 0
+        assert await t.dead_letters() == []
+        # A thread cannot be killed: the abandoned one runs on, counted against the limit.
+        assert threads.running == 1
+        released.set()
+        await wait_until(lambda: threads.running == 0)
+
+
+async def test_abandoned_sync_tools_use_up_the_thread_limit_and_a_call_that_waited_never_runs() -> (
+    None
+):
+    limited, release, ran = ToolThreads(limit=1), threading.Event(), []
+
+    def record(item: str) -> None:
+        ran.append(item)
+
+    with pytest.raises(TimeoutError), anyio.fail_after(0.1):
+        await limited.run(release.wait, {"timeout": 60})
+    assert limited.running == 1
+    with pytest.raises(TimeoutError), anyio.fail_after(0.1):
+        await limited.run(record, {"item": "waited"})  # no slot: times out waiting
+    release.set()
+    await wait_until(lambda: not [t for t in threading.enumerate() if t.name == "sync tool record"])
+    assert (ran, limited.running) == ([], 0)
+    assert await limited.run(record, {"item": "next"}) is None
+    assert ran == ["next"]

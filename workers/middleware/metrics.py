@@ -13,9 +13,9 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Collection
 
-from agentqueue.broker import tracing
 from agentqueue.broker.metrics import instruments, report_sessions
 from agentqueue.protocol.messages import ResultEvent, ToolResult
+from agentqueue.workers import spans
 from agentqueue.workers.pipeline.event import Event, Next
 from agentqueue.workers.pipeline.middleware import Middleware
 
@@ -46,7 +46,7 @@ class Metrics(Middleware):
             await call_next(event)
             return
         where = {"agentqueue.worker": self.worker_id, "messaging.destination.name": queue}
-        wait = tracing.queue_wait(envelope)
+        wait = spans.queue_wait(envelope)
         if wait is not None:
             meters.queue_wait.record(wait, {**where, "agentqueue.event.type": envelope.type})
         meters.in_flight.add(1, where)

@@ -149,7 +149,7 @@ class Run:
         """Renew `lease` every third of its TTL until cancelled or lost."""
         p = self.pipeline
         while True:
-            await asyncio.sleep(p.lease_ttl / 3)
+            await anyio.sleep(p.lease_ttl / 3)
             try:
                 await p.store.renew(lease, p.lease_ttl)
             except LeaseLost as exc:

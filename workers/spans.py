@@ -1,15 +1,17 @@
-"""OpenTelemetry for every hop of a request: context in `Envelope.trace`, spans and metrics.
+"""OpenTelemetry context and spans for the hops a request makes: context in `Envelope.trace`.
 
 Spans follow the messaging conventions: `publish <queue>` (PRODUCER) wherever an envelope is
-published, `process <queue>` (CONSUMER) wherever one is handled, continuing the context the
-publisher put into the envelope; it rides in the body because MNS messages have no headers.
-AgentScope's TracingMiddleware adds `invoke_agent`, `chat` and `execute_tool` under `process`,
-and a tool call published from inside `execute_tool` continues that span on the tool worker.
+published, by the client, a batch or an agent calling a remote tool; `process <queue>`
+(CONSUMER) wherever one is handled, continuing the context the publisher put into the
+envelope: the `Tracing` middleware (`workers/middleware/tracing.py`) makes those, and the
+`publish` spans of replies. The context rides in the body because MNS messages have no
+headers, and the broker only carries it: it never looks inside a request. AgentScope's
+TracingMiddleware adds `invoke_agent`, `chat` and `execute_tool` under `process`, and a tool
+call published from inside `execute_tool` continues that span on the tool worker.
 
 With no provider installed (the API's default) every helper returns a shared no-op after reading
 the API's global, and builds no attribute dicts, so tracing off costs nothing per message.
-The metric instruments live next door, in `broker/metrics.py`; the `Metrics` middleware
-records them.
+The metric instruments live in `broker/metrics.py`; the `Metrics` middleware records them.
 """
 
 from __future__ import annotations
@@ -22,7 +24,6 @@ from contextlib import AbstractContextManager
 from typing import Any
 from urllib.parse import urlsplit
 
-import msgspec
 from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.trace import NoOpTracerProvider, ProxyTracerProvider, Span, SpanKind, StatusCode
@@ -31,7 +32,7 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 from agentqueue.protocol.messages import Envelope, ResultEvent, TraceContext
 
 SCOPE = "agentqueue"
-_NULL: AbstractContextManager[None] = contextlib.nullcontext()
+NULL: AbstractContextManager[None] = contextlib.nullcontext()
 _propagator = TraceContextTextMapPropagator()
 _SYSTEMS = {
     "memory": "memory",
@@ -42,11 +43,6 @@ _SYSTEMS = {
 }
 
 
-class _MessageId(msgspec.Struct):
-    id: str = ""
-
-
-_message_id = msgspec.json.Decoder(_MessageId)
 _system_of_url: dict[str, str] = {}
 
 
@@ -105,7 +101,7 @@ def extract(carried: TraceContext | None) -> Context:
     return _propagator.extract(carrier, context=Context())
 
 
-def _system(broker: Any) -> str:
+def system(broker: Any) -> str:
     url = getattr(broker, "url", "") or ""
     system = _system_of_url.get(url)
     if system is None:
@@ -121,11 +117,11 @@ def _partition(queue: str) -> int | None:
     return None
 
 
-def _message_attributes(
+def message_attributes(
     broker: Any, queue: str, operation: str, kind: str, message_id: str, envelope: Envelope
 ) -> dict[str, Any]:
     attributes: dict[str, Any] = {
-        "messaging.system": _system(broker),
+        "messaging.system": system(broker),
         "messaging.destination.name": queue,
         "messaging.operation.name": operation,
         "messaging.operation.type": kind,
@@ -150,22 +146,12 @@ def publishing(broker: Any, queue: str, envelope: Envelope) -> AbstractContextMa
     """
     tr = tracer()
     if tr is None:
-        return _NULL
-    return _publish(tr, broker, queue, envelope, envelope.id, envelope)
-
-
-def publishing_reply(
-    broker: Any, queue: str, reply: bytes, request: Envelope
-) -> AbstractContextManager[None]:
-    """A `publish <queue>` span for an already encoded reply to `request`."""
-    tr = tracer()
-    if tr is None:
-        return _NULL
-    return _publish(tr, broker, queue, request, _message_id.decode(reply).id, None)
+        return NULL
+    return publish_span(tr, broker, queue, envelope, envelope.id, envelope)
 
 
 @contextlib.contextmanager
-def _publish(
+def publish_span(
     tr: trace.Tracer,
     broker: Any,
     queue: str,
@@ -173,7 +159,7 @@ def _publish(
     message_id: str,
     target: Envelope | None,
 ) -> Iterator[None]:
-    attributes = _message_attributes(broker, queue, "publish", "send", message_id, about)
+    attributes = message_attributes(broker, queue, "publish", "send", message_id, about)
     if target is None:  # a reply: `about` is the request it answers
         del attributes["agentqueue.attempt"]
     with tr.start_as_current_span(
@@ -184,84 +170,10 @@ def _publish(
         yield
 
 
-# --- process -----------------------------------------------------------------------------------
-
-
-def processing(
-    broker: Any, envelope: Envelope, queue: str | None, *, worker: str, delivery_count: int = 1
-) -> AbstractContextManager[None]:
-    """A `process <queue>` span continuing the envelope's trace (metrics: `Metrics` middleware)."""
-    tr = tracer()
-    if tr is None:
-        return _NULL
-    return _process(tr, broker, envelope, queue, worker, delivery_count)
-
-
 def queue_wait(envelope: Envelope) -> float | None:
     """Seconds from the envelope's creation until now, never negative; None without a time."""
     # created_at is the publisher's clock; skew must not make the wait negative.
     return max(0.0, time.time() - envelope.created_at) if envelope.created_at else None
-
-
-@contextlib.contextmanager
-def _process(
-    tr: trace.Tracer,
-    broker: Any,
-    envelope: Envelope,
-    queue: str | None,
-    worker: str,
-    delivery_count: int,
-) -> Iterator[None]:
-    queue = queue or ("tools" if envelope.type == "tool_call" else "requests")
-    wait = queue_wait(envelope)
-    attributes = _message_attributes(broker, queue, "process", "process", envelope.id, envelope)
-    attributes["agentqueue.attempt"] = max(envelope.attempt, delivery_count)
-    attributes["agentqueue.worker"] = worker
-    if wait is not None:
-        attributes["agentqueue.queue_wait_s"] = wait
-    if envelope.type == "tool_call":
-        attributes["gen_ai.tool.name"] = envelope.body.name  # type: ignore[union-attr]
-    with tr.start_as_current_span(
-        f"process {queue}",
-        context=extract(envelope.trace),
-        kind=SpanKind.CONSUMER,
-        attributes=attributes,
-    ):
-        yield
-
-
-def record_retry(envelope: Envelope, error: BaseException, attempt: int, delay: float) -> None:
-    """A `retry` event on the current span: the failed attempt, its error, the next wait."""
-    span = trace.get_current_span()
-    if span.is_recording():
-        span.record_exception(error, attributes={"agentqueue.attempt": attempt})
-        span.add_event(
-            "retry",
-            {
-                "agentqueue.attempt": attempt,
-                "agentqueue.retry_delay_s": delay,
-                "exception.type": type(error).__name__,
-                "exception.message": str(error),
-            },
-        )
-
-
-def record_dead_letter(envelope: Envelope, reason: str, error: BaseException | None = None) -> None:
-    """Mark the current span ERROR with a `dead_letter` event (and the error behind it)."""
-    span = trace.get_current_span()
-    if span.is_recording():
-        if isinstance(error, Exception):
-            span.record_exception(error)
-        span.add_event("dead_letter", {"agentqueue.reason": reason})
-        span.set_status(StatusCode.ERROR, reason)
-
-
-def record_tool_failure(name: str, error: str) -> None:
-    """Mark the current span ERROR: the tool failed, even though its failure is a reply."""
-    span = trace.get_current_span()
-    if span.is_recording():
-        span.add_event("tool_failed", {"gen_ai.tool.name": name, "exception.message": error})
-        span.set_status(StatusCode.ERROR, error)
 
 
 # --- the client's round trip -----------------------------------------------------------------
@@ -292,7 +204,7 @@ class RoundTrip:
     def current(self) -> AbstractContextManager[Any]:
         """Make the span current (the parent of the publish span) for a block without yields."""
         if self.span is None:
-            return _NULL
+            return NULL
         return trace.use_span(self.span, record_exception=False, set_status_on_exception=False)
 
     def result(self, event: ResultEvent) -> None:
