@@ -34,6 +34,7 @@ import anyio
 from agentqueue.broker.topology import Topology
 from agentqueue.deploy.local_rabbitmq import LocalRabbitMQ, LocalRabbitMQCluster
 from agentqueue.deploy.local_redis import LocalRedis
+from agentqueue.deploy.tcp_proxy import TcpProxy
 from benchmarks.chaos_cloud import cloud_topology, run_cloud
 from benchmarks.chaos_driver import (
     Chaos,
@@ -42,7 +43,6 @@ from benchmarks.chaos_driver import (
     worker_environ,
 )
 from benchmarks.chaos_load import ChaosLoad, chaos_client
-from benchmarks.chaos_proxy import TcpProxy
 from benchmarks.chaos_report import (
     ChaosEvents,
     committed_sequences,

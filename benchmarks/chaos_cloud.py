@@ -38,10 +38,10 @@ from agentqueue.broker.topology import REQUESTS, TOOLS, Topology
 from agentqueue.deploy.local_fc import LocalFC, TriggerConfig
 from agentqueue.deploy.local_mns import DEFAULT_ACCESS_ID, DEFAULT_ACCESS_KEY
 from agentqueue.deploy.local_rabbitmq import HOST, end_child, free_port, spawn_child
+from agentqueue.deploy.tcp_proxy import TcpProxy
 from benchmarks.chaos_app import LOG_ENV
 from benchmarks.chaos_driver import ROOT, Chaos, drive
 from benchmarks.chaos_load import ChaosLoad, chaos_client
-from benchmarks.chaos_proxy import TcpProxy
 from benchmarks.chaos_report import ChaosEvents, dead_lettered
 
 log = logging.getLogger("agentqueue.chaos")
