@@ -35,6 +35,7 @@ from agentqueue.broker.topology import Topology
 from agentqueue.deploy.local.rabbitmq import LocalRabbitMQ
 from agentqueue.deploy.local.rabbitmq_cluster import LocalRabbitMQCluster
 from agentqueue.deploy.local.redis import LocalRedis
+from agentqueue.deploy.local.tcp_proxy import TcpProxy
 from benchmarks.chaos_cloud import cloud_topology, run_cloud
 from benchmarks.chaos_driver import (
     Chaos,
@@ -43,7 +44,6 @@ from benchmarks.chaos_driver import (
     worker_environ,
 )
 from benchmarks.chaos_load import ChaosLoad, chaos_client
-from benchmarks.chaos_proxy import TcpProxy
 from benchmarks.chaos_report import (
     ChaosEvents,
     committed_sequences,

@@ -39,10 +39,10 @@ from agentqueue.deploy.local.fc import LocalFC, TriggerConfig
 from agentqueue.deploy.local.mns import DEFAULT_ACCESS_ID, DEFAULT_ACCESS_KEY
 from agentqueue.deploy.local.ports import HOST, free_port
 from agentqueue.deploy.local.process import end_child, spawn_child
+from agentqueue.deploy.local.tcp_proxy import TcpProxy
 from benchmarks.chaos_app import LOG_ENV
 from benchmarks.chaos_driver import ROOT, Chaos, drive
 from benchmarks.chaos_load import ChaosLoad, chaos_client
-from benchmarks.chaos_proxy import TcpProxy
 from benchmarks.chaos_report import ChaosEvents, dead_lettered
 
 log = logging.getLogger("agentqueue.chaos")

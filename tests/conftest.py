@@ -13,6 +13,26 @@ from agentqueue.deploy.local.process import ServerNotInstalledError
 from agentqueue.deploy.local.rabbitmq import LocalRabbitMQ
 from agentqueue.deploy.local.redis import LocalRedis
 
+# Fixtures that start a RabbitMQ or Redis server: a test using one carries the `broker` marker,
+# so that `pytest -m "not broker"` runs where neither is installed.
+SERVER_FIXTURES = frozenset({"rabbitmq", "redis_server"})
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Refuse the run if a test needs a server fixture but lacks the broker marker."""
+    unmarked = [
+        item.nodeid
+        for item in items
+        if SERVER_FIXTURES & set(getattr(item, "fixturenames", ()))
+        and item.get_closest_marker("broker") is None
+    ]
+    if unmarked:
+        raise pytest.UsageError(
+            "these tests start a RabbitMQ or Redis but lack the broker marker; add"
+            " `pytestmark = pytest.mark.broker` (or @pytest.mark.broker on the test):\n  "
+            + "\n  ".join(unmarked)
+        )
+
 
 def server_unavailable(reason: str) -> NoReturn:
     """Skip for a server this machine lacks; in CI (CI=true) fail, since CI must have it."""

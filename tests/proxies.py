@@ -7,11 +7,10 @@ across them: it runs in a blocking portal instead, and the test calls it through
 from __future__ import annotations
 
 import contextlib
-import time
 
 import anyio.from_thread
 
-from benchmarks.chaos_proxy import TcpProxy
+from agentqueue.deploy.local.tcp_proxy import TcpProxy
 
 
 class ThreadedProxy:
@@ -21,9 +20,8 @@ class ThreadedProxy:
         self._stack = contextlib.ExitStack()
         self._portal = self._stack.enter_context(anyio.from_thread.start_blocking_portal())
         self.proxy = TcpProxy(target_port)
-        self._portal.start_task_soon(self.proxy.run)
-        while not self.proxy.port:
-            time.sleep(0.01)
+        # start_task returns once run() has its listening port (task_status.started()).
+        self._portal.start_task(self.proxy.run)
 
     def url(self, target_url: str) -> str:
         """`target_url` (amqp://…:target_port/) through the proxy."""

@@ -6,6 +6,7 @@ import io
 import time
 
 import anyio
+import pytest
 
 from agentqueue import App, Client, RequestFailed
 from agentqueue.admin import (
@@ -106,6 +107,7 @@ async def test_a_dead_letter_can_be_listed_shown_and_replayed_once_its_cause_is_
         worker.stop()
 
 
+@pytest.mark.broker
 async def test_a_poison_request_on_rabbitmq_is_dead_lettered_with_its_error_and_the_caller_gets_the_text(
     rabbitmq_url: str,
 ) -> None:

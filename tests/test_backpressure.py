@@ -62,6 +62,7 @@ async def test_a_slow_worker_makes_submit_wait_instead_of_piling_up_requests() -
     assert 0 < peak <= 8
 
 
+@pytest.mark.broker
 async def test_a_full_queue_is_refused_with_a_clear_error_on_rabbitmq(rabbitmq_url: str) -> None:
     topology = Topology(
         namespace=f"full{new_id()[:6]}", partitions=1, tool_partitions=1, max_length=3

@@ -16,7 +16,7 @@ import pytest
 from agentqueue.protocol import new_id
 from tests.processes import ROOT, workers
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.broker]
 
 ITEMS = 2000
 

@@ -51,6 +51,7 @@ async def running(client: Client, text: str, session: str) -> RequestHandle:
     raise AssertionError(f"{text!r} ended before it streamed anything")
 
 
+@pytest.mark.broker
 async def test_enqueue_runs_the_new_turn_after_the_running_one(
     rabbitmq_url: str, served: Topology
 ) -> None:
@@ -61,6 +62,7 @@ async def test_enqueue_runs_the_new_turn_after_the_running_one(
     assert second.text == TOLD_ADA
 
 
+@pytest.mark.broker
 async def test_reject_answers_rejected_at_once_and_the_running_turn_goes_on(
     rabbitmq_url: str, served: Topology
 ) -> None:
@@ -78,6 +80,7 @@ async def test_reject_answers_rejected_at_once_and_the_running_turn_goes_on(
     assert after.text == TOLD_ADA  # the rejected turn left no trace
 
 
+@pytest.mark.broker
 async def test_interrupt_stops_the_running_turn_keeps_its_memory_and_runs_the_new_one(
     rabbitmq_url: str, served: Topology
 ) -> None:
@@ -89,6 +92,7 @@ async def test_interrupt_stops_the_running_turn_keeps_its_memory_and_runs_the_ne
     assert second.text == TOLD_ADA  # the interrupted turn's memory was kept
 
 
+@pytest.mark.broker
 async def test_rollback_stops_the_running_turn_and_forgets_it(
     rabbitmq_url: str, served: Topology
 ) -> None:
@@ -102,6 +106,7 @@ async def test_rollback_stops_the_running_turn_and_forgets_it(
     assert later.text == TOLD_NOTHING
 
 
+@pytest.mark.broker
 async def test_latest_supersedes_the_waiting_turns_and_only_the_newest_runs(
     rabbitmq_url: str, served: Topology
 ) -> None:
@@ -120,6 +125,7 @@ async def test_latest_supersedes_the_waiting_turns_and_only_the_newest_runs(
     assert answer.text == TOLD_ADA  # Bo's turn never ran
 
 
+@pytest.mark.broker
 async def test_a_worker_killed_during_an_interrupt_leaves_the_session_consistent_and_answers_everyone(
     rabbitmq_url: str, tmp_path: Path
 ) -> None:

@@ -11,7 +11,11 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
+
 from tests.processes import ROOT, workers
+
+pytestmark = pytest.mark.broker
 
 APP = ("--app", "tests.apps.steps:app", "--no-balance", "--store", "memory://")
 

@@ -56,6 +56,7 @@ def run_reduced(tmp_path: Path, *extra: str) -> str:
     return table
 
 
+@pytest.mark.broker
 def test_the_reduced_chaos_run_loses_nothing_applies_nothing_twice_and_keeps_session_order(
     tmp_path: Path,
 ) -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from agentqueue.settings import Settings
 from tests.processes import WorkerProcess
 
@@ -18,6 +20,7 @@ def test_without_xdg_state_home_the_default_store_is_under_the_home_directory() 
     assert Settings.load(environ={}).store == f"sqlite:///{expected}"
 
 
+@pytest.mark.broker
 def test_a_worker_creates_the_default_store_and_names_it_at_start(
     tmp_path: Path, rabbitmq_url: str
 ) -> None:

@@ -13,9 +13,25 @@ from agentqueue import Client
 from agentqueue.broker.replies import ReplyRouter
 from agentqueue.broker.topology import Topology
 from agentqueue.protocol import Envelope, ToolCall, ToolResult, encode, new_id
-from tests.processes import workers
+from tests.processes import WorkerProcess, workers
+from tests.waiting import wait_for
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.broker]
+
+
+async def settled(client: Client, topology: Topology, *procs: WorkerProcess) -> None:
+    """Until every worker has seen all the others and each tool partition has one consumer."""
+
+    def all_seen(proc: WorkerProcess) -> bool:
+        changes = [line for line in proc.lines if "live workers changed: " in line]
+        return bool(changes) and changes[-1].count(", ") == len(procs) - 1
+
+    async def one_consumer_each() -> bool:
+        stats = [await client.broker.stats(q) for q in topology.queues("tools")]
+        return all(s.consumers == 1 for s in stats)
+
+    await wait_for(lambda: all(all_seen(p) for p in procs), 60, "the workers to see each other")
+    await wait_for(one_consumer_each, 60, "one consumer on each tool partition")
 
 
 def worker_args(url: str, ns: str, store: str, *extra: str) -> tuple[str, ...]:
@@ -49,7 +65,7 @@ async def test_when_the_active_worker_is_killed_the_other_takes_over_and_every_r
         env={"AGENTQUEUE_TEST_LOG": str(log)},
     ) as (first, second):
         async with Client(rabbitmq_url, topology=topology) as client:
-            await anyio.sleep(3)  # let the two settle their shares of the partitions
+            await settled(client, topology, first, second)
             router: ReplyRouter = client.router
             inboxes = {}
             sessions = [f"s{i}" for i in range(40)]
@@ -70,7 +86,9 @@ async def test_when_the_active_worker_is_killed_the_other_takes_over_and_every_r
                     )
                     inboxes[call_id] = router.expect(call_id)
                     await client.broker.publish(topology.route(envelope), encode(envelope))
-            await anyio.sleep(0.5)
+            # Killed mid-run: once it has run a step, with most of the 400 still to go.
+            ran = f" {first.pid}\n"
+            await wait_for(lambda: log.exists() and ran in log.read_text(), 60, "a step on first")
             first.kill()
             replies = {}
             with anyio.fail_after(90):

@@ -13,9 +13,14 @@ import httpx
 import pytest
 
 from agentqueue.ingress.auth import WebhookKeys, read_token
+from agentqueue.protocol import new_id
+from agentqueue.workers.session_store import MemorySessionStore
+from agentqueue.workers.worker import Worker
+from tests.config import worker_settings
 from tests.ingress_server import (
     KEYS,
     SECRET,
+    app,
     published,
     runtime_request,
     system,
@@ -131,7 +136,7 @@ async def test_cloudevent_data_may_also_come_base64_encoded() -> None:
 
 
 async def test_an_unknown_id_gets_404_and_a_finished_result_is_gone_after_its_retention() -> None:
-    async with system(retention=0.2) as (http, _, _):
+    async with system(worker=False, retention=0.2) as (http, broker, topology):
         missing = await http.get("/v1/requests/nope")
         assert missing.status_code == 404
         assert missing.json() == {
@@ -139,9 +144,18 @@ async def test_an_unknown_id_gets_404_and_a_finished_result_is_gone_after_its_re
             "field": None,
         }
         ticket = (await http.post("/v1/requests", json=runtime_request("hi"))).json()
-        assert (await result_of(http, ticket["id"]))["status"] == "final"
+        # Its events are watched before a worker runs it: a poll could come after the 0.2 s
+        # retention had already forgotten the result; the open stream holds the request.
+        events = f"/v1/requests/{ticket['id']}/events"
+        async with http.stream("GET", events) as stream, anyio.create_task_group() as tg:
+            store = MemorySessionStore(f"memory://{new_id()}")
+            await tg.start(Worker(app, broker, store, worker_settings(topology)).run)
+            kinds = [line async for line in stream.aiter_lines() if line.startswith("event: ")]
+            tg.cancel_scope.cancel()
+        assert kinds[-1] == "event: final", kinds
+        gone = f"/v1/requests/{ticket['id']}"
         with anyio.fail_after(10):
-            while (await http.get(f"/v1/requests/{ticket['id']}")).status_code != 404:
+            while (await http.get(gone)).status_code != 404:
                 await anyio.sleep(0.05)
 
 

@@ -7,6 +7,8 @@ import pytest
 from agentqueue.cli import main
 from tests.processes import WorkerProcess
 
+pytestmark = pytest.mark.broker
+
 ARGS = (
     "--app",
     "tests.apps.fc_tools:app",

@@ -11,7 +11,7 @@ import pytest
 
 from agentqueue.deploy.local.rabbitmq import LocalRabbitMQ
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.broker]
 
 BROKER_PASSWORD = "Br0ker-pa55-7c1e9a"
 SIGNING_SECRET = "sign-secret-4f0b2d9e81"

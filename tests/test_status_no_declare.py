@@ -11,6 +11,8 @@ from agentqueue.broker.urls import open_broker, redact_url
 from agentqueue.cli import main
 from agentqueue.protocol import new_id
 
+pytestmark = pytest.mark.broker
+
 
 async def exists(url: str, queue: str) -> bool:
     async with open_broker(url) as broker:

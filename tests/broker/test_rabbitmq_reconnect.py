@@ -21,7 +21,7 @@ from agentqueue.deploy.local.rabbitmq import LocalRabbitMQ
 from agentqueue.protocol import new_id
 from tests.proxies import ThreadedProxy, port_of
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.broker]
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ from agentqueue.workers.session_store import MemorySessionStore
 from agentqueue.workers.worker import Worker
 from tests.config import worker_settings
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.broker]
 
 
 def make_certificates(d: Path) -> tuple[Path, Path, Path]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import threading
-import time
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,6 +23,7 @@ from mns.queue import Message, Queue, QueueMeta
 
 from agentqueue.deploy.local import mns_protocol
 from agentqueue.deploy.local.mns import LocalMNS
+from tests.waiting import wait_until
 
 NS = "{http://mns.aliyuncs.com/doc/v1/}"
 
@@ -36,6 +36,16 @@ def mns(tmp_path: Path) -> Iterator[LocalMNS]:
     server = LocalMNS(tmp_path / "mns.db")
     with server:
         yield server
+
+
+def connections_to(port: int) -> int:
+    """Established TCP connections whose server end is 127.0.0.1:`port` (from /proc/net/tcp)."""
+    count = 0
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if fields[3] == "01" and int(fields[1].rsplit(":", 1)[1], 16) == port:  # 01: ESTABLISHED
+            count += 1
+    return count
 
 
 def make_queue(mns: LocalMNS, name: str = "jobs", **meta: int) -> Queue:
@@ -307,17 +317,20 @@ def test_a_queue_delay_applies_to_messages_sent_without_their_own(mns):
 
 
 def test_a_long_poll_returns_as_soon_as_another_thread_sends_a_message(mns):
-    queue = make_queue(mns)
-    sender = mns.account().get_queue("jobs")
-    timer = threading.Timer(0.3, sender.send_message, [Message("wake up")])
+    sender = make_queue(mns)  # its connection is open (kept alive) before the poll's
+    connected = connections_to(mns.port)
 
-    started = time.monotonic()
-    timer.start()
-    received = queue.receive_message_with_str_body(30)
+    def send_once_polling() -> None:
+        wait_until(lambda: connections_to(mns.port) > connected, 30, "the long poll to connect")
+        sender.send_message(Message("wake up"))
 
+    thread = threading.Thread(target=send_once_polling)
+    thread.start()
+    received = mns.account().get_queue("jobs").receive_message_with_str_body(30)
+    thread.join(30)
+
+    # The message itself, not the empty answer a 30 s poll gives when nothing arrives.
     assert received.message_body == "wake up"
-    assert time.monotonic() - started < 30
-    timer.join()
 
 
 def test_twenty_concurrent_long_polls_wait_without_blocking_other_requests(mns):
@@ -341,7 +354,7 @@ def test_twenty_concurrent_long_polls_wait_without_blocking_other_requests(mns):
     for thread in threads:
         thread.start()
     ready.wait()
-    time.sleep(0.5)
+    wait_until(lambda: connections_to(mns.port) >= receivers, 30, "twenty receivers connected")
     queue = mns.account().get_queue("jobs")
 
     # Served while all twenty polls are pending: none has returned yet.
@@ -362,15 +375,17 @@ def test_stopping_the_server_answers_a_pending_long_poll_with_message_not_exist(
     queue = make_queue(server)
     outcome: list[object] = []
 
+    connected = connections_to(server.port)  # make_queue's, kept alive
+
     def poll() -> None:
-        try:
-            outcome.append(queue.receive_message(30))
+        try:  # on a connection of its own, so its arrival can be seen
+            outcome.append(server.account().get_queue(queue.queue_name).receive_message(30))
         except Exception as error:
             outcome.append(error)
 
     poller = threading.Thread(target=poll)
     poller.start()
-    time.sleep(0.5)
+    wait_until(lambda: connections_to(server.port) > connected, 30, "the long poll to connect")
     server.stop()
     poller.join(30)
 

@@ -6,18 +6,19 @@ import asyncio
 import json
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import aio_pika
 import pytest
 import redis
+from pamqp.commands import Basic
 
 from agentqueue.deploy.local.process import ServerStartError, marked_processes
 from agentqueue.deploy.local.rabbitmq import LocalRabbitMQ
 from agentqueue.deploy.local.rabbitmq_cluster import LocalRabbitMQCluster
 from agentqueue.deploy.local.redis import LocalRedis
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.broker
 
@@ -43,7 +44,7 @@ if sys.argv[2] == "crash":
     os._exit(0)
 node.start()
 print(node.port, flush=True)
-time.sleep(600)
+time.sleep(600)  # the owner stays up until the test kills it
 """
 
 
@@ -54,14 +55,6 @@ def run_owner(data_dir: Path, mode: str) -> subprocess.Popen[str]:
     assert owner.stdout is not None
     assert owner.stdout.readline().strip().isdigit(), "the owner process failed to start its node"
     return owner
-
-
-def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} did not happen within {timeout}s")
-        time.sleep(0.1)
 
 
 async def publish_confirmed(url: str, queue: str, bodies: list[bytes]) -> None:
@@ -75,7 +68,7 @@ async def publish_confirmed(url: str, queue: str, bodies: list[bytes]) -> None:
                 aio_pika.Message(body, delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
                 routing_key=queue,
             )
-            assert ack is not None
+            assert isinstance(ack, Basic.Ack), ack  # not a nack: the broker took it
 
 
 async def consume(url: str, queue: str, count: int) -> list[bytes]:

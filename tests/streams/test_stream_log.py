@@ -17,7 +17,7 @@ from agentqueue.protocol.messages import ResultEvent
 from agentqueue.workers.stream_log import Kept, StreamLog, follow, open_stream_log, replay
 
 
-@pytest.fixture(params=["memory", "sqlite", "redis"])
+@pytest.fixture(params=["memory", "sqlite", pytest.param("redis", marks=pytest.mark.broker)])
 def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "memory":
         return f"memory://{new_id()[:8]}"

@@ -168,6 +168,7 @@ async def test_messages_with_invalid_utf8_never_stall_the_partition_and_each_cal
     assert runs == ["after-garbage"]
 
 
+@pytest.mark.broker
 async def test_a_second_copy_rabbitmq_did_not_redeliver_is_a_replay_whatever_its_headers_say(
     rabbitmq_url: str,
 ) -> None:
@@ -193,7 +194,7 @@ async def test_a_second_copy_rabbitmq_did_not_redeliver_is_a_replay_whatever_its
     assert runs == ["acct-4", "acct-5"]
 
 
-@pytest.fixture(params=["sqlite", "redis"])
+@pytest.fixture(params=["sqlite", pytest.param("redis", marks=pytest.mark.broker)])
 def store_opener(request: pytest.FixtureRequest, tmp_path: Path):  # type: ignore[no-untyped-def]
     """Opens a new connection to one shared store each call (another process, or a restart)."""
     if request.param == "sqlite":
@@ -244,7 +245,9 @@ async def test_a_trigger_retry_keeps_its_message_id_and_a_copy_published_again_d
     assert published_again.reason.startswith("replayed envelope refused: ")
 
 
-@pytest.mark.parametrize("kind", ["memory", "sqlite", "redis"])
+@pytest.mark.parametrize(
+    "kind", ["memory", "sqlite", pytest.param("redis", marks=pytest.mark.broker)]
+)
 async def test_the_replay_window_forgets_what_is_older_than_it(
     kind: str, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:

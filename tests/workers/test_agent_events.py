@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-import time
+from collections.abc import Iterator
 
 import anyio
 import pytest
@@ -18,7 +18,18 @@ from agentqueue.workers.worker import Worker
 from tests.config import worker_settings
 
 app = App("agent-events")
-tool_runs: list[str] = []
+tool_runs: list[str] = []  # topics slow_lookup started on, in this test
+tools_done: list[str] = []  # topics slow_lookup finished, in this test
+
+
+@pytest.fixture(autouse=True)
+def fresh_tool_runs() -> Iterator[None]:
+    """Each test sees only its own tool runs (the lists are module-level, like the app)."""
+    tool_runs.clear()
+    tools_done.clear()
+    yield
+    tool_runs.clear()
+    tools_done.clear()
 
 
 @app.tool("slow_lookup", timeout=60)
@@ -29,7 +40,8 @@ async def slow_lookup(topic: str) -> str:
         topic: What to look up.
     """
     tool_runs.append(topic)
-    await anyio.sleep(30)
+    await anyio.sleep(30)  # the slow tool under test: only a cancel ends it early
+    tools_done.append(topic)
     return f"all about {topic}"
 
 
@@ -100,18 +112,17 @@ async def test_a_cancelled_request_answers_cancelled_and_the_next_turn_works(nam
                 '/tool slow_lookup {"topic": "queues"}', session_id="s2", timeout=120
             )
             with anyio.fail_after(10):
-                while not tool_runs:
+                while "queues" not in tool_runs:
                     await anyio.sleep(0.02)
-            await anyio.sleep(1.0)
-            cancelled_at = time.monotonic()
             await handle.cancel()
             result = await handle.result()
-            took = time.monotonic() - cancelled_at
+            finished_before_the_answer = list(tools_done)
             after = await client.call("What is my name?", session_id="s2", timeout=30)
         tg.cancel_scope.cancel()
         state = json.loads(await MemorySessionStore(store_url).load_state("s2") or "{}")
     assert result.kind == "cancelled"
-    assert took < 2.0, f"cancelled arrived {took:.2f} s after the cancel"
+    # The answer did not wait for the running tool: it was still sleeping when cancelled came.
+    assert finished_before_the_answer == []
     assert after.text == "Your name is Ada."
     # Memory holds complete turns only: every tool call in it has its (interrupted) result.
     context = json.dumps(state.get("context", []))

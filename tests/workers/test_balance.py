@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import defaultdict
 
 import anyio
+import pytest
 
 from agentqueue import App, Client
 from agentqueue.broker.base import Broker
@@ -128,6 +129,7 @@ async def test_workers_share_partitions_and_hand_over_in_order_on_the_memory_bro
     await run_balance_scenario(url, f"memory://s-{new_id()[:8]}", topology)
 
 
+@pytest.mark.broker
 async def test_workers_share_partitions_and_hand_over_in_order_on_rabbitmq(
     rabbitmq_url: str,
 ) -> None:

@@ -20,7 +20,7 @@ from agentqueue.workers.rate_limit import (
 from agentqueue.workers.rate_limit_stores import open_limit_backend
 
 
-@pytest.fixture(params=["memory", "sqlite", "redis"])
+@pytest.fixture(params=["memory", "sqlite", pytest.param("redis", marks=pytest.mark.broker)])
 async def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "memory":
         return f"memory://{new_id()[:8]}"

@@ -186,6 +186,7 @@ async def keys(client: redis.Redis, pattern: str) -> list[bytes]:
     return [key async for key in client.scan_iter(match=pattern, count=1000)]
 
 
+@pytest.mark.broker
 async def test_redis_attempt_counts_of_1000_idempotent_tool_calls_expire_by_themselves(
     redis_url: str, raw_redis: redis.Redis
 ) -> None:
@@ -209,6 +210,7 @@ async def test_redis_attempt_counts_of_1000_idempotent_tool_calls_expire_by_them
         await short.close()
 
 
+@pytest.mark.broker
 async def test_redis_handled_records_older_than_the_retention_go_at_the_next_write(
     redis_url: str, raw_redis: redis.Redis
 ) -> None:
@@ -230,6 +232,7 @@ async def test_redis_handled_records_older_than_the_retention_go_at_the_next_wri
         await store.close()
 
 
+@pytest.mark.broker
 async def test_redis_keeps_a_session_without_an_idle_ttl_and_expires_it_with_one(
     redis_url: str, raw_redis: redis.Redis
 ) -> None:

@@ -16,7 +16,7 @@ from agentqueue.workers.session_store import SessionStore, open_store
 from agentqueue.workers.sqlite_store import SQLiteSessionStore
 
 
-@pytest.fixture(params=["memory", "sqlite", "redis"])
+@pytest.fixture(params=["memory", "sqlite", pytest.param("redis", marks=pytest.mark.broker)])
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[SessionStore]:
     if request.param == "memory":
         url = f"memory://{new_id()[:8]}"
@@ -75,7 +75,7 @@ async def test_an_expired_lease_cannot_write_even_if_nobody_took_over(store: Ses
     session = f"s-{new_id()[:6]}"
     lease = await store.acquire(session, "worker-a", ttl=0.2)
     assert lease is not None
-    await anyio.sleep(0.4)
+    await anyio.sleep(0.4)  # past its 0.2 s lease: the expiry under test
     with pytest.raises(LeaseLost):
         await store.commit(lease, "{}", "evt", b"x")
 

@@ -20,7 +20,7 @@ from agentqueue.workers.timers import (
 )
 
 
-@pytest.fixture(params=["memory", "sqlite", "redis"])
+@pytest.fixture(params=["memory", "sqlite", pytest.param("redis", marks=pytest.mark.broker)])
 async def timer_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
     if request.param == "memory":
         yield f"memory://{new_id()[:8]}"

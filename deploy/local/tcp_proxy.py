@@ -1,4 +1,4 @@
-"""A TCP proxy on 127.0.0.1 between the chaos client and RabbitMQ, to cut the client off at will.
+"""A TCP proxy on 127.0.0.1 in front of a local broker, to cut its clients off at will.
 
 `cut()` closes every proxied connection at once, on both sides, as a network failure between the
 client and the broker would: the client's robust connection sees its socket die and reconnects
