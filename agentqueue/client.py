@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import math
 import time
@@ -10,7 +11,6 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypedDict, Unpack
 
 import anyio
-import anyio.abc
 import msgspec
 
 from agentqueue.broker.base import Broker
@@ -92,9 +92,7 @@ def due_time(delay: float | None, not_before: datetime | float | None) -> float 
 class RequestHandle:
     """A submitted request: iterate its events, await its final result, or cancel it."""
 
-    def __init__(
-        self, client: Client, envelope: Envelope, inbox: anyio.abc.ObjectReceiveStream | Any
-    ) -> None:
+    def __init__(self, client: Client, envelope: Envelope, inbox: asyncio.Queue[Envelope]) -> None:
         self.client = client
         self.envelope = envelope
         self._inbox = inbox
@@ -418,7 +416,7 @@ class Client:
             await self._publish(envelope)
             wait = None if timeout is None else timeout + ANSWER_GRACE
             with anyio.fail_after(wait):
-                return await inbox.get()  # type: ignore[no-any-return]
+                return await inbox.get()
         except TimeoutError:
             raise RequestTimedOut(f"{silence} within {wait} s", request_id=request_id) from None
         finally:

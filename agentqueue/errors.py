@@ -5,7 +5,8 @@ AgentQueueError
 ├── BrokerError            a broker operation failed
 │   ├── BrokerConnectionError (QueueUnavailable: a nack, publish again), MessageTooLarge,
 │   │   PartitionMismatch, QueueFull, QueueMissing, UnknownBroker
-├── WorkerError            LeaseLost, PermanentError, UnknownHandler,
+├── WorkerError            LeaseLost, PermanentError, Refused (a middleware refusing an event),
+│                          UnknownHandler,
 │                          StreamNotKept (attach: an unknown request, or past retention)
 ├── RequestError           a request did not end with a final answer
 │   ├── RequestFailed      the worker gave up (the dead-letter reason is the message)
@@ -32,6 +33,7 @@ from agentqueue.protocol.errors import AgentQueueError, ProtocolError
 from agentqueue.workers.errors import (
     LeaseLost,
     PermanentError,
+    Refused,
     StreamNotKept,
     UnknownHandler,
     WorkerError,
@@ -90,6 +92,7 @@ __all__ = [
     "QueueFull",
     "QueueMissing",
     "QueueUnavailable",
+    "Refused",
     "RequestBusy",
     "RequestCancelled",
     "RequestError",

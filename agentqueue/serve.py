@@ -141,8 +141,8 @@ def describe_tasks() -> str:
     """One line per asyncio task: its name and the chain of awaits it is suspended in."""
     lines = []
     for task in sorted(asyncio.all_tasks(), key=lambda t: t.get_name()):
-        awaits = []
-        coro = task.get_coro()
+        awaits: list[str] = []
+        coro: object | None = task.get_coro()
         while coro is not None and len(awaits) < 12:
             frame = getattr(coro, "cr_frame", None) or getattr(coro, "gi_frame", None)
             if frame is None:

@@ -337,7 +337,7 @@ class MNSBroker(Broker):
     def is_active(self, subscription: MNSSubscription) -> bool:
         """Whether it is first in line for its queue (the one that polls)."""
         line = self._lines.get(subscription.queue)
-        return bool(line) and line[0] is subscription
+        return line is not None and bool(line) and line[0] is subscription
 
     def leave(self, subscription: MNSSubscription) -> None:
         """Take a closed subscription out of line; the next one in line becomes active."""

@@ -55,8 +55,10 @@ def _persistent() -> aiormq.spec.Basic.Properties:
     return aiormq.spec.Basic.Properties(delivery_mode=2, message_id=uuid.uuid4().hex)
 
 
-def _connection_errors() -> tuple[type[BaseException], ...]:
+def _connection_errors(*more: type[BaseException]) -> tuple[type[BaseException], ...]:
+    """The errors of a lost connection or channel, and `more` (one tuple an `except` can take)."""
     return (
+        *more,
         aiormq.exceptions.AMQPConnectionError,
         aiormq.exceptions.ChannelInvalidStateError,
         ConnectionError,
@@ -175,11 +177,8 @@ class _RabbitSubscription(Subscription):
                 try:
                     await self._open()
                     return
-                except (
-                    asyncio.CancelledError,
-                    RuntimeError,
-                    aiormq.exceptions.AMQPError,
-                    *_connection_errors(),
+                except _connection_errors(
+                    asyncio.CancelledError, RuntimeError, aiormq.exceptions.AMQPError
                 ) as exc:
                     # aiormq fails the operations of a connection that closes under them with
                     # a bare CancelledError; only our own cancellation ends the loop.
@@ -219,7 +218,7 @@ class _RabbitSubscription(Subscription):
             return
         try:
             await channel.close()
-        except (RuntimeError, *_connection_errors()) as exc:
+        except _connection_errors(RuntimeError) as exc:
             log.debug("channel of %s closed with %s", self.queue_name, exc)
 
 
@@ -294,7 +293,7 @@ class RabbitMQBroker(Broker):
                 publisher_confirms=True, on_return_raises=True
             )
             self._connection.reconnect_callbacks.add(self._count_reconnect)
-        except (TimeoutError, *_connection_errors()) as exc:
+        except _connection_errors(TimeoutError) as exc:
             self._connection = None
             raise BrokerConnectionError(
                 f"cannot connect to RabbitMQ at {redact_url(self.url)}: {exc}"
@@ -321,7 +320,7 @@ class RabbitMQBroker(Broker):
             )
             await dead.bind(dlx)
             for family in (REQUESTS, TOOLS):
-                exchange = await channel.declare_exchange(
+                exchange: aio_pika.abc.AbstractExchange = await channel.declare_exchange(
                     f"{topology.namespace}-{family}", aio_pika.ExchangeType.DIRECT, durable=True
                 )
                 for p in topology.declaration_order(family):
@@ -460,7 +459,7 @@ class RabbitMQBroker(Broker):
             raise BrokerError(
                 f"queue {queue!r} does not exist; declare the topology first"
             ) from exc
-        except (asyncio.CancelledError, RuntimeError, *_connection_errors()) as exc:
+        except _connection_errors(asyncio.CancelledError, RuntimeError) as exc:
             # aiormq fails operations of a connection that closes under them with a bare
             # CancelledError; only a cancellation of this task itself must go on as one.
             if isinstance(exc, asyncio.CancelledError) and _cancelling():
@@ -496,7 +495,7 @@ class RabbitMQBroker(Broker):
         try:
             with anyio.fail_after(self.publish_timeout):
                 await exchange.publish(aio_pika.Message(body), routing_key="", mandatory=False)
-        except (TimeoutError, *_connection_errors()) as exc:
+        except _connection_errors(TimeoutError) as exc:
             raise BrokerConnectionError(f"cannot broadcast on {topic!r}: {exc}") from exc
 
     async def listen(self, topic: str) -> Subscription:

@@ -40,7 +40,7 @@ class NodeRotatingConnection(aio_pika.RobustConnection):
         self._node_urls = [URL(u) for u in node_urls]
         self._next_node = 0
 
-    @property  # type: ignore[override]
+    @property
     def transport(self) -> Any:
         return self.__dict__.get("_node_transport")
 

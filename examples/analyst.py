@@ -13,8 +13,7 @@ from __future__ import annotations
 
 import json
 
-from agentqueue import App
-from agentqueue.workers.agent_context import AgentContext
+from agentqueue import AgentContext, App
 
 app = App("analyst")
 app.sandbox_tools("base", "filesystem", pool_size=1)

@@ -10,8 +10,7 @@ the offline scripted model calls a tool when asked with `/tool NAME {json}`.
 
 from __future__ import annotations
 
-from agentqueue import App
-from agentqueue.workers.agent_context import AgentContext
+from agentqueue import AgentContext, App
 
 app = App("research")
 

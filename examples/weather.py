@@ -7,8 +7,7 @@ agentqueue call "What's the weather in Paris?" --session s1
 
 from __future__ import annotations
 
-from agentqueue import App
-from agentqueue.workers.agent_context import AgentContext
+from agentqueue import AgentContext, App
 
 app = App("weather")
 

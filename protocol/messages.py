@@ -8,7 +8,7 @@ content blocks, `session_id`, `user_id`, sampling options); unknown extra fields
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, cast
 
 import msgspec
 
@@ -273,7 +273,7 @@ class Envelope(msgspec.Struct, omit_defaults=True):
     @property
     def type(self) -> str:
         """The body's tag: agent_request, tool_call, tool_result, result, cancel or approval."""
-        return self.body.__struct_config__.tag  # type: ignore[return-value]
+        return cast(str, self.body.__struct_config__.tag)  # every body's tag is a str
 
     @property
     def partition_key(self) -> str:

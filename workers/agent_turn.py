@@ -260,7 +260,7 @@ def to_agentscope_messages(input_messages: Sequence[dict[str, Any]]) -> list[Msg
             blocks = [note]
             role = "user"
         if role == "assistant":
-            msgs.append(AssistantMsg(name="assistant", content=blocks))
+            msgs.append(AssistantMsg(name="assistant", content=[*blocks]))
         else:
             msgs.append(UserMsg(name=message.get("name") or "user", content=blocks))
     if not msgs:

@@ -7,7 +7,7 @@ import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, get_args
+from typing import TYPE_CHECKING, Any, TypeVar, get_args, overload
 
 from agentqueue.protocol.messages import OnBusy
 from agentqueue.workers import sandbox_tools
@@ -17,8 +17,14 @@ from agentqueue.workers.sandbox_proxy import network_allow_list
 from agentqueue.workers.settings import Settings, state_dir
 from agentqueue.workers.toolkit import NeedsApproval, ToolSpec
 
+if TYPE_CHECKING:
+    from agentqueue.workers.agent_context import AgentContext
+
 AgentFactory = Callable[..., Any]  # (AgentContext) -> agentscope.agent.Agent
 LifecycleHook = Callable[[str, str], Awaitable[None]]  # (worker id, role)
+# The decorated function, returned as it is: its own type, not the registry's.
+AgentFactoryT = TypeVar("AgentFactoryT", bound="Callable[[AgentContext], Any]")
+ToolFunctionT = TypeVar("ToolFunctionT", bound=Callable[..., Any])
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,27 +85,46 @@ class App:
         self.middleware.append(middleware)
         return middleware
 
+    @overload
+    def agent(self, name: AgentFactoryT, /) -> AgentFactoryT: ...
+
+    @overload
     def agent(
         self, name: str | None = None, *, description: str = "", on_busy: OnBusy = "enqueue"
-    ) -> Callable[[AgentFactory], AgentFactory]:
+    ) -> Callable[[AgentFactoryT], AgentFactoryT]: ...
+
+    def agent(
+        self,
+        name: str | AgentFactoryT | None = None,
+        *,
+        description: str = "",
+        on_busy: OnBusy = "enqueue",
+    ) -> AgentFactoryT | Callable[[AgentFactoryT], AgentFactoryT]:
         """Register an agent factory `(ctx: AgentContext) -> Agent` under `name`.
 
-        `on_busy` is the default for its requests that do not say (see `OnBusy`).
+        `@app.agent` alone names it after the function; `on_busy` is the default for its
+        requests that do not say (see `OnBusy`).
         """
         if on_busy not in get_args(OnBusy):
             raise ValueError(
                 f"on_busy must be one of {', '.join(get_args(OnBusy))}, got {on_busy!r}"
             )
 
-        def register(factory: AgentFactory) -> AgentFactory:
-            agent_name = name or factory.__name__
+        given = None if callable(name) else name
+
+        def register(factory: AgentFactoryT) -> AgentFactoryT:
+            agent_name = given or factory.__name__
             if agent_name in self.agents:
                 raise ValueError(f"agent {agent_name!r} is already registered on app {self.name!r}")
             self.agents[agent_name] = AgentSpec(agent_name, factory, description, on_busy)
             return factory
 
-        return register
+        return register(name) if callable(name) else register
 
+    @overload
+    def tool(self, name: ToolFunctionT, /) -> ToolFunctionT: ...
+
+    @overload
     def tool(
         self,
         name: str | None = None,
@@ -112,8 +137,24 @@ class App:
         requires_approval: bool | NeedsApproval = False,
         approval_timeout: float | None = None,
         offered: bool = True,
-    ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    ) -> Callable[[ToolFunctionT], ToolFunctionT]: ...
+
+    def tool(
+        self,
+        name: str | ToolFunctionT | None = None,
+        *,
+        description: str | None = None,
+        remote: bool = True,
+        timeout: float | None = 60.0,
+        idempotent: bool = False,
+        retry_on: tuple[type[Exception], ...] = (),
+        requires_approval: bool | NeedsApproval = False,
+        approval_timeout: float | None = None,
+        offered: bool = True,
+    ) -> ToolFunctionT | Callable[[ToolFunctionT], ToolFunctionT]:
         """Expose a typed function as a tool; `remote=True` runs it on tool workers as events.
+
+        `@app.tool` alone names it after the function with the defaults below.
 
         `timeout` is the most a call may run (a caller may ask for less); exceptions in
         `retry_on` are transient: the call is retried with backoff instead of failing at once.
@@ -123,8 +164,10 @@ class App:
         `offered=False` keeps the tool from agents' models (callers still reach it).
         """
 
-        def register(func: Callable[..., Any]) -> Callable[..., Any]:
-            tool_name = name or func.__name__
+        given = None if callable(name) else name
+
+        def register(func: ToolFunctionT) -> ToolFunctionT:
+            tool_name = given or func.__name__
             if tool_name in self.tools:
                 raise ValueError(f"tool {tool_name!r} is already registered on app {self.name!r}")
             self.tools[tool_name] = ToolSpec(
@@ -141,7 +184,7 @@ class App:
             )
             return func
 
-        return register
+        return register(name) if callable(name) else register
 
     def sandbox_tools(
         self,

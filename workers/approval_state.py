@@ -116,7 +116,7 @@ class Approvals:
 
 
 def _envelope_id(text: str) -> str | None:
-    return json.loads(text).get("id")  # type: ignore[no-any-return]
+    return json.loads(text).get("id")
 
 
 def read(state: str | None) -> Approvals:

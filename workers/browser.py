@@ -20,7 +20,6 @@ import logging
 import os
 import shlex
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -28,7 +27,7 @@ from typing import Any
 
 from agentqueue.workers.browser_ops import run_op
 from agentqueue.workers.errors import SandboxError
-from agentqueue.workers.sandbox import SandboxConfig, bwrap_prefix
+from agentqueue.workers.sandbox import SandboxConfig, base_interpreter, bwrap_prefix
 from agentqueue.workers.sandbox_cgroups import memory_cgroup, pids_cgroup, release_cgroup
 from agentqueue.workers.sandbox_proxy import FilteringProxy, NetworkPolicy
 
@@ -112,7 +111,7 @@ def launcher_script(
         binds.append(("--ro-bind", str(socket_dir), "/run/proxy"))
     argv = bwrap_prefix(workspace, config, binds)
     argv += ["--setenv", "XDG_CACHE_HOME", "/tmp/cache"]
-    python = os.path.realpath(sys._base_executable)
+    python = base_interpreter()
     socket = "/run/proxy/proxy.sock" if socket_dir is not None else "-"
     argv += [python, "-I", "-S", "/sandbox/launch.py", socket, str(RELAY_PORT), "--", CHROMIUM]
     argv += ["--user-data-dir=/tmp/profile"]  # fresh per sandbox, on its private /tmp

@@ -231,16 +231,24 @@ class FCInstance:
             outcome.failed.append(f"{message.message_id or '?'}: {type(exc).__name__}: {exc}")
             return
         if event.refusal is not None:
-            lanes.submit("\0refused", lambda: self._run(self.pipeline.refuse, event, outcome))
+            lanes.submit(
+                "\0refused", lambda: self._run(self.pipeline.refuse, event, settler, outcome)
+            )
         elif event.decided:  # a control event: acted on at once (it reaches this batch too)
             outcome.handled.append(event.envelope.id if event.envelope else "?")
         else:
             if event.queue is None and event.envelope is not None:
                 event.queue = settler.queue = self.topology.route(event.envelope)
-            lanes.submit(event.key, lambda: self._run(self.pipeline.process, event, outcome))
+            lanes.submit(
+                event.key, lambda: self._run(self.pipeline.process, event, settler, outcome)
+            )
 
     async def _run(
-        self, run: Callable[[Event], Awaitable[None]], event: Event, outcome: BatchOutcome
+        self,
+        run: Callable[[Event], Awaitable[None]],
+        event: Event,
+        settler: _BatchSettler,
+        outcome: BatchOutcome,
     ) -> None:
         envelope_id = event.envelope.id if event.envelope else (event.message_id or "?")
         try:
@@ -249,7 +257,7 @@ class FCInstance:
             log.exception("event %s failed", envelope_id)
             outcome.failed.append(f"{envelope_id}: {type(exc).__name__}: {exc}")
             return
-        state = event.settler.state  # type: ignore[attr-defined]
+        state = settler.state
         if state == "acked":
             outcome.handled.append(envelope_id)
         elif state == "dead_lettered":

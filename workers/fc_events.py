@@ -55,7 +55,7 @@ def _message(item: Any, path: str) -> TriggerMessage:
             f"trigger event {path} is a {type(item).__name__}, not an object", field=path
         )
     queue = None
-    data = item
+    data: Any = item
     if "specversion" in item or "data" in item:  # a CloudEvent; otherwise RawData's bare `data`
         data = item.get("data")
         subject = item.get("subject") or ""

@@ -79,4 +79,4 @@ def failure_body(envelope: Envelope, kind: str, error: str) -> Body:
         return ToolResult(
             call_id=body.call_id or envelope.id, name=body.name, ok=False, output=error
         )
-    return ResultEvent(request_id=envelope.id, kind=kind, error=error)  # type: ignore[arg-type]
+    return ResultEvent(request_id=envelope.id, kind=kind, error=error)

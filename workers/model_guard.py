@@ -23,7 +23,7 @@ from __future__ import annotations
 import email.utils
 import random
 import time
-from collections.abc import AsyncGenerator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -229,7 +229,14 @@ async def _release(limiter: ModelLimiter | None, grant: Grant | None, tokens: in
         await limiter.release(grant, tokens)
 
 
-def retry_after_seconds(response: httpx.Response | None) -> float | None:
+class _Response(Protocol):
+    """An HTTP response of httpx or of the httpx2 the OpenAI SDK uses: its headers suffice."""
+
+    @property
+    def headers(self) -> Mapping[str, str]: ...
+
+
+def retry_after_seconds(response: _Response | None) -> float | None:
     """The provider's `retry-after-ms` or `Retry-After` (seconds or an HTTP date), if any."""
     if response is None:
         return None
@@ -277,11 +284,10 @@ def _cause(exc: BaseException) -> str:
     return name
 
 
-class _Guarded:
-    """Routes AgentScope's `_call_api` through a `CallGuard`."""
+class _Guarded(ChatModelBase):
+    """Routes AgentScope's `_call_api` through a `CallGuard` (first in a provider model's bases)."""
 
     guard: CallGuard
-    stream: bool
 
     async def _call_api(
         self,
@@ -291,10 +297,11 @@ class _Guarded:
         tool_choice: Any = None,
         **kwargs: Any,
     ) -> ChatResponse | AsyncGenerator[ChatResponse, None]:
-        call = super()._call_api  # type: ignore[misc]
+        # The provider model after this class in the MRO implements it; the base only declares it.
+        call = super()._call_api  # type: ignore[safe-super]
         estimate = 0
         if self.guard.needs_estimate(model_name):
-            estimate = await self.count_tokens(messages, tools)  # type: ignore[attr-defined]
+            estimate = await self.count_tokens(messages, tools)
 
         def make() -> Awaitable[Any]:
             return call(model_name, messages, tools=tools, tool_choice=tool_choice, **kwargs)
@@ -326,7 +333,7 @@ def build_model(
         # Later than the guard's own timeout, which cuts first and says so.
         "timeout": httpx.Timeout(policy.timeout + 5.0, connect=min(policy.timeout, 10.0)),
     }
-    guarded: ChatModelBase
+    guarded: _Guarded
     if endpoint.provider == "dashscope":
         from agentscope.credential import DashScopeCredential
 
@@ -347,5 +354,5 @@ def build_model(
             max_retries=0,
             client_kwargs=client_kwargs,
         )
-    guarded.guard = CallGuard(endpoint, policy, source)  # type: ignore[attr-defined]
+    guarded.guard = CallGuard(endpoint, policy, source)
     return guarded

@@ -22,9 +22,9 @@ import dataclasses
 import logging
 import os
 import weakref
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Final, Literal, TypedDict
 
 from agentqueue.broker.urls import redact_url
 from agentqueue.workers.errors import ModelConfigError
@@ -42,7 +42,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-SCRIPTED = "scripted"
+SCRIPTED: Final = "scripted"
 DEFAULT_DASHSCOPE_MODEL = "qwen-plus"
 DEFAULT_OPENAI_MODEL = "gpt-4o-mini"
 DEFAULT_OPENAI_URL = "https://api.openai.com/v1"
@@ -93,7 +93,7 @@ def choose_model(env: Mapping[str, str] | None = None) -> ModelChoice:
     name, provider = get("AGENTQUEUE_MODEL"), get("AGENTQUEUE_MODEL_PROVIDER")
     if name == SCRIPTED or provider == SCRIPTED:
         return ModelChoice(SCRIPTED, SCRIPTED)
-    policy = {
+    policy: _Policy = {
         "timeout": _number(get, "AGENTQUEUE_MODEL_TIMEOUT", 60.0, minimum=0.1),
         "attempts": int(_number(get, "AGENTQUEUE_MODEL_ATTEMPTS", 4, minimum=1, integer=True)),
         "max_wait": _number(get, "AGENTQUEUE_MODEL_MAX_WAIT", 60.0, minimum=0.0),
@@ -147,7 +147,22 @@ def choose_model(env: Mapping[str, str] | None = None) -> ModelChoice:
     )
 
 
-def _number(get, name: str, default: float, *, minimum: float, integer: bool = False) -> float:  # type: ignore[no-untyped-def]
+class _Policy(TypedDict):
+    """How patiently calls to a model are made (the fields of ModelChoice after api_key)."""
+
+    timeout: float
+    attempts: int
+    max_wait: float
+
+
+def _number(
+    get: Callable[[str], str | None],
+    name: str,
+    default: float,
+    *,
+    minimum: float,
+    integer: bool = False,
+) -> float:
     raw = get(name)
     if raw is None:
         return default

@@ -26,7 +26,7 @@ import abc
 import random
 import time
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -334,12 +334,17 @@ class MemoryLimitBackend(LimitBackend):
 
 
 def seconds_until_room(
-    grants: object, charged: int, paused_until: float, now: float, tokens: int, limit: RateLimit
+    grants: Iterable[tuple[float, int]],
+    charged: int,
+    paused_until: float,
+    now: float,
+    tokens: int,
+    limit: RateLimit,
 ) -> float:
     """Seconds until a grant of `tokens` fits, given the (at, tokens) grants in the window."""
     if paused_until > now:
         return paused_until - now
-    entries = list(grants)  # type: ignore[call-overload]
+    entries = list(grants)
     if limit.requests is not None and len(entries) >= limit.requests:
         oldest = entries[len(entries) - limit.requests][0]
         return oldest + limit.span - now

@@ -18,6 +18,7 @@ import redis.asyncio as redis
 
 from agentqueue.workers.errors import ModelConfigError
 from agentqueue.workers.rate_limit import LimitBackend, ModelUsage, RateLimit
+from agentqueue.workers.redis_replies import as_text
 
 T = TypeVar("T")
 
@@ -190,7 +191,7 @@ class RedisLimitBackend(LimitBackend):
     async def usage(self, namespace: str, window: float) -> list[ModelUsage]:
         now = time.time()
         members = sorted(
-            m.decode()
+            as_text(m)
             for m in await self._redis.smembers(f"{self._prefix}:usage:{namespace}:models")
         )
         if window <= SECOND_BUCKETS:

@@ -12,6 +12,7 @@ twice that. With a session idle TTL, the session's hash expires that long after 
 
 from __future__ import annotations
 
+from typing import cast
 from urllib.parse import urlsplit
 
 import redis.asyncio as redis
@@ -19,6 +20,7 @@ from redis.commands.core import AsyncScript
 
 from agentqueue.broker.urls import redact_url
 from agentqueue.workers.errors import LeaseLost
+from agentqueue.workers.redis_replies import as_bytes, as_text
 from agentqueue.workers.session_store import (
     DEFAULT_RETENTION,
     HANDLED_KEPT,
@@ -158,7 +160,7 @@ class RedisSessionStore(SessionStore):
 
     async def get_artifact(self, key: str) -> bytes | None:
         value = await self._redis.get(f"{self._prefix}:artifact:{key}")
-        return None if value is None else bytes(value)
+        return None if value is None else as_bytes(value)
 
     async def acquire(self, session_id: str, owner: str, ttl: float) -> Lease | None:
         result = await self._acquire(
@@ -169,10 +171,10 @@ class RedisSessionStore(SessionStore):
         token, until = result
         return Lease(session_id, owner, int(token), float(until))
 
-    def _lost(self, lease: Lease, newest: object) -> LeaseLost:
+    def _lost(self, lease: Lease, newest: bytes | int) -> LeaseLost:
         return LeaseLost(
             f"lease {lease.token} on session {lease.session_id!r} is no longer held"
-            f" by {lease.owner!r} (newest token {int(newest)}); the write was refused"  # type: ignore[call-overload]
+            f" by {lease.owner!r} (newest token {int(newest)}); the write was refused"
         )
 
     async def renew(self, lease: Lease, ttl: float) -> Lease:
@@ -188,10 +190,11 @@ class RedisSessionStore(SessionStore):
 
     async def load_state(self, session_id: str) -> str | None:
         value = await self._redis.hget(self._keys(session_id)[0], "state")
-        return None if value is None else value.decode()
+        return None if value is None else as_text(value)
 
     async def handled(self, session_id: str, event_id: str) -> bytes | None:
-        return await self._redis.hget(self._keys(session_id)[1], event_id)
+        value = await self._redis.hget(self._keys(session_id)[1], event_id)
+        return None if value is None else as_bytes(value)
 
     async def commit(self, lease: Lease, state: str | None, event_id: str, result: bytes) -> None:
         ok, value = await self._commit(
@@ -243,16 +246,20 @@ class RedisSessionStore(SessionStore):
         await self._put_note(keys=self._note_keys(kind), args=[key, value, NOTES_KEPT])
 
     async def note(self, kind: str, key: str) -> bytes | None:
-        return await self._redis.hget(self._note_keys(kind)[0], key)
+        value = await self._redis.hget(self._note_keys(kind)[0], key)
+        return None if value is None else as_bytes(value)
 
     async def notes(self, kind: str, limit: int = 50) -> list[Note]:
         values, times = self._note_keys(kind)
-        newest = await self._redis.zrevrange(times, 0, limit - 1, withscores=True)
+        newest = cast(
+            list[tuple[bytes, float]],
+            await self._redis.zrevrange(times, 0, limit - 1, withscores=True),
+        )
         if not newest:
             return []
         found = await self._redis.hmget(values, [key for key, _ in newest])
         return [
-            Note(key.decode(), value, float(at))
+            Note(as_text(key), as_bytes(value), float(at))
             for (key, at), value in zip(newest, found, strict=True)
             if value is not None
         ]

@@ -17,7 +17,7 @@ from agentqueue.broker.topology import Topology
 from agentqueue.protocol.codec import encode
 from agentqueue.protocol.messages import Envelope, ToolCall, ToolResult
 from agentqueue.workers import spans
-from agentqueue.workers.toolkit import ToolError, ToolOutput
+from agentqueue.workers.toolkit import InvokeRemote, ToolError, ToolOutput
 
 log = logging.getLogger("agentqueue.worker")
 
@@ -32,7 +32,7 @@ class RemoteTools:
         self.topology = topology
         self.router = router
 
-    def for_request(self, request: Envelope, failures: list[str] | None = None):  # type: ignore[no-untyped-def]
+    def for_request(self, request: Envelope, failures: list[str] | None = None) -> InvokeRemote:
         """An `invoke_remote(name, arguments, timeout)` callback bound to one agent request.
 
         Each failed call's error is appended to `failures` (for the request's final result).

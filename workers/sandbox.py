@@ -184,9 +184,15 @@ class Sandbox:
             await release_cgroup(group)
 
 
+def base_interpreter() -> str:
+    """The base interpreter's real path, not the venv's: the sandbox has no venv."""
+    # A CPython attribute that typeshed does not declare.
+    return os.path.realpath(sys._base_executable)  # type: ignore[attr-defined]
+
+
 def bwrap_command(workspace: Path, config: SandboxConfig) -> list[str]:
     """The bwrap argv: every namespace unshared, host read-only, workspace the one writable bind."""
-    python = os.path.realpath(sys._base_executable)  # the base interpreter, not the venv
+    python = base_interpreter()
     binds = [("--ro-bind", str(SERVER), "/sandbox/server.py")]
     binds += [("--ro-bind", str(FILES), "/sandbox/files.py")]
     if config.kernel:

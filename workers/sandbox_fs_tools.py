@@ -76,7 +76,11 @@ def register_filesystem(tool: Callable[[Callable[..., Any]], Any], boxes: Sandbo
             pattern: A case-insensitive part of the name.
             excludePatterns: Names containing any of these are skipped (directories too).
         """
-        args = {"path": path, "pattern": pattern, "excludePatterns": excludePatterns or []}
+        args: dict[str, object] = {
+            "path": path,
+            "pattern": pattern,
+            "excludePatterns": excludePatterns or [],
+        }
         return await boxes.call("search_files", args)
 
     @tool

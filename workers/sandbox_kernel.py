@@ -14,6 +14,10 @@ import re
 import subprocess
 import sys
 import threading
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from jupyter_client.blocking import BlockingKernelClient
 
 SITE = "/sandbox/site-packages"
 RUNTIME = "/tmp/kernel"
@@ -54,7 +58,7 @@ class Kernel:
             stdout=subprocess.DEVNULL,
             stderr=open("/tmp/kernel.log", "wb"),
         )
-        self.client = None
+        self.client: BlockingKernelClient | None = None
         self._failed: Exception | None = None
         # Connected beside the server's start-up; `wait_connected` joins it.
         self._connecting = threading.Thread(target=self._connect_quietly, daemon=True)

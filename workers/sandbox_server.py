@@ -39,6 +39,7 @@ def _limits(limits: dict[str, int]) -> None:
 def run_python(code: str, scope: dict[str, object]) -> str:
     kernel = scope.get("kernel")
     if kernel is not None:
+        # The kernel.Kernel that main put in the cells' scope, which holds any object.
         return _cap(kernel.run(code))  # type: ignore[attr-defined]
     out = io.StringIO()  # a sandbox without a kernel (gui-only): plain exec in one globals dict
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
@@ -192,9 +193,10 @@ def main() -> None:
     if options.get("kernel"):
         from kernel import Kernel, KernelDied
 
-        scope["kernel"], died = Kernel(), KernelDied
+        kernel, died = Kernel(), KernelDied
         # Ready means the kernel answers: a pooled sandbox's first cell pays no kernel start.
-        scope["kernel"].wait_connected()  # type: ignore[attr-defined]
+        kernel.wait_connected()
+        scope["kernel"] = kernel
     replies.write(json.dumps({"ready": os.getpid()}) + "\n")
     replies.flush()
     for line in sys.stdin:

@@ -127,7 +127,9 @@ class WorkspaceSync:
     async def expired(self, store: SessionStore, workspace: Path, ttl: float) -> bool:
         """Whether the session of `workspace` was last used (by any worker) over `ttl` ago."""
         used = await store.note(USED, workspace.name)
-        return bool(used) and time.time() - float(used) > ttl
+        if not used:
+            return False
+        return time.time() - float(used) > ttl
 
     async def restore(self, store: SessionStore, workspace: Path) -> bool:
         """Unpack the store's snapshot into `workspace` unless the local copy is as new."""

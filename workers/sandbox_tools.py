@@ -311,6 +311,6 @@ def register(app: App, types: tuple[str, ...], config: SandboxConfig) -> Sandbox
     return boxes
 
 
-def default_config(root: Path | str, **fields: object) -> SandboxConfig:
+def default_config(root: Path | str, **fields: Any) -> SandboxConfig:
     """A SandboxConfig over `root` with the given fields."""
-    return SandboxConfig(root=Path(root), **fields)  # type: ignore[arg-type]
+    return SandboxConfig(root=Path(root), **fields)

@@ -142,6 +142,8 @@ Ticks = Cron | Every
 
 def ticks(cron: str | None, every: float | None) -> Ticks:
     """The ticks of a schedule given one of a cron expression or a period in seconds."""
-    if (cron is None) == (every is None):
-        raise ValueError("a schedule needs exactly one of a cron expression or a period (every)")
-    return Cron.parse(cron) if cron is not None else Every(every)  # type: ignore[arg-type]
+    if cron is not None and every is None:
+        return Cron.parse(cron)
+    if every is not None and cron is None:
+        return Every(every)
+    raise ValueError("a schedule needs exactly one of a cron expression or a period (every)")

@@ -22,6 +22,7 @@ import abc
 import importlib
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
@@ -201,8 +202,8 @@ def open_store(
             " use memory://, sqlite:///path or redis://host:port/0"
         )
     module, _, name = target.partition(":")
-    store_class = getattr(importlib.import_module(module), name)
-    return store_class(url, retention=retention, session_ttl=session_ttl)  # type: ignore[no-any-return]
+    store_class: Callable[..., SessionStore] = getattr(importlib.import_module(module), name)
+    return store_class(url, retention=retention, session_ttl=session_ttl)
 
 
 @dataclass
@@ -352,7 +353,8 @@ class MemorySessionStore(SessionStore):
             kept.popitem(last=False)
 
     async def note(self, kind: str, key: str) -> bytes | None:
-        found = _memory_notes.get((self.url, kind), {}).get(key)
+        kept = _memory_notes.get((self.url, kind))
+        found = None if kept is None else kept.get(key)
         return None if found is None else found.value
 
     async def notes(self, kind: str, limit: int = 50) -> list[Note]:

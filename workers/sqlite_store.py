@@ -7,6 +7,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar, TypeVarTuple
 from urllib.parse import urlsplit
 
 import anyio
@@ -72,6 +73,9 @@ _TIME_INDEXES = (
     "CREATE INDEX IF NOT EXISTS handled_at ON handled(at)",
     "CREATE INDEX IF NOT EXISTS attempts_at ON attempts(at)",
 )
+
+T = TypeVar("T")
+Ts = TypeVarTuple("Ts")
 
 
 def _add_times(db: sqlite3.Connection) -> None:
@@ -139,10 +143,10 @@ class SQLiteSessionStore(SessionStore):
         self._lock = threading.Lock()
         retry_while_locked(lambda: self._locked(_add_times))
 
-    async def _run(self, fn, *args):  # type: ignore[no-untyped-def]
+    async def _run(self, fn: Callable[[sqlite3.Connection, *Ts], T], *args: *Ts) -> T:
         return await anyio.to_thread.run_sync(self._locked, fn, *args)
 
-    def _locked(self, fn, *args):  # type: ignore[no-untyped-def]
+    def _locked(self, fn: Callable[[sqlite3.Connection, *Ts], T], *args: *Ts) -> T:
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
@@ -167,7 +171,7 @@ class SQLiteSessionStore(SessionStore):
             row = db.execute("SELECT data FROM artifacts WHERE key=?", (key,)).fetchone()
             return None if row is None else bytes(row[0])
 
-        return await self._run(op)  # type: ignore[no-any-return]
+        return await self._run(op)
 
     async def acquire(self, session_id: str, owner: str, ttl: float) -> Lease | None:
         def op(db: sqlite3.Connection) -> Lease | None:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import abc
 import importlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
@@ -284,5 +284,5 @@ def open_stream_log(
             " use memory://, sqlite:///path or redis://host:port/0"
         )
     module, _, name = target.partition(":")
-    log_class = getattr(importlib.import_module(module), name)
-    return log_class(url, max_events=max_events, retention=retention)  # type: ignore[no-any-return]
+    log_class: Callable[..., StreamLog] = getattr(importlib.import_module(module), name)
+    return log_class(url, max_events=max_events, retention=retention)

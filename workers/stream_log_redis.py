@@ -9,12 +9,15 @@ the key expires `retention` after its last event.
 
 from __future__ import annotations
 
+from typing import cast
 from urllib.parse import urlsplit
 
 import redis.asyncio as redis
 from redis.exceptions import ResponseError
+from redis.typing import EncodableT, FieldT
 
 from agentqueue.broker.urls import redact_url
+from agentqueue.workers.redis_replies import as_text
 from agentqueue.workers.stream_log import (
     DEFAULT_STREAM_EVENTS,
     DEFAULT_STREAM_RETENTION,
@@ -35,9 +38,12 @@ return {last[1][1], last[1][2][2]}
 """
 
 
+# A stream entry as our (bytes) clients get it: its id and its fields; redis-py types it loosely.
+_Entry = tuple[bytes, dict[bytes, bytes]]
+
+
 def _seq(entry_id: bytes | str) -> int:
-    text = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
-    return int(text.split("-", 1)[0])
+    return int(as_text(entry_id).split("-", 1)[0])
 
 
 def _kept(entry_id: bytes, fields: dict[bytes, bytes]) -> Kept:
@@ -83,11 +89,11 @@ class RedisStreamLog(StreamLog):
         key = self._key(request_id)
         async with self._redis.pipeline(transaction=False) as pipe:
             for entry in kept:
-                fields = {"attempt": entry.attempt, "data": entry.data}
+                fields: dict[FieldT, EncodableT] = {"attempt": entry.attempt, "data": entry.data}
                 # MAXLEN max_events: the entry that opened the log is the first to go.
                 pipe.xadd(
                     key, fields, id=f"{entry.seq}-1", maxlen=self.max_events, approximate=False
-                )  # type: ignore[arg-type]
+                )
             pipe.pexpire(key, self._retention_ms)
             results = await pipe.execute(raise_on_error=False)
         for result in results:
@@ -101,19 +107,23 @@ class RedisStreamLog(StreamLog):
             pipe.exists(key)
             pipe.xrange(key, min=f"{after + 1}-0")
             exists, entries = await pipe.execute()
+        entries = cast(list[_Entry], entries)
         if not exists:
             return None
         return [_kept(i, f) for i, f in entries if _seq(i) > 0]
 
     async def last(self, request_id: str) -> Kept | None:
-        entries = await self._redis.xrevrange(self._key(request_id), count=1)
+        entries = cast(list[_Entry], await self._redis.xrevrange(self._key(request_id), count=1))
         if not entries or _seq(entries[0][0]) == 0:
             return None
         return _kept(*entries[0])
 
     async def wait(self, request_id: str, after: int, timeout: float) -> list[Kept] | None:
         key = self._key(request_id)
-        found = await self._redis.xread({key: f"{after}-1"}, block=max(1, int(timeout * 1000)))
+        found = cast(
+            list[tuple[bytes, list[_Entry]]],
+            await self._redis.xread({key: f"{after}-1"}, block=max(1, int(timeout * 1000))),
+        )
         if not found:
             return [] if await self._redis.exists(key) else None
         return [_kept(i, f) for i, f in found[0][1] if _seq(i) > after]

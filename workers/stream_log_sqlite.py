@@ -5,6 +5,8 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
+from typing import TypeVar, TypeVarTuple
 
 import anyio
 
@@ -30,6 +32,9 @@ CREATE TABLE IF NOT EXISTS stream_events (
 CREATE INDEX IF NOT EXISTS stream_events_at ON stream_events(at);
 """
 
+T = TypeVar("T")
+Ts = TypeVarTuple("Ts")
+
 
 class SQLiteStreamLog(StreamLog):
     """The `stream_events` table of the store's file, in WAL mode; readers poll it."""
@@ -46,8 +51,8 @@ class SQLiteStreamLog(StreamLog):
         self._lock = threading.Lock()
         self._next_purge = 0.0
 
-    async def _run(self, fn, *args):  # type: ignore[no-untyped-def]
-        def locked():  # type: ignore[no-untyped-def]
+    async def _run(self, fn: Callable[[sqlite3.Connection, *Ts], T], *args: *Ts) -> T:
+        def locked() -> T:
             with self._lock:
                 return fn(self._db, *args)
 
@@ -83,7 +88,7 @@ class SQLiteStreamLog(StreamLog):
             ).fetchone()
             return int(row[0]), int(row[1])
 
-        return await self._run(op)  # type: ignore[no-any-return]
+        return await self._run(op)
 
     async def append(self, request_id: str, kept: Kept) -> None:
         await self.append_many(request_id, [kept])
@@ -119,7 +124,7 @@ class SQLiteStreamLog(StreamLog):
             ).fetchall()
             return [Kept(int(s), int(a), bytes(d)) for s, a, d in rows]
 
-        return await self._run(op)  # type: ignore[no-any-return]
+        return await self._run(op)
 
     async def last(self, request_id: str) -> Kept | None:
         def op(db: sqlite3.Connection) -> Kept | None:
@@ -132,7 +137,7 @@ class SQLiteStreamLog(StreamLog):
             ).fetchone()
             return None if row is None else Kept(int(row[0]), int(row[1]), bytes(row[2]))
 
-        return await self._run(op)  # type: ignore[no-any-return]
+        return await self._run(op)
 
     async def close(self) -> None:
         self._db.close()

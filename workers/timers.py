@@ -20,6 +20,7 @@ stage answers a second copy from the stored result instead of running it again).
 from __future__ import annotations
 
 import abc
+import builtins
 import importlib
 import itertools
 import logging
@@ -79,7 +80,7 @@ class TimerStore(abc.ABC):
     @abc.abstractmethod
     async def claim(
         self, kinds: Iterable[str], now: float, ttl: float, limit: int = 16
-    ) -> list[Timer]:
+    ) -> builtins.list[Timer]:
         """Claim up to `limit` timers of `kinds` due by `now`, each for `ttl` seconds."""
 
     @abc.abstractmethod
@@ -116,8 +117,8 @@ def open_timer_store(store_url: str, namespace: str) -> TimerStore:
             " use memory://, sqlite:///path or redis://host:port/0"
         )
     module, _, name = target.partition(":")
-    store_class = getattr(importlib.import_module(module), name)
-    return store_class(store_url, namespace)  # type: ignore[no-any-return]
+    store_class: Callable[..., TimerStore] = getattr(importlib.import_module(module), name)
+    return store_class(store_url, namespace)
 
 
 @dataclass(slots=True)
@@ -159,7 +160,7 @@ class MemoryTimerStore(TimerStore):
 
     async def claim(
         self, kinds: Iterable[str], now: float, ttl: float, limit: int = 16
-    ) -> list[Timer]:
+    ) -> builtins.list[Timer]:
         wanted = set(kinds)
         due = [r for r in self._records.values() if r.ready_at <= now and r.timer.kind in wanted]
         claimed: list[Timer] = []

@@ -6,11 +6,15 @@ All keys of a namespace share one hash tag, so the scripts also run on Redis Clu
 
 from __future__ import annotations
 
+import builtins
 from collections.abc import Iterable
+from typing import cast
 from urllib.parse import urlsplit
 
 import redis.asyncio as redis
+from redis.typing import EncodableT
 
+from agentqueue.workers.redis_replies import as_bytes, as_text
 from agentqueue.workers.timers import Timer, TimerStore
 
 # KEYS: timer hash, ready set; ARGV: key, kind, due, payload, replace
@@ -102,41 +106,53 @@ class RedisTimerStore(TimerStore):
         return [self._hash_prefix + key, self._ready]
 
     async def put(self, timer: Timer, *, replace: bool = False) -> bool:
-        args = [timer.key, timer.kind, repr(timer.due), timer.payload, "1" if replace else "0"]
+        args: list[EncodableT] = [
+            timer.key,
+            timer.kind,
+            repr(timer.due),
+            timer.payload,
+            "1" if replace else "0",
+        ]
         return int(await self._put(keys=self._keys(timer.key), args=args)) == 1
 
     async def get(self, key: str) -> Timer | None:
         fields = await self._redis.hmget(self._hash_prefix + key, "kind", "due", "payload", "token")
         kind, due, payload, token = fields
-        if kind is None:
+        if kind is None or due is None or payload is None or token is None:
             return None
-        return Timer(key, kind.decode(), float(due), bytes(payload), int(token))
+        return Timer(key, as_text(kind), float(due), as_bytes(payload), int(token))
 
     async def cancel(self, key: str) -> bool:
         return int(await self._cancel(keys=self._keys(key), args=[key])) == 1
 
     async def list(self, prefix: str = "") -> list[Timer]:
         found = []
-        for key in await self._redis.zrange(self._ready, 0, -1):
-            if key.decode().startswith(prefix):
-                timer = await self.get(key.decode())
+        ready = cast(list[bytes], await self._redis.zrange(self._ready, 0, -1))
+        for key in map(as_text, ready):
+            if key.startswith(prefix):
+                timer = await self.get(key)
                 if timer is not None:
                     found.append(timer)
         return sorted(found, key=lambda t: (t.due, t.key))
 
     async def claim(
         self, kinds: Iterable[str], now: float, ttl: float, limit: int = 16
-    ) -> list[Timer]:
-        args = [self._hash_prefix, repr(now), repr(ttl), limit, *kinds]
+    ) -> builtins.list[Timer]:
+        args: list[EncodableT] = [self._hash_prefix, repr(now), repr(ttl), limit, *kinds]
         flat = await self._claim(keys=[self._ready], args=args)
         claimed = []
         for i in range(0, len(flat), 5):
             key, kind, due, payload, token = flat[i : i + 5]
-            claimed.append(Timer(key.decode(), kind.decode(), float(due), payload, int(token)))
+            claimed.append(Timer(as_text(key), as_text(kind), float(due), payload, int(token)))
         return claimed
 
     async def complete(self, timer: Timer, due: float | None, payload: bytes) -> bool:
-        args = [timer.key, str(timer.token), "" if due is None else repr(due), payload]
+        args: list[EncodableT] = [
+            timer.key,
+            str(timer.token),
+            "" if due is None else repr(due),
+            payload,
+        ]
         return int(await self._complete(keys=self._keys(timer.key), args=args)) == 1
 
     async def unclaim(self, timer: Timer, ready_at: float | None = None) -> None:

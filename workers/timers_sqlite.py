@@ -6,6 +6,7 @@ at a time; the file is synced on commit (WAL), so a timer written survives any p
 
 from __future__ import annotations
 
+import builtins
 import sqlite3
 import time
 from collections.abc import Callable, Iterable
@@ -106,7 +107,7 @@ class SQLiteTimerStore(TimerStore):
 
     async def claim(
         self, kinds: Iterable[str], now: float, ttl: float, limit: int = 16
-    ) -> list[Timer]:
+    ) -> builtins.list[Timer]:
         wanted = list(kinds)
         marks = ",".join("?" * len(wanted))
 

@@ -23,7 +23,7 @@ from agentqueue.protocol.messages import Image
 from agentqueue.workers.tool_runner import run_tool
 
 if TYPE_CHECKING:
-    from agentscope.tool import FunctionTool, ToolChunk, Toolkit
+    from agentscope.tool import FunctionTool, ToolBase, ToolChunk, Toolkit
 
 InvokeRemote = Callable[[str, dict[str, Any], float | None], Awaitable["str | ToolOutput"]]
 """`await invoke_remote(name, arguments, timeout)` runs a tool elsewhere and returns its output."""
@@ -144,7 +144,7 @@ def build_toolkit(specs: Iterable[ToolSpec], invoke_remote: InvokeRemote | None 
     # Imported here so defining ToolSpecs does not pay AgentScope's import time.
     from agentscope.tool import Toolkit
 
-    tools: list[FunctionTool] = []
+    tools: list[ToolBase] = []
     seen: set[str] = set()
     for spec in specs:
         if spec.name in seen:
@@ -191,6 +191,7 @@ def _function_tool(spec: ToolSpec, invoke_remote: InvokeRemote | None) -> Functi
         return to_chunk(output) if isinstance(output, ToolOutput) else output
 
     functools.update_wrapper(run, spec.func)
+    # inspect reads a function's __signature__, which typeshed does not declare.
     run.__signature__ = inspect.signature(spec.func)  # type: ignore[attr-defined]
     if spec.requires_approval is False:
         # The default ASK parks the reply waiting for a user confirmation
@@ -211,7 +212,7 @@ def _function_tool(spec: ToolSpec, invoke_remote: InvokeRemote | None) -> Functi
 
 
 @functools.cache
-def _approval_tool_class() -> type[FunctionTool]:
+def _approval_tool_class() -> Callable[..., FunctionTool]:
     """A FunctionTool whose permission asks (AgentScope's ASK) when its spec says so."""
     from agentscope.permission import PermissionBehavior, PermissionDecision
     from agentscope.tool import FunctionTool

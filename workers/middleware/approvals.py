@@ -83,12 +83,12 @@ class ApprovalPauses(Middleware):
         result = decode(event.reply).body
         if not isinstance(result, ResultEvent):
             return
-        decides = isinstance(body, (Approval, Cancel))
         # A decision answered from the decided record (a second approve, a late timeout) was
         # forwarded when it was made; one answered by dedup may not have been (a crash).
         fresh = event.result is None or event.result.state is not None
-        if decides and fresh:
-            await self._answer_caller(event, body, result)  # type: ignore[arg-type]
+        decides = isinstance(body, Approval | Cancel)
+        if isinstance(body, Approval | Cancel) and fresh:
+            await self._answer_caller(event, body, result)
         if result.kind == "approval_required" and result.approval is not None:
             await self._schedule_timeout(envelope, result)
         if decides and not drained:
@@ -114,7 +114,7 @@ class ApprovalPauses(Middleware):
             # A paused turn keeps its session busy. interrupt, rollback and latest act on a
             # running turn and the turns queued with it, and a paused one is neither: they wait.
             paused = approvals.paused
-            ahead = paused.caller.request_id if paused else decode(approvals.waiting[0]).id
+            ahead = paused.caller.request_id if paused else decode(approvals.waiting[0].encode()).id
             error = busy_error(event.envelope.session_id, ahead)
             event.ack(p.failure_reply(event, "rejected", error))
             return True

@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import TYPE_CHECKING
 
 import msgspec
 
 from agentqueue.workers.middleware.metrics import outcome
 from agentqueue.workers.pipeline.event import Event, Next
 from agentqueue.workers.pipeline.middleware import Middleware
+
+if TYPE_CHECKING:
+    from agentqueue.workers.pipeline.pipeline import Pipeline
 
 log = logging.getLogger("agentqueue.worker")
 
@@ -55,7 +59,7 @@ class TurnSummaries(Middleware):
     def __init__(self, worker_id: str) -> None:
         self.worker_id = worker_id
 
-    def bind(self, pipeline) -> None:  # type: ignore[no-untyped-def]
+    def bind(self, pipeline: Pipeline) -> None:
         self.store = pipeline.store
         self.kind = turns_kind(pipeline.topology.namespace)
 

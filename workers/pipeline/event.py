@@ -78,3 +78,5 @@ class Event:
 
 
 Next = Callable[[Event], Awaitable[None]]
+# A stage or middleware hook of a chain: `async (event, call_next)`.
+Layer = Callable[[Event, Next], Awaitable[None]]

@@ -27,7 +27,7 @@ from agentqueue.protocol.codec import encode, encode_dead_letter
 from agentqueue.protocol.ids import new_id
 from agentqueue.protocol.messages import AgentRequest, Body, DeadLetter, Envelope, ResultEvent
 from agentqueue.workers.handling import Handler, RunControl, failure_body
-from agentqueue.workers.pipeline.event import Event, Next
+from agentqueue.workers.pipeline.event import Event, Layer, Next
 from agentqueue.workers.pipeline.middleware import Middleware, overrides
 from agentqueue.workers.pipeline.stages import process_chain, receive_chain
 from agentqueue.workers.pipeline.stream import Emitter, Stream
@@ -80,8 +80,8 @@ class Pipeline:
         self._retrying = [m for m in self.middleware if overrides(m, "retrying")]
         self._dead_lettering = [m for m in self.middleware if overrides(m, "dead_lettering")]
         self._abandoning = [m for m in self.middleware if overrides(m, "abandoned")]
-        for middleware in self.middleware:
-            middleware.bind(self)
+        for m in self.middleware:
+            m.bind(self)
         # Admit and route an arrived event (then see `Event.refusal` and `Event.decided`).
         self.receive: Next = _chain(receive_chain(self))
         # Handle an admitted event in its session lane, and settle it.
@@ -248,7 +248,7 @@ class Pipeline:
         await answer_refused(self.broker, refused)
 
 
-def _chain(layers: Sequence[object]) -> Next:
+def _chain(layers: Sequence[Layer]) -> Next:
     """Bind layers `async (event, call_next)` into one `async (event)`, first layer outermost."""
 
     async def end(event: Event) -> None:
@@ -256,12 +256,12 @@ def _chain(layers: Sequence[object]) -> Next:
 
     call: Next = end
     for layer in reversed(layers):
-        call = _bind(layer, call)  # type: ignore[arg-type]
+        call = _bind(layer, call)
     return call
 
 
-def _bind(layer: object, call_next: Next) -> Next:
+def _bind(layer: Layer, call_next: Next) -> Next:
     async def call(event: Event) -> None:
-        await layer(event, call_next)  # type: ignore[operator]
+        await layer(event, call_next)
 
     return call

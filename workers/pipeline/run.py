@@ -56,8 +56,9 @@ class Run:
         p = self.pipeline
         assert event.handler is not None and event.envelope is not None
         lease = event.lease
-        uses_state = lease is not None and event.handler.uses_state
-        state = await p.store.load_state(lease.session_id) if uses_state else None  # type: ignore[union-attr]
+        state: str | None = None
+        if lease is not None and event.handler.uses_state:
+            state = await p.store.load_state(lease.session_id)
         emit = p.emitter(event)
         attempt = outages = 0
         while True:

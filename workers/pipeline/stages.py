@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 from agentqueue.workers.delayed import Park
 from agentqueue.workers.pipeline.admit import Decode, Route, SizeLimit
+from agentqueue.workers.pipeline.event import Layer
 from agentqueue.workers.pipeline.guards import (
     CountRuns,
     Deadline,
@@ -35,13 +36,13 @@ if TYPE_CHECKING:
     from agentqueue.workers.pipeline.pipeline import Pipeline
 
 
-def receive_chain(p: Pipeline) -> list[object]:
+def receive_chain(p: Pipeline) -> list[Layer]:
     """The layers an event passes on arrival, outermost first."""
     admitting = [m.admit for m in p.middleware if overrides(m, "admit")]
     return [SizeLimit(p), *admitting, Decode(p), Park(p), Route(p)]
 
 
-def process_chain(p: Pipeline) -> list[object]:
+def process_chain(p: Pipeline) -> list[Layer]:
     """The layers an event passes in its session lane, outermost first."""
     processing = [m for m in p.middleware if overrides(m, "process")]
     observing = [m.process for m in processing if m.wraps_settlement]

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 
 import anyio
 import msgspec
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from agentqueue.protocol.messages import ResultEvent
 from agentqueue.workers.stream_log import Kept, StreamLog
@@ -45,9 +46,10 @@ class Stream:
         self.answer: ResultEvent | None = None  # the terminal event, once numbered
         self._answer_kept = False
         # Only a stream with a log has a queue (and a writer, which closes it).
-        self._send, self._receive = (
-            anyio.create_memory_object_stream[Kept](math.inf) if log is not None else (None, None)
-        )
+        self._send: MemoryObjectSendStream[Kept] | None = None
+        self._receive: MemoryObjectReceiveStream[Kept] | None = None
+        if log is not None:
+            self._send, self._receive = anyio.create_memory_object_stream[Kept](math.inf)
         self._queued = self._written = seq  # the newest seq queued, and written
         self._wrote = anyio.Event()
         self._hurry = anyio.Event()  # set when someone waits for the writes: no lingering
