@@ -63,12 +63,11 @@ async def sweep(boxes: Sandboxes, worker_name: str) -> list[str]:
             continue
         if not await boxes.sync.expired(store, workspace, ttl):
             continue
-        if manager is None:
-            continue
-        for session_id, box in list(manager.sessions.items()):
-            if box.workspace == workspace:
-                del manager.sessions[session_id]
-                await box.close()
+        if manager is not None:  # a worker with no sandbox open yet still sweeps the files
+            for session_id, box in list(manager.sessions.items()):
+                if box.workspace == workspace:
+                    del manager.sessions[session_id]
+                    await box.close()
         await asyncio.to_thread(shutil.rmtree, workspace, ignore_errors=True)
         await boxes.sync.forget(store, workspace)
         log.info("ended idle sandbox session %s (session TTL %s s)", name, ttl)
