@@ -100,9 +100,16 @@ class WorkerFleet:
             end_child(slot.proc, sig=signal.SIGKILL, timeout=10)
         self.start(slot)
 
-    def kill_random(self, rng: random.Random) -> str:
-        """SIGKILL a random worker and start it again; returns its role."""
-        slot = rng.choice(self.slots)
+    def kill_random(self, rng: random.Random) -> str | None:
+        """SIGKILL a random serving worker and start it again; its role, or None when none is
+        serving yet. A worker still starting holds no events, so killing it tests nothing; and
+        on a loaded machine, where starting (importing AgentScope) can take longer than the mean
+        time between kills, killing starting workers would stop all progress."""
+        serving = [slot for slot in self.slots if slot.alive and _serving(slot)]
+        if not serving:
+            log.warning("chaos: no worker serving yet; this kill is skipped")
+            return None
+        slot = rng.choice(serving)
         log.warning(
             "chaos: SIGKILL worker %s-%d (pid %s)",
             slot.role,
@@ -221,7 +228,9 @@ class Chaos:
 
     def _kill_worker(self) -> None:
         role = self.kill(self.rng)
-        if role is not None:
+        if role is None:
+            self.events.kills_skipped += 1
+        else:
             self.events.worker_kills[role] = self.events.worker_kills.get(role, 0) + 1
 
     async def _once(self, name: str, action: Callable[[], object]) -> None:
