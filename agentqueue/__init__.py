@@ -4,24 +4,80 @@ Backends publish with a `Client`; workers serve the agents and tools of an `App`
 of one session goes to the same partition, and results come back over a reply queue.
 """
 
-from agentqueue.client import Client, RequestHandle
-from agentqueue.errors import (
-    AgentQueueError,
-    ProtocolError,
-    RequestBusy,
-    RequestCancelled,
-    RequestError,
-    RequestFailed,
-    RequestTimedOut,
-    StreamNotKept,
-)
-from agentqueue.protocol import AgentRequest, Envelope, Message, ResultEvent, ToolCall, ToolResult
-from agentqueue.serve import run_worker
-from agentqueue.settings import Settings
-from agentqueue.workers.agent_context import AgentContext
-from agentqueue.workers.app import App
-from agentqueue.workers.schedules import Schedule, Schedules
-from agentqueue.workers.worker import Worker
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+# Where each public name lives. They are imported on first use (PEP 562), not here: a Function
+# Compute instance imports `agentqueue.workers.fc`, which runs this file first, and a cold
+# start must not pay for the client, its tracing and the local worker it never uses.
+_EXPORTS = {
+    "Client": "agentqueue.client",
+    "RequestHandle": "agentqueue.client",
+    "AgentQueueError": "agentqueue.errors",
+    "ProtocolError": "agentqueue.errors",
+    "RequestBusy": "agentqueue.errors",
+    "RequestCancelled": "agentqueue.errors",
+    "RequestError": "agentqueue.errors",
+    "RequestFailed": "agentqueue.errors",
+    "RequestTimedOut": "agentqueue.errors",
+    "StreamNotKept": "agentqueue.errors",
+    "AgentRequest": "agentqueue.protocol",
+    "Envelope": "agentqueue.protocol",
+    "Message": "agentqueue.protocol",
+    "ResultEvent": "agentqueue.protocol",
+    "ToolCall": "agentqueue.protocol",
+    "ToolResult": "agentqueue.protocol",
+    "run_worker": "agentqueue.serve",
+    "Settings": "agentqueue.settings",
+    "AgentContext": "agentqueue.workers.agent_context",
+    "App": "agentqueue.workers.app",
+    "Schedule": "agentqueue.workers.schedules",
+    "Schedules": "agentqueue.workers.schedules",
+    "Worker": "agentqueue.workers.worker",
+}
+
+if TYPE_CHECKING:
+    from agentqueue.client import Client, RequestHandle
+    from agentqueue.errors import (
+        AgentQueueError,
+        ProtocolError,
+        RequestBusy,
+        RequestCancelled,
+        RequestError,
+        RequestFailed,
+        RequestTimedOut,
+        StreamNotKept,
+    )
+    from agentqueue.protocol import (
+        AgentRequest,
+        Envelope,
+        Message,
+        ResultEvent,
+        ToolCall,
+        ToolResult,
+    )
+    from agentqueue.serve import run_worker
+    from agentqueue.settings import Settings
+    from agentqueue.workers.agent_context import AgentContext
+    from agentqueue.workers.app import App
+    from agentqueue.workers.schedules import Schedule, Schedules
+    from agentqueue.workers.worker import Worker
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'agentqueue' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])
+
 
 __all__ = [
     "AgentContext",

@@ -569,6 +569,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     d.add_argument("--preload", default="", help="modules the initializer imports (default: none)")
     d.add_argument(
+        "--provisioned-instances",
+        dest="provisioned_instances",
+        type=int,
+        help="instances kept started and initialised, the warm pool (default: 0, none)",
+    )
+    d.add_argument(
         "--batch-size", dest="batch_size", type=int, default=10, help="messages per invocation"
     )
     d.add_argument("--batch-window", dest="batch_window", type=int, default=0, help="seconds")
@@ -640,6 +646,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "concurrency": getattr(args, "concurrency", None),
         "balance": getattr(args, "balance", None),
         "trace_file": getattr(args, "trace_file", None),
+        "provisioned_instances": getattr(args, "provisioned_instances", None),
     }
     try:
         settings = Settings.load(**overrides)
@@ -1201,6 +1208,7 @@ def _local(args: argparse.Namespace, settings: Settings) -> int:
             max_instances=args.instances,
             idle_timeout=args.idle_timeout,
             trigger=trigger,
+            provisioned=settings.provisioned_instances,
         )
     )
     print(stats.report())
@@ -1241,9 +1249,10 @@ def _wait_for_stop() -> None:
 def _deploy(args: argparse.Namespace, settings: Settings) -> int:
     from agentqueue.deploy.fc_plan import FCOptions, build_plan, render_plan, sandbox_needs
 
-    needs = None
+    needs, has_agents = None, True
     if args.action != "destroy":
-        needs = sandbox_needs(_load_app(args.app))  # fail here when the app does not import
+        app = _load_app(args.app)  # fail here when the app does not import
+        needs, has_agents = sandbox_needs(app), bool(app.agents)
     if args.action == "package":
         from agentqueue.deploy.fc_package import build_package
 
@@ -1273,6 +1282,7 @@ def _deploy(args: argparse.Namespace, settings: Settings) -> int:
             batch_window=args.batch_window,
             preload=args.preload,
             sandboxes=needs,
+            has_agents=has_agents,
         )
     )
     if args.action == "plan":
