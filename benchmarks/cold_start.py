@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -155,7 +156,9 @@ async def scenario(function: str, instances: int, warm: int, workdir: Path) -> d
                         for event_id in inboxes:
                             waits.start_soon(collect, event_id)
                 tg.cancel_scope.cancel()
+    used = resource.getrusage(resource.RUSAGE_CHILDREN)  # the instances, all stopped by now
     return {
+        "instances_cpu_s": used.ru_utime + used.ru_stime,  # hardly moved by the machine's load
         "first_s": sorted(first.values()),
         "final_s": sorted(final.values()),
         "pool_s": pool_s if warm else None,
