@@ -8,9 +8,11 @@ is sent when it is created and when its digest (kept in the description) changes
 
 - MNS queues through `alibabacloud-mns-open20220119` (CreateQueue, GetQueueAttributes,
   SetQueueAttributes, DeleteQueue): RPC-style POSTs to `mns-open.<region>.aliyuncs.com`.
-- The function and its triggers through `alibabacloud-fc20230330` (GetFunction, CreateFunction,
-  UpdateFunction, GetTrigger, CreateTrigger, UpdateTrigger, DeleteTrigger, DeleteFunction):
+- The function, its triggers and its provisioned instances through `alibabacloud-fc20230330`
+  (GetFunction, CreateFunction, UpdateFunction, GetTrigger, CreateTrigger, UpdateTrigger,
+  DeleteTrigger, DeleteFunction, GetProvisionConfig, PutProvisionConfig, DeleteProvisionConfig):
   REST under `/2023-03-30/functions` on the SDK's regional endpoint (`fcv3.<region>.aliyuncs.com`).
+  A plan without provisioned instances removes a provision config left from an earlier one.
 
 Both SDKs sign with ACS3-HMAC-SHA256. Credentials come from `ALIBABA_CLOUD_ACCESS_KEY_ID`,
 `ALIBABA_CLOUD_ACCESS_KEY_SECRET` and `ALIBABA_CLOUD_SECURITY_TOKEN` (or the credentials file of
@@ -39,6 +41,7 @@ from agentqueue.broker.mns_config import Credentials, load_credentials
 from agentqueue.deploy.fc_plan import DeployError, FCPlan, QueuePlan, TriggerPlan
 
 _EXACT = frozenset({"environmentVariables"})  # compared whole, not field by field
+PROVISION_QUALIFIER = "LATEST"  # what the triggers invoke
 
 
 @dataclass(frozen=True)
@@ -93,6 +96,9 @@ class FCDeployer:
         for queue in plan.queues:
             record(self._apply_queue(queue))
         record(self._apply_function(plan))
+        provision = self._apply_provision(plan)
+        if provision is not None:
+            record(provision)
         for trigger in plan.triggers:
             record(self._apply_trigger(plan.function_name, trigger))
         record(
@@ -115,6 +121,8 @@ class FCDeployer:
 
         for trigger in plan.triggers:
             record(self._delete_trigger(plan.function_name, trigger.name))
+        if self._provision(plan.function_name) is not None:
+            record(self._delete_provision(plan.function_name))
         record(self._delete_function(plan.function_name))
         for queue in plan.queues:
             record(self._delete_queue(queue.name))
@@ -213,6 +221,49 @@ class FCDeployer:
         if self._gone(lambda: self.fc.delete_function(name), "DeleteFunction", name):
             return Change("absent", "function", name)
         return Change("removed", "function", name)
+
+    # Provisioned instances (the warm pool), on LATEST as the triggers invoke it
+
+    def _provision(self, function: str) -> dict[str, Any] | None:
+        """The function's provision config; None when it has none (or a target of 0)."""
+        current = self._get(
+            lambda: self.fc.get_provision_config(
+                function, fc.GetProvisionConfigRequest(qualifier=PROVISION_QUALIFIER)
+            ),
+            f"{function} provision config",
+        )
+        if not current or not (current.get("defaultTarget") or current.get("target")):
+            return None
+        return current
+
+    def _apply_provision(self, plan: FCPlan) -> Change | None:
+        name, desired = plan.function_name, plan.provision
+        current = self._provision(name)
+        if desired is None:
+            return None if current is None else self._delete_provision(name)
+        if current is not None and not _differs(desired, current):
+            return Change("unchanged", "provision", name, f"{desired['defaultTarget']} instances")
+        body = fc.PutProvisionConfigInput().from_map(desired)
+        self._call(
+            self.fc,
+            "PutProvisionConfig",
+            name,
+            lambda: self.fc.put_provision_config(
+                name, fc.PutProvisionConfigRequest(body=body, qualifier=PROVISION_QUALIFIER)
+            ),
+        )
+        action = "created" if current is None else "updated"
+        return Change(action, "provision", name, f"{desired['defaultTarget']} instances")
+
+    def _delete_provision(self, function: str) -> Change:
+        request = fc.DeleteProvisionConfigRequest(qualifier=PROVISION_QUALIFIER)
+        if self._gone(
+            lambda: self.fc.delete_provision_config(function, request),
+            "DeleteProvisionConfig",
+            function,
+        ):
+            return Change("absent", "provision", function)
+        return Change("removed", "provision", function)
 
     # Triggers
 

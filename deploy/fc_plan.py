@@ -17,6 +17,10 @@ The choices, and why:
   decodes base64 itself when another publisher used it.
 - Built-in runtimes serve one request per instance, so `instanceConcurrency` is 1 and HEADER_FIELD
   session affinity (for HTTP invocations) binds one session per instance.
+- Provisioned instances (`provisioned_instances`, default 0: none) are the warm pool: FC starts
+  them and runs the initializer before any event arrives, and keeps them while idle (billed).
+  The initializer then imports AgentScope too (unless `--preload` says otherwise), so the first
+  agent turn on a provisioned instance pays no import: most of a cold start's seconds.
 - No credentials in the environment: FC gives the function its role's STS credentials as
   ALIBABA_CLOUD_ACCESS_KEY_ID/SECRET/SECURITY_TOKEN, which `broker.mns_config` reads.
 """
@@ -37,6 +41,7 @@ from agentqueue.broker.mns_config import ENV_ID, ENV_SECRET, ENV_TOKEN, parse_mn
 from agentqueue.broker.topology import REQUESTS, TOOLS
 from agentqueue.broker.urls import redact_url
 from agentqueue.protocol.errors import AgentQueueError
+from agentqueue.workers.agent_handler import AGENTSCOPE_MODULES
 from agentqueue.workers.settings import Settings
 
 RUNTIME = "python3.12"
@@ -50,6 +55,7 @@ DEAD_LETTER_RETENTION = 604800  # MNS's longest: 7 days, so dead letters wait fo
 _SECRET_NAME = re.compile(r"KEY|SECRET|TOKEN|PASSWORD|CREDENTIAL", re.IGNORECASE)
 _HEADER = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{4,39}$")
 _FUNCTION = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]{0,63}$")
+MAX_PROVISIONED = 10000  # PutProvisionConfig's limit
 
 
 class DeployError(AgentQueueError):
@@ -77,6 +83,7 @@ class FCOptions:
     preload: str = ""
     affinity_header: str = "agentqueue-session"
     sandboxes: SandboxNeeds | None = None  # what the app's sandboxes need (`sandbox_needs`)
+    has_agents: bool = True  # the app registers agents (a warm pool then preloads AgentScope)
 
 
 # MB of memory one sandbox of each type takes, and whether it needs FC's large disk: a base
@@ -185,6 +192,8 @@ class FCPlan:
     role: RolePlan
     problems: tuple[str, ...] = ()  # what stops --apply
     notes: tuple[str, ...] = ()
+    # PutProvisionConfigInput as on the wire, for qualifier LATEST; None: no provisioned instances
+    provision: dict[str, Any] | None = None
 
     def check_ready(self) -> None:
         """Raise `DeployError` listing the problems that stop --apply, if any."""
@@ -225,6 +234,7 @@ class FCPlan:
                 "policyName": self.role.policy_name,
                 "policy": self.role.policy,
             },
+            "provisionConfig": self.provision,
             "problems": list(self.problems),
             "notes": list(self.notes),
         }
@@ -283,6 +293,12 @@ def build_plan(options: FCOptions, code: CodeSource | None = None) -> FCPlan:
             f"batch size {o.batch_size} must be 1-10000 and batch window"
             f" {o.batch_window} s 0-15 (EventBridge's limits)"
         )
+    provisioned = o.settings.provisioned_instances
+    if not 0 <= provisioned <= MAX_PROVISIONED:
+        raise DeployError(
+            f"provisioned instances {provisioned} must be 0 (none) to {MAX_PROVISIONED}"
+            " (PutProvisionConfig's limit)"
+        )
     problems: list[str] = []
     needs = o.sandboxes
     if needs is not None and o.memory < needs.memory:
@@ -321,11 +337,14 @@ def build_plan(options: FCOptions, code: CodeSource | None = None) -> FCPlan:
         )
 
     role = _role(name, o.role_arn, shown_account, o.region, o.settings.namespace)
+    preload = o.preload
+    if not preload and provisioned and o.has_agents:  # a warm pool is warm for agent turns too
+        preload = ",".join(AGENTSCOPE_MODULES)
     env = {
         "AGENTQUEUE_APP": o.app,
         "AGENTQUEUE_BROKER": broker,
         **o.settings.function_env(),
-        **({"AGENTQUEUE_PRELOAD": o.preload} if o.preload else {}),
+        **({"AGENTQUEUE_PRELOAD": preload} if preload else {}),
         **dict(o.env),
     }
     affinity = {
@@ -398,6 +417,9 @@ def build_plan(options: FCOptions, code: CodeSource | None = None) -> FCPlan:
         role,
         tuple(problems),
         notes,
+        provision=(
+            {"defaultTarget": provisioned, "alwaysAllocateCPU": True} if provisioned else None
+        ),
     )
 
 
@@ -476,6 +498,15 @@ def _account_of(role_arn: str | None) -> str | None:
     return match.group(1) if match else None
 
 
+def _provisioned(provision: dict[str, Any] | None) -> str:
+    if provision is None:
+        return "0 instances (each starts cold on its first event; --provisioned-instances N)"
+    return (
+        f"{provision['defaultTarget']} instances of LATEST, started and initialised before"
+        " events (the warm pool; billed while idle)"
+    )
+
+
 def render_plan(plan: FCPlan) -> str:
     """The plan for people: every resource and setting, secrets masked, in a fixed order."""
     f = plan.function
@@ -507,6 +538,7 @@ def render_plan(plan: FCPlan) -> str:
         *([("disk", f"{f['diskSize']} MB")] if "diskSize" in f else []),
         ("timeout", f"{f['timeout']} s"),
         ("instance concurrency", str(f["instanceConcurrency"])),
+        ("provisioned", _provisioned(plan.provision)),
         ("role", f["role"]),
         ("code", code.location + built),
         ("description", f["description"]),

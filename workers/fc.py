@@ -31,8 +31,9 @@ costly to make lives at module level: the imported app, the broker and store con
 one event loop in a background thread (an anyio blocking portal). Keeping the loop (rather than
 `anyio.run` per invocation) keeps the MNS connections' worker threads, the reply consumer for
 remote tools and warm session state alive across invocations; an invocation costs one hand-off
-to that loop. AgentScope is imported only when an agent event arrives (or by `initializer` when
-`AGENTQUEUE_PRELOAD` asks for it).
+to that loop. AgentScope is imported only when an agent event arrives, on FC's thread before
+the batch is handed to the loop (so lease renewals keep running), or by `initializer` when
+`AGENTQUEUE_PRELOAD` asks for it (what a provisioned instance, the warm pool, is given).
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ from agentqueue.protocol.codec import encode_dead_letter
 from agentqueue.protocol.ids import new_id
 from agentqueue.protocol.messages import AgentRequest, Approval, Cancel, DeadLetter, ToolCall
 from agentqueue.workers.admission import check_signing
-from agentqueue.workers.agent_handler import AgentHandler
+from agentqueue.workers.agent_handler import AgentHandler, import_agentscope
 from agentqueue.workers.app import load_app
 from agentqueue.workers.assembly import assemble_pipeline
 from agentqueue.workers.errors import WorkerError
@@ -161,6 +162,7 @@ class FCInstance:
         self._portal_cm: AbstractContextManager[anyio.from_thread.BlockingPortal] | None = None
         self._portal: anyio.from_thread.BlockingPortal | None = None
         self._router_task: Future[None] | None = None
+        self._agentscope = False  # imported (by the first agent batch, or the initializer)
         self._lock = threading.Lock()
 
     def start(self) -> FCInstance:
@@ -197,7 +199,12 @@ class FCInstance:
         """Handle one batch on the instance's loop; blocks the calling (FC) thread."""
         assert self._portal is not None, "FCInstance.start() was not called"
         agent_events = (b'"agent_request"', b'"approval"')
-        if self._router_task is None and any(t in m.body for m in messages for t in agent_events):
+        agents = any(t in m.body for m in messages for t in agent_events)
+        if agents and not self._agentscope:
+            # Here, on FC's thread, before the batch takes its sessions' leases: the import
+            # takes seconds, and on the loop it would stall lease renewals meanwhile.
+            self.import_agentscope()
+        if self._router_task is None and agents:
             with self._lock:
                 if self._router_task is None:
                     # Remote tools answer on this instance's own reply queue; consumed from the
@@ -205,6 +212,11 @@ class FCInstance:
                     self._router_task, _ = self._portal.start_task(self._serve_replies)
         self.invocations += 1
         return self._portal.call(self._handle, messages)
+
+    def import_agentscope(self) -> None:
+        """Import what an agent turn needs, once per instance (blocking)."""
+        import_agentscope()
+        self._agentscope = True
 
     async def _serve_replies(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:
         await self.broker.declare_reply_queue(self.router.queue)

@@ -124,6 +124,10 @@ class Settings:
     # initializer imports (comma-separated).
     app: str | None = None
     preload: str | None = None
+    # Function Compute's provisioned instances of the function: a warm pool started and
+    # initialised before events arrive (`deploy fc` sets it with PutProvisionConfig; the FC
+    # emulator starts them too). 0: none, every instance starts cold on its first event.
+    provisioned_instances: int = 0
     # Where this worker keeps its sandboxes' workspaces when the app names no `root` (default
     # `<state dir>/sandboxes`); each machine its own: workspaces travel by store snapshots.
     sandbox_root: str | None = None

@@ -71,6 +71,12 @@ def register(commands: Commands) -> None:
     )
     d.add_argument("--preload", default="", help="modules the initializer imports (default: none)")
     d.add_argument(
+        "--provisioned-instances",
+        dest="provisioned_instances",
+        type=int,
+        help="instances kept started and initialised, the warm pool (default: 0, none)",
+    )
+    d.add_argument(
         "--batch-size", dest="batch_size", type=int, default=10, help="messages per invocation"
     )
     d.add_argument("--batch-window", dest="batch_window", type=int, default=0, help="seconds")
@@ -100,9 +106,10 @@ def fc(args: argparse.Namespace, settings: Settings) -> int:
     """Do the chosen action for FC."""
     from agentqueue.deploy.fc_plan import FCOptions, build_plan, render_plan, sandbox_needs
 
-    needs = None
+    needs, has_agents = None, True
     if args.action != "destroy":
-        needs = sandbox_needs(load_app(args.app))  # fail here when the app does not import
+        app = load_app(args.app)  # fail here when the app does not import
+        needs, has_agents = sandbox_needs(app), bool(app.agents)
     if args.action == "package":
         from agentqueue.deploy.fc_package import build_package
 
@@ -132,6 +139,7 @@ def fc(args: argparse.Namespace, settings: Settings) -> int:
             batch_window=args.batch_window,
             preload=args.preload,
             sandboxes=needs,
+            has_agents=has_agents,
         )
     )
     if args.action == "plan":

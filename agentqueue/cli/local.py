@@ -149,6 +149,7 @@ def fc(args: argparse.Namespace, settings: Settings) -> int:
             max_instances=args.instances,
             idle_timeout=args.idle_timeout,
             trigger=trigger,
+            provisioned=settings.provisioned_instances,
         )
     )
     print(stats.report())

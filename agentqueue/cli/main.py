@@ -86,6 +86,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "concurrency": getattr(args, "concurrency", None),
         "balance": getattr(args, "balance", None),
         "trace_file": getattr(args, "trace_file", None),
+        "provisioned_instances": getattr(args, "provisioned_instances", None),
     }
     try:
         settings = Settings.load(**overrides)

@@ -11,7 +11,9 @@ queue (errors tolerance NONE) or is dropped (ALL).
 
 Instances are processes running `agentqueue.deploy.local.fc_instance`: started on demand (a cold
 start), reused while warm, at most `max_instances` at once, and stopped after `idle_timeout`
-seconds without work (scale to zero). `stats` counts cold starts, warm invocations, failures and
+seconds without work (scale to zero), except the `provisioned` ones: FC's provisioned
+instances, started and initialised before the first event (a warm pool), kept while the
+emulator runs and replaced when one dies. `stats` counts cold starts, warm invocations, failures and
 durations. As on FC, an agent turn that waits for a remote tool holds its instance meanwhile, and
 the tool's invocation needs another one: keep `max_instances` above the number of agent turns
 that run at once, or tool calls time out.
@@ -69,6 +71,7 @@ class FCStats:
     events: int = 0
     invocation_ms: list[float] = field(default_factory=list)
     cold_start_ms: list[float] = field(default_factory=list)  # process start to first reply
+    provisioned_ms: list[float] = field(default_factory=list)  # process start to ready, warm pool
 
     def report(self) -> str:
         """One line for humans."""
@@ -96,6 +99,8 @@ class _Instance:
     def __init__(self, process: anyio.abc.Process, started: float) -> None:
         self.process = process
         self.started = started
+        self.ready = started  # when its initializer had run
+        self.provisioned = False
         self.reader = BufferedByteReceiveStream(process.stdout)  # type: ignore[arg-type]
         self.busy = True
         self.last_used = time.monotonic()
@@ -146,11 +151,18 @@ class LocalFC:
         trigger: TriggerConfig | None = None,
         queues: list[str] | None = None,
         cwd: str | None = None,
+        provisioned: int = 0,
     ) -> None:
+        if not 0 <= provisioned <= max_instances:
+            raise ValueError(
+                f"provisioned instances {provisioned} must be 0 to max_instances ({max_instances}):"
+                " raise max_instances or provision fewer"
+            )
         self.broker = broker
         self.topology = topology
         self.env = {**os.environ, **env}
         self.max_instances = max_instances
+        self.provisioned = provisioned
         self.idle_timeout = idle_timeout
         self.trigger = trigger or TriggerConfig()
         self.queues = queues or [*topology.queues(REQUESTS), *topology.queues(TOOLS)]
@@ -164,6 +176,11 @@ class LocalFC:
     def instances(self) -> int:
         """Instance processes alive now."""
         return len(self._instances)
+
+    @property
+    def provisioned_instances(self) -> dict[int, float]:
+        """pid -> when it was ready (monotonic), of each provisioned instance alive now."""
+        return {i.process.pid: i.ready for i in self._instances if i.provisioned}
 
     def kill_instance(self, rng: random.Random) -> int | None:
         """SIGKILL a random instance, as a host failing under FC would, busy or not; returns
@@ -182,9 +199,13 @@ class LocalFC:
     async def run(
         self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
     ) -> None:
-        """Run every trigger until cancelled; then stop the instances."""
+        """Start the provisioned instances, then every trigger, until cancelled; then stop the
+        instances."""
         try:
             async with anyio.create_task_group() as tg:
+                async with anyio.create_task_group() as pool:  # as FC: ready before any event
+                    for _ in range(self.provisioned):
+                        pool.start_soon(self._provision)
                 for queue in self.queues:
                     await tg.start(self._trigger, queue)
                 tg.start_soon(self._reap_idle)
@@ -266,7 +287,7 @@ class LocalFC:
         except (OSError, InstanceDied, RuntimeError) as exc:
             self.stats.failed_invocations += 1
             return f"could not start an instance: {exc}"
-        if cold:
+        if cold and not instance.provisioned:
             self.stats.cold_starts += 1
         else:
             self.stats.warm_invocations += 1
@@ -280,7 +301,7 @@ class LocalFC:
         instance.busy = False
         instance.last_used = time.monotonic()
         self._notify()
-        if cold:
+        if cold and not instance.provisioned:
             self.stats.cold_start_ms.append((time.monotonic() - instance.started) * 1000)
         self.stats.invocation_ms.append(float(reply.get("ms", 0.0)))
         if not reply.get("ok"):
@@ -322,8 +343,15 @@ class LocalFC:
                 raise RuntimeError(hello.get("error") or "the instance did not start")
         finally:
             self._starting -= 1
+        instance.ready = time.monotonic()
         self._instances.append(instance)
         return instance
+
+    async def _provision(self) -> None:
+        instance = await self._spawn()
+        instance.provisioned, instance.busy = True, False
+        self.stats.provisioned_ms.append((instance.ready - instance.started) * 1000)
+        self._notify()
 
     def _notify(self) -> None:
         self._freed.set()
@@ -334,9 +362,17 @@ class LocalFC:
             await anyio.sleep(min(1.0, self.idle_timeout / 2))
             now = time.monotonic()
             for instance in list(self._instances):
-                if not instance.busy and now - instance.last_used > self.idle_timeout:
+                idle = not instance.busy and now - instance.last_used > self.idle_timeout
+                if idle and not instance.provisioned:
                     self._instances.remove(instance)
                     await instance.stop()
+            # FC replaces a provisioned instance that died; so does the emulator.
+            alive = sum(i.provisioned for i in self._instances)
+            if alive < self.provisioned and len(self._instances) < self.max_instances:
+                try:
+                    await self._provision()
+                except (OSError, InstanceDied, RuntimeError) as exc:
+                    log.warning("could not start a provisioned instance: %s", exc)
 
 
 __all__ = ["FCStats", "InstanceDied", "LocalFC", "TriggerConfig"]
@@ -351,6 +387,7 @@ async def serve_local_fc(
     idle_timeout: float = 30.0,
     trigger: TriggerConfig | None = None,
     report_every: float = 30.0,
+    provisioned: int = 0,
 ) -> FCStats:
     """Run the emulator until SIGINT/SIGTERM, logging its counts now and then; returns them."""
     import signal
@@ -366,14 +403,16 @@ async def serve_local_fc(
             max_instances=max_instances,
             idle_timeout=idle_timeout,
             trigger=trigger,
+            provisioned=provisioned,
         )
         async with anyio.create_task_group() as tg:
             await tg.start(fc.run)
             log.warning(
-                "FC emulator: %d triggers on %s, up to %d instances",
+                "FC emulator: %d triggers on %s, up to %d instances, %d provisioned",
                 len(fc.queues),
                 broker_url,
                 max_instances,
+                provisioned,
             )
             with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
                 with anyio.move_on_after(report_every) as scope:

@@ -1,8 +1,8 @@
 """A local stand-in for the FC 3.0 and MNS open API control planes, for `deploy fc` tests.
 
 One HTTP server on 127.0.0.1 answers both:
-- FC 3.0 REST (ROA): `/2023-03-30/functions[/{name}[/triggers[/{trigger}]]]` with GET, POST, PUT
-  and DELETE, JSON bodies, errors as `{"Code", "Message", "RequestId"}` with 404 / 409;
+- FC 3.0 REST (ROA): `/2023-03-30/functions[/{name}[/triggers[/{trigger}]]]` and
+  `/2023-03-30/functions/{name}/provision-config` with GET, POST, PUT and DELETE, JSON bodies, errors as `{"Code", "Message", "RequestId"}` with 404 / 409;
 - the MNS open API (RPC): `POST /` with the action in the `x-acs-action` header (ACS3 signing
   puts it there) and the parameters in the query string; answers `{"Code", "Success", "Data"}`.
 
@@ -52,6 +52,7 @@ class State:
 
     functions: dict[str, dict[str, Any]] = field(default_factory=dict)
     triggers: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
+    provision: dict[str, dict[str, Any]] = field(default_factory=dict)  # per function
     queues: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
@@ -129,8 +130,12 @@ class ControlPlane:
             if r.method == "DELETE":
                 if triggers[name]:  # FC refuses to delete a function that still has triggers
                     return 400, _error("FunctionNotEmpty", f"function {name} has triggers")
+                if name in self.state.provision:  # or provisioned instances
+                    return 400, _error("FunctionNotEmpty", f"function {name} is provisioned")
                 del functions[name], triggers[name]
                 return 204, None
+        if len(parts) == 2 and parts[1] == "provision-config":
+            return self._provision(r, name)
         own = triggers[name]
         if len(parts) == 2 and parts[1] == "triggers":
             if r.method == "POST":
@@ -158,6 +163,20 @@ class ControlPlane:
             if r.method == "DELETE":
                 del own[trigger]
                 return 204, None
+        return 404, _error("NotFound", f"no route for {r.method} {r.path}")
+
+    def _provision(self, r: Recorded, name: str) -> tuple[int, Any]:
+        provision = self.state.provision
+        if r.method == "PUT":
+            provision[name] = {**r.body, "functionName": name, "current": 0}
+            return 200, provision[name]
+        if name not in provision:
+            return 404, _error("ProvisionConfigNotFound", f"function {name} is not provisioned")
+        if r.method == "GET":
+            return 200, provision[name]
+        if r.method == "DELETE":
+            del provision[name]
+            return 204, None
         return 404, _error("NotFound", f"no route for {r.method} {r.path}")
 
     # MNS open API

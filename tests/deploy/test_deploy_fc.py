@@ -219,7 +219,12 @@ def test_second_apply_reads_everything_and_changes_nothing(workdir: Path, cloud,
     lines = apply(capsys, cloud)
     assert [line.split()[0] for line in lines] == ["unchanged"] * 10 + ["unmanaged"]
     sent = cloud.take()
-    assert {r.action for r in sent} == {"GetQueueAttributes", "GetFunction", "GetTrigger"}
+    assert {r.action for r in sent} == {
+        "GetQueueAttributes",
+        "GetFunction",
+        "GetProvisionConfig",
+        "GetTrigger",
+    }
     assert {r.method for r in sent if r.path.startswith(FC_PREFIX)} == {"GET"}
 
 
@@ -313,6 +318,53 @@ def test_destroy_removes_triggers_then_function_then_queues(workdir: Path, cloud
     code, out, _ = run(capsys, "--destroy", "--fc-endpoint", cloud.url, "--mns-endpoint", cloud.url)
     assert code == 0
     assert {line.split()[0] for line in out.splitlines()} == {"absent"}
+
+
+def test_provisioned_instances_are_the_warm_pool_put_on_latest_and_removed_when_dropped(
+    workdir: Path, cloud, capsys
+) -> None:
+    code, out, _ = run(capsys, "--plan", "--provisioned-instances", "3")
+    assert code == 0
+    assert (
+        "  provisioned          3 instances of LATEST, started and initialised before events"
+        " (the warm pool; billed while idle)"
+    ) in out.splitlines()
+    # The initializer imports AgentScope, so a provisioned instance is warm for agent turns.
+    assert "AGENTQUEUE_PRELOAD" in out and "agentscope.agent" in out
+
+    lines = apply(capsys, cloud, "--provisioned-instances", "3")
+    assert "created   provision aq-worker  (3 instances)" in lines
+    (put,) = [r for r in cloud.take() if r.action == "PutProvisionConfig"]
+    assert (put.method, put.path, put.query) == (
+        "PUT",
+        f"{FC_PREFIX}/aq-worker/provision-config",
+        {"qualifier": "LATEST"},
+    )
+    assert put.body["defaultTarget"] == 3 and put.body["alwaysAllocateCPU"] is True
+    assert "unchanged provision aq-worker  (3 instances)" in apply(
+        capsys, cloud, "--provisioned-instances", "3"
+    )
+    assert "updated   provision aq-worker  (5 instances)" in apply(
+        capsys, cloud, "--provisioned-instances", "5"
+    )
+    assert "removed   provision aq-worker" in apply(capsys, cloud)  # the default is none
+    assert cloud.state.provision == {}
+
+    apply(capsys, cloud, "--provisioned-instances", "2")
+    code, out, err = run(
+        capsys, "--destroy", "--fc-endpoint", cloud.url, "--mns-endpoint", cloud.url
+    )
+    assert code == 0, err
+    assert "removed   provision aq-worker" in out  # before the function: FC refuses it otherwise
+    assert cloud.state.functions == {} and cloud.state.provision == {}
+
+
+def test_a_provisioned_count_beyond_fc_s_limit_is_refused_naming_it(workdir: Path, capsys) -> None:
+    code, _, err = run(capsys, "--plan", "--provisioned-instances", "10001")
+    assert code != 0
+    assert (
+        "provisioned instances 10001 must be 0 (none) to 10000 (PutProvisionConfig's limit)" in err
+    )
 
 
 def test_apply_refuses_a_plan_with_problems_before_calling_anything(workdir, cloud, capsys):

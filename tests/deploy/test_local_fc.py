@@ -160,3 +160,57 @@ async def test_a_poison_event_is_dead_lettered_after_the_delivery_limit_and_its_
     assert record.envelope_id == poison.id and record.attempts == 3
     assert "delivered 3 times" in record.reason
     assert fc.stats.failed_invocations == 2
+
+
+async def test_provisioned_instances_are_initialised_before_the_first_event_and_serve_it(
+    mns_url: str, tmp_path: Path
+) -> None:
+    topology = Topology(f"w{new_id()[:6]}", partitions=1, tool_partitions=2)
+    reply_queue = topology.reply_queue("test")
+    sessions = ["a", "b", "c", "d"]
+    async with MNSBroker(mns_url) as broker:
+        await broker.declare(topology)
+        await broker.declare_reply_queue(reply_queue)
+        fc = LocalFC(
+            broker,
+            topology,
+            env=function_env(mns_url, topology, tmp_path),
+            max_instances=3,
+            provisioned=2,
+            trigger=TriggerConfig(batch_size=1, batch_window=0.05),
+        )
+        router = ReplyRouter(broker, reply_queue)
+        async with anyio.create_task_group() as tg:
+            await tg.start(router.run)
+            await tg.start(fc.run)  # returns once the warm pool is up
+            warm = fc.provisioned_instances
+            published = time.monotonic()
+            envelopes = [
+                tool_call(s, "record", {"session": s, "seq": 0}, reply_queue) for s in sessions
+            ]
+            inboxes = [router.expect(e.id) for e in envelopes]
+            for envelope in envelopes:
+                await broker.publish(topology.route(envelope), encode(envelope))
+            with anyio.fail_after(60):
+                replies = [await inbox.get() for inbox in inboxes]
+            tg.cancel_scope.cancel()
+    assert all(isinstance(r.body, ToolResult) and r.body.ok for r in replies)
+    assert len(warm) == 2 and all(ready < published for ready in warm.values())
+    served_by = {
+        int(pid)
+        for _, _, pid in (
+            line.split() for line in (tmp_path / "effects.log").read_text().splitlines()
+        )
+    }
+    assert served_by <= set(warm)  # no event waited for an instance to start
+    assert fc.stats.cold_starts == 0 and fc.stats.warm_invocations == len(sessions)
+    assert len(fc.stats.provisioned_ms) == 2
+
+
+def test_a_warm_pool_larger_than_the_instance_limit_is_refused_naming_both(mns_url: str) -> None:
+    with pytest.raises(ValueError) as refused:
+        LocalFC(MNSBroker(mns_url), Topology("x"), env={}, max_instances=2, provisioned=3)
+    assert str(refused.value) == (
+        "provisioned instances 3 must be 0 to max_instances (2): raise max_instances or provision"
+        " fewer"
+    )
