@@ -8,7 +8,7 @@ import math
 import time
 from collections.abc import AsyncIterator
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, TypedDict, Unpack
+from typing import Any, TypedDict, Unpack
 
 import anyio
 import msgspec
@@ -43,9 +43,6 @@ from agentqueue.workers.stream_log import (
     open_stream_log,
     replay,
 )
-
-if TYPE_CHECKING:
-    from agentqueue.batch.report import BatchSummary
 
 ANSWER_GRACE = 5.0  # seconds past a deadline the client still waits for the worker's timed_out
 
@@ -380,16 +377,6 @@ class Client:
             async for event in handle.events():
                 trip.result(event)
                 yield event
-
-    async def batch(self, input_path: str, output_path: str, **options: Any) -> BatchSummary:
-        """Run or resume a JSONL batch on this client's broker; see `agentqueue.batch.run_batch`."""
-        from agentqueue.batch import run_batch
-
-        # The batch gets a durable reply queue of its own, so it resumes after a crash.
-        options.setdefault("timeout", self.default_timeout or 300.0)
-        return await run_batch(
-            self.broker, input_path, output_path, topology=self.topology, **options
-        )
 
     async def cancel(self, request_id: str, *, session_id: str) -> None:
         """Publish a `Cancel` on the session's partition, where the request runs."""

@@ -8,7 +8,6 @@ from pathlib import Path
 import anyio
 import pytest
 
-from agentqueue import Client
 from agentqueue.batch.files import ResultsFile, batch_name, parse_item, read_items
 from agentqueue.batch.report import summarize
 from agentqueue.batch.run import run_batch
@@ -128,8 +127,7 @@ async def test_every_item_gets_exactly_one_result_line_and_a_rerun_sends_nothing
             broker, source, output, topology=topology, progress=False, max_in_flight=8
         )
         handled = worker.handled
-        async with Client(broker, topology=topology) as client:
-            again = await client.batch(str(source), str(output), progress=False)
+        again = await run_batch(broker, source, output, topology=topology, progress=False)
         assert worker.handled == handled  # nothing was sent the second time
         worker.stop()
     lines = result_lines(output)

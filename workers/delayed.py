@@ -29,10 +29,10 @@ import msgspec
 from agentqueue.protocol.admission import refused_envelope
 from agentqueue.protocol.codec import decode, encode
 from agentqueue.protocol.messages import Envelope
-from agentqueue.workers.pipeline.event import Event, Next
 from agentqueue.workers.timers import Action, Fired, Timer, Timers
 
 if TYPE_CHECKING:
+    from agentqueue.workers.pipeline.event import Event, Next
     from agentqueue.workers.pipeline.pipeline import Pipeline
 
 log = logging.getLogger("agentqueue.worker")
