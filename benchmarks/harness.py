@@ -24,10 +24,12 @@ class BenchError(RuntimeError):
     """A worker or client process of the benchmark failed."""
 
 
-def base_environ(env: BenchEnv, extra: dict[str, str] | None = None) -> dict[str, str]:
+def base_environ(
+    env: BenchEnv, extra: dict[str, str] | None = None, root: Path = ROOT
+) -> dict[str, str]:
     """The environment of worker and client processes: offline, repo importable, env vars set."""
     environ = {k: v for k, v in os.environ.items() if not k.startswith(("DASHSCOPE_", "OPENAI_"))}
-    environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), environ.get("PYTHONPATH")]))
+    environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(root), environ.get("PYTHONPATH")]))
     environ["AGENTQUEUE_MODEL"] = "scripted"
     environ.update(env.as_environ())
     environ.update(extra or {})
@@ -106,10 +108,11 @@ class Workers:
         env: BenchEnv,
         log_dir: Path,
         extra_env: dict[str, str] | None = None,
+        root: Path = ROOT,
     ) -> None:
         log_dir.mkdir(parents=True, exist_ok=True)
         self.log_dir = log_dir
-        environ = base_environ(env, extra_env)
+        environ = base_environ(env, extra_env, root)
         self.started_at = time.monotonic()
         self.procs: list[subprocess.Popen[bytes]] = []
         for i, argv in enumerate(commands):
@@ -118,7 +121,7 @@ class Workers:
                 subprocess.Popen(
                     list(argv),
                     env=environ,
-                    cwd=ROOT,
+                    cwd=root,
                     stdout=log,
                     stderr=subprocess.STDOUT,
                     stdin=subprocess.DEVNULL,
@@ -184,13 +187,17 @@ def run_client(
     *,
     timeout: float = 600,
     workers: Workers | None = None,
+    extra_env: dict[str, str] | None = None,
+    root: Path = ROOT,
+    python: str = PYTHON,
 ) -> dict[str, Any]:
-    """Run `python -m benchmarks.client key job params` and return its JSON result."""
-    argv = [PYTHON, "-m", "benchmarks.client", key, job, json.dumps(params)]
+    """Run `python -m benchmarks.client key job params` and return its JSON result (`root`,
+    `python`: another checkout and its interpreter, e.g. the baseline of a change)."""
+    argv = [python, "-m", "benchmarks.client", key, job, json.dumps(params)]
     proc = subprocess.Popen(
         argv,
-        env=base_environ(env),
-        cwd=ROOT,
+        env=base_environ(env, extra_env, root),
+        cwd=root,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         start_new_session=True,
