@@ -17,6 +17,7 @@ import aio_pika.abc
 from aio_pika.exceptions import CONNECTION_EXCEPTIONS
 from yarl import URL
 
+from agentqueue.broker.rabbitmq_frames import coalescing_transport
 from agentqueue.broker.urls import redact_url, split_url_list
 
 
@@ -31,7 +32,17 @@ def split_node_urls(url: str) -> list[str]:
     return urls
 
 
-class NodeRotatingConnection(aio_pika.RobustConnection):
+class FramedConnection(aio_pika.RobustConnection):
+    """A robust connection whose frames of one loop turn go out in one socket write."""
+
+    def __init__(self, url: str | URL, **kwargs: Any) -> None:
+        super().__init__(url, **kwargs)
+        # aio-pika keeps only the parameters it knows; aiormq takes a transport factory, and
+        # every reconnect of this connection uses it again.
+        self.kwargs["transport_factory"] = coalescing_transport(url)
+
+
+class NodeRotatingConnection(FramedConnection):
     """A robust connection that tries the next node's URL on each reconnect attempt."""
 
     def __init__(self, url: str, *, node_urls: Sequence[str], **kwargs: Any) -> None:
@@ -60,7 +71,9 @@ async def connect_nodes(
 ) -> aio_pika.abc.AbstractRobustConnection:
     """A robust connection to the first of `urls` that answers, failing over to the others."""
     if len(urls) == 1:
-        return await aio_pika.connect_robust(urls[0], ssl_context=ssl_context)
+        return await aio_pika.connect_robust(
+            urls[0], ssl_context=ssl_context, connection_class=FramedConnection
+        )
     errors: list[str] = []
     for i, url in enumerate(urls):
         # Start at the node that answered, then go round the others in their given order.
