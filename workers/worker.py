@@ -458,7 +458,7 @@ class Worker:
             tool = isinstance(event.envelope.body if event.envelope else None, ToolCall)
             lanes = self._tool_lanes if tool else self._lanes
             consumer.hold()
-            lanes.submit(event.key, self._job(pipeline.process, event, consumer))
+            lanes.submit(event.key, self._job(pipeline.processor(event), event, consumer))
 
     def _job(
         self, run: Callable[[Event], Awaitable[None]], event: Event, consumer: _Consumer
