@@ -54,7 +54,6 @@ VARIANTS: dict[str, tuple[str, str, dict[str, str]]] = {
         " (signed)",
         {"AGENTQUEUE_SIGNING_KEYS": "bench:" + "s" * 32},
     ),
-    "agentqueue-baseline": ("agentqueue", "", {}),
 }
 # Every round runs each job once per contender; the table shows the median of the rounds.
 SIZES: dict[str, dict[str, Any]] = {
@@ -122,23 +121,23 @@ def log(text: str) -> None:
     print(f"[{time.monotonic() - _T0:6.1f}] {text}", file=sys.stderr, flush=True)
 
 
-BASELINE = "agentqueue-baseline"
+BASELINE = "agentqueue@"  # + a checkout's directory name: agentqueue run from that checkout
 
 
 class Entrant:
     """One contender of a run: its module, its settings, its workers and its rounds."""
 
-    def __init__(self, key: str, baseline: Path | None = None) -> None:
-        base, suffix, extra = VARIANTS.get(key, (key, "", {}))
+    def __init__(self, key: str, baselines: dict[str, Path] | None = None) -> None:
+        base, suffix, extra = VARIANTS.get(key, (key.partition("@")[0], "", {}))
         self.key, self.module_key, self.extra_env = key, base, extra
         self.module = contender(base)
-        # The baseline runs agentqueue from another checkout (with its own .venv), its workers
+        # A baseline runs agentqueue from another checkout (with its own .venv), its workers
         # and client both, so a change is measured against its parent within the same rounds.
         self.root, self.python = ROOT, PYTHON
-        if key == BASELINE:
-            assert baseline is not None
-            self.root, self.python = baseline, str(baseline / ".venv" / "bin" / "python")
-            suffix = f" (baseline: {baseline})"
+        if key.startswith(BASELINE):
+            root = (baselines or {})[key]
+            self.root, self.python = root, str(root / ".venv" / "bin" / "python")
+            suffix = f" ({root.name}: {_commit(root)})"
         signed = "; envelopes signed (AGENTQUEUE_SIGNING_KEYS)" if extra else ""
         config = self.module.CONFIG + signed
         self.result: dict[str, Any] = {"name": self.module.NAME + suffix, "config": config}
@@ -248,10 +247,10 @@ def bench_contenders(
     redis_url: str,
     size: dict[str, Any],
     logs: Path,
-    baseline: Path | None = None,
+    baselines: dict[str, Path] | None = None,
 ) -> tuple[dict[str, Any], dict[str, str], list[dict[str, Any]]]:
     """Jobs 1-3 and the footprint (job 6) of every contender, in interleaved rounds."""
-    entrants = [Entrant(key, baseline) for key in keys]
+    entrants = [Entrant(key, baselines) for key in keys]
     errors: dict[str, str] = {}
     schedule: list[dict[str, Any]] = []
     try:
@@ -371,7 +370,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--baseline",
         type=Path,
-        help="another checkout (with its .venv) to run as agentqueue-baseline in the same rounds",
+        action="append",
+        default=[],
+        help="another checkout (with its .venv) to run as agentqueue@DIRNAME in the same rounds"
+        " (repeatable)",
     )
     parser.add_argument("--rounds", type=int, help="rounds (default: 5 full, 3 quick, 1 smoke)")
     parser.add_argument(
@@ -383,8 +385,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.rounds:
         size["rounds"] = args.rounds
     keys = args.only.split(",") if args.only else (["raw", "agentqueue"] if args.smoke else ALL)
-    if args.baseline is not None and BASELINE not in keys:
-        keys.insert(keys.index("agentqueue") + 1 if "agentqueue" in keys else 1, BASELINE)
+    baselines = {BASELINE + path.name: path.resolve() for path in args.baseline}
+    at = keys.index("agentqueue") + 1 if "agentqueue" in keys else 1
+    keys[at:at] = [key for key in baselines if key not in keys]
 
     from benchmarks import codec, report
 
@@ -420,7 +423,7 @@ def main(argv: list[str] | None = None) -> int:
             if "taskiq" in keys:
                 redis = LocalRedisServer(tmp_dir / "redis").start()
             contenders, errors, schedule = bench_contenders(
-                keys, url, redis.url if redis else "", size, tmp_dir / "logs", args.baseline
+                keys, url, redis.url if redis else "", size, tmp_dir / "logs", baselines
             )
             results["contenders"], results["rounds"] = contenders, schedule
             results["errors"].update(errors)
@@ -450,6 +453,13 @@ def main(argv: list[str] | None = None) -> int:
     report.chart(results, args.out / "latest.png")
     print(table)
     return 1 if "run" in results["errors"] else 0
+
+
+def _commit(root: Path) -> str:
+    done = subprocess.run(
+        ["git", "-C", str(root), "log", "-1", "--format=%h"], capture_output=True, text=True
+    )
+    return done.stdout.strip() or "?"
 
 
 def _rabbit_version() -> str | None:
