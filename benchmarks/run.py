@@ -129,6 +129,10 @@ class Entrant:
 
     def __init__(self, key: str, baselines: dict[str, Path] | None = None) -> None:
         base, suffix, extra = VARIANTS.get(key, (key.partition("@")[0], "", {}))
+        if "+" in key:  # agentqueue+NAME=VALUE: agentqueue with one setting changed
+            base, _, setting = key.partition("+")
+            name, _, value = setting.partition("=")
+            suffix, extra = f" ({setting})", {name: value}
         self.key, self.module_key, self.extra_env = key, base, extra
         self.module = contender(base)
         # A baseline runs agentqueue from another checkout (with its own .venv), its workers
@@ -375,6 +379,14 @@ def main(argv: list[str] | None = None) -> int:
         help="another checkout (with its .venv) to run as agentqueue@DIRNAME in the same rounds"
         " (repeatable)",
     )
+    parser.add_argument(
+        "--setting",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="also run agentqueue with this environment setting (repeatable), e.g. "
+        "AGENTQUEUE_CONCURRENCY=256",
+    )
     parser.add_argument("--rounds", type=int, help="rounds (default: 5 full, 3 quick, 1 smoke)")
     parser.add_argument(
         "--label", default="", help="a note for the title, e.g. 'loaded machine, not for release'"
@@ -388,6 +400,7 @@ def main(argv: list[str] | None = None) -> int:
     baselines = {BASELINE + path.name: path.resolve() for path in args.baseline}
     at = keys.index("agentqueue") + 1 if "agentqueue" in keys else 1
     keys[at:at] = [key for key in baselines if key not in keys]
+    keys[at:at] = [f"agentqueue+{setting}" for setting in args.setting]
 
     from benchmarks import codec, report
 
