@@ -69,8 +69,9 @@ def markdown(results: dict[str, Any]) -> str:
         "## Echo RPC, session-ordered events, worker footprint",
         "",
         "| contender | p50 ms | p99 ms | pipelined req/s | ordered req/s | order violations "
-        "| RSS idle MB | RSS under load MB | start-up s |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| worker CPU µs/event (pipelined, ordered) | RSS idle MB | RSS under load MB "
+        "| start-up s |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for c in contenders.values():
         violations = _get(c, "ordered", "order_violations")
@@ -80,6 +81,8 @@ def markdown(results: dict[str, Any]) -> str:
             f"| {_cell(c, raw, 'pipelined', 'rps', 0)} "
             f"| {_cell(c, raw, 'ordered', 'rps', 0)} "
             f"| {'—' if violations is None else violations} "
+            f"| {_cell(c, raw, 'pipelined', 'worker_cpu_us_per_event', 0)}, "
+            f"{_cell(c, raw, 'ordered', 'worker_cpu_us_per_event', 0)} "
             f"| {_num(c.get('rss_idle_mb'))} | {_num(c.get('rss_load_mb'))} "
             f"| {_num(c.get('startup_s'), 2)} |"
         )
@@ -92,8 +95,9 @@ def markdown(results: dict[str, Any]) -> str:
         f"{sizes.get('sessions')} sessions x {sizes.get('events')} events published interleaved, "
         f"{sizes.get('inflight')} in flight, 2 workers; a violation is an event that started in a "
         "worker after a later event of its session (summed over the rounds). RSS is the sum over "
-        "the worker's processes "
-        "(idle: after the first answer; under load: peak during any job). Start-up: "
+        "the worker's processes (idle: after the first answer; under load: peak during any job). "
+        "Worker CPU: user + system time of the worker processes during the job, per event "
+        "(lower is better; steadier than req/s on a busy machine). Start-up: "
         "from spawning the worker to the first answer a waiting client gets.",
         "",
         "### Configurations",

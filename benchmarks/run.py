@@ -110,7 +110,11 @@ PACKAGES = [
     "matplotlib",
 ]
 # The figure of each job that the rounds are summarised by (median, spread, ratio to raw).
-METRICS = {"latency": ("p50_ms", "p99_ms"), "pipelined": ("rps",), "ordered": ("rps",)}
+METRICS = {
+    "latency": ("p50_ms", "p99_ms"),
+    "pipelined": ("rps", "worker_cpu_us_per_event"),
+    "ordered": ("rps", "worker_cpu_us_per_event"),
+}
 
 
 _T0 = time.monotonic()
@@ -212,8 +216,14 @@ def run_rounds(
                     continue
                 try:
                     assert entrant.workers is not None
+                    cpu = entrant.workers.cpu_seconds()
                     with RssSampler(entrant.workers) as sampler:
-                        entrant.rounds[job].append({"round": r + 1, **entrant.client(job, params)})
+                        result = entrant.client(job, params)
+                    cpu = entrant.workers.cpu_seconds() - cpu
+                    events = result.get("requests") or result.get("calls")
+                    if events:  # warm-up calls included: they are few
+                        result["worker_cpu_us_per_event"] = cpu / events * 1e6
+                    entrant.rounds[job].append({"round": r + 1, **result})
                     entrant.rss_load_mb = max(entrant.rss_load_mb, sampler.peak_mb)
                 except (BenchError, OSError) as exc:
                     log(f"  {entrant.key} failed: {exc}")
@@ -303,11 +313,13 @@ def summarise(
     summary.pop("round", None)
     raw_by_round = {r["round"]: r for r in raw_rounds}
     for metric in METRICS[job]:
-        values = [r[metric] for r in rounds]
+        values = [r[metric] for r in rounds if metric in r]
+        if not values:
+            continue
         summary[metric] = statistics.median(values)
         summary[f"{metric}_min"], summary[f"{metric}_max"] = min(values), max(values)
         ratios = [r[metric] / raw_by_round[r["round"]][metric] for r in rounds
-                  if r["round"] in raw_by_round and raw_by_round[r["round"]][metric]]  # fmt: skip
+                  if metric in r and raw_by_round.get(r["round"], {}).get(metric)]  # fmt: skip
         if ratios:
             summary[f"{metric}_ratio"] = statistics.median(ratios)
             summary[f"{metric}_ratio_min"] = min(ratios)
