@@ -17,7 +17,6 @@ import aio_pika.abc
 from aio_pika.exceptions import CONNECTION_EXCEPTIONS
 from yarl import URL
 
-from agentqueue.broker.rabbitmq_frames import coalescing_transport
 from agentqueue.broker.urls import redact_url, split_url_list
 
 
@@ -32,17 +31,7 @@ def split_node_urls(url: str) -> list[str]:
     return urls
 
 
-class FramedConnection(aio_pika.RobustConnection):
-    """A robust connection whose frames of one loop turn go out in one socket write."""
-
-    def __init__(self, url: str | URL, **kwargs: Any) -> None:
-        super().__init__(url, **kwargs)
-        # aio-pika keeps only the parameters it knows; aiormq takes a transport factory, and
-        # every reconnect of this connection uses it again.
-        self.kwargs["transport_factory"] = coalescing_transport(url)
-
-
-class NodeRotatingConnection(FramedConnection):
+class NodeRotatingConnection(aio_pika.RobustConnection):
     """A robust connection that tries the next node's URL on each reconnect attempt."""
 
     def __init__(self, url: str, *, node_urls: Sequence[str], **kwargs: Any) -> None:
@@ -71,9 +60,7 @@ async def connect_nodes(
 ) -> aio_pika.abc.AbstractRobustConnection:
     """A robust connection to the first of `urls` that answers, failing over to the others."""
     if len(urls) == 1:
-        return await aio_pika.connect_robust(
-            urls[0], ssl_context=ssl_context, connection_class=FramedConnection
-        )
+        return await aio_pika.connect_robust(urls[0], ssl_context=ssl_context)
     errors: list[str] = []
     for i, url in enumerate(urls):
         # Start at the node that answered, then go round the others in their given order.
