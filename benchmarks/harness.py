@@ -25,10 +25,12 @@ class BenchError(RuntimeError):
     """A worker or client process of the benchmark failed."""
 
 
-def base_environ(env: BenchEnv, extra: dict[str, str] | None = None) -> dict[str, str]:
+def base_environ(
+    env: BenchEnv, extra: dict[str, str] | None = None, root: Path = ROOT
+) -> dict[str, str]:
     """The environment of worker and client processes: offline, repo importable, env vars set."""
     environ = {k: v for k, v in os.environ.items() if not k.startswith(("DASHSCOPE_", "OPENAI_"))}
-    environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), environ.get("PYTHONPATH")]))
+    environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(root), environ.get("PYTHONPATH")]))
     environ["AGENTQUEUE_MODEL"] = "scripted"
     environ.update(env.as_environ())
     environ.update(extra or {})
@@ -82,6 +84,24 @@ class LocalRedisServer:
             self.proc = None
 
 
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def _group_cpu_seconds(pgid: int) -> float:
+    """CPU time (user + system) used so far by the live processes of a process group."""
+    ticks = 0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rpartition(")")[2].split()
+            if int(fields[2]) == pgid:
+                ticks += int(fields[11]) + int(fields[12])  # utime, stime
+        except (OSError, IndexError, ValueError):
+            continue
+    return ticks / CLOCK_TICKS
+
+
 def _group_rss_mb(pgid: int) -> float:
     """Resident memory of every process in a process group, in MB."""
     total_kb = 0
@@ -107,10 +127,11 @@ class Workers:
         env: BenchEnv,
         log_dir: Path,
         extra_env: dict[str, str] | None = None,
+        root: Path = ROOT,
     ) -> None:
         log_dir.mkdir(parents=True, exist_ok=True)
         self.log_dir = log_dir
-        environ = base_environ(env, extra_env)
+        environ = base_environ(env, extra_env, root)
         self.started_at = time.monotonic()
         self.procs: list[subprocess.Popen[bytes]] = []
         for i, argv in enumerate(commands):
@@ -119,7 +140,7 @@ class Workers:
                 subprocess.Popen(
                     list(argv),
                     env=environ,
-                    cwd=ROOT,
+                    cwd=root,
                     stdout=log,
                     stderr=subprocess.STDOUT,
                     stdin=subprocess.DEVNULL,
@@ -139,6 +160,11 @@ class Workers:
             if proc.poll() is not None:
                 tail = (self.log_dir / f"worker-{i}.log").read_text(errors="replace")[-2000:]
                 raise BenchError(f"worker {i} exited with {proc.returncode}:\n{tail}")
+
+    def cpu_seconds(self) -> float:
+        """CPU time used so far by all worker processes: on a busy machine a steadier measure
+        of the cost of an event than the wall clock."""
+        return sum(_group_cpu_seconds(p.pid) for p in self.procs)
 
     def rss_mb(self) -> float:
         """Resident memory of all worker processes and their children, in MB."""
@@ -185,13 +211,17 @@ def run_client(
     *,
     timeout: float = 600,
     workers: Workers | None = None,
+    extra_env: dict[str, str] | None = None,
+    root: Path = ROOT,
+    python: str = PYTHON,
 ) -> dict[str, Any]:
-    """Run `python -m benchmarks.client key job params` and return its JSON result."""
-    argv = [PYTHON, "-m", "benchmarks.client", key, job, json.dumps(params)]
+    """Run `python -m benchmarks.client key job params` and return its JSON result (`root`,
+    `python`: another checkout and its interpreter, e.g. the baseline of a change)."""
+    argv = [python, "-m", "benchmarks.client", key, job, json.dumps(params)]
     proc = subprocess.Popen(
         argv,
-        env=base_environ(env),
-        cwd=ROOT,
+        env=base_environ(env, extra_env, root),
+        cwd=root,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         start_new_session=True,

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import ssl
 import uuid
@@ -47,12 +48,18 @@ PUBLISH_TIMEOUT = 30.0  # a publish not confirmed by then fails instead of hangi
 RESUBSCRIBE_PAUSE = 1.0  # seconds between tries to consume a queue again after a reconnect
 
 
+# A process-wide prefix and a counter: unique like a UUID per publish, without reading
+# os.urandom (a system call) on every publish as uuid4 does.
+_ID_PREFIX = uuid.uuid4().hex[:16]
+_MESSAGE_IDS = (f"{_ID_PREFIX}-{n:x}" for n in itertools.count())
+
+
 def _persistent() -> aiormq.spec.Basic.Properties:
     """Properties of one publish, never shared: aiormq writes a `message_id` into them and
     matches a Basic.Return to its publish by that id. Shared properties gave every publish the
     same id, so a returned reply matched none (aiormq logged "Unhandled message … returning"),
     or another's, and its publish was then confirmed as if delivered: the reply was lost."""
-    return aiormq.spec.Basic.Properties(delivery_mode=2, message_id=uuid.uuid4().hex)
+    return aiormq.spec.Basic.Properties(delivery_mode=2, message_id=next(_MESSAGE_IDS))
 
 
 def _connection_errors(*more: type[BaseException]) -> tuple[type[BaseException], ...]:

@@ -17,16 +17,21 @@ Job = Callable[[], Awaitable[None]]
 class SessionLanes:
     """Runs submitted jobs serially per session and concurrently across sessions.
 
-    Every lane is a task of the owner's task group, so no job outlives the worker and no
-    error vanishes: a job that raises is logged and its lane carries on with the next job.
+    Up to `concurrency` runner tasks of the owner's task group take turns over the sessions
+    that have a job waiting, one job per turn, oldest session first: no job outlives the
+    worker, no error vanishes (a job that raises is logged and its session carries on with the
+    next job), and a busy worker starts no task per event: a runner goes on to the next
+    waiting session, and ends only when none is left.
     """
 
     def __init__(self, task_group: anyio.abc.TaskGroup, concurrency: int) -> None:
         if concurrency < 1:
             raise ValueError(f"concurrency must be at least 1, got {concurrency}")
         self._tg = task_group
-        self._limit = anyio.Semaphore(concurrency)
+        self._concurrency = concurrency
         self._lanes: dict[str, deque[Job]] = {}
+        self._waiting: deque[str] = deque()  # sessions with a job and no runner, oldest first
+        self._runners = 0
         self._idle = anyio.Event()
         self._idle.set()
         self.running = 0
@@ -40,7 +45,10 @@ class SessionLanes:
         self._lanes[session_id] = deque([job])
         if self._idle.is_set():
             self._idle = anyio.Event()
-        self._tg.start_soon(self._run, session_id, name=f"lane {session_id}")
+        self._waiting.append(session_id)
+        if self._runners < self._concurrency:
+            self._runners += 1
+            self._tg.start_soon(self._run, name="session lanes")
 
     @property
     def sessions(self) -> int:
@@ -56,20 +64,26 @@ class SessionLanes:
         """Return once every submitted job has finished."""
         await self._idle.wait()
 
-    async def _run(self, session_id: str) -> None:
-        lane = self._lanes[session_id]
+    async def _run(self) -> None:
         try:
-            while lane:
-                async with self._limit:
-                    self.running += 1
-                    try:
-                        await lane[0]()
-                    except Exception:
-                        log.exception("job of session %r failed", session_id)
-                    finally:
-                        self.running -= 1
+            while self._waiting:
+                # A session is waiting here at most once, and only while no runner has it:
+                # its jobs run one after another, in the order they came.
+                session_id = self._waiting.popleft()
+                lane = self._lanes[session_id]
+                self.running += 1
+                try:
+                    await lane[0]()
+                except Exception:
+                    log.exception("job of session %r failed", session_id)
+                finally:
+                    self.running -= 1
                 lane.popleft()
+                if lane:
+                    self._waiting.append(session_id)  # its next job, after the others' turn
+                else:
+                    del self._lanes[session_id]
+                    if not self._lanes:
+                        self._idle.set()
         finally:
-            del self._lanes[session_id]
-            if not self._lanes:
-                self._idle.set()
+            self._runners -= 1

@@ -49,9 +49,15 @@ _VERSION = package_version()
 
 
 class _Consumer:
-    """One subscribed partition queue and the events of it that are running."""
+    """One subscribed partition queue: its events held and running, and its hand-back.
 
-    __slots__ = ("held", "idle", "queue", "releasing", "running", "scope", "subscription")
+    A consumer serves, then releases (no job of it starts any more, the running ones finish),
+    then is released (its subscription closed: the broker has every unsettled event back, in
+    order). Every change of that state goes through the methods below.
+    """
+
+    __slots__ = ("_idle", "_released", "held", "queue", "releasing", "running", "scope",
+                 "subscription")  # fmt: skip
 
     def __init__(self, queue: str, subscription: Subscription) -> None:
         self.queue = queue
@@ -60,7 +66,52 @@ class _Consumer:
         self.running = 0
         self.held = 0  # received and not settled yet: running or waiting in a session lane
         self.releasing = False
-        self.idle = anyio.Event()
+        self._idle = anyio.Event()
+        self._released = anyio.Event()
+
+    def hold(self) -> None:
+        """A delivery of this queue waits in a session lane."""
+        self.held += 1
+
+    def start(self, *, accepting: bool = True) -> bool:
+        """A held job starts: False (no longer held, left unsettled) once releasing, or when
+        the worker is not `accepting` (shutting down)."""
+        if self.releasing or not accepting:
+            self.held -= 1
+            return False
+        self.running += 1
+        return True
+
+    def finish(self) -> None:
+        """A started job has ended, its delivery settled or left for the hand-back."""
+        self.running -= 1
+        self.held -= 1
+        if self.running == 0 and self.releasing:
+            self._idle.set()
+
+    def stop_starting(self) -> bool:
+        """No job of this queue starts from now on; True if it was still serving."""
+        if self.releasing:
+            return False
+        self.releasing = True
+        return True
+
+    async def release(self, *, wait: bool = True) -> None:
+        """Stop consuming, let running jobs finish (`wait`), close: the rest goes back."""
+        self.stop_starting()
+        self.scope.cancel()
+        if self.running and wait:
+            await self._idle.wait()
+        with anyio.CancelScope(shield=True):
+            await self.subscription.close()
+
+    def released(self) -> None:
+        """The hand-back is complete: the queue may be taken again."""
+        self._released.set()
+
+    async def wait_released(self) -> None:
+        """Return once the hand-back of this queue is complete."""
+        await self._released.wait()
 
 
 class _DeliverySettler:
@@ -127,7 +178,7 @@ class Worker:
         self._stop = anyio.Event()
         self._started = anyio.Event()
         self._consumers: dict[str, _Consumer] = {}
-        self._released: dict[str, anyio.Event] = {}
+        self._leaving: dict[str, _Consumer] = {}  # queues being handed back
         self._lanes: SessionLanes | None = None  # agent requests (and refusals)
         self._tool_lanes: SessionLanes | None = None
         self._tg: anyio.abc.TaskGroup | None = None
@@ -309,9 +360,9 @@ class Worker:
 
     async def _subscribe(self, queue: str) -> None:
         assert self._tg is not None
-        released = self._released.get(queue)
-        if released is not None:
-            await released.wait()  # a hand-back of the same queue is still finishing
+        leaving = self._leaving.get(queue)
+        if leaving is not None:
+            await leaving.wait_released()  # a hand-back of the same queue is still finishing
         if queue in self._consumers:
             raise RuntimeError(f"worker {self.worker_id} already consumes {queue}")
         subscription = await self.broker.consume(queue, prefetch=self.concurrency)
@@ -330,17 +381,12 @@ class Worker:
         consumer = self._consumers.pop(queue, None)
         if consumer is None:
             return
-        done = self._released[queue] = anyio.Event()
-        consumer.releasing = True
-        consumer.scope.cancel()
-        if consumer.running and wait:
-            await consumer.idle.wait()
-        with anyio.CancelScope(shield=True):
-            await consumer.subscription.close()
+        self._leaving[queue] = consumer
+        await consumer.release(wait=wait)
         if self.membership is not None:
             self.membership.owned.discard(queue)
-        del self._released[queue]
-        done.set()
+        del self._leaving[queue]
+        consumer.released()
         log.info("worker %s handed %s over", self.worker_id, queue)
 
     async def _retake(self, queue: str) -> None:
@@ -405,13 +451,13 @@ class Worker:
         )
         await pipeline.receive(event)
         if event.refusal is not None:
-            consumer.held += 1
+            consumer.hold()
             self._lanes.submit("\0refused", self._job(pipeline.refuse, event, consumer))
         elif not event.decided:  # a control event (cancel) is settled already
             tool = isinstance(event.envelope.body if event.envelope else None, ToolCall)
             lanes = self._tool_lanes if tool else self._lanes
-            consumer.held += 1
-            lanes.submit(event.key, self._job(pipeline.process, event, consumer))
+            consumer.hold()
+            lanes.submit(event.key, self._job(pipeline.processor(event), event, consumer))
 
     def _job(
         self, run: Callable[[Event], Awaitable[None]], event: Event, consumer: _Consumer
@@ -420,12 +466,10 @@ class Worker:
 
         async def job() -> None:
             assert self.pipeline is not None
-            if consumer.releasing or not self.pipeline.accepting:
+            if not consumer.start(accepting=self.pipeline.accepting):
                 # Left un-acked on purpose: closing the subscription hands it back in order.
-                consumer.held -= 1
                 self.pipeline.abandon(event)
                 return
-            consumer.running += 1
             try:
                 await run(event)
                 self.handled += 1
@@ -438,14 +482,10 @@ class Worker:
                 log.exception(
                     "event %s could not be settled; handing %s back", envelope_id, consumer.queue
                 )
-                if not consumer.releasing:
-                    consumer.releasing = True  # now: jobs queued behind this one must not start
+                if consumer.stop_starting():  # now: jobs queued behind must not start
                     assert self._tg is not None
                     self._tg.start_soon(self._retake, consumer.queue)
             finally:
-                consumer.running -= 1
-                consumer.held -= 1
-                if consumer.running == 0 and consumer.releasing:
-                    consumer.idle.set()
+                consumer.finish()
 
         return job

@@ -57,6 +57,9 @@ def denial_id(session_id: str, request_id: str, call_id: str) -> str:
 class ApprovalPauses(Middleware):
     """Makes a paused session's later turns wait, answers the paused caller, runs the timeout."""
 
+    # process() passes other events straight on
+    processes = frozenset({"agent_request", "approval", "cancel"})
+
     def __init__(self, app: App) -> None:
         self.app = app
         self._pipeline: Pipeline | None = None

@@ -43,6 +43,8 @@ class _Session:
 class BusySessions(Middleware):
     """Applies each agent request's `on_busy` policy against its session's lane."""
 
+    processes = frozenset({"agent_request"})  # process() passes other events straight on
+
     def __init__(self, app: App, *, interrupts: bool = True) -> None:
         self.app = app
         self.interrupts = interrupts  # False where a running turn never meets a newer one (FC)

@@ -10,7 +10,7 @@ meter provider installed each event costs one check (see `broker/metrics.py`).
 from __future__ import annotations
 
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Collection
 
 from agentqueue.broker.metrics import instruments, report_sessions
@@ -31,16 +31,28 @@ class Metrics(Middleware):
         self.worker_id = worker_id
         self.owned = owned
         self._sessions: OrderedDict[str, str] = OrderedDict()  # session -> its queue
+        # Sessions per queue, kept as they change: the gauge is read on every heartbeat, and
+        # counting up to SESSIONS_KEPT sessions each time showed in the worker's profile.
+        self._per_queue: Counter[str] = Counter()
         report_sessions(self)
 
     async def process(self, event: Event, call_next: Next) -> None:
         envelope = event.envelope
         assert envelope is not None
         queue = event.queue or ""
-        self._sessions[envelope.session_id] = queue
-        self._sessions.move_to_end(envelope.session_id)
-        if len(self._sessions) > SESSIONS_KEPT:
-            self._sessions.popitem(last=False)
+        sessions, session = self._sessions, envelope.session_id
+        before = sessions.get(session)
+        if before is None:
+            self._per_queue[queue] += 1
+            sessions[session] = queue
+            if len(sessions) > SESSIONS_KEPT:
+                self._per_queue[sessions.popitem(last=False)[1]] -= 1
+        else:
+            if before != queue:
+                self._per_queue[before] -= 1
+                self._per_queue[queue] += 1
+                sessions[session] = queue
+            sessions.move_to_end(session)
         meters = instruments()
         if meters is None:
             await call_next(event)
@@ -90,8 +102,7 @@ class Metrics(Middleware):
         if self.owned is None:
             count = len(self._sessions)
         else:
-            held = set(self.owned())
-            count = sum(1 for queue in self._sessions.values() if queue in held)
+            count = sum(self._per_queue[queue] for queue in set(self.owned()))
         return count, {"agentqueue.worker": self.worker_id}
 
 

@@ -18,6 +18,8 @@ from agentqueue.workers.rate_limit import use_backend
 class ModelBudget(Middleware):
     """Agent turns take their model calls' grants from the shared budget of `models`."""
 
+    processes = frozenset({"agent_request"})  # process() passes other events straight on
+
     def __init__(self, models: ModelRuntime) -> None:
         self.models = models
 

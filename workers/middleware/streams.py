@@ -28,6 +28,8 @@ class KeepStreams(Middleware):
     a dead letter's `failed`, a `timed_out` — is numbered in the same stream.
     """
 
+    processes = frozenset({"agent_request"})  # process() passes other events straight on
+
     wraps_settlement = True
 
     def __init__(self, stream_log: StreamLog) -> None:

@@ -54,6 +54,8 @@ _decode = msgspec.json.Decoder(SessionTurns).decode
 class TurnSummaries(Middleware):
     """Writes each session's last turns to the store after its turn is settled."""
 
+    processes = frozenset({"agent_request"})  # process() passes other events straight on
+
     wraps_settlement = True  # the outcome is known; it never refuses
 
     def __init__(self, worker_id: str) -> None:

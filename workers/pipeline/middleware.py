@@ -42,6 +42,9 @@ class Middleware:
     # True for middleware that observes the settlement too (tracing: the reply and the dead
     # letter belong in its span). Such middleware must not refuse events.
     wraps_settlement: bool = False
+    # The envelope types (`Envelope.type`) whose processing this middleware wraps; None: all.
+    # Events of other types never pass its `process` (a tool call skips the agent-turn layers).
+    processes: frozenset[str] | None = None
 
     def bind(self, pipeline: Pipeline) -> None:
         """Called once with the pipeline this middleware is part of (to reach what it shares)."""

@@ -84,8 +84,21 @@ class Pipeline:
             m.bind(self)
         # Admit and route an arrived event (then see `Event.refusal` and `Event.decided`).
         self.receive: Next = _chain(receive_chain(self))
-        # Handle an admitted event in its session lane, and settle it.
-        self.process: Next = _chain(process_chain(self))
+        # Handle an admitted event in its session lane, and settle it: one chain per envelope
+        # type, each without the middleware that leaves that type alone.
+        self._chains: dict[str | None, Next] = {}
+
+    def processor(self, event: Event) -> Next:
+        """The chain that handles an admitted event of this type in its lane, and settles it."""
+        kind = event.envelope.type if event.envelope is not None else None
+        chain = self._chains.get(kind)
+        if chain is None:
+            chain = self._chains[kind] = _chain(process_chain(self, kind))
+        return chain
+
+    async def process(self, event: Event) -> None:
+        """Handle an admitted event in its session lane, and settle it."""
+        await self.processor(event)(event)
 
     # --- control -------------------------------------------------------------------------
 

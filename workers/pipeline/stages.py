@@ -42,9 +42,15 @@ def receive_chain(p: Pipeline) -> list[Layer]:
     return [SizeLimit(p), *admitting, Decode(p), Park(p), Route(p)]
 
 
-def process_chain(p: Pipeline) -> list[Layer]:
-    """The layers an event passes in its session lane, outermost first."""
-    processing = [m for m in p.middleware if overrides(m, "process")]
+def process_chain(p: Pipeline, event_type: str | None = None) -> list[Layer]:
+    """The layers an event of `event_type` passes in its session lane, outermost first
+    (None: a refused or undecoded event, which every middleware sees)."""
+    processing = [
+        m
+        for m in p.middleware
+        if overrides(m, "process")
+        and (m.processes is None or event_type is None or event_type in m.processes)
+    ]
     observing = [m.process for m in processing if m.wraps_settlement]
     inner = [m.process for m in processing if not m.wraps_settlement]
     return [
