@@ -151,7 +151,7 @@ def pinned_requirements() -> tuple[str, ...]:
     for requirement in importlib.metadata.requires("agentqueue") or []:
         if "extra ==" in requirement:
             continue
-        name = re.match(r"[A-Za-z0-9._-]+", requirement).group(0)  # type: ignore[union-attr]
+        name = re.split(r"[^A-Za-z0-9._-]", requirement, maxsplit=1)[0]
         if name.lower() in NOT_FOR_FC:
             continue
         try:
@@ -202,9 +202,10 @@ def install_dependencies(requirements: tuple[str, ...], target: Path) -> None:
 
 def _package_dir(name: str) -> Path:
     module = importlib.import_module(name)
-    if not getattr(module, "__file__", None):
+    file: str | None = getattr(module, "__file__", None)
+    if not file:
         raise DeployError(f"cannot locate package {name} on disk to put it in the zip")
-    return Path(module.__file__).parent  # type: ignore[arg-type]
+    return Path(file).parent
 
 
 def _add_app(files: dict[str, Path], skipped: list[Skipped], top: str, app: str) -> None:

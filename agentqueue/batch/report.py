@@ -137,10 +137,10 @@ def load_score(spec: str) -> Score:
         raise BatchInputError(f"score {spec!r} must look like 'package.module:function'")
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
-    fn = getattr(importlib.import_module(module_name), attr, None)
+    fn: object = getattr(importlib.import_module(module_name), attr, None)
     if not callable(fn):
         raise BatchInputError(f"score {spec!r}: module {module_name!r} has no function {attr!r}")
-    return fn  # type: ignore[no-any-return]
+    return fn
 
 
 def percentile(values: list[float], q: float) -> float | None:

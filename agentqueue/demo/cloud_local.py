@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sys
 import tempfile
+from typing import TextIO
 
 import anyio
 
@@ -25,8 +26,8 @@ async def run_cloud_local_demo(
     app_spec: str,
     settings: Settings,
     *,
-    out=sys.stdout,
-    instances: int = 4,  # type: ignore[no-untyped-def]
+    out: TextIO = sys.stdout,
+    instances: int = 4,
 ) -> DemoReport:
     """Run 3 sessions x 2 turns through local MNS and FC; print the exchanges and FC's counts."""
     topology = settings.topology

@@ -7,6 +7,7 @@ import importlib
 import sys
 import tempfile
 from dataclasses import dataclass
+from typing import TextIO
 
 import anyio
 
@@ -43,11 +44,11 @@ class DemoReport:
         )
 
 
-async def run_demo(  # type: ignore[no-untyped-def]
+async def run_demo(
     app: App,
     settings: Settings,
     *,
-    out=sys.stdout,
+    out: TextIO = sys.stdout,
     conversations: list[tuple[str, list[str]]] | None = None,
 ) -> DemoReport:
     """Run the conversations (default: 3 sessions x 2 turns) through two workers, print them."""
@@ -107,15 +108,15 @@ async def run_demo(  # type: ignore[no-untyped-def]
     return DemoReport(len(conversations), turns, replies, lost)
 
 
-async def run_sandbox_demo(settings: Settings, *, out=sys.stdout) -> DemoReport:  # type: ignore[no-untyped-def]
+async def run_sandbox_demo(settings: Settings, *, out: TextIO = sys.stdout) -> DemoReport:
     """The data analyst (examples/analyst.py): one session, turn 2 uses turn 1's variables."""
     analyst = importlib.import_module("examples.analyst")
     return await run_demo(analyst.app, settings, out=out, conversations=[("ana", analyst.TURNS)])
 
 
-async def converse_all(  # type: ignore[no-untyped-def]
+async def converse_all(
     client: Client,
-    out=sys.stdout,
+    out: TextIO = sys.stdout,
     conversations: list[tuple[str, list[str]]] | None = None,
     end_sessions: bool = False,
 ) -> tuple[int, int]:
@@ -155,7 +156,7 @@ async def converse_all(  # type: ignore[no-untyped-def]
     return replies, lost
 
 
-def print_tool_trace(spans: SpanCollector, out=sys.stdout) -> None:  # type: ignore[no-untyped-def]
+def print_tool_trace(spans: SpanCollector, out: TextIO = sys.stdout) -> None:
     """Print the waterfall of the first request whose agent called a tool, then stop collecting."""
     records = spans.records()
     spans.stop()

@@ -66,6 +66,8 @@ class GuardedH11Protocol(H11Protocol):
         self._phase: str | None = None  # "headers" or "body" while a deadline runs
         self._refused = False
 
+    # uvicorn's H11Protocol narrows asyncio.Protocol's BaseTransport to Transport (with the same
+    # ignore); an override keeps its signature.
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         if len(self.connections) >= self.limits.max_connections:
             self._refused = True

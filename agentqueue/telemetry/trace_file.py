@@ -38,6 +38,7 @@ _encoder = msgspec.json.Encoder(enc_hook=str)  # a few times faster than json.du
 def span_record(span: ReadableSpan) -> dict[str, Any]:
     """One finished span as the plain dict a trace file line holds (ids in hex, times in ns)."""
     ctx = span.get_span_context()
+    assert ctx is not None, "a span started by the SDK's tracer has a context"
     parent = span.parent
     return {
         "trace_id": f"{ctx.trace_id:032x}",
@@ -262,9 +263,13 @@ def _span_exporter(name: str) -> SpanExporter:
         return ConsoleSpanExporter()
     if _otlp_protocol("TRACES") == "grpc":
         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
-    else:
-        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter  # type: ignore[assignment]
-    return OTLPSpanExporter()
+
+        return OTLPSpanExporter()
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
+        OTLPSpanExporter as HTTPSpanExporter,
+    )
+
+    return HTTPSpanExporter()
 
 
 def _metric_reader(name: str) -> Any:
@@ -277,6 +282,10 @@ def _metric_reader(name: str) -> Any:
         return PeriodicExportingMetricReader(ConsoleMetricExporter())
     if _otlp_protocol("METRICS") == "grpc":
         from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
-    else:
-        from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter  # type: ignore[assignment]
-    return PeriodicExportingMetricReader(OTLPMetricExporter())
+
+        return PeriodicExportingMetricReader(OTLPMetricExporter())
+    from opentelemetry.exporter.otlp.proto.http.metric_exporter import (
+        OTLPMetricExporter as HTTPMetricExporter,
+    )
+
+    return PeriodicExportingMetricReader(HTTPMetricExporter())

@@ -101,7 +101,8 @@ class _Instance:
         self.started = started
         self.ready = started  # when its initializer had run
         self.provisioned = False
-        self.reader = BufferedByteReceiveStream(process.stdout)  # type: ignore[arg-type]
+        assert process.stdout is not None, "opened with stdout=PIPE"
+        self.reader = BufferedByteReceiveStream(process.stdout)
         self.busy = True
         self.last_used = time.monotonic()
         self.invocations = 0

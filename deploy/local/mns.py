@@ -194,8 +194,8 @@ class MNSApp:
             response = _xml(error_document(error, request_id, base_url), error.status)
         except Exception:
             logger.exception("local MNS request %s %s failed", request.method, scope["path"])
-            error = MNSError(500, "InternalError", "Internal error; see the server log.")
-            response = _xml(error_document(error, request_id, base_url), 500)
+            internal = MNSError(500, "InternalError", "Internal error; see the server log.")
+            response = _xml(error_document(internal, request_id, base_url), 500)
         response.headers["x-mns-request-id"] = request_id
         response.headers["x-mns-version"] = MNS_VERSION
         await response(scope, receive, send)

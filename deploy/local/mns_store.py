@@ -260,7 +260,9 @@ class MNSStore:
 
     def create_queue(self, name: str, values: dict[str, int | bool]) -> bool:
         """Create queue `name`; False if it already exists with the same attributes."""
-        wanted = dataclasses.replace(QueueAttributes(), **values)
+        # parse_queue_meta keys `values` by QueueAttributes' field names with each field's type;
+        # a dict cannot say so per key.
+        wanted = dataclasses.replace(QueueAttributes(), **values)  # type: ignore[arg-type]
         with self._transaction() as db:
             row = self._find_queue(db, name)
             if row is not None:

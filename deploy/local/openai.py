@@ -224,7 +224,9 @@ class _ChatApp:
         else:
             await self._complete(send, attempt, step)
 
-    def _admit(self, headers: dict[str, str], attempt: Attempt, request: dict[str, Any]) -> Step:
+    def _admit(
+        self, headers: dict[str, str], attempt: Attempt, request: dict[str, Any]
+    ) -> Answer | CallTool | Hang:
         """The step for this request, or `_Refused` the way OpenAI refuses."""
         if self.api_key is not None:
             given = headers.get("authorization", "").removeprefix("Bearer ").strip()
@@ -341,7 +343,9 @@ class _ChatApp:
         chunk_id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
         created = int(time.time())
 
-        async def chunk(delta: dict[str, Any] | None, finish: str | None = None, **extra: Any):
+        async def chunk(
+            delta: dict[str, Any] | None, finish: str | None = None, **extra: Any
+        ) -> None:
             data: dict[str, Any] = {
                 "id": chunk_id,
                 "object": "chat.completion.chunk",
