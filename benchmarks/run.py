@@ -146,8 +146,12 @@ class Entrant:
             root = (baselines or {})[key]
             self.root, self.python = root, str(root / ".venv" / "bin" / "python")
             suffix = f" ({root.name}: {_commit(root)})"
-        signed = "; envelopes signed (AGENTQUEUE_SIGNING_KEYS)" if extra else ""
-        config = self.module.CONFIG + signed
+        config = self.module.CONFIG + "".join(
+            "; envelopes signed (AGENTQUEUE_SIGNING_KEYS)"
+            if name == "AGENTQUEUE_SIGNING_KEYS"
+            else f"; {name}={value}"
+            for name, value in extra.items()
+        )
         self.result: dict[str, Any] = {"name": self.module.NAME + suffix, "config": config}
         self.rounds: dict[str, list[dict[str, Any]]] = {job: [] for job in METRICS}
         self.workers: Workers | None = None
