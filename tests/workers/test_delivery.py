@@ -349,6 +349,48 @@ async def test_a_broker_outage_inside_a_handler_does_not_use_up_its_attempts(
     assert dead is None
 
 
+async def test_a_stored_answer_to_a_missing_queue_is_acked_at_once_and_sent_when_it_returns(
+    url: str, store_url: str
+) -> None:
+    # An agent worker killed while its tool calls ran leaves their answers nowhere to go. The
+    # answers are in the store, so the calls are acked at once: waiting out the grace first
+    # kept them unacked, and a tool worker killed meanwhile had them redelivered to wait again.
+    runs: list[str] = []
+    app = App("stored")
+
+    @app.tool("note")
+    async def note(text: str) -> str:
+        runs.append(text)
+        return f"noted {text}"
+
+    topology = Topology(namespace="stored", partitions=1, tool_partitions=1)
+    (tool_queue,) = topology.queues("tools")
+    async with MemoryBroker(url) as broker, background() as task_group:
+        # A grace no test outlives: whatever happens, happens while the queue is missing.
+        await start_worker(
+            task_group, app, broker, store_url, topology, role="tools", reply_grace=600
+        )
+        await broker.declare_reply_queue("live-replies")
+        async with await broker.consume("live-replies") as replies:
+            orphan = tool_call("s1", "note", {"text": "a"}, "orphan-replies", event_id="evt-a")
+            after = tool_call("s1", "note", {"text": "b"}, "live-replies", event_id="evt-b")
+            for envelope in (orphan, after):
+                await broker.publish(topology.route(envelope), encode(envelope))
+            with anyio.fail_after(10):
+                answer = decode((await replies.__anext__()).body)
+            assert answer.body.output == "noted b"  # the session's lane was not held
+            stats = await broker.stats(tool_queue)
+            assert (stats.ready, stats.unacked) == (0, 0), stats  # both settled
+
+        # The requester comes back within the grace: its answer is sent then.
+        await broker.declare_reply_queue("orphan-replies")
+        async with await broker.consume("orphan-replies") as late:
+            with anyio.fail_after(10):
+                answer = decode((await late.__anext__()).body)
+        assert answer.correlation_id == "evt-a" and answer.body.output == "noted a"
+    assert runs == ["a", "b"]
+
+
 async def test_a_reply_waits_for_its_queue_to_come_back_and_gives_up_at_the_deadline(
     url: str, store_url: str
 ) -> None:

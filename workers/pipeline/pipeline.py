@@ -13,6 +13,7 @@ how a message is settled (`Settler`). Both count an event's unfinished runs in t
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Sequence
@@ -76,6 +77,9 @@ class Pipeline:
         self.accepting = True  # False once shutting down: unstarted events are handed back
         self._stop_early: dict[str, tuple[str, bool, float]] = {}  # id -> reason, discard, at
         self._gone: dict[str, float] = {}  # reply queue -> when it was last found missing
+        # reply queue -> stored answers waiting for it to come back (see `answer_later`)
+        self._late: dict[str, list[tuple[float, Event, bytes]]] = {}
+        self._late_tasks: set[asyncio.Task[None]] = set()
         self._publishing = [m for m in self.middleware if overrides(m, "publishing")]
         self._retrying = [m for m in self.middleware if overrides(m, "retrying")]
         self._dead_lettering = [m for m in self.middleware if overrides(m, "dead_lettering")]
@@ -166,8 +170,11 @@ class Pipeline:
         stream = self.streams.get(envelope.id) or Stream(envelope.id)
         return Emitter(self, event, stream, publish=envelope.reply_to is not None)
 
-    async def publish_reply(self, event: Event, reply: bytes, *, delta: bool = False) -> bool:
-        """Publish to the event's `reply_to`; False when the queue stayed missing."""
+    async def publish_reply(
+        self, event: Event, reply: bytes, *, delta: bool = False, grace: float | None = None
+    ) -> bool:
+        """Publish to the event's `reply_to`, waiting up to `grace` seconds (default: the
+        pipeline's) for a missing queue to come back; False when it stayed missing."""
         assert event.envelope is not None
         stream = self.streams.get(event.envelope.id)
         if stream is not None:
@@ -179,31 +186,94 @@ class Pipeline:
         gone_at = self._gone.get(queue)
         if delta and gone_at is not None and time.monotonic() - gone_at < GONE_FOR:
             return False  # its owner is gone: a stream delta is not worth a wait per chunk
-        give_up = time.monotonic() + self.reply_grace
-        if event.envelope.deadline is not None:
-            give_up = min(give_up, time.monotonic() + event.envelope.deadline - time.time())
+        give_up = self._give_up(event, self.reply_grace if grace is None else grace)
         pause = 0.25
         while True:
-            try:
-                await self._publish(event, queue, reply)
-                self._gone.pop(queue, None)
-                return True
-            except QueueMissing as exc:
-                # The requester's queue is gone: it may be reconnecting (an exclusive queue is
-                # declared again after a reconnect) or gone for good. Wait a little for it.
-                if time.monotonic() + pause > give_up:
-                    log.warning("no one to answer %s: %s", event.envelope.id, exc)
+            sent = await self._try_publish(event, queue, reply)
+            if sent is not None:
+                return sent
+            # The requester's queue is gone: it may be reconnecting (an exclusive queue is
+            # declared again after a reconnect) or gone for good. Wait a little for it.
+            if time.monotonic() + pause > give_up:
+                if grace != 0:
+                    log.warning(
+                        "no one to answer %s: reply queue %r is missing", event.envelope.id, queue
+                    )
                     self._gone[queue] = time.monotonic()
-                    return False
+                return False
+            await anyio.sleep(pause)
+            pause = min(pause * 2, 2.0)
+
+    def answer_later(self, event: Event, reply: bytes) -> None:
+        """Send a stored answer whose reply queue is missing if the queue comes back within
+        the grace, the event already settled: the answer is in the store with its effect, so
+        nothing is lost by not holding the event (and its session's lane) while waiting.
+
+        Holding it was a livelock under kills: an answer to a dead agent worker's queue kept
+        its tool call unacked for the whole grace, a tool worker killed in that time had the
+        call redelivered, and the next one waited again. One task per queue tries its answers.
+        """
+        assert event.envelope is not None and event.envelope.reply_to
+        queue = event.envelope.reply_to
+        waiting = self._late.setdefault(queue, [])
+        waiting.append((self._give_up(event, self.reply_grace), event, reply))
+        if len(waiting) == 1:
+            task = asyncio.get_running_loop().create_task(self._send_late(queue, waiting))
+            self._late_tasks.add(task)
+            task.add_done_callback(self._late_tasks.discard)
+
+    async def _send_late(self, queue: str, waiting: list[tuple[float, Event, bytes]]) -> None:
+        pause = 0.25
+        try:
+            while waiting:
                 await anyio.sleep(pause)
                 pause = min(pause * 2, 2.0)
-            except BrokerConnectionError:
-                raise  # the broker is away: not the answer's fault, the event runs again
-            except BrokerError as exc:
-                # The broker refuses this queue for good (a name it does not take, a full
-                # queue): waiting changes nothing, so the answer is kept elsewhere.
-                log.warning("cannot answer %s on %r: %s", event.envelope.id, queue, exc)
-                return False
+                now = time.monotonic()
+                for late in [late for late in waiting if late[0] < now]:
+                    waiting.remove(late)
+                    self._gone[queue] = now
+                    log.warning(
+                        "no one to answer %s: reply queue %r stayed missing (the answer is kept"
+                        " in the store)",
+                        late[1].envelope.id if late[1].envelope else "?",
+                        queue,
+                    )
+                while waiting:
+                    _, event, reply = waiting[0]
+                    try:
+                        sent = await self._try_publish(event, queue, reply)
+                    except BrokerConnectionError:
+                        break  # the broker is away: try again next round
+                    if sent is None:
+                        break  # still missing
+                    waiting.pop(0)  # sent, or refused for good (logged)
+        finally:
+            self._late.pop(queue, None)
+
+    def _give_up(self, event: Event, grace: float) -> float:
+        """When to stop waiting for `event`'s reply queue (monotonic): the grace or its deadline."""
+        assert event.envelope is not None
+        give_up = time.monotonic() + grace
+        if event.envelope.deadline is not None:
+            give_up = min(give_up, time.monotonic() + event.envelope.deadline - time.time())
+        return give_up
+
+    async def _try_publish(self, event: Event, queue: str, reply: bytes) -> bool | None:
+        """One attempt: True sent, False refused for good, None the queue is missing."""
+        try:
+            await self._publish(event, queue, reply)
+            self._gone.pop(queue, None)
+            return True
+        except QueueMissing:
+            return None
+        except BrokerConnectionError:
+            raise  # the broker is away: not the answer's fault, the event runs again
+        except BrokerError as exc:
+            # The broker refuses this queue for good (a name it does not take, a full
+            # queue): waiting changes nothing, so the answer is kept elsewhere.
+            assert event.envelope is not None
+            log.warning("cannot answer %s on %r: %s", event.envelope.id, queue, exc)
+            return False
 
     async def _publish(self, event: Event, queue: str, reply: bytes) -> None:
         if not self._publishing:

@@ -17,6 +17,10 @@ log = logging.getLogger("agentqueue.worker")
 class Settle:
     """Reply, then ack; hand back; or dead-letter and answer `failed`.
 
+    An answer kept in the store whose reply queue is missing is acked at once and sent if the
+    queue comes back within the grace (`Pipeline.answer_later`); one kept nowhere waits for
+    its queue before the ack, and is parked on the dead-letter queue if it stays missing.
+
     A `Refused` raised inside (by a middleware) dead-letters the event with its reason. Any
     other exception leaves the message unsettled and propagates: the consumer then hands the
     message back to the broker, so an error never loses an event.
@@ -32,9 +36,8 @@ class Settle:
             event.dead_letter(str(exc), exc)
         p = self.pipeline
         if event.outcome == "ack":
-            if event.reply is not None and not await p.publish_reply(event, event.reply):
-                if not event.reply_stored:
-                    await p.park_reply(event, event.reply)  # visible in `dlq list`, not lost
+            if event.reply is not None:
+                await self._answer(event, event.reply)
             await event.settler.ack()
         elif event.outcome == "hand_back":
             await event.settler.hand_back()
@@ -43,3 +46,12 @@ class Settle:
         else:
             envelope_id = event.envelope.id if event.envelope else "?"
             raise RuntimeError(f"the pipeline left event {envelope_id} undecided")
+
+    async def _answer(self, event: Event, reply: bytes) -> None:
+        p = self.pipeline
+        if event.reply_stored:
+            # Kept with its effect: a missing reply queue is waited for after the ack.
+            if not await p.publish_reply(event, reply, grace=0):
+                p.answer_later(event, reply)
+        elif not await p.publish_reply(event, reply):
+            await p.park_reply(event, reply)  # visible in `dlq list`, not lost
