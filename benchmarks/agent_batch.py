@@ -4,6 +4,7 @@ one `get_weather` tool call per request), over agentqueue and in-process as the 
 from __future__ import annotations
 
 import dataclasses
+import random
 import time
 from typing import Any
 
@@ -15,6 +16,7 @@ from benchmarks.contenders.common import (
     PYTHON,
     READY_TIMEOUT,
     BenchEnv,
+    loaded_latency,
     partitions_arg,
     split_partitions,
 )
@@ -28,8 +30,8 @@ CONFIG = (
 )
 
 
-def worker_commands(env: BenchEnv, agent_workers: int) -> list[list[str]]:
-    """Agent workers splitting the request partitions, and one tool worker."""
+def worker_commands(env: BenchEnv, agent_workers: int, store: str = "memory://") -> list[list[str]]:
+    """Agent workers splitting the request partitions, and one tool worker, on `store`."""
     base = [
         PYTHON,
         "-m",
@@ -40,9 +42,13 @@ def worker_commands(env: BenchEnv, agent_workers: int) -> list[list[str]]:
         "--broker",
         env.amqp_url,
         "--store",
-        "memory://",
+        store,
         "--namespace",
         env.namespace,
+        "--partition-count",
+        str(env.partitions),
+        "--tool-partition-count",
+        str(env.partitions),
     ]
     agents = [
         [
@@ -60,11 +66,14 @@ def worker_commands(env: BenchEnv, agent_workers: int) -> list[list[str]]:
 async def _batch(ask: Any, n: int, inflight: int) -> dict[str, Any]:
     remaining = iter(range(n))
     answers = 0
+    samples: list[float] = []
 
     async def lane() -> None:
         nonlocal answers
         for i in remaining:
+            sent = time.perf_counter()
             text = await ask(i)
+            samples.append((time.perf_counter() - sent) * 1000)
             answers += "sunny" in text
         # Each answer must come from a real tool call: the scripted model quotes its result.
 
@@ -79,6 +88,7 @@ async def _batch(ask: Any, n: int, inflight: int) -> dict[str, Any]:
         "seconds": elapsed,
         "items_per_s": n / elapsed,
         "answers_with_tool_result": answers,
+        **loaded_latency(samples),
     }
 
 
@@ -101,7 +111,7 @@ async def _inprocess(n: int, inflight: int) -> dict[str, Any]:
 
 
 async def run_job(env: BenchEnv, job: str, params: dict[str, Any]) -> dict[str, Any]:
-    """`inprocess`, or over agentqueue: `ready` and `batch`."""
+    """`inprocess`, or over agentqueue: `ready`, `batch` and `spread`."""
     if job == "inprocess":
         return await _inprocess(params["requests"], params["inflight"])
     topology = Topology(env.namespace, partitions=env.partitions, tool_partitions=env.partitions)
@@ -118,4 +128,15 @@ async def run_job(env: BenchEnv, job: str, params: dict[str, Any]) -> dict[str, 
             return {"first_answer_at": time.monotonic()}
         if job == "batch":
             return await _batch(ask, params["requests"], params["inflight"])
+        if job == "spread":  # requests over live sessions (see benchmarks/scale.py), at random
+            picks = random.Random(params.get("seed", 1))
+            live = params["sessions"]
+
+            async def ask_live(i: int) -> str:
+                session = f"{params['prefix']}{picks.randrange(live)}"
+                return (
+                    await client.call(QUESTION, session_id=session, agent="weather", timeout=300)
+                ).text
+
+            return await _batch(ask_live, params["requests"], params["inflight"])
     raise ValueError(f"agent batch has no job {job!r}")

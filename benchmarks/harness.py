@@ -87,7 +87,7 @@ class LocalRedisServer:
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
-def _group_cpu_seconds(pgid: int) -> float:
+def group_cpu_seconds(pgid: int) -> float:
     """CPU time (user + system) used so far by the live processes of a process group."""
     ticks = 0
     for entry in Path("/proc").iterdir():
@@ -164,7 +164,7 @@ class Workers:
     def cpu_seconds(self) -> float:
         """CPU time used so far by all worker processes: on a busy machine a steadier measure
         of the cost of an event than the wall clock."""
-        return sum(_group_cpu_seconds(p.pid) for p in self.procs)
+        return sum(group_cpu_seconds(p.pid) for p in self.procs)
 
     def rss_mb(self) -> float:
         """Resident memory of all worker processes and their children, in MB."""

@@ -44,6 +44,10 @@ def worker_commands(env: BenchEnv, workers: int) -> list[list[str]]:
             "memory://",
             "--namespace",
             env.namespace,
+            "--partition-count",
+            str(env.partitions),
+            "--tool-partition-count",
+            str(env.partitions),
             "--partitions",
             partitions_arg(split_partitions(env.partitions, workers, i)),
         ]
@@ -74,6 +78,16 @@ async def run_job(env: BenchEnv, job: str, params: dict[str, Any]) -> dict[str, 
             return await latency_job(echo, params["calls"])
         if job == "pipelined":
             return await pipelined_job(echo, params["requests"], params["inflight"])
+        if job == "spread":  # every call on a session of its own, as many sessions as calls
+            calls = iter(range(params["requests"]))
+
+            async def fresh_session() -> str:
+                session = f"{params['prefix']}{next(calls)}"
+                return await client.call_tool(
+                    "echo", {"text": ECHO_TEXT}, session_id=session, timeout=120
+                )
+
+            return await pipelined_job(fresh_session, params["requests"], params["inflight"])
         if job == "ordered":
             return await ordered_job(
                 stamp, params["sessions"], params["events"], params["inflight"]

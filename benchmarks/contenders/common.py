@@ -120,19 +120,34 @@ async def latency_job(
 async def pipelined_job(
     call: Callable[[], Awaitable[Any]], n: int, inflight: int
 ) -> dict[str, Any]:
-    """n calls with up to `inflight` outstanding; requests per second."""
+    """n calls with up to `inflight` outstanding; requests per second and the calls' latency."""
     remaining = iter(range(n))
+    samples: list[float] = []
 
     async def lane() -> None:
         for _ in remaining:
+            sent = time.perf_counter()
             await call()
+            samples.append((time.perf_counter() - sent) * 1000)
 
     start = time.perf_counter()
     async with anyio.create_task_group() as tg:
         for _ in range(min(inflight, n)):
             tg.start_soon(lane)
     elapsed = time.perf_counter() - start
-    return {"requests": n, "inflight": inflight, "seconds": elapsed, "rps": n / elapsed}
+    return {
+        "requests": n,
+        "inflight": inflight,
+        "seconds": elapsed,
+        "rps": n / elapsed,
+        **loaded_latency(samples),
+    }
+
+
+def loaded_latency(samples: list[float]) -> dict[str, float]:
+    """p50 and p99 (ms) of calls made under load, each from its publish to its answer."""
+    samples.sort()
+    return {"loaded_p50_ms": percentile(samples, 50), "loaded_p99_ms": percentile(samples, 99)}
 
 
 def interleaved(sessions: int, events: int) -> Iterator[tuple[int, int]]:
@@ -149,10 +164,13 @@ async def ordered_job(
     started in the worker before an earlier event of their session."""
     stamps: dict[int, list[tuple[int, int]]] = {s: [] for s in range(sessions)}
     window = anyio.Semaphore(inflight)
+    samples: list[float] = []
 
     async def one(session: int, seq: int) -> None:
         try:
+            sent = time.perf_counter()
             stamps[session].append((await call(session, seq), seq))
+            samples.append((time.perf_counter() - sent) * 1000)
         finally:
             window.release()
 
@@ -170,6 +188,7 @@ async def ordered_job(
         "seconds": elapsed,
         "rps": sessions * events / elapsed,
         "order_violations": count_violations(stamps),
+        **loaded_latency(samples),
     }
 
 
