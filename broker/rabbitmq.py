@@ -46,6 +46,7 @@ log = logging.getLogger("agentqueue.broker.rabbitmq")
 
 PUBLISH_TIMEOUT = 30.0  # a publish not confirmed by then fails instead of hanging
 RESUBSCRIBE_PAUSE = 1.0  # seconds between tries to consume a queue again after a reconnect
+LISTEN_ATTEMPTS = 5  # declares of a listener's exchange, when it goes while binding to it
 
 
 # A process-wide prefix and a counter: unique like a UUID per publish, without reading
@@ -273,7 +274,6 @@ class RabbitMQBroker(Broker):
         self._exchanges: dict[str, aio_pika.abc.AbstractExchange] = {}
         self._topology: Topology | None = None
         self._subscriptions = _Subscriptions()
-        self._broadcast_exchanges: dict[str, aio_pika.abc.AbstractExchange] = {}
         self._routes: dict[str, tuple[str, str, bool]] = {}
 
     @property
@@ -493,14 +493,14 @@ class RabbitMQBroker(Broker):
 
     async def broadcast(self, topic: str, body: bytes) -> None:
         assert self._publisher is not None, "connect() first"
-        exchange = self._broadcast_exchanges.get(topic)
-        if exchange is None:
-            exchange = await self._publisher.declare_exchange(
-                topic, aio_pika.ExchangeType.FANOUT, auto_delete=True
-            )
-            self._broadcast_exchanges[topic] = exchange
         try:
             with anyio.fail_after(self.publish_timeout):
+                # Declared every time (broadcasts are heartbeats, seconds apart): the exchange
+                # is deleted with its last listener, and a publish to a missing exchange would
+                # close the channel every reply is published on.
+                exchange = await self._publisher.declare_exchange(
+                    topic, aio_pika.ExchangeType.FANOUT, auto_delete=True
+                )
                 await exchange.publish(aio_pika.Message(body), routing_key="", mandatory=False)
         except _connection_errors(TimeoutError) as exc:
             raise BrokerConnectionError(f"cannot broadcast on {topic!r}: {exc}") from exc
@@ -551,6 +551,20 @@ class _ListenSubscription(_RabbitSubscription):
     def __init__(self, broker: RabbitMQBroker, subscriptions: _Subscriptions, topic: str) -> None:
         super().__init__(broker, subscriptions, "", 1000, self._declare_listener)
         self.topic = topic
+
+    async def start(self) -> None:
+        # The exchange is deleted with its last binding: if the last other listener's queue
+        # goes (its worker killed) between our declare and our bind, the bind finds no
+        # exchange. Declaring it again, on a new channel, makes it anew.
+        for attempt in range(1, LISTEN_ATTEMPTS + 1):
+            try:
+                await super().start()
+                return
+            except aiormq.exceptions.ChannelNotFoundEntity as exc:
+                await self._close_channel()
+                if attempt == LISTEN_ATTEMPTS:
+                    raise BrokerError(f"cannot listen on {self.topic!r}: {exc}") from exc
+                log.info("the %r exchange went while binding to it; declaring it again", self.topic)
 
     async def _declare_listener(
         self, channel: aio_pika.abc.AbstractChannel
