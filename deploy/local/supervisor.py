@@ -150,6 +150,11 @@ class LocalServer(StartStop):
         """True while the server's process is alive."""
         return self._proc is not None and self._proc.poll() is None
 
+    @property
+    def pid(self) -> int | None:
+        """The server process's pid (it leads its own process group), None before launch."""
+        return self._proc.pid if self._proc is not None else None
+
     def launch(self) -> None:
         """Start the server's process without waiting for it to answer."""
         if self.running:
