@@ -67,6 +67,21 @@ def delivery_ceiling(row: dict[str, Any]) -> float | None:
     return row["partitions"] * batch * 1000 / fc["invocation_p50_ms"]
 
 
+def partitions_text(row: dict[str, Any]) -> str:
+    """ "1 partition", "4 partitions": the row's partition count."""
+    return f"{row['partitions']} partition{'s' if row['partitions'] > 1 else ''}"
+
+
+def _ceiling_text(row: dict[str, Any], settings: dict[str, Any], ceiling: float) -> str:
+    fc = row["fc"][row["job"]]
+    return (
+        f"the triggers' one batch at a time per partition queue"
+        f" ({fc['events'] / fc['invocations']:.1f} events per batch of at most"
+        f" {settings['batch_size']}, invocations p50 {fc['invocation_p50_ms']:.0f} ms: a ceiling"
+        f" of {ceiling:.0f} req/s)"
+    )
+
+
 def _job_verdict(rows: list[dict[str, Any]], job: str, settings: dict[str, Any]) -> str | None:
     cloud = sorted(
         (r for r in rows if r["backend"] == CLOUD and r["job"] == job and r["answered"]),
@@ -80,17 +95,15 @@ def _job_verdict(rows: list[dict[str, Any]], job: str, settings: dict[str, Any])
     capacity = top["seconds"] * settings["cores"]
     biggest = max(cpu, key=lambda part: cpu[part])
     name = PARTS[CLOUD][biggest]
-    text = f"{JOBS[job].capitalize()} at {top['partitions']} partitions: {top['rps']:.1f} req/s"
+    text = f"{JOBS[job].capitalize()} at {partitions_text(top)}: {top['rps']:.1f} req/s"
     if top is not first:
-        text += (
-            f" ({top['rps'] / first['rps']:.1f}× the rate at {first['partitions']}"
-            f" partition{'s' if first['partitions'] > 1 else ''})"
-        )
+        text += f" ({top['rps'] / first['rps']:.1f}× the rate at {partitions_text(first)})"
     text += (
         f"; {name} used {cpu[biggest]:.1f} of the {total:.1f} CPU-seconds the measured processes"
         f" used ({capacity:.1f} available on {settings['cores']} cores)"
     )
     ceiling = delivery_ceiling(top)
+    at_ceiling = ceiling is not None and top["rps"] >= AT_CEILING * ceiling
     waited = sum(top["runqueue_s"].values())
     if total >= SATURATED * capacity:
         text += f": the CPU is saturated and {name} is the limit."
@@ -100,13 +113,12 @@ def _job_verdict(rows: list[dict[str, Any]], job: str, settings: dict[str, Any])
             f" CPU, taken by the machine's other load; of this run's work, the biggest part went"
             f" to {name}."
         )
-    elif ceiling is not None and top["rps"] >= AT_CEILING * ceiling:
-        fc = top["fc"][job]
+        if at_ceiling:
+            text += f" Next after the CPU: {_ceiling_text(top, settings, ceiling)}."
+    elif at_ceiling:
         text += (
-            f", the CPU {total / capacity:.0%} busy: the limit is the triggers' one batch at a"
-            f" time per partition queue ({fc['events'] / fc['invocations']:.1f} events per"
-            f" batch of at most {settings['batch_size']}, invocations p50"
-            f" {fc['invocation_p50_ms']:.0f} ms: a ceiling of {ceiling:.0f} req/s)."
+            f", the CPU {total / capacity:.0%} busy: the limit is"
+            f" {_ceiling_text(top, settings, ceiling)}."
         )
     else:
         text += (

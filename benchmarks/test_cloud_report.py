@@ -57,3 +57,14 @@ def test_a_busy_machine_is_named_when_the_processes_waited_longer_for_a_cpu_than
         " fewer than the cores' count, so the rates are lower bounds and the CPU shares, not"
         " the rates, are what to compare."
     )
+
+
+def test_the_triggers_are_named_the_limit_when_the_rate_reaches_their_one_batch_ceiling() -> None:
+    cpu = {"server": 0.2, "workers": 0.3, "triggers": 0.1, "client": 0.1}
+    fc = {"tools": {"invocations": 10, "events": 40, "invocation_p50_ms": 200.0}}
+    assert verdict([row(CLOUD, 1, 18.0, cpu, fc=fc)], SETTINGS) == (
+        "Tool calls at 1 partition: 18.0 req/s; the FC instances used 0.3 of the 0.7"
+        " CPU-seconds the measured processes used (11.1 available on 2 cores), the CPU 6% busy:"
+        " the limit is the triggers' one batch at a time per partition queue (4.0 events per"
+        " batch of at most 10, invocations p50 200 ms: a ceiling of 20 req/s)."
+    )
