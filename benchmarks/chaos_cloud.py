@@ -55,8 +55,9 @@ class MNSServer:
     """The local MNS server in a process of its own (`agentqueue local mns`), restartable on
     the same port and database, as a service restart would be."""
 
-    def __init__(self, run_dir: Path) -> None:
+    def __init__(self, run_dir: Path, wait: int = 1) -> None:
         self.run_dir = run_dir
+        self.wait = wait  # the long poll of every client of it, in seconds
         self.host = HOST
         self.port = free_port()
         self.access_id, self.access_key = DEFAULT_ACCESS_ID, DEFAULT_ACCESS_KEY
@@ -66,7 +67,12 @@ class MNSServer:
     @property
     def url(self) -> str:
         """The broker URL of the server itself (not through the proxy)."""
-        return f"mns://{self.host}:{self.port}?wait=1"
+        return f"mns://{self.host}:{self.port}?wait={self.wait}"
+
+    @property
+    def pid(self) -> int | None:
+        """The server process's pid (it leads its own process group), None before start."""
+        return self.proc.pid if self.proc is not None else None
 
     def start(self, timeout: float = 30) -> None:
         """Start the server and return once it accepts connections."""
@@ -99,6 +105,24 @@ class MNSServer:
         self.start()
 
 
+def app_environ(
+    broker_url: str, store_url: str, topology: Topology, lease_ttl: float, handler_log: Path
+) -> dict[str, str]:
+    """The settings of a process serving the chaos app with the offline model."""
+    return {
+        "AGENTQUEUE_APP": APP,
+        "AGENTQUEUE_BROKER": broker_url,
+        "AGENTQUEUE_STORE": store_url,
+        "AGENTQUEUE_NAMESPACE": topology.namespace,
+        "AGENTQUEUE_PARTITIONS": str(topology.partitions),
+        "AGENTQUEUE_TOOL_PARTITIONS": str(topology.tool_partitions),
+        "AGENTQUEUE_LEASE_TTL": str(lease_ttl),
+        "AGENTQUEUE_MODEL": "scripted",
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+        LOG_ENV: str(handler_log),
+    }
+
+
 def function_environ(
     args: argparse.Namespace,
     mns: MNSServer,
@@ -108,18 +132,9 @@ def function_environ(
 ) -> dict[str, str]:
     """The function's environment, as `deploy fc` would configure it (offline model)."""
     return {
-        "AGENTQUEUE_APP": APP,
-        "AGENTQUEUE_BROKER": mns.url,
-        "AGENTQUEUE_STORE": store_url,
-        "AGENTQUEUE_NAMESPACE": topology.namespace,
-        "AGENTQUEUE_PARTITIONS": str(topology.partitions),
-        "AGENTQUEUE_TOOL_PARTITIONS": str(topology.tool_partitions),
-        "AGENTQUEUE_LEASE_TTL": str(args.lease_ttl),
-        "AGENTQUEUE_MODEL": "scripted",
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+        **app_environ(mns.url, store_url, topology, args.lease_ttl, handler_log),
         ENV_ID: mns.access_id,
         ENV_SECRET: mns.access_key,
-        LOG_ENV: str(handler_log),
     }
 
 

@@ -9,7 +9,7 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -87,19 +87,57 @@ class LocalRedisServer:
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
-def group_cpu_seconds(pgid: int) -> float:
-    """CPU time (user + system) used so far by the live processes of a process group."""
-    ticks = 0
+def _cpu_ticks(entry: Path) -> tuple[int, int]:
+    """(process group, utime + stime ticks) of the process whose /proc directory is entry."""
+    fields = (entry / "stat").read_text().rpartition(")")[2].split()
+    return int(fields[2]), int(fields[11]) + int(fields[12])
+
+
+def group_pids(pgid: int) -> list[int]:
+    """The live processes of a process group."""
+    pids = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
-            fields = (entry / "stat").read_text().rpartition(")")[2].split()
-            if int(fields[2]) == pgid:
-                ticks += int(fields[11]) + int(fields[12])  # utime, stime
+            if _cpu_ticks(entry)[0] == pgid:
+                pids.append(int(entry.name))
+        except (OSError, IndexError, ValueError):
+            continue
+    return pids
+
+
+def group_cpu_seconds(pgid: int) -> float:
+    """CPU time (user + system) used so far by the live processes of a process group."""
+    return process_cpu_seconds(group_pids(pgid))
+
+
+def process_cpu_seconds(pids: Iterable[int]) -> float:
+    """CPU time (user + system) used so far by the given processes (those gone count 0)."""
+    ticks = 0
+    for pid in pids:
+        try:
+            ticks += _cpu_ticks(Path(f"/proc/{pid}"))[1]
         except (OSError, IndexError, ValueError):
             continue
     return ticks / CLOCK_TICKS
+
+
+def runqueue_seconds(pids: Iterable[int]) -> float:
+    """Time the live threads of the given processes spent ready to run but waiting for a CPU
+    (/proc schedstat): on a shared machine, how much the others' load held them back."""
+    ns = 0
+    for pid in pids:
+        try:
+            tasks = list(Path(f"/proc/{pid}/task").iterdir())
+        except OSError:
+            continue
+        for task in tasks:
+            try:
+                ns += int((task / "schedstat").read_text().split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+    return ns / 1e9
 
 
 def _group_rss_mb(pgid: int) -> float:
