@@ -170,23 +170,18 @@ class Pipeline:
         stream = self.streams.get(envelope.id) or Stream(envelope.id)
         return Emitter(self, event, stream, publish=envelope.reply_to is not None)
 
-    async def publish_reply(
-        self, event: Event, reply: bytes, *, delta: bool = False, grace: float | None = None
-    ) -> bool:
-        """Publish to the event's `reply_to`, waiting up to `grace` seconds (default: the
-        pipeline's) for a missing queue to come back; False when it stayed missing."""
+    async def publish_reply(self, event: Event, reply: bytes, *, delta: bool = False) -> bool:
+        """Publish to the event's `reply_to`, waiting up to the reply grace for a missing
+        queue to come back; False when it stayed missing."""
         assert event.envelope is not None
-        stream = self.streams.get(event.envelope.id)
-        if stream is not None:
-            # Kept before it is sent: an attacher is not kept waiting on a caller gone away.
-            await stream.keep_answer()
+        await self._keep_stream_answer(event)
         queue = event.envelope.reply_to
         if not queue:
             return True
         gone_at = self._gone.get(queue)
         if delta and gone_at is not None and time.monotonic() - gone_at < GONE_FOR:
             return False  # its owner is gone: a stream delta is not worth a wait per chunk
-        give_up = self._give_up(event, self.reply_grace if grace is None else grace)
+        give_up = self._give_up(event)
         pause = 0.25
         while True:
             sent = await self._try_publish(event, queue, reply)
@@ -195,14 +190,29 @@ class Pipeline:
             # The requester's queue is gone: it may be reconnecting (an exclusive queue is
             # declared again after a reconnect) or gone for good. Wait a little for it.
             if time.monotonic() + pause > give_up:
-                if grace != 0:
-                    log.warning(
-                        "no one to answer %s: reply queue %r is missing", event.envelope.id, queue
-                    )
-                    self._gone[queue] = time.monotonic()
+                log.warning(
+                    "no one to answer %s: reply queue %r is missing", event.envelope.id, queue
+                )
+                self._gone[queue] = time.monotonic()
                 return False
             await anyio.sleep(pause)
             pause = min(pause * 2, 2.0)
+
+    async def publish_stored_reply(self, event: Event, reply: bytes) -> None:
+        """Publish an answer kept in the store with its effect; a missing reply queue is
+        waited for in the background (`answer_later`), so the event can be settled now."""
+        assert event.envelope is not None
+        await self._keep_stream_answer(event)
+        queue = event.envelope.reply_to
+        if queue and await self._try_publish(event, queue, reply) is None:
+            self.answer_later(event, reply)
+
+    async def _keep_stream_answer(self, event: Event) -> None:
+        assert event.envelope is not None
+        stream = self.streams.get(event.envelope.id)
+        if stream is not None:
+            # Kept before it is sent: an attacher is not kept waiting on a caller gone away.
+            await stream.keep_answer()
 
     def answer_later(self, event: Event, reply: bytes) -> None:
         """Send a stored answer whose reply queue is missing if the queue comes back within
@@ -216,7 +226,7 @@ class Pipeline:
         assert event.envelope is not None and event.envelope.reply_to
         queue = event.envelope.reply_to
         waiting = self._late.setdefault(queue, [])
-        waiting.append((self._give_up(event, self.reply_grace), event, reply))
+        waiting.append((self._give_up(event), event, reply))
         if len(waiting) == 1:
             task = asyncio.get_running_loop().create_task(self._send_late(queue, waiting))
             self._late_tasks.add(task)
@@ -250,10 +260,10 @@ class Pipeline:
         finally:
             self._late.pop(queue, None)
 
-    def _give_up(self, event: Event, grace: float) -> float:
+    def _give_up(self, event: Event) -> float:
         """When to stop waiting for `event`'s reply queue (monotonic): the grace or its deadline."""
         assert event.envelope is not None
-        give_up = time.monotonic() + grace
+        give_up = time.monotonic() + self.reply_grace
         if event.envelope.deadline is not None:
             give_up = min(give_up, time.monotonic() + event.envelope.deadline - time.time())
         return give_up

@@ -50,8 +50,6 @@ class Settle:
     async def _answer(self, event: Event, reply: bytes) -> None:
         p = self.pipeline
         if event.reply_stored:
-            # Kept with its effect: a missing reply queue is waited for after the ack.
-            if not await p.publish_reply(event, reply, grace=0):
-                p.answer_later(event, reply)
+            await p.publish_stored_reply(event, reply)  # a missing queue is waited for later
         elif not await p.publish_reply(event, reply):
             await p.park_reply(event, reply)  # visible in `dlq list`, not lost
