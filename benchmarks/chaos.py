@@ -32,7 +32,7 @@ if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
 import anyio
 
 from agentqueue.broker.topology import Topology
-from agentqueue.deploy.local.rabbitmq import LocalRabbitMQ
+from agentqueue.deploy.local.rabbitmq import LocalRabbitMQ, RabbitMQCtlError
 from agentqueue.deploy.local.rabbitmq_cluster import LocalRabbitMQCluster
 from agentqueue.deploy.local.redis import LocalRedis
 from agentqueue.deploy.local.tcp_proxy import TcpProxy
@@ -51,6 +51,7 @@ from benchmarks.chaos_report import (
     measure,
     read_handler_log,
     render,
+    still_queued,
     stored_answers,
     write_section,
 )
@@ -177,6 +178,7 @@ async def run(
     handler_log = run_dir / "handlers.log"
     if args.cloud:
         load, events, seconds, dead = await run_cloud(args, topology, store_url, run_dir)
+        queued: dict[str, str] = {}  # the functions' triggers still consume: no census there
         title = "cloud path: local MNS + FC emulator"
         setup = (
             f"local MNS server (its own process); FC emulator with an agents and a tools"
@@ -184,7 +186,9 @@ async def run(
             f" batches of up to 10); store {args.store};"
         )
     else:
-        load, events, seconds, dead = await run_rabbitmq(args, nodes, topology, store_url, run_dir)
+        load, events, seconds, dead, queued = await run_rabbitmq(
+            args, nodes, topology, store_url, run_dir
+        )
         title = f"{len(nodes)}-node cluster" if args.cluster else "single node"
         setup = (
             f"RabbitMQ, {len(nodes)} node(s); {args.agents} agent + {args.tools} tool worker"
@@ -201,7 +205,8 @@ async def run(
     result = measure(
         title=title, setup=setup, seconds=seconds, outcomes=load.outcomes,
         handler_log=read_handler_log(handler_log), committed=committed, dead_lettered=dead,
-        publish_retries=load.publish_retries, events=events, stored=stored,
+        publish_retries=load.publish_retries, events=events, stored=stored, queued=queued,
+        load_started=load.started,
     )  # fmt: skip
     section = render(result)
     print(section)
@@ -215,9 +220,9 @@ async def run_rabbitmq(
     topology: Topology,
     store_url: str,
     run_dir: Path,
-) -> tuple[ChaosLoad, ChaosEvents, float, dict[str, str]]:
+) -> tuple[ChaosLoad, ChaosEvents, float, dict[str, str], dict[str, str]]:
     """Start the workers and send the load under chaos; the load, the chaos done, the seconds it
-    took and the ids found dead-lettered."""
+    took, the ids found dead-lettered and those still queued once the workers stopped."""
     fleet = WorkerFleet(
         run_dir, store_url, NAMESPACE, worker_environ(run_dir / "handlers.log", args.lease_ttl)
     )
@@ -227,6 +232,8 @@ async def run_rabbitmq(
         order = urls[i % len(urls) :] + urls[: i % len(urls)]
         fleet.add("agents" if i < args.agents else "tools", ",".join(order))
     proxies = [TcpProxy(n.port) for n in nodes]
+    dead: dict[str, str] = {}
+    queued: dict[str, str] = {}
     try:
         async with anyio.create_task_group() as tg:
             for proxy in proxies:
@@ -260,14 +267,30 @@ async def run_rabbitmq(
                 )
                 if load.answered < args.requests:  # stalled: the worker logs say on what
                     fleet.describe()
-                    await anyio.sleep(1.0)
+                    await anyio.to_thread.run_sync(_write_queue_list, nodes, run_dir)
                 await anyio.to_thread.run_sync(fleet.stop)
                 dead = await dead_lettered(client, topology)
+                queued = await still_queued(client, topology)
             tg.cancel_scope.cancel()
     finally:
         with anyio.CancelScope(shield=True):
             await anyio.to_thread.run_sync(fleet.stop)
-    return load, chaos.events, seconds, dead
+    return load, chaos.events, seconds, dead, queued
+
+
+def _write_queue_list(nodes: list[LocalRabbitMQ], run_dir: Path) -> None:
+    """Each queue's ready and unacked counts and consumers, while the workers still run, from
+    the first node that answers (queues.txt in the run dir)."""
+    for node in nodes:
+        try:
+            listing = node.ctl(
+                "list_queues", "name", "messages_ready", "messages_unacknowledged", "consumers"
+            )
+        except (RabbitMQCtlError, OSError):
+            continue
+        (run_dir / "queues.txt").write_text(listing)
+        log.info("queues while the workers ran: %s", run_dir / "queues.txt")
+        return
 
 
 def _node_killer(nodes: list[LocalRabbitMQ], index: int):  # type: ignore[no-untyped-def]

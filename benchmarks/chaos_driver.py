@@ -243,6 +243,7 @@ class Chaos:
             }[name],
         )
         started = time.monotonic()
+        self.events.timeline.append((started, name))
         if name == "cut":
             self.events.client_cuts.append(int(action()))  # type: ignore[call-overload]
             return

@@ -40,6 +40,7 @@ class Outcome:
     request_id: str
     published: bool = False
     publish_attempts: int = 0
+    published_at: float | None = None  # time.monotonic() of the confirmed publish
     kind: str | None = None  # the terminal ResultEvent kind; None: no answer came
     text: str | None = None
     error: str | None = None
@@ -63,6 +64,7 @@ class ChaosLoad:
     outcomes: dict[str, Outcome] = field(default_factory=dict)
     answered: int = 0
     publish_retries: int = 0
+    started: float = 0.0  # time.monotonic() when the load began
 
     def plan(self) -> dict[str, list[Outcome]]:
         """Request ids and sequence numbers per session: requests spread evenly over sessions."""
@@ -84,6 +86,7 @@ class ChaosLoad:
     async def run(self) -> None:
         """Publish every session's requests and wait for all answers (or deadlines)."""
         plan = self.plan()
+        self.started = time.monotonic()
         async with anyio.create_task_group() as tg:
             for chain in plan.values():
                 tg.start_soon(self._session, chain)
@@ -113,7 +116,7 @@ class ChaosLoad:
                 log.info("publishing %s failed (%s); publishing it again", outcome.request_id, exc)
                 await anyio.sleep(PUBLISH_RETRY_PAUSE)
                 continue
-            outcome.published = True
+            outcome.published, outcome.published_at = True, time.monotonic()
             return handle
 
     async def _await(self, outcome: Outcome, handle: RequestHandle, slots: anyio.Semaphore) -> None:

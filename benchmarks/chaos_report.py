@@ -19,7 +19,7 @@ from pathlib import Path
 
 from agentqueue import Client
 from agentqueue.broker.base import read_dead_letter
-from agentqueue.broker.topology import Topology
+from agentqueue.broker.topology import REQUESTS, Topology
 from agentqueue.protocol.codec import decode
 from agentqueue.protocol.errors import ProtocolError
 from agentqueue.workers.session_store import open_store
@@ -37,6 +37,7 @@ class ChaosEvents:
     broker_restarts: list[float] = field(default_factory=list)  # seconds each took
     client_cuts: list[int] = field(default_factory=list)  # connections dropped by each cut
     node_kills: list[str] = field(default_factory=list)
+    timeline: list[tuple[float, str]] = field(default_factory=list)  # (monotonic, cut/restart/node)
 
 
 @dataclass
@@ -64,6 +65,7 @@ class ChaosResult:
     events: ChaosEvents
     examples: list[str] = field(default_factory=list)
     lost_requests: list[str] = field(default_factory=list)  # each lost one: handled? where?
+    faults_at: list[str] = field(default_factory=list)  # e.g. "node 512 s" (since the load began)
 
     @property
     def passed(self) -> bool:
@@ -123,9 +125,15 @@ async def stored_answers(store_url: str, outcomes: Iterable[Outcome]) -> set[str
         await store.close()
 
 
-def lost_trail(o: Outcome, runs: Mapping[str, list[int]], stored: set[str]) -> str:
-    """For one lost request: whether a handler ran it (and where), and where its answer was
-    last seen."""
+def lost_trail(
+    o: Outcome,
+    runs: Mapping[str, list[int]],
+    stored: set[str],
+    queued: Mapping[str, str],
+    started: float,
+) -> str:
+    """For one lost request: when it was published, whether a handler ran it (and where), and
+    where it or its answer was last seen."""
     pids = runs.get(o.request_id, [])
     handled = (
         f"handled {len(pids)}x (pids {', '.join(str(p) for p in sorted(set(pids)))})"
@@ -134,11 +142,28 @@ def lost_trail(o: Outcome, runs: Mapping[str, list[int]], stored: set[str]) -> s
     )
     if o.request_id in stored:
         seen = "answer last seen committed in the session store, never received by the client"
+    elif o.request_id in queued:
+        seen = f"still queued at the end: {queued[o.request_id]}"
     elif pids:
-        seen = "no answer stored: its run never committed (the worker died mid-run?)"
+        seen = "no answer stored, not queued: its run never committed and the broker dropped it"
     else:
-        seen = "no answer anywhere: it never reached a handler (still queued, or dropped)"
-    return f"lost: {o.request_id} (published {o.publish_attempts}x): {handled}; {seen}"
+        seen = "no answer anywhere, not queued: it never reached a handler (dropped)"
+    at = f" at {o.published_at - started:.0f} s" if o.published_at is not None else ""
+    return f"lost: {o.request_id} (published {o.publish_attempts}x{at}): {handled}; {seen}"
+
+
+async def still_queued(client: Client, topology: Topology) -> dict[str, str]:
+    """The requests left in their partition queues once the workers stopped, with the queue
+    and the broker's delivery count of each (drained: the run's namespace is its own)."""
+    found: dict[str, str] = {}
+    for queue in topology.queues(REQUESTS):
+        while (delivery := await client.broker.get(queue)) is not None:
+            with contextlib.suppress(ProtocolError):
+                found[decode(delivery.body).id] = (
+                    f"{queue}, delivered {delivery.delivery_count}x by the broker"
+                )
+            await delivery.ack()
+    return found
 
 
 async def dead_lettered(client: Client, topology: Topology) -> dict[str, str]:
@@ -180,6 +205,8 @@ def measure(
     publish_retries: int,
     events: ChaosEvents,
     stored: set[str] | None = None,
+    queued: Mapping[str, str] | None = None,
+    load_started: float = 0.0,
 ) -> ChaosResult:
     """Put the three records side by side."""
     examples: list[str] = []
@@ -213,7 +240,8 @@ def measure(
     for kind, _, _, event_id, pid in handler_log:
         if kind == "agent":
             handled_by.setdefault(event_id, []).append(pid)
-    trails = [lost_trail(o, handled_by, stored or set()) for o in lost]
+    trails = [lost_trail(o, handled_by, stored or set(), queued or {}, load_started) for o in lost]
+
     return ChaosResult(
         title=title,
         setup=setup,
@@ -235,6 +263,7 @@ def measure(
         events=events,
         examples=examples[:20],
         lost_requests=trails,
+        faults_at=[f"{name} {at - load_started:.0f} s" for at, name in events.timeline],
     )
 
 
@@ -289,6 +318,8 @@ def render(result: ChaosResult) -> str:
         lines += ["", "First problems seen:", "", *(f"- {x}" for x in r.examples)]
     if r.lost_requests:
         lines += ["", "Every lost request:", "", *(f"- {x}" for x in r.lost_requests)]
+        if r.faults_at:
+            lines += ["", f"Faults, in seconds since the load began: {', '.join(r.faults_at)}."]
     return "\n".join(lines) + "\n"
 
 
