@@ -81,7 +81,7 @@ def main() -> int:
     global FORMAT
     FORMAT = "raw" if args.raw else FORMAT
     args.out.mkdir(parents=True, exist_ok=True)
-    from agentqueue.deploy.local_rabbitmq import LocalRabbitMQ
+    from agentqueue.deploy.local.rabbitmq import LocalRabbitMQ
 
     with tempfile.TemporaryDirectory(prefix="aq-prof-") as tmp:
         rabbit = LocalRabbitMQ(Path(tmp) / "rabbitmq").start()
