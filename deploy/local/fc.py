@@ -2,12 +2,13 @@
 
 For each partition queue a trigger pulls messages the way FC's EventBridge MNS trigger does in
 event-streaming mode: it waits for a batch (up to `batch_size` messages or `batch_window`
-seconds after the first, whichever comes first), with delivery concurrency 1 per queue, builds
-the CloudEvents array the real trigger sends, and invokes the function. The messages are
-deleted only when the invocation succeeds; a failed one (the handler raised, or its instance
-died) is retried with exponential backoff, holding the batch (its visibility is kept extended),
-so the partition does not move on meanwhile. After `max_retries` the batch goes back to the
-queue (errors tolerance NONE) or is dropped (ALL).
+seconds after the first, whichever comes first; its long polls go on meanwhile and while the
+batch is invoked, holding at most `batch_size` messages in all), with delivery concurrency 1
+per queue, builds the CloudEvents array the real trigger sends, and invokes the function. The
+messages are deleted only when the invocation succeeds; a failed one (the handler raised, or
+its instance died) is retried with exponential backoff, holding the batch (its visibility is
+kept extended), so the partition does not move on meanwhile. After `max_retries` the batch goes
+back to the queue (errors tolerance NONE) or is dropped (ALL).
 
 Instances are processes running `agentqueue.deploy.local.fc_instance`: started on demand (a cold
 start), reused while warm, at most `max_instances` at once, and stopped after `idle_timeout`
