@@ -2,12 +2,13 @@
 
 For each partition queue a trigger pulls messages the way FC's EventBridge MNS trigger does in
 event-streaming mode: it waits for a batch (up to `batch_size` messages or `batch_window`
-seconds after the first, whichever comes first), with delivery concurrency 1 per queue, builds
-the CloudEvents array the real trigger sends, and invokes the function. The messages are
-deleted only when the invocation succeeds; a failed one (the handler raised, or its instance
-died) is retried with exponential backoff, holding the batch (its visibility is kept extended),
-so the partition does not move on meanwhile. After `max_retries` the batch goes back to the
-queue (errors tolerance NONE) or is dropped (ALL).
+seconds after the first, whichever comes first; its long polls go on meanwhile and while the
+batch is invoked, holding at most `batch_size` messages in all), with delivery concurrency 1
+per queue, builds the CloudEvents array the real trigger sends, and invokes the function. The
+messages are deleted only when the invocation succeeds; a failed one (the handler raised, or
+its instance died) is retried with exponential backoff, holding the batch (its visibility is
+kept extended), so the partition does not move on meanwhile. After `max_retries` the batch goes
+back to the queue (errors tolerance NONE) or is dropped (ALL).
 
 Instances are processes running `agentqueue.deploy.local.fc_instance`: started on demand (a cold
 start), reused while warm, at most `max_instances` at once, and stopped after `idle_timeout`
@@ -37,7 +38,7 @@ import anyio
 import anyio.abc
 from anyio.streams.buffered import BufferedByteReceiveStream
 
-from agentqueue.broker.base import Broker, Delivery
+from agentqueue.broker.base import Broker, Delivery, Subscription
 from agentqueue.broker.errors import BrokerError
 from agentqueue.broker.mns_body import to_wire
 from agentqueue.broker.topology import REQUESTS, TOOLS, Topology
@@ -220,14 +221,31 @@ class LocalFC:
     # ------------------------------------------------------------------ triggers
 
     async def _trigger(self, queue: str, *, task_status: anyio.abc.TaskStatus[None]) -> None:
-        async with await self.broker.consume(queue, prefetch=self.trigger.batch_size) as sub:
+        # The subscription is read by a task of its own: a long poll runs in a thread and
+        # cannot be cut short, so a window that ended it would last until the poll returns (the
+        # whole long-poll wait when no more messages come), not `batch_window`. Reading from a
+        # stream, the window ends on time; what the poll then brings opens the next batch.
+        arrived, received = anyio.create_memory_object_stream[Delivery]()
+        async with (
+            await self.broker.consume(queue, prefetch=self.trigger.batch_size) as sub,
+            anyio.create_task_group() as tg,
+            received,
+        ):
+            tg.start_soon(self._pull, sub, arrived)
             task_status.started()
             while True:
-                batch = [await sub.__anext__()]
+                batch = [await received.receive()]
                 with anyio.move_on_after(self.trigger.batch_window):
                     while len(batch) < self.trigger.batch_size:
-                        batch.append(await sub.__anext__())
+                        batch.append(await received.receive())
                 await self._deliver(queue, batch)
+
+    @staticmethod
+    async def _pull(sub: Subscription, arrived: anyio.abc.ObjectSendStream[Delivery]) -> None:
+        # Unbuffered: the subscription's prefetch (the batch size) bounds what is pulled ahead.
+        async with arrived:
+            async for delivery in sub:
+                await arrived.send(delivery)
 
     async def _deliver(self, queue: str, batch: list[Delivery]) -> None:
         # The MNS message id, as EventBridge passes it: the same when MNS delivers the message

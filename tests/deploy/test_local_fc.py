@@ -12,8 +12,9 @@ import pytest
 from agentqueue.broker.base import read_dead_letter
 from agentqueue.broker.mns import MNSBroker
 from agentqueue.broker.replies import ReplyRouter
-from agentqueue.broker.topology import Topology
+from agentqueue.broker.topology import TOOLS, Topology
 from agentqueue.deploy.local.fc import LocalFC, TriggerConfig
+from agentqueue.deploy.local.mns import LocalMNS
 from agentqueue.protocol import Envelope, ToolCall, ToolResult, encode, new_id
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
@@ -205,6 +206,47 @@ async def test_provisioned_instances_are_initialised_before_the_first_event_and_
     assert served_by <= set(warm)  # no event waited for an instance to start
     assert fc.stats.cold_starts == 0 and fc.stats.warm_invocations == len(sessions)
     assert len(fc.stats.provisioned_ms) == 2
+
+
+async def test_a_batch_goes_to_the_function_when_its_window_ends_not_when_a_long_poll_gives_up(
+    local_mns: LocalMNS, mns_url: str, tmp_path: Path
+) -> None:
+    # The trigger polls with 30 s long polls and a window of 50 ms; nothing follows the one
+    # tool call, so its batch's window ends while a poll still waits for more. The answer
+    # must come then, not once that poll gives up empty 30 s later.
+    slow_polls = f"mns://{local_mns.host}:{local_mns.port}?wait=30"
+    topology = Topology(f"b{new_id()[:6]}", partitions=1, tool_partitions=1)
+    reply_queue = topology.reply_queue("test")
+    call = tool_call("s", "record", {"session": "s", "seq": 0}, reply_queue)
+    async with MNSBroker(slow_polls) as trigger_side, MNSBroker(mns_url) as client:
+        await client.declare(topology)
+        await client.declare_reply_queue(reply_queue)
+        fc = LocalFC(
+            trigger_side,
+            topology,
+            env=function_env(mns_url, topology, tmp_path),
+            max_instances=1,
+            provisioned=1,
+            trigger=TriggerConfig(batch_size=10, batch_window=0.05),
+            queues=topology.queues(TOOLS),  # one trigger, so one poll to end when stopping
+        )
+        router = ReplyRouter(client, reply_queue)
+        inbox = router.expect(call.id)
+        async with anyio.create_task_group() as tg:
+            await tg.start(router.run)
+            async with anyio.create_task_group() as emulator:
+                await emulator.start(fc.run)  # returns once the instance is warm
+                await client.publish(topology.route(call), encode(call))
+                with anyio.fail_after(20):
+                    reply = await inbox.get()
+                emulator.cancel_scope.cancel()
+                # Stopping waits for the poll in flight: a message ends it now, not in 30 s.
+                wake = tool_call("s", "record", {"session": "s", "seq": 1}, reply_queue)
+                with anyio.CancelScope(shield=True):
+                    await client.publish(topology.route(wake), encode(wake))
+            tg.cancel_scope.cancel()
+    assert isinstance(reply.body, ToolResult) and reply.body.output == "s:0"
+    assert effects(tmp_path) == [("s", 0)]
 
 
 def test_a_warm_pool_larger_than_the_instance_limit_is_refused_naming_both(mns_url: str) -> None:
