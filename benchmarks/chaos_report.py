@@ -17,6 +17,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import anyio
+
 from agentqueue import Client
 from agentqueue.broker.base import read_dead_letter
 from agentqueue.broker.topology import REQUESTS, Topology
@@ -25,6 +27,8 @@ from agentqueue.protocol.errors import ProtocolError
 from agentqueue.workers.session_store import open_store
 from benchmarks.chaos_app import parse_request_text
 from benchmarks.chaos_load import Outcome
+
+CENSUS_WAIT = 30.0  # seconds to read what a partition queue still holds
 
 
 @dataclass
@@ -154,15 +158,26 @@ def lost_trail(
 
 async def still_queued(client: Client, topology: Topology) -> dict[str, str]:
     """The requests left in their partition queues once the workers stopped, with the queue
-    and the broker's delivery count of each (drained: the run's namespace is its own)."""
+    and the broker's delivery count of each (drained: the run's namespace is its own).
+
+    Read by a consumer of our own: a quorum queue with a single active consumer refuses
+    basic.get."""
     found: dict[str, str] = {}
     for queue in topology.queues(REQUESTS):
-        while (delivery := await client.broker.get(queue)) is not None:
-            with contextlib.suppress(ProtocolError):
-                found[decode(delivery.body).id] = (
-                    f"{queue}, delivered {delivery.delivery_count}x by the broker"
-                )
-            await delivery.ack()
+        left = (await client.broker.stats(queue)).ready
+        if not left:
+            continue
+        async with await client.broker.consume(queue, prefetch=left) as subscription:
+            with anyio.move_on_after(CENSUS_WAIT):
+                async for delivery in subscription:
+                    with contextlib.suppress(ProtocolError):
+                        found[decode(delivery.body).id] = (
+                            f"{queue}, delivered {delivery.delivery_count}x by the broker"
+                        )
+                    await delivery.ack()
+                    left -= 1
+                    if not left:
+                        break
     return found
 
 
