@@ -10,6 +10,7 @@ answered from the session store. A request is then awaited until its deadline (p
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
@@ -22,12 +23,13 @@ from agentqueue.broker.errors import BrokerError
 from agentqueue.broker.topology import Topology
 from agentqueue.client import RequestHandle
 from agentqueue.protocol.ids import new_id
-from agentqueue.protocol.messages import AgentRequest, user_message
+from agentqueue.protocol.messages import AgentRequest, Envelope, ResultEvent, user_message
 from benchmarks.chaos_app import request_text
 
 log = logging.getLogger("agentqueue.chaos")
 
 PUBLISH_RETRY_PAUSE = 0.5  # seconds between publishing the same request again
+LATE_WAIT = 120.0  # seconds a request the client gave up on is still watched for a late answer
 CLIENT_GAVE_UP = "no answer within"  # how Client's own timed_out (no reply at all) begins
 
 
@@ -45,6 +47,7 @@ class Outcome:
     text: str | None = None
     error: str | None = None
     seconds: float | None = None
+    late_kind: str | None = None  # the terminal kind a worker sent after the client gave up
 
     @property
     def answered(self) -> bool:
@@ -121,15 +124,30 @@ class ChaosLoad:
 
     async def _await(self, outcome: Outcome, handle: RequestHandle, slots: anyio.Semaphore) -> None:
         started = time.monotonic()
+        late: asyncio.Queue[Envelope] | None = None
         try:
             event = await handle.result()
+            if event.kind == "timed_out" and (event.error or "").startswith(CLIENT_GAVE_UP):
+                # The client gave up (its deadline and grace passed): watch for an answer a
+                # worker still sends (`timed_out` once it dequeues the request), to tell a
+                # request answered too late from one lost.
+                late = self.client.router.expect(outcome.request_id)
         finally:
             slots.release()
-        no_answer = event.kind == "timed_out" and (event.error or "").startswith(CLIENT_GAVE_UP)
-        if not no_answer:
+        if late is None:
             outcome.kind, outcome.text, outcome.error = event.kind, event.text, event.error
             outcome.seconds = time.monotonic() - started
             self.answered += 1
+            return
+        try:
+            with anyio.move_on_after(LATE_WAIT):
+                while True:
+                    body = (await late.get()).body
+                    if isinstance(body, ResultEvent) and body.terminal:
+                        outcome.late_kind = body.kind
+                        return
+        finally:
+            self.client.router.forget(outcome.request_id)
 
 
 def chaos_client(broker: Broker | str, topology: Topology, timeout: float) -> Client:

@@ -62,6 +62,7 @@ class ChaosResult:
     order_violations: int
     final_without_effect: int
     dead_lettered: int
+    answered_late: Counter[str]  # answers a worker sent after the client had given up, by kind
     lost: int
     not_published: int
     publish_retries: int
@@ -78,6 +79,7 @@ class ChaosResult:
         failed answer is the system's fault, not the request's."""
         return not (
             self.lost
+            or sum(self.answered_late.values())
             or self.dead_lettered
             or sum(self.other_answers.values())
             or self.tool_errors
@@ -250,7 +252,12 @@ def measure(
     tool_failed = [o for o in final if "failed" in (o.text or "")]
     examples += [f"failed tool call in {o.request_id}: {o.text!r}"[:200] for o in tool_failed[:3]]
     examples += [f"dead-lettered {i}: {why}"[:200] for i, why in list(dead_lettered.items())[:3]]
-    lost = [o for o in sent if not o.answered and o.request_id not in dead_lettered]
+    late = [o for o in sent if not o.answered and o.late_kind is not None]
+    lost = [
+        o
+        for o in sent
+        if not o.answered and o.late_kind is None and o.request_id not in dead_lettered
+    ]
     handled_by: dict[str, list[int]] = {}
     for kind, _, _, event_id, pid in handler_log:
         if kind == "agent":
@@ -271,6 +278,7 @@ def measure(
         order_violations=order_violations,
         final_without_effect=len(without_effect),
         dead_lettered=len(dead_lettered.keys() & outcomes.keys()),
+        answered_late=Counter(o.late_kind for o in late if o.late_kind is not None),
         lost=len(lost),
         not_published=len(outcomes) - len(sent),
         publish_retries=publish_retries,
@@ -302,7 +310,11 @@ def render(result: ChaosResult) -> str:
         ("**order violations** (a seq applied after a later one)", r.order_violations),
         ("**final answers without an effect** in the committed state", r.final_without_effect),
         ("dead-lettered", r.dead_lettered),
-        ("**lost** (sent - answered - dead-lettered)", r.lost),
+        (
+            "answered after the client gave up (past the deadline and its grace)",
+            ", ".join(f"{k} {n}" for k, n in sorted(r.answered_late.items())) or 0,
+        ),
+        ("**lost** (sent - answered - answered late - dead-lettered)", r.lost),
     ]
     lines = [
         f"## {r.title}",
@@ -324,7 +336,8 @@ def render(result: ChaosResult) -> str:
         f" latency p50 {p50:.2f} s, p99 {p99:.2f} s; publishes repeated with the same id:"
         f" {r.publish_retries}; requests never published: {r.not_published}.",
         "",
-        f"**{'PASS' if r.passed else 'FAIL'}**: lost {r.lost}, dead-lettered {r.dead_lettered},"
+        f"**{'PASS' if r.passed else 'FAIL'}**: lost {r.lost}, answered too late"
+        f" {sum(r.answered_late.values())}, dead-lettered {r.dead_lettered},"
         f" other answers {sum(r.other_answers.values())}, failed tool calls {r.tool_errors},"
         f" duplicate effects {r.duplicate_effects}, order violations {r.order_violations},"
         f" final answers without an effect {r.final_without_effect}.",

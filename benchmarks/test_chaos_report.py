@@ -16,10 +16,11 @@ def test_every_lost_request_is_reported_with_its_runs_and_where_it_was_last_seen
     answered = sent("s", 0, "r0", kind="final")
     stored, died, waiting = sent("s", 1, "r1"), sent("s", 2, "r2", 2), sent("s", 3, "r3")
     never = sent("t", 0, "r4")
+    late = sent("t", 1, "r5", late_kind="timed_out")  # answered once the client had given up
     events = ChaosEvents(timeline=[(130.0, "cut"), (160.5, "node")])
     result = measure(
         title="t", setup="", seconds=1.0,
-        outcomes={o.request_id: o for o in (answered, stored, died, waiting, never)},
+        outcomes={o.request_id: o for o in (answered, stored, died, waiting, never, late)},
         handler_log=[("agent", "s", 0, "r0", 7), ("agent", "s", 1, "r1", 7),
                      ("agent", "s", 2, "r2", 8), ("agent", "s", 2, "r2", 9),
                      ("agent", "s", 3, "r3", 9)],
@@ -28,6 +29,7 @@ def test_every_lost_request_is_reported_with_its_runs_and_where_it_was_last_seen
         load_started=100.0,
     )  # fmt: skip
     assert result.lost == 4
+    assert result.answered_late == {"timed_out": 1} and not result.passed
     assert result.lost_requests == [
         "lost: r1 (published 1x at 1 s): handled 1x (pids 7); answer last seen committed in the"
         " session store, never received by the client",
@@ -40,4 +42,8 @@ def test_every_lost_request_is_reported_with_its_runs_and_where_it_was_last_seen
     ]
     table = render(result)
     assert "Every lost request:" in table
+    late_row = (
+        "| answered after the client gave up (past the deadline and its grace) | timed_out 1 |"
+    )
+    assert late_row in table
     assert "Faults, in seconds since the load began: cut 30 s, node 60 s." in table
