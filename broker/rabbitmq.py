@@ -10,7 +10,8 @@ Topology, declared idempotently under the namespace:
 - reply queues: exclusive and auto-deleted per client, or durable per batch.
 
 Every publish waits for the publisher confirm. Each consumer has its own channel, so its
-prefetch is its own and closing it hands exactly its un-acked deliveries back.
+prefetch is its own and closing it hands exactly its un-acked deliveries back; the acks of a
+channel asked for in one turn of the event loop leave together (`rabbitmq_acks`).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import aio_pika
 import aio_pika.abc
+import aiormq
 import aiormq.exceptions
 import anyio
 
@@ -38,6 +40,7 @@ from agentqueue.broker.errors import (
     QueueMissing,
     QueueUnavailable,
 )
+from agentqueue.broker.rabbitmq_acks import AckWindow
 from agentqueue.broker.rabbitmq_nodes import connect_nodes, split_node_urls
 from agentqueue.broker.topology import REQUESTS, TOOLS, Topology
 from agentqueue.broker.urls import redact_url
@@ -75,9 +78,14 @@ def _connection_errors(*more: type[BaseException]) -> tuple[type[BaseException],
 
 
 class _RabbitDelivery(Delivery):
-    __slots__ = ("_message",)
+    __slots__ = ("_acks", "_message")
 
-    def __init__(self, message: aio_pika.abc.AbstractIncomingMessage, queue: str) -> None:
+    def __init__(
+        self,
+        message: aio_pika.abc.AbstractIncomingMessage,
+        queue: str,
+        acks: AckWindow | None = None,
+    ) -> None:
         redelivered = bool(message.redelivered)  # the AMQP flag: set by RabbitMQ alone
         # A quorum queue counts redeliveries in `x-delivery-count`, but a publisher can set that
         # header too: it may only count attempts (towards the delivery limit) of a message the
@@ -89,10 +97,24 @@ class _RabbitDelivery(Delivery):
             delivery_count = 2 if redelivered else 1
         super().__init__(message.body, queue, delivery_count, redelivered=redelivered)
         self._message = message
+        # The acks of a consumer's channel go out together; a delivery taken with get() (or
+        # auto-acked) settles alone.
+        self._acks = acks
+        if acks is not None:
+            acks.delivered(self._tag)
+
+    @property
+    def _tag(self) -> int:
+        tag = self._message.delivery_tag
+        assert tag is not None, "a consumed delivery has a tag"
+        return tag
 
     async def ack(self) -> None:
         try:
-            await self._message.ack()
+            if self._acks is not None:
+                await self._acks.ack(self._tag)
+            else:
+                await self._message.ack()
         except _connection_errors() as exc:
             # The channel it came on is gone: RabbitMQ redelivers it, our dedup answers it.
             raise BrokerConnectionError(
@@ -101,7 +123,10 @@ class _RabbitDelivery(Delivery):
 
     async def nack(self, *, requeue: bool = True) -> None:
         try:
-            await self._message.nack(requeue=requeue)
+            if self._acks is not None:
+                await self._acks.nack(self._tag, requeue=requeue)
+            else:
+                await self._message.nack(requeue=requeue)
         except _connection_errors() as exc:
             raise BrokerConnectionError(
                 f"cannot nack a delivery from {self.queue!r}: {exc}"
@@ -143,6 +168,7 @@ class _RabbitSubscription(Subscription):
         self._declare = declare
         self._inbox: asyncio.Queue[aio_pika.abc.AbstractIncomingMessage | None] = asyncio.Queue()
         self._channel: aio_pika.abc.AbstractChannel | None = None
+        self._acks: AckWindow | None = None  # of the channel open now
         self._lost = anyio.Event()  # set when the channel closes or its consumer is cancelled
         self._waits = anyio.CancelScope()  # the keeper's waits, which close() cuts short
         self._keeper: asyncio.Task[None] | None = None
@@ -162,6 +188,8 @@ class _RabbitSubscription(Subscription):
         underlay = await channel.get_underlay_channel()
         # A consumer RabbitMQ cancels (its queue deleted or moved) counts as a lost channel.
         underlay.on_consumer_cancel_callbacks.add(lambda *_: lost.set())
+        assert isinstance(underlay, aiormq.Channel)  # whose write queue AckWindow writes on
+        self._acks = AckWindow(underlay)
         await channel.set_qos(prefetch_count=self.prefetch)
         queue = await self._declare(channel)
         await queue.consume(self._inbox.put, no_ack=self._no_ack)
@@ -203,7 +231,11 @@ class _RabbitSubscription(Subscription):
         message = await self._inbox.get()
         if message is None:
             raise StopAsyncIteration
-        return _RabbitDelivery(message, self.queue_name)
+        acks = self._acks
+        if acks is None or message.channel is not acks.channel:
+            # Left in the inbox by a channel that is gone: it cannot be settled any more.
+            acks = None
+        return _RabbitDelivery(message, self.queue_name, acks)
 
     async def close(self) -> None:
         if self.closed:
