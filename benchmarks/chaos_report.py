@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import statistics
 from collections import Counter
 from collections.abc import Iterable, Mapping
@@ -27,6 +28,8 @@ from agentqueue.protocol.errors import ProtocolError
 from agentqueue.workers.session_store import open_store
 from benchmarks.chaos_app import parse_request_text
 from benchmarks.chaos_load import Outcome
+
+log = logging.getLogger("benchmarks.chaos")
 
 CENSUS_WAIT = 30.0  # seconds to read what a partition queue still holds
 
@@ -169,17 +172,30 @@ async def still_queued(client: Client, topology: Topology) -> dict[str, str]:
         left = (await client.broker.stats(queue)).ready
         if not left:
             continue
+        unreadable = 0
         async with await client.broker.consume(queue, prefetch=left) as subscription:
             with anyio.move_on_after(CENSUS_WAIT):
                 async for delivery in subscription:
-                    with contextlib.suppress(ProtocolError):
+                    try:
                         found[decode(delivery.body).id] = (
                             f"{queue}, delivered {delivery.delivery_count}x by the broker"
                         )
+                    except ProtocolError:
+                        unreadable += 1
                     await delivery.ack()
                     left -= 1
                     if not left:
                         break
+        if unreadable:
+            log.warning("census: %d messages in %s are no envelope", unreadable, queue)
+        if left:
+            log.warning(
+                "census: %d messages of %s not delivered within %.0f s: they are not in the"
+                " report's 'still queued' trail",
+                left,
+                queue,
+                CENSUS_WAIT,
+            )
     return found
 
 
@@ -278,7 +294,7 @@ def measure(
         order_violations=order_violations,
         final_without_effect=len(without_effect),
         dead_lettered=len(dead_lettered.keys() & outcomes.keys()),
-        answered_late=Counter(o.late_kind for o in late if o.late_kind is not None),
+        answered_late=Counter(o.late_kind for o in late if o.late_kind),
         lost=len(lost),
         not_published=len(outcomes) - len(sent),
         publish_retries=publish_retries,
