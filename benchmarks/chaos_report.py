@@ -40,7 +40,8 @@ class ChaosEvents:
 
     worker_kills: dict[str, int] = field(default_factory=lambda: {"agents": 0, "tools": 0})
     respawn: str = "each restarted at once"  # what became of a killed worker
-    kills_skipped: int = 0  # kills due when no worker (instance) was up to be killed
+    kills_skipped: int = 0  # kills due that found no worker (instance) to kill
+    skipped_when: str = "none was serving"  # why a due kill found none
     broker_restarts: list[float] = field(default_factory=list)  # seconds each took
     client_cuts: list[int] = field(default_factory=list)  # connections dropped by each cut
     node_kills: list[str] = field(default_factory=list)
@@ -338,7 +339,7 @@ def render(result: ChaosResult) -> str:
         r.setup,
         "",
         f"Chaos: {sum(e.worker_kills.values())} worker SIGKILLs ({kills}), {e.respawn}"
-        f"{f' ({e.kills_skipped} more due when none was serving)' if e.kills_skipped else ''};"
+        f"{f' ({e.kills_skipped} more due when {e.skipped_when})' if e.kills_skipped else ''};"
         f" broker restarts: "
         f"{len(e.broker_restarts)} ({restarts}); client connection cuts: {len(e.client_cuts)}"
         f" ({sum(e.client_cuts)} connections dropped); broker node SIGKILLs: "
