@@ -196,8 +196,8 @@ async def run_cloud(
                             worker_kills={"agent instances": 0, "tool instances": 0},
                             respawn="the trigger retried the batch on another instance",
                             skipped_when=(
-                                f"fewer than all {2 * args.instances} instances were up"
-                                " (the kill rate is per instance)"
+                                f"fewer than all {2 * args.instances} instances were up:"
+                                " the kill rate is per instance"
                             ),
                         ),
                     )
