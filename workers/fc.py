@@ -56,6 +56,7 @@ import anyio.from_thread
 import msgspec
 
 from agentqueue.broker.base import Broker
+from agentqueue.broker.errors import BrokerConnectionError
 from agentqueue.broker.replies import ReplyRouter
 from agentqueue.protocol.codec import encode_dead_letter
 from agentqueue.protocol.ids import new_id
@@ -265,6 +266,10 @@ class FCInstance:
         envelope_id = event.envelope.id if event.envelope else (event.message_id or "?")
         try:
             await run(event)
+        except BrokerConnectionError as exc:  # expected while MNS restarts: one line
+            log.warning("event %s left for the trigger's retry: %s", envelope_id, exc)
+            outcome.failed.append(f"{envelope_id}: {type(exc).__name__}: {exc}")
+            return
         except Exception as exc:
             log.exception("event %s failed", envelope_id)
             outcome.failed.append(f"{envelope_id}: {type(exc).__name__}: {exc}")

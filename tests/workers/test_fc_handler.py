@@ -294,3 +294,21 @@ def test_on_fc_invalid_utf8_in_a_field_is_dead_lettered_and_the_batch_still_retu
     assert sorted(got) == ["ok-4", "utf8-1"]  # the caller is told why (unsigned mode)
     assert got["utf8-1"].body.error == record.reason  # type: ignore[union-attr]
     assert [line.split()[:2] for line in lines(effects)] == [["alpha", "4"]]
+
+
+def test_an_event_whose_reply_cannot_reach_mns_is_left_for_the_retry_with_one_log_line(
+    effects: Path, local_mns: LocalMNS, caplog: pytest.LogCaptureFixture
+) -> None:
+    fc.handler((EVENTS / "rawdata_streaming.json").read_text(), None)  # a warm instance
+    caplog.clear()
+    payload = (EVENTS / "event_driven.json").read_bytes()
+    local_mns.stop()  # MNS restarting: the tool runs, its reply cannot be sent
+    try:
+        with pytest.raises(fc.BatchNotDone, match="evt-0200: BrokerConnectionError: MNS at"):
+            fc.handler(payload, None)  # the invocation fails: the trigger retries the batch
+    finally:
+        local_mns.start()
+    lines_ = [r for r in caplog.records if r.name == "agentqueue.fc"]
+    assert [r.levelname for r in lines_] == ["WARNING"]
+    assert lines_[0].getMessage().startswith("event evt-0200 left for the trigger's retry: MNS at")
+    assert lines_[0].exc_info is None
