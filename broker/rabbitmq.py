@@ -28,7 +28,6 @@ from urllib.parse import parse_qs, urlsplit
 
 import aio_pika
 import aio_pika.abc
-import aiormq
 import aiormq.exceptions
 import anyio
 
@@ -188,7 +187,6 @@ class _RabbitSubscription(Subscription):
         underlay = await channel.get_underlay_channel()
         # A consumer RabbitMQ cancels (its queue deleted or moved) counts as a lost channel.
         underlay.on_consumer_cancel_callbacks.add(lambda *_: lost.set())
-        assert isinstance(underlay, aiormq.Channel)  # whose write queue AckWindow writes on
         self._acks = AckWindow(underlay)
         await channel.set_qos(prefetch_count=self.prefetch)
         queue = await self._declare(channel)
@@ -232,9 +230,11 @@ class _RabbitSubscription(Subscription):
         if message is None:
             raise StopAsyncIteration
         acks = self._acks
-        if acks is None or message.channel is not acks.channel:
-            # Left in the inbox by a channel that is gone: it cannot be settled any more.
-            acks = None
+        try:
+            if acks is not None and message.channel is not acks.channel:
+                acks = None
+        except aiormq.exceptions.ChannelInvalidStateError:
+            acks = None  # left in the inbox by a channel that is gone: its ack will say so
         return _RabbitDelivery(message, self.queue_name, acks)
 
     async def close(self) -> None:

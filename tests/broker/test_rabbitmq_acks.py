@@ -11,9 +11,11 @@ from __future__ import annotations
 import asyncio
 import logging
 
+import aiormq.exceptions
 import pytest
 
 from agentqueue.broker.base import Delivery, Subscription
+from agentqueue.broker.errors import BrokerConnectionError
 from agentqueue.broker.rabbitmq import RabbitMQBroker
 from agentqueue.broker.topology import Topology
 from agentqueue.protocol import new_id
@@ -125,3 +127,39 @@ async def test_acks_and_nacks_in_any_order_settle_each_delivery_once(
                 await x.ack()
         await broker.delete_queue(queue)
     assert bodies == [b"m1", b"m9"]
+
+
+async def test_deliveries_left_in_the_inbox_by_a_lost_channel_fail_to_ack_and_come_again(
+    rabbitmq_url: str, topology: Topology
+) -> None:
+    queue = topology.reply_queue("lost")
+    async with RabbitMQBroker(rabbitmq_url) as broker:
+        await broker.declare_reply_queue(queue, durable=True)
+        for i in range(4):
+            await broker.publish(queue, f"m{i}".encode(), sign=False)
+        subscription = await broker.consume(queue, prefetch=4)
+        first = await anext(subscription)
+        await first.ack()
+        await first.ack()  # a second ack of one tag: RabbitMQ closes the channel (406)
+
+        def channel_closed() -> bool:
+            try:
+                first._message.channel  # type: ignore[attr-defined]  # noqa: B018
+            except aiormq.exceptions.ChannelInvalidStateError:
+                return True
+            return False
+
+        await wait_for(channel_closed, 10, "the channel to close")
+        # m1-m3 were delivered on the channel that is gone: taken now, their acks fail...
+        for i in range(1, 4):
+            left = await anext(subscription)
+            assert left.body == f"m{i}".encode()
+            with pytest.raises(BrokerConnectionError, match="cannot ack a delivery"):
+                await left.ack()
+        # ...and the consumer's new channel has them again.
+        again = [await anext(subscription) for _ in range(3)]
+        assert [d.body for d in again] == [b"m1", b"m2", b"m3"]
+        assert all(d.redelivered for d in again)
+        await asyncio.gather(*(d.ack() for d in again))
+        assert await _left_in(broker, subscription, queue, 0) == 0
+        await broker.delete_queue(queue)
